@@ -1,0 +1,12 @@
+# One image for every gxami service; the command picks the service (gxami scheduler|collector|ingest|reports).
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 UV_COMPILE_BYTECODE=1
+RUN pip install --no-cache-dir uv==0.13.9
+WORKDIR /app
+COPY pyproject.toml uv.lock ./
+COPY libs libs
+COPY services services
+RUN uv sync --frozen --all-packages --no-dev && useradd --system --uid 10001 gxami
+ENV PATH=/app/.venv/bin:$PATH
+USER 10001
+ENTRYPOINT ["gxami"]
