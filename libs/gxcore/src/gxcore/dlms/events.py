@@ -1,0 +1,89 @@
+"""Meter event logs: Profile generics capturing the clock and an event code (Data 0-x:96.11.n).
+
+The standard event log is 0-0:99.98.0 with event code 0-0:96.11.0; other logs (fraud,
+power quality, disconnector, ...) are 0-0:99.98.1..n with 0-0:96.11.1..n. A log is read
+by time range or by entry (its newest ``n`` rows) and each row becomes a
+:class:`DlmsEvent`; as readings, an event is quantity ``0-0:96.11.0`` with the code as
+value. Names are the IDIS standard event log codes; other logs keep bare codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from gxcore.dlms.obis import dotted, parse_obis, reduced
+from gxcore.dlms.parameters import ProfileEntries, ProfileRange
+from gxcore.dlms.reader import DlmsSession
+from gxcore.readings import Reading
+
+STANDARD_EVENT_LOG: Final = "0.0.99.98.0.255"
+EVENT_CODE: Final = "0.0.96.11.0.255"
+# fmt: off
+STANDARD_EVENTS: Final[dict[int, str]] = {
+    1: "power-down", 2: "power-up", 3: "daylight-saving-changed", 4: "clock-adjusted-old-time",
+    5: "clock-adjusted-new-time", 6: "clock-invalid", 7: "battery-replaced", 8: "battery-voltage-low",
+    9: "tou-activated", 10: "error-register-cleared", 11: "alarm-register-cleared",
+    12: "program-memory-error", 13: "ram-error", 14: "nv-memory-error", 15: "watchdog-error",
+    16: "measurement-system-error", 17: "firmware-ready-for-activation", 18: "firmware-activated",
+}
+# fmt: on
+
+
+@dataclass(frozen=True, slots=True)
+class DlmsEvent:
+    """One row of an event log: when, which code, in which log (reduced OBIS), and its name if known."""
+
+    timestamp: datetime
+    code: int
+    log: str
+    name: str | None = None
+
+    def reading(self) -> Reading:
+        """The event as a reading of its event-code quantity."""
+        extra: dict[str, str | int] = {"profile": self.log}
+        if self.name:
+            extra["event"] = self.name
+        return Reading(_code_quantity(self.log), float(self.code), "", self.timestamp, extra=extra)
+
+
+def is_event_code(obis: str) -> bool:
+    """Data 0-x:96.11.n, the event code objects."""
+    _a, _b, c, d, _e, _f = parse_obis(obis)
+    return c == 96 and d == 11
+
+
+def events_from_readings(readings: list[Reading], log: str) -> list[DlmsEvent]:
+    """The event-code readings of one log's rows as events, oldest first."""
+    name = reduced(log)
+    standard = dotted(log) == STANDARD_EVENT_LOG
+    out = []
+    for r in readings:
+        if is_event_code(r.quantity) and r.value == int(r.value):
+            code = int(r.value)
+            out.append(DlmsEvent(r.timestamp, code, name, STANDARD_EVENTS.get(code) if standard else None))
+    return sorted(out, key=lambda e: e.timestamp)
+
+
+async def read_event_log(
+    session: DlmsSession,
+    log: str = STANDARD_EVENT_LOG,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    newest: int = 0,
+) -> list[DlmsEvent]:
+    """Events of ``log`` in ``[start, end]`` (by range), or its ``newest`` entries (by entry)."""
+    if start is not None:
+        stop = end if end is not None else await session.read_clock()
+        readings = await session.read_profile(ProfileRange(log, start, stop))
+    else:
+        readings = await session.read_profile_entries(ProfileEntries(log, newest=newest or 10))
+    return events_from_readings(readings, log)
+
+
+def _code_quantity(log: str) -> str:
+    """Event code quantity of a log: 0-0:99.98.n -> 0-0:96.11.n."""
+    a, b, _c, _d, e, _f = parse_obis(log)
+    return f"{a}-{b}:96.11.{e}"

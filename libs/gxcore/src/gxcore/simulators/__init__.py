@@ -1,0 +1,1 @@
+"""Deterministic meter simulators for tests and demos, one module per protocol."""

@@ -1,0 +1,68 @@
+"""Remote disconnect/reconnect and clock synchronisation against the simulated fleet."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gxcore.dlms import DlmsParameters, DlmsReadRequest, read_dlms, run_dlms_command
+from gxcore.dlms.reader import DlmsSession
+from gxcore.errors import AccessDeniedError, ConfigurationError, ProtocolError
+from gxcore.simulators.dlms import POWER, DlmsFleetSimulator, expected_register
+
+NOW = datetime(2024, 7, 8, 9, 10, 11, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("interface", ["wrapper", "hdlc"])
+async def test_disconnect_and_reconnect(interface: str, capsys: pytest.CaptureFixture[str]) -> None:
+    params = DlmsParameters(interface=interface)  # type: ignore[arg-type]
+    async with DlmsFleetSimulator(2, seed=3, clock=lambda: NOW, interface=interface) as sim:  # type: ignore[arg-type]
+        port = sim.meters[1].port
+        off = await run_dlms_command("127.0.0.1", port, params, "disconnect", timeout=2)
+        assert off.supply is not None
+        assert (off.supply.output_state, off.supply.name) == (False, "disconnected")
+        # The state outlives the association: a later read sees no power flowing.
+        read = await read_dlms("127.0.0.1", port, params, DlmsReadRequest((POWER,)), timeout=2)
+        assert read.registers[0].value == 0 == expected_register(3, 1, POWER, NOW, connected=False)
+        neighbour = await run_dlms_command("127.0.0.1", sim.meters[0].port, params, "read-supply", timeout=2)
+        assert neighbour.supply is not None
+        assert neighbour.supply.output_state
+        on = await run_dlms_command("127.0.0.1", port, params, "reconnect", timeout=2)
+        assert on.supply is not None
+        assert (on.supply.output_state, on.supply.name) == (True, "connected")
+        read = await read_dlms("127.0.0.1", port, params, DlmsReadRequest((POWER,)), timeout=2)
+        assert read.registers[0].value == expected_register(3, 1, POWER, NOW) > 0
+    assert capsys.readouterr().out == ""
+
+
+async def test_clock_sync_moves_the_meter_clock_and_the_registers_follow() -> None:
+    true_time = NOW + timedelta(minutes=7, seconds=30)
+    async with DlmsFleetSimulator(1, seed=3, clock=lambda: NOW) as sim:
+        port = sim.meters[0].port
+        result = await run_dlms_command(
+            "127.0.0.1", port, DlmsParameters(), "clock-sync", timeout=2, clock=lambda: true_time
+        )
+        assert (result.meter_time_before, result.meter_time_after) == (NOW, true_time)
+        later = await read_dlms("127.0.0.1", port, DlmsParameters(), DlmsReadRequest(("1.0.1.8.0.255",)), timeout=2)
+    assert later.meter_time == true_time
+    assert later.registers[0].value == expected_register(3, 0, "1.0.1.8.0.255", true_time)
+
+
+async def test_only_the_clock_time_is_writable_and_only_disconnect_control_acts() -> None:
+    async with (
+        DlmsFleetSimulator(1, clock=lambda: NOW) as sim,
+        DlmsSession("127.0.0.1", sim.meters[0].port, DlmsParameters(), timeout=2) as session,
+    ):
+        with pytest.raises(AccessDeniedError):
+            await session.action(3, "1.0.1.8.0.255", 1)
+        with pytest.raises(ProtocolError, match="object-undefined"):
+            await session.action(70, "0.0.96.3.99.255", 1)
+        with pytest.raises(ProtocolError, match="object-undefined"):
+            (await session._run(session.core.set_clock(NOW, "0.0.1.0.1.255"))).value()
+        assert await session.read_clock() == NOW
+
+
+async def test_unknown_command_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        await run_dlms_command("127.0.0.1", 1, DlmsParameters(), "explode", timeout=1)  # type: ignore[arg-type]
