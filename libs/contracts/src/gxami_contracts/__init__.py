@@ -1,0 +1,33 @@
+"""gxami message contracts: pydantic models, the topic catalog and example messages (no Kafka client)."""
+
+from gxami_contracts.messages import (
+    CommandAction,
+    CommandResult,
+    DeadLetter,
+    JobResult,
+    JobStatus,
+    Message,
+    MeterCommand,
+    MeterEvent,
+    ReadingBatch,
+    ReadingValue,
+    ReadJob,
+)
+from gxami_contracts.topics import CATALOG, DEAD_LETTER, TopicSpec
+
+__all__ = [
+    "CATALOG",
+    "DEAD_LETTER",
+    "CommandAction",
+    "CommandResult",
+    "DeadLetter",
+    "JobResult",
+    "JobStatus",
+    "Message",
+    "MeterCommand",
+    "MeterEvent",
+    "ReadJob",
+    "ReadingBatch",
+    "ReadingValue",
+    "TopicSpec",
+]

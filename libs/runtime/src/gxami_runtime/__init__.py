@@ -1,0 +1,1 @@
+"""What every gxami service needs: settings, the aiokafka layer, logging, metrics and health."""

@@ -1,0 +1,72 @@
+"""Running a service: logging, signals, one-line startup errors, clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from gxami_runtime.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A dependency (broker, database) is missing or unreachable at start; the message names it."""
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; the service drains and exits."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_service(name: str, level: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run ``main(stop)`` until it returns; map startup failures to one line and exit code 2."""
+    configure_logging(name, level)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await main(stop)
+
+    try:
+        asyncio.run(runner())
+    except StartupError as exc:
+        print(f"gxami {name}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def check_database(dsn: str, what: str = "database") -> None:
+    """Connect once with a timeout; raise StartupError naming the host if it fails."""
+    where = redact_dsn(dsn)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise StartupError(f"cannot reach the {what} at {where}: {type(exc).__name__}: {exc}") from None
+    await conn.close()
+
+
+def kafka_startup_error(bootstrap: str, exc: KafkaError | OSError) -> StartupError:
+    if isinstance(exc, KafkaConnectionError):
+        return StartupError(f"cannot reach the Kafka broker at {bootstrap}: connection failed")
+    return StartupError(f"cannot reach the Kafka broker at {bootstrap}: {type(exc).__name__}: {exc}")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit for logs: the password replaced by ***."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
