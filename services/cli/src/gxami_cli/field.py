@@ -1,0 +1,339 @@
+"""Field tools: `gxami decode ...`, `gxami read URL`, `gxami profile ...`.
+
+Every command prints JSON on stdout. Problems go to stderr as one line, never a
+traceback, with exit code 2 for bad input or usage (bad hex, a frame that does not
+decode, a bad profile, URL or option) and 1 for a meter or link that failed (timeout,
+refused connection, a reply that breaks the protocol). Keys and passwords given to
+these commands never appear in their output or messages; `read` takes secrets only
+from environment variables named on the command line, so they stay out of shell
+history and `ps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn, get_args
+
+import typer
+
+from gxcore.drivers import MeterTarget, ReadRequest, ReadResult, load_driver
+from gxcore.errors import ConfigurationError, GxError, KeyMissingError, MeterTimeoutError
+from gxcore.profiles import DeviceProfile, ProfileCatalog, json_schema, load_profile
+from gxcore.profiles.model import Purpose
+from gxcore.secrets import Secret
+
+MAX_INPUT = 1 << 20  # bytes read from a file or stdin: far above any telegram or readout
+DEFAULT_PROFILES = {
+    "dlms": "generic-dlms",
+    "modbus": "eastron-sdm630",
+    "mbus": "generic-mbus-heat",
+    "wmbus": "generic-wmbus-water",
+    "iec62056-21": "generic-iec62056-21",
+    "dsmr": "dsmr5",
+}
+PURPOSES: tuple[str, ...] = get_args(Purpose)
+PURPOSE_HELP = f"points to read, repeatable: {', '.join(PURPOSES)}"
+
+decode_app = typer.Typer(
+    help="Decode captured frames and telegrams to JSON (no meter needed).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)  # fmt: skip
+profile_app = typer.Typer(
+    help="Device profiles: validate, list, JSON Schema.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)  # fmt: skip
+
+
+class InputError(Exception):
+    """Bad command-line input; the message is safe to show."""
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+def fail(command: str, message: str, code: int) -> NoReturn:
+    """One line on stderr, then exit with ``code``."""
+    typer.echo(f"gxami {command}: {' '.join(message.split())}", err=True)
+    raise typer.Exit(code)
+
+
+def emit(document: object) -> None:
+    typer.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def exit_code(error: GxError) -> int:
+    """2 for local, bad-input faults; 1 for the meter or the link."""
+    return 2 if isinstance(error, ConfigurationError | KeyMissingError) else 1
+
+
+def run_guarded(command: str, action: Callable[[], object], *, decoding: bool = False) -> None:
+    """Run ``action`` and print its JSON; map every failure to a message and an exit code."""
+    try:
+        emit(action())
+    except InputError as exc:
+        fail(command, str(exc), 2)
+    except GxError as exc:
+        # Decoding has no meter on the other end: whatever does not decode is bad input.
+        fail(command, str(exc), 2 if decoding else exit_code(exc))
+    except typer.Exit:
+        raise
+    except Exception as exc:  # the CLI's boundary: a bug must not print a traceback or a secret
+        fail(command, f"internal error ({type(exc).__name__}); please report it", 1)
+
+
+def parse_hex(text: str, what: str = "input") -> bytes:
+    """Bytes from hex text (spaces, colons and a 0x prefix allowed); InputError names the byte offset."""
+    clean = "".join(text.split()).replace(":", "")
+    clean = clean[2:] if clean[:2].lower() == "0x" else clean
+    if not clean:
+        raise InputError(f"{what} is empty")
+    for index, char in enumerate(clean):
+        if char not in "0123456789abcdefABCDEF":
+            raise InputError(f"{what} is not hex at byte offset {index // 2} (character {char!r})")
+    if len(clean) % 2:
+        raise InputError(f"{what} has an odd number of hex digits: byte offset {len(clean) // 2} is incomplete")
+    return bytes.fromhex(clean)
+
+
+def parse_key(text: str | None, env: str | None) -> bytes | None:
+    """An AES-128 key from ``--key`` or the variable named by ``--key-env``; the value is never shown."""
+    if text is not None and env is not None:
+        raise InputError("give --key or --key-env, not both")
+    if env is not None:
+        text = environment(env)
+    if text is None:
+        return None
+    clean = "".join(text.split())
+    try:
+        key = bytes.fromhex(clean)
+    except ValueError:
+        raise InputError("the key is not hex (value not shown)") from None
+    if len(key) != 16:
+        raise InputError(f"the key must be 16 bytes (32 hex digits), got {len(key)} (value not shown)")
+    return key
+
+
+def environment(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise InputError(f"environment variable {name} is not set")
+    return value
+
+
+def read_input(source: str) -> bytes:
+    """Bytes of a file, or of stdin for ``-``; bounded."""
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+        else:
+            with Path(source).open("rb") as handle:
+                data = handle.read(MAX_INPUT + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {source}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_INPUT:
+        raise InputError(f"{source} is larger than {MAX_INPUT} bytes")
+    return data
+
+
+def hex_argument(parts: list[str]) -> bytes:
+    """The HEX argument: one or more words (a pasted frame with spaces), or ``-`` for stdin."""
+    if parts == ["-"]:
+        return parse_hex(read_input("-").decode("ascii", "replace"))
+    return parse_hex(" ".join(parts))
+
+
+# -- gxami decode ---------------------------------------------------------------------------
+
+HEX_PARTS = typer.Argument(..., metavar="HEX", help="the frame in hex (spaces allowed), or - for stdin")
+KEY = typer.Option(None, "--key", help="AES-128 key, 32 hex digits (prefer --key-env)")
+KEY_ENV = typer.Option(None, "--key-env", metavar="VAR", help="environment variable holding the key")
+
+
+@decode_app.command("mbus")
+def decode_mbus(hex_parts: list[str] = HEX_PARTS) -> None:
+    """A wired M-Bus RSP_UD long frame (68 L L 68 ... 16)."""
+    from gxcore.mbus import decode_mbus_telegram
+
+    run_guarded("decode mbus", lambda: decode_mbus_telegram(hex_argument(hex_parts)).to_json_dict(), decoding=True)
+
+
+@decode_app.command("wmbus")
+def decode_wmbus(hex_parts: list[str] = HEX_PARTS, key: str | None = KEY, key_env: str | None = KEY_ENV) -> None:
+    """A wireless M-Bus telegram (L field first, data-link CRCs in or out)."""
+    from gxcore.wmbus import decode_wmbus_telegram
+
+    def action() -> object:
+        aes = parse_key(key, key_env)
+        telegram = decode_wmbus_telegram(hex_argument(hex_parts), aes)
+        document = telegram.to_json_dict()
+        document["security_mode"] = telegram.security_mode
+        return document
+
+    run_guarded("decode wmbus", action, decoding=True)
+
+
+@decode_app.command("dsmr")
+def decode_dsmr(
+    source: str = typer.Argument(..., metavar="FILE|-", help="a P1 telegram file, or - for stdin"),
+    key: str | None = KEY,
+    key_env: str | None = KEY_ENV,
+) -> None:
+    """A DSMR P1 telegram ('/' ... '!' CRC); a Luxembourg Smarty frame with --key/--key-env."""
+    from gxcore.dsmr import decode_dsmr_telegram, decrypt_smarty_frame
+
+    def action() -> object:
+        data = read_input(source)
+        aes = parse_key(key, key_env)
+        if data[:2] == b"\xdb\x08":  # general-glo-ciphering: an encrypted Smarty frame
+            data = decrypt_smarty_frame(data.strip(b"\r\n"), Secret(aes) if aes is not None else None)
+        return decode_dsmr_telegram(data).to_json_dict()
+
+    run_guarded("decode dsmr", action, decoding=True)
+
+
+@decode_app.command("iec62056-21")
+def decode_iec(source: str = typer.Argument(..., metavar="FILE|-", help="a readout file, or - for stdin")) -> None:
+    """An IEC 62056-21 readout: [identification] STX data lines ! ETX BCC, or the bare data lines."""
+    from gxcore.iec62056_21 import decode_iec62056_21_readout
+
+    run_guarded(
+        "decode iec62056-21", lambda: decode_iec62056_21_readout(read_input(source)).to_json_dict(), decoding=True
+    )
+
+
+# -- gxami read -----------------------------------------------------------------------------
+
+
+def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"{what} {pair!r} is not NAME=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+def resolve_profile(protocol: str, name_or_file: str | None, folders: list[Path]) -> DeviceProfile:
+    """A profile file, else a catalog name, else the protocol's default profile."""
+    if name_or_file is not None and (name_or_file.endswith((".yaml", ".yml")) or Path(name_or_file).is_file()):
+        return load_profile(Path(name_or_file))
+    name = name_or_file or DEFAULT_PROFILES.get(protocol)
+    if name is None:
+        raise InputError(f"no default profile for protocol {protocol!r}: give --profile NAME|FILE")
+    return ProfileCatalog(*folders).get(name)
+
+
+def read_secrets(password_env: str | None, key_env: str | None, secret_env: list[str]) -> dict[str, Secret]:
+    names = {"password": password_env, "key": key_env} | parse_pairs(secret_env, "--secret-env")
+    return {name: Secret(environment(variable)) for name, variable in names.items() if variable is not None}
+
+
+def read_command(
+    url: str = typer.Argument(..., help="tcp://host:port, serial:///dev/ttyUSB0?baud=2400, ..."),
+    protocol: str = typer.Option(..., "--protocol", "-p", help="dlms, modbus, mbus, wmbus, iec62056-21, dsmr, ..."),
+    profile: str | None = typer.Option(None, "--profile", help="profile name or YAML file (default per protocol)"),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="K=V", help="per-meter option, repeatable"),
+    password_env: str | None = typer.Option(None, "--password-env", metavar="VAR", help="variable with the password"),
+    key_env: str | None = typer.Option(None, "--key-env", metavar="VAR", help="variable with the key (hex)"),
+    secret_env: list[str] = typer.Option([], "--secret-env", metavar="NAME=VAR", help="any other secret, repeatable"),
+    purpose: list[str] = typer.Option(["billing"], "--purpose", help=PURPOSE_HELP),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="seconds per exchange"),
+    meter_id: str | None = typer.Option(None, "--meter-id", help="name of the meter in the output"),
+    profile_dir: list[Path] = typer.Option([], "--profile-dir", help="extra profile folder, repeatable"),
+) -> None:
+    """Read one meter once through its protocol driver and print the readings."""
+    meter = meter_id or url
+
+    def action() -> object:
+        unknown = sorted(set(purpose) - set(PURPOSES))
+        if unknown:
+            raise InputError(f"unknown purpose {', '.join(unknown)} (use {', '.join(PURPOSES)})")
+        chosen = resolve_profile(protocol, profile, profile_dir)
+        if chosen.protocol != protocol:
+            raise InputError(f"profile {chosen.name} is for protocol {chosen.protocol!r}, not {protocol!r}")
+        driver = load_driver(protocol)
+        driver.validate_profile(chosen)
+        target = MeterTarget(
+            meter, url, parse_pairs(option, "--option"), read_secrets(password_env, key_env, secret_env)
+        )
+        target.endpoint()  # a bad URL is bad input, reported before any connection
+        request = ReadRequest(purposes=frozenset(purpose))
+        result = asyncio.run(_bounded(driver.read(target, chosen, request, timeout=timeout), timeout))
+        return {
+            "meter": meter,
+            "protocol": protocol,
+            "profile": chosen.name,
+            "meter_time": result.meter_time.isoformat() if result.meter_time else None,
+            "readings": [
+                {"quantity": r.quantity, "value": r.value, "unit": r.unit, "timestamp": r.timestamp.isoformat()}
+                for r in result.readings
+            ],
+        }
+
+    run_guarded("read", action)
+
+
+async def _bounded(read: Awaitable[ReadResult], timeout: float) -> ReadResult:
+    """The whole session bounded too: a driver that keeps a trickling meter talking still ends."""
+    limit = max(30.0, 20 * timeout)
+    try:
+        async with asyncio.timeout(limit):
+            return await read
+    except TimeoutError:
+        raise MeterTimeoutError(f"the read did not finish within {limit:g} s") from None
+
+
+# -- gxami profile --------------------------------------------------------------------------
+
+
+@profile_app.command("validate")
+def profile_validate(file: Path = typer.Argument(..., help="the profile YAML file")) -> None:
+    """Check a profile file against the model and, when installed, its protocol's driver."""
+
+    def action() -> object:
+        checked = load_profile(file)
+        try:
+            driver = load_driver(checked.protocol)
+        except ConfigurationError:
+            driver = None
+        if driver is not None:
+            driver.validate_profile(checked)
+        return {
+            "file": str(file),
+            "name": checked.name,
+            "protocol": checked.protocol,
+            "points": len(checked.points),
+            "driver_checked": driver is not None,
+            "valid": True,
+        }
+
+    run_guarded("profile validate", action, decoding=True)
+
+
+@profile_app.command("schema")
+def profile_schema() -> None:
+    """Print the JSON Schema of profile files (for editors)."""
+    typer.echo(json_schema())
+
+
+@profile_app.command("list")
+def profile_list(
+    profile_dir: list[Path] = typer.Option([], "--profile-dir", help="extra profile folder, repeatable"),
+) -> None:
+    """List the known profiles (built in, then extra folders)."""
+
+    def action() -> object:
+        catalog = ProfileCatalog(*profile_dir)
+        profiles = [catalog.get(name) for name in catalog.names()]
+        return [
+            {"name": p.name, "protocol": p.protocol, "description": p.description, "points": len(p.points)}
+            for p in profiles
+        ]
+
+    run_guarded("profile list", action, decoding=True)

@@ -1,0 +1,113 @@
+"""Collector: consume read jobs, read meters with bounded concurrency, publish readings and results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from gxami_collector.jobs import JobOutcome, MeterReader
+from gxami_collector.secret_store import SecretStore
+from gxami_collector.settings import CollectorSettings
+from gxami_contracts import JobStatus, ReadJob
+from gxami_contracts.topics import JOB_RESULTS, READ_JOBS, READINGS
+from gxami_runtime.http import OpsServer
+from gxami_runtime.kafka import (
+    DeadLetters,
+    Decoded,
+    Publisher,
+    commit,
+    decode_batch,
+    start_clients,
+)
+from gxcore.profiles import ProfileCatalog
+
+log = logging.getLogger("gxami.collector")
+
+JOBS = Counter("gxami_collector_jobs_total", "Read jobs finished", ["status", "error_kind"])
+READINGS_OUT = Counter("gxami_collector_readings_total", "Readings published")
+SESSION_SECONDS = Histogram("gxami_collector_session_seconds", "Duration of one meter session",
+                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+IN_FLIGHT = Gauge("gxami_collector_sessions_in_flight", "Meter sessions running now")
+
+
+class Collector:
+    """Runs jobs from the read-jobs topic; one link is never used by two sessions at once."""
+
+    def __init__(self, settings: CollectorSettings, reader: MeterReader) -> None:
+        self.settings = settings
+        self.reader = reader
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._links: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.ready = False
+
+    async def _one(self, job: ReadJob, publisher: Publisher) -> None:
+        async with self._links[job.link_id], self._slots:
+            IN_FLIGHT.inc()
+            try:
+                outcome: JobOutcome = await self.reader.run(job)
+            finally:
+                IN_FLIGHT.dec()
+        r = outcome.result
+        SESSION_SECONDS.observe((r.finished_at - r.started_at).total_seconds())
+        # Readings before the result: a scheduler that saw "ok" knows the readings are on the broker.
+        if outcome.batch is not None:
+            await publisher.send(READINGS.name, outcome.batch.meter_id, outcome.batch)
+            READINGS_OUT.inc(len(outcome.batch.readings))
+        await publisher.send(JOB_RESULTS.name, r.meter_id, r)
+        JOBS.labels(r.status.value, r.error_kind or "").inc()
+        if r.status is JobStatus.ERROR:
+            log.info("read failed",
+                     extra={"meter_id": r.meter_id, "error_kind": r.error_kind, "error": r.error_message})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        producer, consumer = await start_clients(s, s.consumer_group, s.topic(READ_JOBS.name))
+        ops = OpsServer(s.http_host, s.http_port, ready=lambda: self.ready)
+        port = await ops.start()
+        publisher = Publisher(producer, s)
+        dead = DeadLetters(publisher, "collector")
+        log.info("collector started", extra={"http_port": port, "concurrency": s.concurrency})
+        self.ready = True
+        try:
+            await self._loop(consumer, publisher, dead, stop)
+        finally:
+            self.ready = False
+            await consumer.stop()
+            await producer.stop()
+            await ops.stop()
+            log.info("collector stopped")
+
+    async def _loop(
+        self, consumer: AIOKafkaConsumer, publisher: Publisher, dead: DeadLetters, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            fetched = await consumer.getmany(timeout_ms=300, max_records=self.settings.concurrency * 4)
+            if not fetched:
+                continue
+            jobs: list[Decoded[ReadJob]] = []
+            offsets: dict[TopicPartition, int] = {}
+            for tp, recs in fetched.items():
+                good, bad = decode_batch(ReadJob, recs)
+                for rec, reason in bad:
+                    await dead.send(rec, reason)
+                jobs.extend(good)
+                offsets[tp] = recs[-1].offset + 1
+            # Offsets are committed once every job of the fetch has published its result; a crash
+            # before that re-runs the jobs, and the readings they produce again are deduplicated.
+            await asyncio.gather(*(self._one(d.message, publisher) for d in jobs))
+            await commit(consumer, offsets)
+
+
+async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -> None:
+    s = settings or CollectorSettings()
+    extra = (s.profiles_dir,) if s.profiles_dir else ()
+    reader = MeterReader(
+        ProfileCatalog(*extra), SecretStore.load(s.secrets_file),
+        exchange_timeout=s.exchange_timeout_s, session_timeout=s.session_timeout_s,
+        invocation_counters=s.invocation_counters_file,
+    )
+    await Collector(s, reader).run(stop)

@@ -1,0 +1,101 @@
+"""Running one read job: a meter session through its driver, turned into messages.
+
+Every failure becomes a typed error in the job result; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gxami_collector.secret_store import SecretStore
+from gxami_contracts import JobResult, JobStatus, ReadingBatch, ReadingValue, ReadJob
+from gxcore.dlms.invocation import JsonInvocationCounters
+from gxcore.drivers import Driver, MeterTarget, ReadRequest, load_driver
+from gxcore.errors import GxError
+from gxcore.profiles import ProfileCatalog
+
+log = logging.getLogger("gxami.collector")
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What a job produced: readings (possibly none) and its result."""
+
+    batch: ReadingBatch | None
+    result: JobResult
+
+
+class MeterReader:
+    """Reads meters for jobs: resolves profile, driver and secrets, bounds the session in time."""
+
+    def __init__(
+        self,
+        profiles: ProfileCatalog,
+        secrets: SecretStore,
+        *,
+        exchange_timeout: float,
+        session_timeout: float,
+        invocation_counters: Path | None = None,
+    ) -> None:
+        self._profiles = profiles
+        self._secrets = secrets
+        self._drivers: dict[str, Driver] = {}
+        self._exchange_timeout = exchange_timeout
+        self._session_timeout = session_timeout
+        self._counters = JsonInvocationCounters(invocation_counters) if invocation_counters else None
+
+    def driver(self, protocol: str) -> Driver:
+        if protocol not in self._drivers:
+            driver = load_driver(protocol)
+            if self._counters is not None and hasattr(driver, "counters"):
+                driver.counters = self._counters  # drivers of ciphered protocols keep counters here
+            self._drivers[protocol] = driver
+        return self._drivers[protocol]
+
+    async def run(self, job: ReadJob) -> JobOutcome:
+        started = datetime.now(UTC)
+        if started > job.deadline:
+            late = f"meter {job.meter_id}: job expired before it ran (deadline {job.deadline.isoformat()})"
+            return self._failed(job, started, "expired", late)
+        try:
+            profile = self._profiles.get(job.profile)
+            driver = self.driver(job.protocol)
+            target = MeterTarget(job.meter_id, job.url, job.options, self._secrets.for_meter(job.meter_id))
+            request = ReadRequest(frozenset(job.purposes), job.profile_from, job.profile_to)
+            async with asyncio.timeout(self._session_timeout):
+                result = await driver.read(target, profile, request, timeout=self._exchange_timeout)
+        except GxError as exc:
+            if exc.meter_id is None:
+                exc.meter_id = job.meter_id
+            return self._failed(job, started, exc.kind, str(exc))
+        except TimeoutError:
+            return self._failed(
+                job, started, "timeout", f"meter {job.meter_id}: session exceeded {self._session_timeout:.0f} s"
+            )
+        except Exception as exc:  # a driver bug must not stop the collector
+            log.exception("driver failed unexpectedly", extra={"meter_id": job.meter_id, "protocol": job.protocol})
+            return self._failed(job, started, "internal", f"meter {job.meter_id}: {type(exc).__name__} in driver")
+        readings = [
+            ReadingValue(quantity=r.quantity, ts=r.timestamp, value=r.value, unit=r.unit, status=r.status)
+            for r in result.readings
+        ]
+        finished = datetime.now(UTC)
+        batch = ReadingBatch(
+            batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=finished, readings=readings
+        ) if readings else None
+        return JobOutcome(batch, JobResult(
+            job_id=job.job_id, meter_id=job.meter_id, link_id=job.link_id, status=JobStatus.OK, attempt=job.attempt,
+            started_at=started, finished_at=finished, readings_count=len(readings), meter_time=result.meter_time,
+        ))
+
+    @staticmethod
+    def _failed(job: ReadJob, started: datetime, kind: str, message: str) -> JobOutcome:
+        return JobOutcome(None, JobResult(
+            job_id=job.job_id, meter_id=job.meter_id, link_id=job.link_id, status=JobStatus.ERROR,
+            attempt=job.attempt, started_at=started, finished_at=datetime.now(UTC), readings_count=0,
+            error_kind=kind, error_message=message[:2000],
+        ))

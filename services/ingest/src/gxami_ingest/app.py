@@ -1,0 +1,213 @@
+"""Ingest: consume reading batches, store them, then commit offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from gxami_contracts import ReadingBatch
+from gxami_contracts.topics import READINGS
+from gxami_ingest.settings import IngestSettings
+from gxami_ingest.validation import BatchRejectedError, check_batch
+from gxami_ingest.vee import run_vee_periodically
+from gxami_ingest.writer import ReadingRow, WriteStats, write_readings
+from gxami_runtime.http import OpsServer
+from gxami_runtime.kafka import (
+    DeadLetters,
+    Decoded,
+    Publisher,
+    commit,
+    decode_batch,
+    start_clients,
+)
+from gxami_runtime.service import check_database
+from gxami_store import PartitionKeeper, migrate, storage_kind
+from gxami_store.aggregates import refresh_aggregates_periodically
+from gxami_store.timescale import StoragePolicy, apply_storage_policy
+
+log = logging.getLogger("gxami.ingest")
+T = TypeVar("T")
+
+# Failures after which the same batch is simply written again: the database went away, or two
+# replicas briefly held the same meters during a rebalance (deadlock, serialization failure).
+_RETRYABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+READINGS_TOTAL = Counter("gxami_ingest_readings_total", "Readings handled by outcome", ["outcome"])
+DEAD_LETTERS = Counter("gxami_ingest_dead_letters_total", "Messages sent to the dead-letter topic")
+BATCH_SECONDS = Histogram("gxami_ingest_write_seconds", "Time to store one batch (COPY + merge + commit)")
+DB_RETRIES = Counter("gxami_ingest_db_retries_total", "Database write attempts that failed and were retried")
+
+
+class Ingest:
+    """The ingest loop; ``run`` returns when ``stop`` is set, after committing what it stored."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.partitions = PartitionKeeper()
+        self.known_meters: set[str] = set()
+        self.conn: asyncpg.Connection | None = None
+        self.ready = False
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.settings.database_url.get_secret_value(), timeout=10)
+        await self.partitions.load(conn, await storage_kind(conn))
+        return conn
+
+    async def _refresh_meters(self, conn: asyncpg.Connection) -> None:
+        self.known_meters = {r["meter_id"] for r in await conn.fetch("SELECT meter_id FROM meters")}
+
+    async def _with_database(self, work: Callable[[asyncpg.Connection], Awaitable[T]], consumer: AIOKafkaConsumer) -> T:
+        """Run ``work`` until it succeeds; while the database is away, pause fetching (backpressure)."""
+        delay = self.settings.db_retry_initial_s
+        paused = False
+        try:
+            while True:
+                try:
+                    if self.conn is None or self.conn.is_closed():
+                        self.conn = await self._connect()
+                    return await work(self.conn)
+                except _RETRYABLE as exc:
+                    DB_RETRIES.inc()
+                    log.warning("database unavailable; retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                    if not paused:
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    if self.conn is not None:
+                        self.conn.terminate()
+                        self.conn = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.db_retry_max_s)
+        finally:
+            if paused:
+                consumer.resume(*consumer.assignment())
+
+    async def handle(self, items: list[Decoded[ReadingBatch]], consumer: AIOKafkaConsumer, dead: DeadLetters) -> None:
+        """Validate, dead-letter what cannot be stored, store the rest; returns after the commit."""
+        now = datetime.now(UTC)
+        max_future = timedelta(seconds=self.settings.max_future_s)
+        max_past = timedelta(days=self.settings.max_past_days)
+        if {d.message.meter_id for d in items} - self.known_meters:
+            # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
+            await self._with_database(self._refresh_meters, consumer)
+        rows: list[ReadingRow] = []
+        for d in items:
+            try:
+                rows.extend(
+                    check_batch(d.message, known_meters=self.known_meters, now=now,
+                                max_future=max_future, max_past=max_past)
+                )
+            except BatchRejectedError as exc:
+                await dead.send(d.record, str(exc))
+                DEAD_LETTERS.inc()
+
+        async def write(conn: asyncpg.Connection) -> WriteStats:
+            with BATCH_SECONDS.time():
+                return await write_readings(conn, rows, self.partitions)
+
+        stats = await self._with_database(write, consumer)
+        READINGS_TOTAL.labels("inserted").inc(stats.inserted)
+        READINGS_TOTAL.labels("duplicate").inc(stats.duplicates)
+        READINGS_TOTAL.labels("revision").inc(stats.revisions)
+        READINGS_TOTAL.labels("replaced-estimate").inc(stats.replaced_estimates)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        await check_database(s.database_url.get_secret_value())
+        self.conn = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
+        await migrate(self.conn)
+        await apply_storage_policy(self.conn, StoragePolicy(
+            backfill_horizon=timedelta(days=s.backfill_horizon_days),
+            retention=timedelta(days=s.retention_days) if s.retention_days else None,
+        ))
+        await self.partitions.load(self.conn, await storage_kind(self.conn))
+        await self.partitions.ensure_ahead(self.conn, datetime.now(UTC))
+        await self._refresh_meters(self.conn)
+        producer, consumer = await start_clients(s, s.consumer_group, s.topic(READINGS.name))
+        ops = OpsServer(s.http_host, s.http_port, ready=lambda: self.ready)
+        port = await ops.start()
+        log.info("ingest started", extra={"http_port": port, "topic": s.topic(READINGS.name)})
+        dead = DeadLetters(Publisher(producer, s), "ingest")
+        dsn = s.database_url.get_secret_value()
+        upkeep = [asyncio.create_task(refresh_aggregates_periodically(dsn, timedelta(seconds=s.aggregates_refresh_s),
+                                                                      stop))]
+        if s.vee_enabled:
+            upkeep.append(asyncio.create_task(run_vee_periodically(dsn, s.vee, stop)))
+        self.ready = True
+        try:
+            await self._loop(consumer, dead, stop)
+        finally:
+            for t in upkeep:
+                t.cancel()
+            await asyncio.gather(*upkeep, return_exceptions=True)
+            self.ready = False
+            await consumer.stop()
+            await producer.stop()
+            await ops.stop()
+            if self.conn is not None:
+                await self.conn.close()
+            log.info("ingest stopped")
+
+    async def _loop(self, consumer: AIOKafkaConsumer, dead: DeadLetters, stop: asyncio.Event) -> None:
+        """Fetch and decode the next batch while the previous one is written (one write at a time)."""
+        s = self.settings
+        pending: list[Decoded[ReadingBatch]] = []
+        offsets: dict[TopicPartition, int] = {}
+        count = 0
+        started = time.monotonic()
+        writing: asyncio.Task[None] | None = None
+
+        async def flush(items: list[Decoded[ReadingBatch]], offs: dict[TopicPartition, int]) -> None:
+            await self.handle(items, consumer, dead)
+            # Offsets only after the database transaction committed: a crash before this
+            # line redelivers the batch, and the merge makes that a no-op.
+            await commit(consumer, offs)
+
+        try:
+            while not stop.is_set():
+                fetched = await consumer.getmany(timeout_ms=min(200, s.batch_max_age_ms), max_records=1000)
+                for tp, recs in fetched.items():
+                    good, bad = decode_batch(ReadingBatch, recs)
+                    for rec, reason in bad:
+                        await dead.send(rec, reason)
+                        DEAD_LETTERS.inc()
+                    pending.extend(good)
+                    count += sum(len(d.message.readings) for d in good)
+                    offsets[tp] = recs[-1].offset + 1
+                if writing is not None and writing.done():
+                    finished, writing = writing, None
+                    finished.result()  # a failed write stops the service; nothing was committed for it
+                age_ms = (time.monotonic() - started) * 1000
+                if offsets and (count >= s.batch_max_readings or age_ms >= s.batch_max_age_ms):
+                    if writing is not None:
+                        await writing  # batches are written, and their offsets committed, in order
+                    writing = asyncio.create_task(flush(pending, offsets))
+                    pending, offsets, count = [], {}, 0
+                    started = time.monotonic()
+                elif not offsets:
+                    started = time.monotonic()
+        finally:
+            if writing is not None:
+                await writing
+        if offsets:
+            await flush(pending, offsets)
+
+
+async def main(stop: asyncio.Event, settings: IngestSettings | None = None) -> None:
+    await Ingest(settings or IngestSettings()).run(stop)

@@ -1,0 +1,25 @@
+"""Ingest settings (GXAMI_ prefix); the only place ingest reads the environment."""
+
+from __future__ import annotations
+
+from gxami_ingest.vee import VeeSettings
+from gxami_runtime.settings import ServiceSettings
+
+
+class IngestSettings(ServiceSettings):
+    consumer_group: str = "ingest"
+    batch_max_readings: int = 20_000
+    batch_max_age_ms: int = 500
+    # Readings stamped further from now than this are refused (dead letter): a meter whose clock
+    # is wildly off must not create partitions in 1970 or 2099.
+    max_future_s: int = 86_400
+    max_past_days: int = 3_660
+    db_retry_initial_s: float = 0.5
+    db_retry_max_s: float = 15.0
+    # TimescaleDB compresses only chunks older than this: back-fill lands in uncompressed chunks,
+    # because inserts into compressed chunks are slow (timescaledb #6063, #8400).
+    backfill_horizon_days: int = 60
+    retention_days: int | None = None
+    vee: VeeSettings = VeeSettings()
+    vee_enabled: bool = True
+    aggregates_refresh_s: float = 900.0

@@ -1,0 +1,1 @@
+"""gxami scheduler."""

@@ -1,0 +1,235 @@
+"""Wiring: the tick loop that emits read jobs, the job-results consumer, the ops server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from gxami_contracts import DEAD_LETTER, JobResult, Message
+from gxami_contracts.topics import JOB_RESULTS, READ_JOBS
+from gxami_runtime.http import OpsServer
+from gxami_runtime.kafka import (
+    DeadLetters,
+    Decoded,
+    Publisher,
+    consume_batches,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from gxami_runtime.service import StartupError, check_database, kafka_startup_error, redact_dsn
+from gxami_scheduler.api import FleetApi
+from gxami_scheduler.metrics import SchedulerMetrics
+from gxami_scheduler.schedule import claim_due, count_due, record_results, release
+from gxami_scheduler.settings import SchedulerSettings
+from gxami_store import migrate
+
+log = logging.getLogger(__name__)
+
+# What a database outage looks like from asyncpg; the loops log it and carry on.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+RESULTS_RETRY_S = 2.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobSender(Protocol):
+    """What the tick loop needs of the broker (``gxami_runtime.kafka.Publisher`` fits)."""
+
+    async def send_many(self, logical_topic: str, items: Sequence[tuple[str, Message]]) -> None: ...
+
+
+class Scheduler:
+    """Claims due meters every tick and publishes their jobs; applies job results to the schedule."""
+
+    results_retry_s = RESULTS_RETRY_S  # pause before re-reading job results after a failure
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        pool: asyncpg.Pool,
+        sender: JobSender,
+        metrics: SchedulerMetrics,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._policy = settings.policy()
+        self._shard = settings.shard()
+        self._pool = pool
+        self._sender = sender
+        self._metrics = metrics
+        self._clock = clock
+        self.ready = False
+
+    async def tick(self) -> int:
+        """Claim, commit, publish once; returns the number of jobs emitted."""
+        started = time.perf_counter()
+        now = self._clock()
+        limit = self._settings.claim_limit
+        async with self._pool.acquire() as conn:
+            planned = await claim_due(conn, now, self._policy, limit=limit, shard=self._shard)
+            # Fewer than the limit claimed means nothing else was due (bar rows another replica holds).
+            due = len(planned) + (await count_due(conn, now, self._shard) if len(planned) >= limit else 0)
+        self._metrics.meters_due.set(due)
+        if planned:
+            try:
+                await self._sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in planned])
+            except (KafkaError, OSError, TimeoutError) as exc:
+                # Claimed but not (all) published: release them now rather than wait for the
+                # in-flight timeout. A job that did go out will find its result stale; the reading
+                # it produced is stored anyway (ingest is idempotent).
+                self._metrics.publish_failures.inc()
+                log.warning("publishing read jobs failed; meters released",
+                            extra={"jobs": len(planned), "error": f"{type(exc).__name__}: {exc}"})
+                async with self._pool.acquire() as conn:
+                    await release(conn, [p.job.job_id for p in planned])
+                raise
+            self._metrics.jobs_emitted.inc(len(planned))
+            log.debug("emitted read jobs", extra={"jobs": len(planned)})
+        self._metrics.tick_seconds.observe(time.perf_counter() - started)
+        return len(planned)
+
+    async def run_ticks(self, stop: asyncio.Event) -> None:
+        """Tick every ``tick_seconds`` until ``stop``; the current tick always finishes."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            try:
+                await self.tick()
+                self.ready = True
+            except (*DB_ERRORS, KafkaError) as exc:
+                self.ready = False
+                log.warning("tick failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            wait = max(0.0, self._settings.tick_seconds - (loop.time() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+
+    async def handle_results(self, batch: list[Decoded[JobResult]]) -> None:
+        """Apply one batch of job results (one transaction); raises if the database fails."""
+        async with self._pool.acquire() as conn:
+            outcome = await record_results(conn, [d.message for d in batch], self._clock(), self._policy)
+        for item in batch:
+            self._metrics.job_results.labels(status=item.message.status.value).inc()
+        if outcome.stale:
+            self._metrics.stale_results.inc(outcome.stale)
+
+    async def run_results(self, consumer: AIOKafkaConsumer, dead_letters: DeadLetters, stop: asyncio.Event) -> None:
+        """Start the consumer, consume job results until ``stop``; after a failure, re-read from the commit.
+
+        Joining the group can take seconds; ticks run meanwhile (results wait in the topic).
+        """
+        if not await self._start_consumer(consumer, stop):
+            return
+        rewind = False
+        while not stop.is_set():
+            try:
+                if rewind:
+                    await rewind_to_committed(consumer)
+                    rewind = False
+                await consume_batches(consumer, JobResult, self.handle_results, dead_letters, stop=stop.is_set)
+            except (*DB_ERRORS, KafkaError) as exc:
+                # getmany() has moved past the failed batch: go back to the last commit before
+                # fetching again, or the next commit would skip it.
+                rewind = True
+                log.warning("applying job results failed; will re-read from the last commit",
+                            extra={"error": f"{type(exc).__name__}: {exc}"})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.results_retry_s)
+
+    async def _start_consumer(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
+        """Start (join the group) unless ``stop`` comes first; False if stopped."""
+        starting = asyncio.create_task(consumer.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():  # stopped while joining: nothing consumed, nothing to commit
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError, OSError):
+                await starting
+            return False
+        try:
+            starting.result()
+        except (KafkaError, OSError) as exc:
+            raise kafka_startup_error(self._settings.kafka_bootstrap, exc) from None
+        return True
+
+
+async def rewind_to_committed(consumer: AIOKafkaConsumer) -> None:
+    """Set every assigned partition back to its committed offset (the beginning if none is committed)."""
+    for tp in consumer.assignment():
+        committed = await consumer.committed(tp)
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+
+async def _start_kafka(settings: SchedulerSettings, stack: contextlib.AsyncExitStack) -> tuple[
+    Publisher, AIOKafkaConsumer
+]:
+    try:
+        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER])
+        producer = make_producer(settings)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        consumer = make_consumer(settings, settings.results_group, settings.topic(JOB_RESULTS.name))
+        stack.push_async_callback(consumer.stop)  # started by the results loop; stop() is safe either way
+    except (KafkaError, OSError) as exc:
+        raise kafka_startup_error(settings.kafka_bootstrap, exc) from None
+    return Publisher(producer, settings), consumer
+
+
+async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Callable[[], datetime] = utc_now) -> None:
+    """Run the scheduler until ``stop`` is set; dependencies missing at start raise StartupError."""
+    dsn = settings.database_url.get_secret_value()
+    await check_database(dsn)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                applied = await migrate(conn)
+            finally:
+                await conn.close()
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.db_pool_size, timeout=10)
+            stack.push_async_callback(pool.close)
+        except DB_ERRORS as exc:
+            raise StartupError(f"cannot use the database at {redact_dsn(dsn)}: {type(exc).__name__}: {exc}") from None
+        publisher, consumer = await _start_kafka(settings, stack)
+        metrics = SchedulerMetrics(process=True)
+        scheduler = Scheduler(settings, pool, publisher, metrics, clock)
+        ops = OpsServer(settings.http_host, settings.http_port, ready=lambda: scheduler.ready,
+                        registry=metrics.registry)
+        FleetApi(pool, clock).install(ops.app)
+        port = await ops.start()
+        stack.push_async_callback(ops.stop)
+        log.info("scheduler started", extra={
+            "http_port": port, "migrations": applied, "shard": f"{settings.shard_index}/{settings.shard_count}",
+        })
+        tasks = [
+            asyncio.create_task(scheduler.run_ticks(stop), name="ticks"),
+            asyncio.create_task(
+                scheduler.run_results(consumer, DeadLetters(publisher, "scheduler"), stop), name="results"
+            ),
+        ]
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.set()  # one loop failing stops the other: exit and let the orchestrator restart us
+            await asyncio.gather(*tasks, stopping, return_exceptions=True)
+        for task in tasks:
+            failure = task.exception()
+            if failure is not None:
+                raise failure
+        log.info("scheduler stopped")

@@ -1,0 +1,208 @@
+"""The meter registry in the database: fleet import, listing, and on-demand reads.
+
+Purposes have no column of their own in ``meters`` yet; they are kept in its ``options``
+JSON under ``PURPOSES_KEY``, a name fleet options cannot have (option names start with a
+letter). ``stored_options`` and ``split_options`` are the only places that know.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from gxami_scheduler.fleet import DEFAULT_PURPOSES, FleetMeter
+from gxami_scheduler.planner import first_due
+from gxcore.profiles import DeviceProfile
+
+PURPOSES_KEY = "_purposes"
+
+# A connection of its own or one borrowed from a pool: the queries here take either.
+DbConn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+
+
+def stored_options(options: Mapping[str, str], purposes: Sequence[str]) -> str:
+    """The ``meters.options`` JSON for a meter's options and purposes."""
+    return json.dumps({**options, PURPOSES_KEY: list(purposes)}, sort_keys=True)
+
+
+def split_options(raw: str | Mapping[str, Any] | None) -> tuple[dict[str, str], list[str]]:
+    """Options and purposes back from ``meters.options`` (JSON text as asyncpg returns it)."""
+    data: Any = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    purposes = data.pop(PURPOSES_KEY, None) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        data = {}
+    options = {str(k): str(v) for k, v in data.items()}
+    if not isinstance(purposes, list) or not purposes:
+        purposes = list(DEFAULT_PURPOSES)
+    return options, [str(p) for p in purposes]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    """What a fleet import did."""
+
+    total: int
+    new: int
+
+    @property
+    def updated(self) -> int:
+        """Meters that existed already (their registry entry now matches the file)."""
+        return self.total - self.new
+
+    def __str__(self) -> str:
+        return f"imported {self.total} meters ({self.new} new, {self.updated} updated)"
+
+
+_UPSERT = """
+INSERT INTO meters AS m (meter_id, protocol, url, link_id, profile, meter_group, interval_s, options, enabled)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+                     $8::jsonb[], $9::bool[])
+ON CONFLICT (meter_id) DO UPDATE SET
+    protocol = EXCLUDED.protocol, url = EXCLUDED.url, link_id = EXCLUDED.link_id,
+    profile = EXCLUDED.profile, meter_group = EXCLUDED.meter_group, interval_s = EXCLUDED.interval_s,
+    options = EXCLUDED.options, enabled = EXCLUDED.enabled, updated_at = now()
+WHERE (m.protocol, m.url, m.link_id, m.profile, m.meter_group, m.interval_s, m.options, m.enabled)
+      IS DISTINCT FROM (EXCLUDED.protocol, EXCLUDED.url, EXCLUDED.link_id, EXCLUDED.profile,
+                        EXCLUDED.meter_group, EXCLUDED.interval_s, EXCLUDED.options, EXCLUDED.enabled)
+RETURNING m.meter_id, (xmax = 0) AS inserted
+"""
+
+_NEW_SCHEDULES = """
+INSERT INTO meter_schedule (meter_id, next_due_at)
+SELECT * FROM unnest($1::text[], $2::timestamptz[])
+ON CONFLICT (meter_id) DO NOTHING
+"""
+
+# A shorter interval in the file takes effect now, not after the old, longer wait.
+_PULL_IN = """
+UPDATE meter_schedule s SET next_due_at = $2::timestamptz + make_interval(secs => m.interval_s)
+  FROM meters m
+ WHERE m.meter_id = s.meter_id AND s.meter_id = ANY($1::text[])
+   AND s.next_due_at > $2::timestamptz + make_interval(secs => m.interval_s)
+"""
+
+
+_UPSERT_PROFILES = """
+INSERT INTO device_profiles (name, protocol, description, definition, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS p(name, protocol, description, definition),
+       LATERAL (SELECT now()) AS t(updated_at)
+ON CONFLICT (name) DO UPDATE
+   SET protocol = EXCLUDED.protocol, description = EXCLUDED.description, definition = EXCLUDED.definition,
+       updated_at = now()
+ WHERE device_profiles.definition IS DISTINCT FROM EXCLUDED.definition
+"""
+
+
+async def import_fleet(
+    conn: DbConn, meters: Sequence[FleetMeter], now: datetime, profiles: Sequence[DeviceProfile] = ()
+) -> ImportSummary:
+    """Upsert the meters (and the device profiles they use), create schedules for new ones, in one transaction."""
+    async with conn.transaction():
+        if profiles:
+            await conn.execute(
+                _UPSERT_PROFILES,
+                [p.name for p in profiles], [p.protocol for p in profiles], [p.description for p in profiles],
+                [p.model_dump_json() for p in profiles],
+            )
+        rows = await conn.fetch(
+            _UPSERT,
+            [m.meter_id for m in meters],
+            [m.protocol for m in meters],
+            [m.address for m in meters],
+            [m.link for m in meters],
+            [m.profile for m in meters],
+            [m.group for m in meters],
+            [m.interval_s for m in meters],
+            [stored_options(m.options, m.purposes) for m in meters],
+            [m.enabled for m in meters],
+        )
+        inserted = {r["meter_id"] for r in rows if r["inserted"]}
+        changed = [r["meter_id"] for r in rows if not r["inserted"]]
+        new = [m for m in meters if m.meter_id in inserted]
+        await conn.execute(
+            _NEW_SCHEDULES,
+            [m.meter_id for m in new],
+            [first_due(m.meter_id, m.interval_s, now) for m in new],
+        )
+        if changed:
+            await conn.execute(_PULL_IN, changed, now)
+    return ImportSummary(total=len(meters), new=len(inserted))
+
+
+_METER_COLUMNS = """
+m.meter_id, m.protocol, m.url, m.link_id, m.profile, m.meter_group, m.interval_s, m.options, m.enabled,
+m.created_at, m.updated_at, s.next_due_at, s.in_flight_job, s.in_flight_until, s.last_success_at,
+s.last_error_at, s.last_error_kind, s.last_error, s.consecutive_failures, s.last_profile_ts
+"""
+
+
+def meter_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A registry row with its schedule state, as JSON-ready values (timestamps in ISO 8601)."""
+    options, purposes = split_options(row["options"])
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key == "options":
+            continue
+        out["group" if key == "meter_group" else key] = value.isoformat() if isinstance(value, datetime) else value
+    out["options"] = options
+    out["purposes"] = purposes
+    return out
+
+
+async def list_meters(
+    conn: DbConn, *, limit: int, after: str | None = None, group: str | None = None
+) -> list[dict[str, Any]]:
+    """One page of meters ordered by id, starting after ``after`` (keyset pagination)."""
+    rows = await conn.fetch(
+        f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_schedule s ON s.meter_id = m.meter_id"  # noqa: S608 - fixed column list, values are parameters
+        " WHERE ($1::text IS NULL OR m.meter_id > $1) AND ($2::text IS NULL OR m.meter_group = $2)"
+        " ORDER BY m.meter_id LIMIT $3",
+        after, group, limit,
+    )
+    return [meter_json(r) for r in rows]
+
+
+async def get_meter(conn: DbConn, meter_id: str) -> dict[str, Any] | None:
+    """One meter with its schedule state, or None."""
+    row = await conn.fetchrow(
+        f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_schedule s ON s.meter_id = m.meter_id"  # noqa: S608 - fixed column list, values are parameters
+        " WHERE m.meter_id = $1",
+        meter_id,
+    )
+    return meter_json(row) if row is not None else None
+
+
+class ReadRequestOutcome(Enum):
+    QUEUED = "queued"
+    IN_FLIGHT = "in-flight"
+    UNKNOWN = "unknown"
+    DISABLED = "disabled"
+
+
+async def request_read(conn: DbConn, meter_id: str, now: datetime) -> ReadRequestOutcome:
+    """Make a meter due now so the next tick emits a job for it."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT m.enabled, s.in_flight_job, s.in_flight_until FROM meters m"
+            " LEFT JOIN meter_schedule s ON s.meter_id = m.meter_id WHERE m.meter_id = $1",
+            meter_id,
+        )
+        if row is None:
+            return ReadRequestOutcome.UNKNOWN
+        if not row["enabled"]:
+            return ReadRequestOutcome.DISABLED
+        await conn.execute(
+            "INSERT INTO meter_schedule (meter_id, next_due_at) VALUES ($1, $2) ON CONFLICT (meter_id)"
+            " DO UPDATE SET next_due_at = LEAST(meter_schedule.next_due_at, EXCLUDED.next_due_at)",
+            meter_id, now,
+        )
+    until = row["in_flight_until"]
+    in_flight = row["in_flight_job"] is not None and until is not None and until >= now
+    return ReadRequestOutcome.IN_FLIGHT if in_flight else ReadRequestOutcome.QUEUED
