@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+import itertools
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from gxami_runtime.devstack import StackEndpoints
-from gxami_store import MIGRATIONS, PartitionKeeper, migrate, storage_kind
+from gxami_store import MIGRATIONS, PartitionInterval, PartitionKeeper, migrate, storage_kind
+from gxami_store.partitions import Partition, existing_partitions
 from gxami_store.timescale import StoragePolicy, apply_storage_policy
 
 pytestmark = pytest.mark.integration
@@ -75,25 +77,60 @@ async def test_two_databases_create_the_cluster_wide_role_at_once(stack: StackEn
         await admin.close()
 
 
-async def test_retention_drops_only_months_entirely_past_it(database_url: str) -> None:
+async def test_retention_drops_only_partitions_entirely_past_it(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
-        keeper = PartitionKeeper()
+        keeper = PartitionKeeper(PartitionInterval.MONTH)
         await keeper.load(conn, "partitioned")
         now = datetime(2026, 6, 15, tzinfo=UTC)
         await keeper.ensure(conn, [datetime(2025, 3, 10, tzinfo=UTC), datetime(2025, 6, 20, tzinfo=UTC), now])
         dropped = await apply_storage_policy(conn, StoragePolicy(retention=timedelta(days=365)), now=now)
         # ensure() creates every month between the instants; cutoff 2025-06-15: March, April and
         # May 2025 (ends 1 June) go; June 2025 (ends 1 July) and later stay
-        assert sorted(dropped) == ["readings_p202503", "readings_p202504", "readings_p202505"]
-        left = {r["relname"] for r in await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'readings'::regclass")}
-        assert {"readings_p202506", "readings_p202507", "readings_p202606", "readings_p202607"} <= left
+        assert sorted(dropped) == ["readings_p20250301_20250401", "readings_p20250401_20250501",
+                                   "readings_p20250501_20250601"]
+        left = {p.name for p in await existing_partitions(conn)}
+        assert {"readings_p20250601_20250701", "readings_p20250701_20250801", "readings_p20260601_20260701",
+                "readings_p20260701_20260801"} <= left
         assert await apply_storage_policy(conn, StoragePolicy(retention=timedelta(days=365)), now=now) == []
     finally:
         await conn.close()
+
+
+async def test_a_new_partition_width_fills_only_what_existing_partitions_leave(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+        monthly = PartitionKeeper(PartitionInterval.MONTH)
+        await monthly.load(conn, "partitioned")
+        await monthly.ensure(conn, [datetime(2025, 1, 20, tzinfo=UTC)])  # January and February
+        daily = PartitionKeeper(PartitionInterval.DAY)
+        await daily.load(conn, "partitioned")
+        await daily.ensure(conn, [datetime(2025, 2, 27, 12, tzinfo=UTC), datetime(2025, 3, 2, 1, tzinfo=UTC)])
+        names = [p.name for p in await existing_partitions(conn)]
+        assert names == ["readings_p20250101_20250201", "readings_p20250201_20250301",
+                         "readings_p20250301_20250302", "readings_p20250302_20250303",
+                         "readings_p20250303_20250304"]
+        # weekly slots start on Monday and skip what the days already cover
+        weekly = PartitionKeeper(PartitionInterval.WEEK)
+        await weekly.load(conn, "partitioned")
+        await weekly.ensure(conn, [datetime(2025, 3, 4, tzinfo=UTC)])  # a Tuesday
+        names = [p.name for p in await existing_partitions(conn)]
+        assert names[5:] == ["readings_p20250304_20250310", "readings_p20250310_20250317"]
+        # every reading of the range lands somewhere: no gap between any two partitions
+        parts = await existing_partitions(conn)
+        assert all(a.hi == b.lo for a, b in itertools.pairwise(parts))
+    finally:
+        await conn.close()
+
+
+def test_partition_names_round_trip_and_foreign_tables_are_ignored() -> None:
+    p = Partition(date(2026, 11, 30), date(2026, 12, 1))
+    assert Partition.from_name(p.name) == p
+    for foreign in ("readings_default", "readings_p202611", "readings_p20261301_20261302",
+                    "readings_p20261201_20261130", "other_p20261130_20261201"):
+        assert Partition.from_name(foreign) is None, foreign
 
 
 def test_storage_policy_refuses_settings_that_cannot_work() -> None:

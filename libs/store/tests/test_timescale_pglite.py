@@ -63,7 +63,11 @@ async def test_migrations_build_a_compressed_hypertable_with_policies_and_contin
 
         policy = StoragePolicy(backfill_horizon=timedelta(days=30), retention=timedelta(days=3650))
         changed = await apply_storage_policy(conn, policy)
-        assert set(changed) == {"compression", "retention", *(f"refresh {a}" for a in AGGREGATES)}
+        # the migration's 7-day chunks become the policy's width (default: one day) for new chunks
+        assert set(changed) == {"chunk interval", "compression", "retention", *(f"refresh {a}" for a in AGGREGATES)}
+        assert await conn.fetchval(
+            "SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_name = 'readings'"
+        ) == timedelta(days=1)
         jobs = {(r["proc_name"], r["hypertable_name"]): r["config"] for r in await conn.fetch(
             "SELECT proc_name, hypertable_name, config::text AS config FROM timescaledb_information.jobs"
             " WHERE hypertable_name IS NOT NULL")}

@@ -1,6 +1,6 @@
 """The gxami database schema: versioned migrations and partition upkeep (asyncpg)."""
 
 from gxami_store.migrations import MIGRATIONS, has_timescaledb, migrate, storage_kind
-from gxami_store.partitions import PartitionKeeper
+from gxami_store.partitions import PartitionInterval, PartitionKeeper
 
-__all__ = ["MIGRATIONS", "PartitionKeeper", "has_timescaledb", "migrate", "storage_kind"]
+__all__ = ["MIGRATIONS", "PartitionInterval", "PartitionKeeper", "has_timescaledb", "migrate", "storage_kind"]

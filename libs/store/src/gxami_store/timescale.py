@@ -4,22 +4,22 @@ On TimescaleDB: the compression policy compresses chunks only once they are olde
 back-fill horizon, because inserts into compressed chunks are slow (TimescaleDB #6063, #8400)
 and back-fill is normal in metering; the continuous aggregates refresh over the same horizon so
 back-filled data reaches them; the retention policy drops chunks older than the retention.
-On plain PostgreSQL: retention drops whole monthly partitions past the retention; there is no
-compression. Safe to call at every start, from several pods: a policy is replaced only when its
-setting changed.
+On plain PostgreSQL: retention drops whole partitions past the retention; there is no
+compression. On both, new partitions (chunks) get the configured width. Safe to call at every
+start, from several pods: a policy is replaced only when its setting changed.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from gxami_store.aggregates import AGGREGATES
 from gxami_store.migrations import storage_kind
-from gxami_store.partitions import next_month
+from gxami_store.partitions import PartitionInterval, existing_partitions
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class StoragePolicy:
 
     backfill_horizon: timedelta = timedelta(days=60)
     retention: timedelta | None = None
+    partition_interval: PartitionInterval = PartitionInterval.DAY
 
     def __post_init__(self) -> None:
         # The daily roll-up's refresh window (horizon minus one day) must hold at least two buckets.
@@ -54,6 +55,14 @@ async def _job_setting(conn: asyncpg.Connection, proc: str, relation: str, key: 
 async def _apply_timescale(conn: asyncpg.Connection, policy: StoragePolicy) -> list[str]:
     changed: list[str] = []
     horizon = policy.backfill_horizon
+    chunk = await conn.fetchval(
+        "SELECT time_interval FROM timescaledb_information.dimensions"
+        " WHERE hypertable_name = 'readings' AND dimension_number = 1"
+    )
+    if chunk != policy.partition_interval.nominal:
+        await conn.execute("SELECT set_chunk_time_interval('readings', $1::interval)",
+                           policy.partition_interval.nominal)
+        changed.append("chunk interval")
     if await _job_setting(conn, "policy_compression", "readings", "compress_after") != horizon:
         await conn.execute("SELECT remove_compression_policy('readings', if_exists => true)")
         await conn.execute("SELECT add_compression_policy('readings', compress_after => $1::interval)", horizon)
@@ -79,22 +88,13 @@ async def _apply_timescale(conn: asyncpg.Connection, policy: StoragePolicy) -> l
 
 
 async def _drop_expired_partitions(conn: asyncpg.Connection, retention: timedelta, now: datetime) -> list[str]:
-    """Drop monthly partitions whose whole month ended before ``now - retention``."""
+    """Drop the partitions whose whole range ended before ``now - retention``."""
     cutoff = (now - retention).astimezone(UTC).date()
     dropped: list[str] = []
-    rows = await conn.fetch(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'readings'::regclass"
-    )
-    for r in rows:
-        name: str = r["relname"]
-        if not (name.startswith("readings_p") and len(name) == 16 and name[10:].isdigit()):
-            continue
-        month = date(int(name[10:14]), int(name[14:16]), 1)
-        if next_month(month) <= cutoff:
-            # The name was checked to be readings_pYYYYMM above.
-            await conn.execute(f"DROP TABLE IF EXISTS {name}")
-            dropped.append(name)
+    for p in await existing_partitions(conn):
+        if p.hi <= cutoff:
+            await conn.execute(f"DROP TABLE IF EXISTS {p.name}")  # the name is built from dates only
+            dropped.append(p.name)
     return dropped
 
 

@@ -60,7 +60,7 @@ class Ingest:
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self.partitions = PartitionKeeper()
+        self.partitions = PartitionKeeper(settings.partition_interval)
         self.known_meters: set[str] = set()
         self.conn: asyncpg.Connection | None = None
         self.ready = False
@@ -135,6 +135,7 @@ class Ingest:
         await apply_storage_policy(self.conn, StoragePolicy(
             backfill_horizon=timedelta(days=s.backfill_horizon_days),
             retention=timedelta(days=s.retention_days) if s.retention_days else None,
+            partition_interval=s.partition_interval,
         ))
         await self.partitions.load(self.conn, await storage_kind(self.conn))
         await self.partitions.ensure_ahead(self.conn, datetime.now(UTC))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gxami_ingest.vee import VeeSettings
 from gxami_runtime.settings import ServiceSettings
+from gxami_store import PartitionInterval
 
 
 class IngestSettings(ServiceSettings):
@@ -20,6 +21,9 @@ class IngestSettings(ServiceSettings):
     # because inserts into compressed chunks are slow (timescaledb #6063, #8400).
     backfill_horizon_days: int = 60
     retention_days: int | None = None
+    # Width of a readings partition (PostgreSQL) or chunk (TimescaleDB): the newest one's indexes
+    # should fit in memory, or the merge slows down as the table grows. See the README's sizing note.
+    partition_interval: PartitionInterval = PartitionInterval.DAY
     vee: VeeSettings = VeeSettings()
     vee_enabled: bool = True
     aggregates_refresh_s: float = 900.0
