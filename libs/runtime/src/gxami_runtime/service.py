@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -28,9 +29,30 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+# Allocations between generation-0 collections. CPython's default (700) suits interactive code;
+# a service decoding 100,000 messages a second allocates that many objects in microseconds and
+# spent more time in the collector than in decoding (ingest: 2.5 of 4.5 us per reading, measured
+# with the bench's batches). Almost everything it allocates is freed by reference counting;
+# the cyclic collector still runs, just less often.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Move what start-up allocated (modules, classes) out of the collector's sight and collect less often.
+
+    ``gc.freeze`` is what CPython's docs advise for long-running processes: the frozen objects
+    are never scanned again, so a full collection costs what the live working set costs.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def run_service(name: str, level: str, main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     """Run ``main(stop)`` until it returns; map startup failures to one line and exit code 2."""
     configure_logging(name, level)
+    tune_gc()
 
     async def runner() -> None:
         stop = asyncio.Event()
