@@ -4,9 +4,9 @@ The reply frames are recorded once from gxcore's meter core (the simulator's hou
 model, fixed instants) answering our client core in memory. Then the same frames are
 parsed two ways:
 
-* ours: a fresh :class:`gxcore.dlms.session.Exchange` per reply (our wrapper framer,
-  address check, gurux's ``getData`` inside ``quiet()``, block follow-up with
-  ``receiverReady``, error mapping), then what the reader does with the value:
+* ours: a fresh :class:`gxcore.dlms.session.Exchange` per reply (our wrapper framer, the
+  unsolicited-push check, address check, gurux's ``getData`` inside ``quiet()``, block
+  follow-up with ``receiverReady``, error mapping), then what the reader does with the value:
   ``apply_scaler`` for a register, ``decode_rows`` (timestamps as aware datetimes) for a
   profile buffer;
 * direct: a bare ``GXDLMSClient.getData`` loop (``receiverReady`` between blocks) and

@@ -10,13 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.dlms.invocation import (
+    COUNTER_WINDOW,
     MAX_COUNTER,
     InvocationCounterStore,
     JsonInvocationCounters,
     MemoryInvocationCounters,
 )
 from gxcore.dlms.parameters import DlmsParameters
-from gxcore.dlms.session import COUNTER_WINDOW, DlmsClientCore
+from gxcore.dlms.session import DlmsClientCore
 from gxcore.errors import ConfigurationError
 from gxcore.simulators.dlms import client_security
 

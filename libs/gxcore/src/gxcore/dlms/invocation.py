@@ -8,7 +8,8 @@ grows, across sessions, restarts and crashes. The store is a small sans-IO proto
 * ``advance(key, to)`` records that every counter below ``to`` is spent; it never moves back.
 
 A session *reserves* a window before it sends (``advance`` to the window's end first,
-then uses counters inside it), so a crash wastes counters but never repeats one.
+then uses counters inside it, see :class:`CounterWindow`), so a crash wastes counters but
+never repeats one.
 
 :class:`JsonInvocationCounters` writes the whole map to a temporary file, fsyncs it and
 renames it over the old one, so a reader (or a crash) sees the old map or the new one,
@@ -24,9 +25,11 @@ import threading
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
-from gxcore.errors import ConfigurationError
+from gxcore.errors import AccessDeniedError, ConfigurationError, ProtocolError
 
 MAX_COUNTER: Final = 0xFFFFFFFF
+COUNTER_WINDOW: Final = 64  # invocation counters reserved in the store at a time
+PER_BUILD: Final = 8  # headroom: one request (a long one in several APDUs) never outruns its window
 
 
 @runtime_checkable
@@ -125,3 +128,61 @@ class JsonInvocationCounters:
 
 
 DEFAULT_COUNTERS: Final = MemoryInvocationCounters()
+
+
+class CountedCipher(Protocol):
+    """What holds the counter the next protected APDU will carry (gurux's GXCiphering)."""
+
+    invocationCounter: int  # gurux's attribute name
+
+
+class CounterWindow:
+    """Our invocation counter toward one meter, used only inside a window already recorded as spent.
+
+    A new window starts at the store's mark or above, and the check and the store's
+    ``advance`` run without an await between them, so two sessions of one process never
+    share a window.
+    """
+
+    def __init__(self, store: InvocationCounterStore, key: str, cipher: CountedCipher) -> None:
+        self.store = store
+        self.key = key
+        self.cipher = cipher
+        self.reserved_to = 0
+        cipher.invocationCounter = store.get(key) or 0
+
+    @property
+    def known(self) -> bool:
+        """False when the store has never seen this meter (read its frame counter first)."""
+        return self.store.get(self.key) is not None
+
+    @property
+    def next(self) -> int:
+        """The counter the next protected APDU will carry."""
+        return int(self.cipher.invocationCounter)
+
+    def start_above(self, value: int) -> None:
+        """Start above ``value`` (the meter's frame counter, or the counter it expects)."""
+        start = max(self.next, self.store.get(self.key) or 0, value + 1)
+        if start > MAX_COUNTER:
+            raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
+        self.cipher.invocationCounter = start
+        self.reserved_to = 0  # reserve afresh from here
+
+    def reserve(self) -> None:
+        """Make sure the counter about to be used (and ``PER_BUILD`` after it) is recorded as spent."""
+        counter = self.next
+        if counter + PER_BUILD <= self.reserved_to:
+            return
+        counter = max(counter, self.store.get(self.key) or 0)
+        if counter > MAX_COUNTER:
+            raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
+        end = min(counter + COUNTER_WINDOW, MAX_COUNTER + 1)
+        self.store.advance(self.key, end)
+        self.reserved_to = end
+        self.cipher.invocationCounter = counter
+
+    def check_used(self) -> None:
+        """ProtocolError when a request went past the reserved window (it must never be sent)."""
+        if self.next > self.reserved_to:
+            raise ProtocolError("a request used invocation counters beyond the reserved window")

@@ -8,7 +8,8 @@ whole seconds). Simulators put asyncio around it.
 gurux-dlms 1.0.203's server side has bugs; :mod:`gxcore.dlms.gurux_server` works around
 them, and the SET service is answered here (see :meth:`CosemMeterCore.set_request`).
 With ``security`` the meter speaks HLS-GMAC and ciphers every xDLMS APDU for its
-management clients (see :mod:`gxcore.dlms.meter_security`).
+management clients (see :mod:`gxcore.dlms.meter_security`). The gurux objects it serves,
+their access rights and attribute encodings are in :mod:`gxcore.dlms.server_objects`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Final, cast
 from gurux_dlms.enums import (
     AccessMode,
     Authentication,
-    DataType,
     ErrorCode,
     ObjectType,
     SourceDiagnostic,
@@ -32,7 +32,6 @@ from gurux_dlms.objects import (
     GXDLMSDemandRegister,
     GXDLMSDisconnectControl,
     GXDLMSExtendedRegister,
-    GXDLMSObject,
     GXDLMSProfileGeneric,
     GXDLMSRegister,
 )
@@ -40,27 +39,26 @@ from gurux_dlms.objects import (
 from gxcore.dlms import hdlc, wrapper
 from gxcore.dlms.cosem_time import decode_datetime
 from gxcore.dlms.gurux import quiet, translate
-from gxcore.dlms.gurux_server import GuruxMeter, MeterAssociation, ServerReply
+from gxcore.dlms.gurux_association import MeterAssociation
+from gxcore.dlms.gurux_server import GuruxMeter, ServerReply
 from gxcore.dlms.meter_objects import (
     DataSpec,
     DemandRegisterSpec,
     ExtendedRegisterSpec,
-    ListedObject,
     MeterModel,
     ObjectSpec,
     ProfileSpec,
     RegisterSpec,
     RicherMeterModel,
     encode_object_list,
-    encode_scaler_unit,
     encode_time,
-    encode_value,
 )
 from gxcore.dlms.meter_security import PUBLIC_OBJECTS, MeterCounters, MeterSecurity
 from gxcore.dlms.obis import dotted
-from gxcore.dlms.parameters import FRAME_COUNTER_OBIS, PUBLIC_CLIENT, DlmsSecurity, Interface
+from gxcore.dlms.parameters import PUBLIC_CLIENT, DlmsSecurity, Interface
 from gxcore.dlms.parameters import Authentication as AuthName
 from gxcore.dlms.profile import encode_buffer
+from gxcore.dlms.server_objects import gurux_objects, listed, richer_attribute, selected_columns
 from gxcore.errors import GxError
 from gxcore.secrets import Secret
 
@@ -126,27 +124,13 @@ class CosemMeterCore:
 
     def _build(self) -> GuruxMeter:
         server = GuruxMeter(self)
-        clock = GXDLMSClock()
-        objects: list[GXDLMSObject] = [clock]
-        by_obis: dict[str, GXDLMSObject] = {clock.logicalName: clock}
-        for spec in self._specs.values():
-            obj = _gurux_object(spec)
-            objects.append(obj)
-            by_obis[obj.logicalName] = obj
-        for pspec in self._profiles.values():
-            pg = GXDLMSProfileGeneric(pspec.obis)
-            pg.addCaptureObject(clock, 2, 0)
-            for obis in pspec.registers:
-                pg.addCaptureObject(by_obis[dotted(obis)], 2, 0)
-            pg.capturePeriod = pspec.period
-            pg.profileEntries = pspec.entries
-            objects.append(pg)
-        if self.disconnect_control is not None:
-            objects.append(GXDLMSDisconnectControl(self.disconnect_control))
+        objects = gurux_objects(
+            self._specs.values(),
+            self._profiles.values(),
+            self.disconnect_control,
+            frame_counter=self._guard is not None,
+        )
         if self._guard is not None:
-            counter = GXDLMSData(FRAME_COUNTER_OBIS)
-            counter.setDataType(2, DataType.UINT32)
-            objects.append(counter)
             server.settings.cipher = self._guard.cipher()
             server.settings.gx_counter_check = self._guard.accept_counter
         # gurux 1.0.203: initialize() appends the whole collection as one object when no
@@ -157,7 +141,7 @@ class CosemMeterCore:
             server.items.append(obj)
             association.objectList.append(obj)
         server.initialize()
-        self._listed = [_listed(obj) for obj in (*objects, association)]
+        self._listed = [listed(obj) for obj in (*objects, association)]
         return server
 
     def receive_data(self, data: bytes, now: datetime) -> bytes:
@@ -315,7 +299,9 @@ class CosemMeterCore:
         if isinstance(target, GXDLMSClock) and index == 2:
             _answer_bytes(arg, encode_time(now))
         elif isinstance(target, GXDLMSExtendedRegister | GXDLMSDemandRegister | GXDLMSData):
-            encoded = self._richer(target.logicalName, index, now)
+            obis = target.logicalName
+            spec = self._specs.get(obis)
+            encoded = richer_attribute(spec, self._richer_model(), obis, index, now, self._frame_counter)
             if encoded is not None:
                 _answer_bytes(arg, encoded)
         elif isinstance(target, GXDLMSRegister) and index == 2:
@@ -337,39 +323,9 @@ class CosemMeterCore:
     def _richer_model(self) -> RicherMeterModel:
         return cast(RicherMeterModel, self.model)
 
-    def _richer(self, obis: str, index: int, now: datetime) -> bytes | None:
-        """A-XDR of one attribute of an extended/demand register or a data object (None: gurux's own)."""
-        if obis == FRAME_COUNTER_OBIS and index == 2:
-            counter = self._guard.counters.highest_accepted() if self._guard is not None else 0
-            return encode_value(DataType.UINT32, counter)
-        spec = self._specs.get(obis)
-        model = self._richer_model()
-        if isinstance(spec, ExtendedRegisterSpec):
-            value, status, captured = model.extended(obis, now)
-            attributes = {
-                2: lambda: encode_value(spec.data_type, value),
-                3: lambda: encode_scaler_unit(spec.scaler, spec.unit),
-                4: lambda: encode_value(DataType.UINT8, status),
-                5: lambda: encode_time(captured),
-            }
-        elif isinstance(spec, DemandRegisterSpec):
-            current, last, status, captured, started = model.demand(obis, now)
-            attributes = {
-                2: lambda: encode_value(spec.data_type, current),
-                3: lambda: encode_value(spec.data_type, last),
-                4: lambda: encode_scaler_unit(spec.scaler, spec.unit),
-                5: lambda: encode_value(DataType.UINT8, status),
-                6: lambda: encode_time(captured),
-                7: lambda: encode_time(started),
-                8: lambda: encode_value(DataType.UINT32, spec.period),
-                9: lambda: encode_value(DataType.UINT16, 1),
-            }
-        elif isinstance(spec, DataSpec):
-            attributes = {2: lambda: encode_value(spec.data_type, model.data_value(obis, now))}
-        else:
-            return None
-        encode = attributes.get(index)
-        return encode() if encode is not None else None  # attribute 1 (the name): gurux's own
+    def _frame_counter(self) -> int:
+        """The highest invocation counter this meter accepted from a client (0 without security)."""
+        return self._guard.counters.highest_accepted() if self._guard is not None else 0
 
     def _prepare_profile(self, arg: object, obis: str, now: datetime) -> None:
         spec = self._profiles[obis]
@@ -385,7 +341,7 @@ class CosemMeterCore:
             except (GxError, TypeError):
                 arg.error = ErrorCode.OTHER_REASON  # type: ignore[attr-defined]  # gurux ValueEventArgs
                 return
-            columns = self._selected_columns(spec, params[3]) or columns
+            columns = selected_columns(spec, params[3]) or columns
             rows = self.model.profile_rows(obis, start, end, now)
         elif (
             selector == 2 and isinstance(params, list) and len(params) == 4 and all(isinstance(p, int) for p in params)
@@ -399,58 +355,6 @@ class CosemMeterCore:
             return
         types = [self._specs[dotted(o)].data_type for o in spec.registers]
         _answer_bytes(arg, encode_buffer(rows[:MAX_ROWS_PER_READ], columns, types))
-
-    @staticmethod
-    def _selected_columns(spec: ProfileSpec, selected: object) -> list[int]:
-        """Column indexes named by selected_values (empty: every column)."""
-        if not isinstance(selected, list):
-            return []
-        names = ["0.0.1.0.0.255", *(dotted(o) for o in spec.registers)]
-        out: list[int] = []
-        for item in selected:
-            if isinstance(item, list) and len(item) == 4 and isinstance(item[1], bytes | bytearray):
-                ln = ".".join(str(b) for b in item[1])
-                if ln in names:
-                    out.append(names.index(ln))
-        return sorted(set(out))
-
-
-def _gurux_object(spec: ObjectSpec) -> GXDLMSObject:
-    """The gurux object standing for one spec (values are answered by the core, not kept in it)."""
-    obj: GXDLMSObject
-    if isinstance(spec, DataSpec):
-        obj = GXDLMSData(spec.obis)
-        obj.setDataType(2, spec.data_type)
-        return obj
-    if isinstance(spec, DemandRegisterSpec):
-        obj = GXDLMSDemandRegister(spec.obis)
-    elif isinstance(spec, ExtendedRegisterSpec):
-        obj = GXDLMSExtendedRegister(spec.obis)
-    else:
-        obj = GXDLMSRegister(spec.obis)
-        obj.setDataType(2, spec.data_type)
-        obj.value = 0
-    obj.scaler = 10.0**spec.scaler  # gurux keeps the multiplier and sends its log10
-    obj.unit = spec.unit
-    return obj
-
-
-def _listed(obj: GXDLMSObject) -> ListedObject:
-    """Access rights of one object in the association view: read everything, write the clock time,
-    select profile buffers by range (1) or entry (2), call the disconnect and HLS methods."""
-    kind = int(obj.objectType)
-    count = int(obj.getAttributeCount())
-    return ListedObject(
-        class_id=kind,
-        version=int(obj.version),
-        obis=obj.logicalName,
-        attributes=count,
-        readable=tuple(range(1, count + 1)),
-        writable=(2,) if isinstance(obj, GXDLMSClock) else (),
-        selectors={2: (1, 2)} if isinstance(obj, GXDLMSProfileGeneric) else None,
-        methods=int(obj.getMethodCount()),
-        callable_methods=(1, 2) if isinstance(obj, GXDLMSDisconnectControl) else (1,) if kind == 15 else (),
-    )
 
 
 def _answer_bytes(arg: object, encoded: bytes) -> None:

@@ -1,21 +1,24 @@
 """Sans-IO DLMS/COSEM client core over gurux-dlms's GXDLMSClient (wrapper or HDLC, LN referencing).
 
 The core builds request frames and parses replies; it never does I/O. Each confirmed
-service is an :class:`Exchange`: the adapter sends ``data_to_send()``, feeds whatever
-arrives to ``receive_data()``, and repeats until ``complete``. Multi-block replies
-(GET-response-with-datablock) and HDLC segments are followed inside the exchange with
-gurux's own ``getData``/``GXReplyData`` loop; the adapter just sees more bytes to send.
+service is an :class:`~gxcore.dlms.exchange.Exchange` (bytes in and out, see there).
+Multi-block replies (GET-response-with-datablock) and HDLC segments are followed inside the
+exchange with gurux's own ``getData``/``GXReplyData`` loop; the adapter just sees more
+bytes to send.
 
 Frames are cut by our own framers (:mod:`gxcore.dlms.wrapper`, :mod:`gxcore.dlms.hdlc`), so
 gurux only ever sees one whole frame. Input is bounded: one frame at most ``8 + 65535``
 bytes, one reassembled reply at most ``max_reply_bytes``. Everything raised is a gxcore error.
+An unsolicited notification (a push) inside an exchange never reaches gurux: it is set
+aside for ``on_push`` (see :mod:`gxcore.dlms.unsolicited`) and the exchange goes on.
 
 With ``params.security`` every xDLMS APDU is protected (gurux builds the APDUs, our
 `cryptography` AES-GCM ciphers them, see :mod:`gxcore.dlms.gurux`). Our invocation counter
 comes from an :class:`~gxcore.dlms.invocation.InvocationCounterStore`: before each APDU is
 built the core makes sure the counter it will use lies inside a window already recorded
-as spent in the store, so no counter is ever sent twice, even across a crash. The
-meter's counters must grow within the session (a replayed reply is a DecryptionError).
+as spent in the store (:class:`~gxcore.dlms.invocation.CounterWindow`), so no counter is
+ever sent twice, even across a crash. The meter's counters must grow within the session
+(a replayed reply is a DecryptionError).
 """
 
 from __future__ import annotations
@@ -25,122 +28,28 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
-from gurux_dlms import GXDLMS, GXByteBuffer, GXCiphering, GXDLMSClient, GXReplyData
+from gurux_dlms import GXByteBuffer, GXCiphering, GXDLMSClient, GXReplyData
 from gurux_dlms.enums import Authentication, Command, DataType, InterfaceType, ObjectType, Security
 from gurux_dlms.objects import GXDLMSClock, GXDLMSObject
 
-from gxcore.dlms import hdlc, wrapper
 from gxcore.dlms.cosem_time import encode_datetime
-from gxcore.dlms.gurux import association_refused, data_access_error, quiet, translate
-from gxcore.dlms.invocation import DEFAULT_COUNTERS, MAX_COUNTER, InvocationCounterStore
+from gxcore.dlms.exchange import Exchange, ReplyReader, as_frames
+from gxcore.dlms.gurux import association_refused, quiet, translate
+from gxcore.dlms.invocation import DEFAULT_COUNTERS, CounterWindow, InvocationCounterStore
 from gxcore.dlms.obis import dotted, obis_from_bytes
 from gxcore.dlms.parameters import DlmsParameters
+from gxcore.dlms.unsolicited import PushHandler
 from gxcore.errors import AccessDeniedError, DecryptionError, GxError, ProtocolError
 
+__all__ = ["MAX_REPLY_BYTES", "SN_ASSOCIATION", "DlmsClientCore", "Exchange"]
+
 MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
-COUNTER_WINDOW: Final = 64  # invocation counters reserved in the store at a time
-_PER_BUILD: Final = 8  # headroom: one request (a long one in several APDUs) never outruns its window
 _MECHANISMS: Final = {"none": Authentication.NONE, "low": Authentication.LOW, "high-gmac": Authentication.HIGH_GMAC}
-_NOTIFICATIONS: Final = frozenset({Command.DATA_NOTIFICATION, Command.EVENT_NOTIFICATION, Command.INFORMATION_REPORT})
-_INVOKED: Final = frozenset({Command.GET_RESPONSE, Command.SET_RESPONSE, Command.METHOD_RESPONSE})
-# Short-name referencing answers with READ/WRITE responses, which carry no invoke-id.
-_CONFIRMED: Final = _INVOKED | {Command.READ_RESPONSE, Command.WRITE_RESPONSE}
 SN_ASSOCIATION: Final = 0xFA00  # base name of the current Association SN (class 12)
-Frame = wrapper.WrapperFrame | hdlc.HdlcFrame
-_get_data: Final = GXDLMS.getData
 
 
-class Exchange:
-    """One confirmed service: request frame(s) out, reply frame(s) in, data blocks followed.
-
-    ``access_result`` is the meter's DataAccessResult for a GET/SET (0 = success); the
-    exchange still completes when it is non-zero, so the caller decides per object.
-    """
-
-    # One exchange per reply read: slots make building and using it measurably cheaper.
-    __slots__ = (
-        "_buffer",
-        "_core",
-        "_frames",
-        "_outgoing",
-        "access_result",
-        "complete",
-        "expect",
-        "invoke_id",
-        "reply",
-        "what",
-    )
-
-    def __init__(self, core: DlmsClientCore, frames: list[bytes], expect: frozenset[int], what: str) -> None:
-        if not frames:
-            raise ValueError("an exchange needs at least one request frame")
-        self.what = what
-        self.expect = expect
-        self.complete = False
-        self.access_result = 0
-        self.invoke_id: int | None = None
-        self.reply = GXReplyData()
-        self._core = core
-        self._frames = frames[1:]
-        self._outgoing = frames[0]
-        self._buffer = bytearray()
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write now (empty when waiting for the meter or done)."""
-        out, self._outgoing = self._outgoing, b""
-        return out
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the meter; may queue the next request (next block) or complete."""
-        if self.complete:
-            raise ProtocolError(f"{self.what}: {len(data)} unexpected bytes after the reply", frame=data)
-        core = self._core
-        buffer = self._buffer
-        if not buffer:
-            # Nothing pending, the usual case: cut the first frame straight from ``data``
-            # (no copy through the buffer); whatever follows it takes the general path below.
-            consumed, frame = core._decode(data)
-            if consumed:
-                if frame is not None:
-                    core.accept(self, frame)
-                if consumed == len(data):
-                    return  # all taken: complete, or waiting for the next frame
-                data = data[consumed:]
-        buffer += data
-        while not self.complete:
-            consumed, frame = core._decode(buffer)
-            if not consumed:
-                return
-            del buffer[:consumed]
-            if frame is not None:
-                core.accept(self, frame)
-        # HDLC leaves the closing flag of the last frame behind; anything else is a stray reply.
-        if buffer.strip(core._trailer):
-            raise ProtocolError(f"{self.what}: bytes after the last reply frame", frame=bytes(buffer))
-
-    def value(self) -> object:
-        """The decoded value of a successful GET; raises the mapped error for a refused one."""
-        if not self.complete:
-            raise ProtocolError(f"{self.what}: reply is not complete")
-        if self.access_result:
-            raise data_access_error(self.access_result, self.what)
-        return self.reply.value
-
-    def send_next(self, frame: bytes) -> None:
-        """Queue the next request of this exchange (a next-block request)."""
-        self._outgoing = frame
-
-    def advance(self) -> bool:
-        """Move to the next request frame of a multi-frame request; False when there is none."""
-        if not self._frames:
-            return False
-        self._outgoing = self._frames.pop(0)
-        self.reply.clear()
-        return True
-
-
-class DlmsClientCore:
-    """Association state and request building for one meter; replies are parsed by gurux."""
+class DlmsClientCore(ReplyReader):
+    """Association state and request building for one meter; replies are parsed by gurux (see ReplyReader)."""
 
     def __init__(
         self,
@@ -149,15 +58,9 @@ class DlmsClientCore:
         max_reply_bytes: int = MAX_REPLY_BYTES,
         counters: InvocationCounterStore = DEFAULT_COUNTERS,
         meter_key: str = "meter",
+        on_push: PushHandler | None = None,
     ) -> None:
         self.params = params
-        self.max_reply_bytes = max_reply_bytes
-        # Looked up once rather than per reply frame (params is frozen).
-        self._decode: Callable[[bytes | bytearray], tuple[int, Frame | None]] = (
-            hdlc.decode if params.interface == "hdlc" else wrapper.decode
-        )
-        self._trailer = b"~" if params.interface == "hdlc" else b""
-        self._addresses = (params.link_server_address, params.client_address)
         self.associated = False
         self.authentication_pending = False
         self.link_open = False
@@ -175,27 +78,22 @@ class DlmsClientCore:
             )
             client.maxReceivePDUSize = params.max_pdu
         self._client = client
-        self._settings = client.settings
-        # A spare GXReplyData for pushes gurux finds inside replies, kept while unused (wrapper only:
-        # gurux's HDLC path may also divert link-level state there).
-        self._reuse_notify = params.interface != "hdlc"
-        self._notify: GXReplyData | None = None
+        super().__init__(params, client.settings, max_reply_bytes=max_reply_bytes, on_push=on_push)
         self._invoke_id = 0
         # Short-name referencing: base name and class of every object, from the object list.
         self.short_names: dict[str, tuple[int, int]] = {}
-        self._counters = counters
-        self._reserved_to = 0
         self._meter_counter = -1
         security = params.security
         self.counter_key = (
             f"{meter_key}/{params.client_address}/{security.system_title.hex()}" if security is not None else ""
         )
+        self._window: CounterWindow | None = None
         if security is not None:
             cipher = GXCiphering(bytearray(security.system_title))
             cipher.blockCipherKey = bytearray(security.block_cipher_key.reveal())
             cipher.authenticationKey = bytearray(security.authentication_key.reveal())
             cipher.security = Security(security.security_control)
-            cipher.invocationCounter = counters.get(self.counter_key) or 0
+            self._window = CounterWindow(counters, self.counter_key, cipher)
             client.settings.cipher = cipher
             client.settings.gx_counter_check = self._check_meter_counter
             client.settings.gx_decrypt_failed = self._decrypt_failed
@@ -205,43 +103,17 @@ class DlmsClientCore:
     @property
     def needs_meter_counter(self) -> bool:
         """True when ciphering is on and the store has never seen this meter: read its frame counter."""
-        return self.params.security is not None and self._counters.get(self.counter_key) is None
+        return self._window is not None and not self._window.known
 
     @property
     def invocation_counter(self) -> int | None:
         """The counter the next protected APDU will carry (None without security)."""
-        cipher = self._client.settings.cipher
-        return int(cipher.invocationCounter) if cipher is not None else None
+        return self._window.next if self._window is not None else None
 
     def use_meter_counter(self, value: int) -> None:
         """Start above what the meter reported (its frame counter, or the counter it expects)."""
-        cipher = self._client.settings.cipher
-        if cipher is None:
-            return
-        start = max(int(cipher.invocationCounter), self._counters.get(self.counter_key) or 0, value + 1)
-        if start > MAX_COUNTER:
-            raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
-        cipher.invocationCounter = start
-        self._reserved_to = 0  # reserve afresh from here
-
-    def _reserve(self) -> None:
-        """Make sure the counter about to be used is already recorded as spent in the store.
-
-        A new window starts at the store's mark or above, and get + advance run without an
-        await between them, so two sessions of one process never share a window.
-        """
-        cipher = self._client.settings.cipher
-        if cipher is None or self.params.security is None:
-            return
-        counter = int(cipher.invocationCounter)
-        if counter + _PER_BUILD > self._reserved_to:
-            counter = max(counter, self._counters.get(self.counter_key) or 0)
-            if counter > MAX_COUNTER:
-                raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
-            end = min(counter + COUNTER_WINDOW, MAX_COUNTER + 1)
-            self._counters.advance(self.counter_key, end)
-            self._reserved_to = end
-            cipher.invocationCounter = counter
+        if self._window is not None:
+            self._window.start_above(value)
 
     def _decrypt_failed(self, error: GxError) -> None:
         self._cipher_failure = error
@@ -258,17 +130,14 @@ class DlmsClientCore:
 
     def _built(self, build: Callable[[], object]) -> object:
         """Run one gurux request builder with a reserved counter; it may use exactly that one."""
-        self._reserve()
+        window = self._window
+        if window is not None:
+            window.reserve()
         with quiet():
             frames = build()
-        cipher = self._client.settings.cipher
-        if cipher is not None and int(cipher.invocationCounter) > self._reserved_to:
-            raise ProtocolError("a request used invocation counters beyond the reserved window")
+        if window is not None:
+            window.check_used()
         return frames
-
-    def decode(self, buf: bytearray) -> tuple[int, Frame | None]:
-        """Cut one frame of this core's framing off ``buf`` (see the framers' resync rules)."""
-        return self._decode(buf)
 
     # -- requests -----------------------------------------------------------------------
     def open_link(self) -> Exchange | None:
@@ -278,7 +147,7 @@ class DlmsClientCore:
             return None
         with quiet():
             frame = self._client.snrmRequest()
-        return Exchange(self, _as_frames(frame), frozenset({Command.UA}), "SNRM")
+        return Exchange(self, as_frames(frame), frozenset({Command.UA}), "SNRM")
 
     def check_link(self, exchange: Exchange) -> None:
         """Take the UA's negotiated HDLC parameters."""
@@ -299,7 +168,7 @@ class DlmsClientCore:
             frame = self._client.disconnectRequest()
         if not frame:
             return None
-        return Exchange(self, _as_frames(frame), frozenset({Command.UA, Command.DISCONNECT_MODE}), "DISC")
+        return Exchange(self, as_frames(frame), frozenset({Command.UA, Command.DISCONNECT_MODE}), "DISC")
 
     def associate(self) -> Exchange:
         """AARQ; complete it with :meth:`check_association`."""
@@ -308,7 +177,7 @@ class DlmsClientCore:
             self._client.settings.useCustomChallenge = True
             self._client.settings.ctoSChallenge = bytearray(secrets.token_bytes(16))
         frames = self._built(self._client.aarqRequest)
-        return Exchange(self, _as_frames(frames), frozenset({Command.AARE}), "association")
+        return Exchange(self, as_frames(frames), frozenset({Command.AARE}), "association")
 
     def check_association(self, exchange: Exchange) -> None:
         """Parse the AARE; AccessDeniedError if the meter refused (wrong password, mechanism, keys).
@@ -435,7 +304,7 @@ class DlmsClientCore:
 
     def _unconfirmed(self, build: Callable[[], object], expect: int, what: str) -> Exchange:
         """A short-name request: no invoke-id to match, one request at a time does the matching."""
-        return Exchange(self, _as_frames(self._built(build)), frozenset({expect}), what)
+        return Exchange(self, as_frames(self._built(build)), frozenset({expect}), what)
 
     def _confirmed(self, build: Callable[[], object], expect: int, what: str) -> Exchange:
         """An xDLMS request under a fresh invoke-id.
@@ -447,7 +316,7 @@ class DlmsClientCore:
         self._invoke_id = self._invoke_id % 15 + 1
         self._client.settings.invokeId = self._invoke_id
         frames = self._built(build)
-        exchange = Exchange(self, _as_frames(frames), frozenset({expect}), what)
+        exchange = Exchange(self, as_frames(frames), frozenset({expect}), what)
         exchange.invoke_id = self._invoke_id
         return exchange
 
@@ -459,89 +328,11 @@ class DlmsClientCore:
         frames = self._built(self._client.releaseRequest)
         if not frames:
             return None
-        return Exchange(self, _as_frames(frames), frozenset({Command.RELEASE_RESPONSE}), "release")
+        return Exchange(self, as_frames(frames), frozenset({Command.RELEASE_RESPONSE}), "release")
 
-    # -- replies ------------------------------------------------------------------------
-    def accept(self, exchange: Exchange, frame: Frame) -> None:
-        """Take one whole frame of ``exchange``'s reply."""
-        raw = frame.raw
-        if isinstance(frame, wrapper.WrapperFrame):
-            addresses = (frame.source, frame.destination)
-        else:
-            addresses = (frame.source_address, frame.destination_address)
-        if addresses != self._addresses:
-            self._wrong_addresses(exchange, frame)
-        reply = exchange.reply
-        notify = self._notify if self._notify is not None else GXReplyData()
-        self._notify = None
-        try:
-            with quiet():
-                # GXDLMSClient.getData minus its XML-translator branch (we never set a translator):
-                # the same GXDLMS.getData underneath, pinned gurux 1.0.203.
-                whole = _get_data(self._settings, GXByteBuffer(raw), reply, notify)
-        except Exception as exc:  # gurux decodes with bare exceptions; every one becomes a gxcore error
-            raise translate(exc, what=exchange.what, frame=raw) from None
-        untouched = notify.command == Command.NONE and not notify.complete and not notify.data.size
-        if self._reuse_notify and whole and untouched:
-            # Over the wrapper gurux writes into ``notify`` only when it diverts a push there
-            # (command set, complete set, and getData answers "not whole"); an untouched one is
-            # as good as new and saves building a GXReplyData per frame.
-            self._notify = notify
-        if not whole:
-            if notify.command in _NOTIFICATIONS or notify.data.size:
-                return  # an unsolicited push inside the session: not ours to answer, keep waiting
-            raise ProtocolError(f"{exchange.what}: frame out of sequence or without a whole APDU", frame=raw)
-        command = reply.command
-        if exchange.invoke_id is not None and command in _INVOKED and exchange.invoke_id != int(reply.invokeId) & 0x0F:
-            raise ProtocolError(
-                f"{exchange.what}: reply carries invoke-id {int(reply.invokeId) & 0x0F},"
-                f" expected {exchange.invoke_id} (a stale or foreign reply)",
-                frame=raw,
-            )
-        if reply.data.size > self.max_reply_bytes:
-            raise ProtocolError(f"{exchange.what}: reply exceeds {self.max_reply_bytes} bytes")
-        if reply.isMoreData():
-            # Next HDLC segment (RR) or next data block; gurux clears reply.command meanwhile.
-            next_request = self._built(lambda: self._client.receiverReady(reply))
-            exchange.send_next(bytes(next_request))  # type: ignore[call-overload]  # gurux returns bytes
-            return
-        if exchange._frames and exchange.advance():
-            return  # an acknowledged segment of a long request; send the next one
-        if command not in exchange.expect:
-            raise ProtocolError(
-                f"{exchange.what}: reply is {_code(command)}, expected {'/'.join(map(_code, exchange.expect))}",
-                frame=raw,
-            )
-        exchange.access_result = int(reply.error or 0) if command in _CONFIRMED else 0
-        exchange.complete = True
-
-    def _wrong_addresses(self, exchange: Exchange, frame: Frame) -> None:
-        """Raise for a reply frame not from our server to our client."""
-        if isinstance(frame, wrapper.WrapperFrame):
-            source, destination, offset = frame.source, frame.destination, 2
-        else:
-            source, destination, offset = frame.source_address, frame.destination_address, 3
-        server, client = self._addresses
-        raise ProtocolError(
-            f"{exchange.what}: reply from address {source} to {destination}, expected {server} to {client}",
-            offset=offset,
-            frame=frame.raw,
-        )
-
-
-def _as_frames(frames: object) -> list[bytes]:
-    """gurux returns one frame, a list of frames, or a list holding a list; flatten to bytes."""
-    if isinstance(frames, bytes | bytearray):
-        return [bytes(frames)]
-    out: list[bytes] = []
-    if isinstance(frames, list | tuple):
-        for item in frames:
-            out.extend(_as_frames(item))
-    return out
-
-
-def _code(value: object) -> str:
-    try:
-        return f"{int(value):#04x}"  # type: ignore[call-overload]  # gurux Command enums are ints
-    except (TypeError, ValueError):
-        return "?"
+    def next_block_request(self, reply: GXReplyData) -> bytes:
+        """The RR (next HDLC segment) or GET-next-block request for a reply with more to come."""
+        frame = self._built(lambda: self._client.receiverReady(reply))
+        if not isinstance(frame, bytes | bytearray):
+            raise ProtocolError("gurux built no request for the rest of the reply")
+        return bytes(frame)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from gxcore.dlms.exchange import Exchange
 from gxcore.dlms.parameters import Interface
-from gxcore.dlms.session import Exchange
 from gxcore.drivers import Endpoint
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError
 from gxcore.media import Medium, TcpClient, TcpSettings, open_medium
