@@ -78,8 +78,8 @@ class Fleet:
                     for i in range(first, first + self.intervals)
                     for n, q in enumerate(QUANTITIES)
                 ]
-                out.append(ReadingBatch(batch_id=f"b{k}-{m}", meter_id=self.meter_id(m), job_id=f"bench-{k}-{m}",
-                                        collected_at=origin + STEP * (first + self.intervals), readings=readings))
+                out.append(ReadingBatch.of(batch_id=f"b{k}-{m}", meter_id=self.meter_id(m), job_id=f"bench-{k}-{m}",
+                                           collected_at=origin + STEP * (first + self.intervals), readings=readings))
         return out
 
 
@@ -88,7 +88,7 @@ def rows_of(batches: list[ReadingBatch]) -> list[ReadingRow]:
     return [
         (b.meter_id, r.quantity, r.ts, r.value, r.unit, r.status or 0, b.job_id or b.batch_id)
         for b in batches
-        for r in b.readings
+        for r in b.readings()
     ]
 
 

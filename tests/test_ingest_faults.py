@@ -39,8 +39,8 @@ def _batches(meters: int, per_meter: int, start_batch: int = 0) -> list[tuple[st
             readings = [ReadingValue(quantity="1-0:1.8.0", ts=T0 + timedelta(minutes=15 * i),
                                      value=_value(m, i), unit="kWh")
                         for i in range(b * PER_BATCH, (b + 1) * PER_BATCH)]
-            out.append((mid, ReadingBatch(batch_id=f"{mid}-{b}", meter_id=mid, job_id=f"{mid}-{b}",
-                                          collected_at=T0, readings=readings)))
+            out.append((mid, ReadingBatch.of(batch_id=f"{mid}-{b}", meter_id=mid, job_id=f"{mid}-{b}",
+                                             collected_at=T0, readings=readings)))
     return out
 
 

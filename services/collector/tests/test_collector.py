@@ -121,7 +121,7 @@ async def test_collector_service_publishes_readings_results_and_dead_letters(
     assert results[silent_id].error_kind == "timeout"
     assert all(results[m].status is JobStatus.OK for m in sim_ids if m != silent_id)
     assert {b.meter_id for b in batches} == set(sim_ids) - {silent_id}
-    assert all(len(b.readings) == 2 for b in batches)
+    assert all(b.count == 2 for b in batches)
     assert len(letters) == 1
     assert letters[0].consumer == "collector"
     assert "job_id" in letters[0].reason

@@ -54,12 +54,12 @@ async def test_poison_goes_to_dead_letter_and_good_batches_are_stored(
     await conn.close()
     await ensure_topics(s, ["ami.readings", "ami.dead-letter"])
     now = datetime.now(UTC).replace(microsecond=0)
-    good = ReadingBatch(batch_id="b1", meter_id="M1", job_id="j1", collected_at=now, readings=[
+    good = ReadingBatch.of(batch_id="b1", meter_id="M1", job_id="j1", collected_at=now, readings=[
         ReadingValue(quantity="1-0:1.8.0", ts=now - timedelta(minutes=15 * i), value=100.0 - i, unit="kWh")
         for i in range(10)])
     unknown = good.model_copy(update={"meter_id": "M9", "batch_id": "b2"})
     nan = json.loads(good.model_dump_json())
-    nan["readings"][0]["value"] = "NaN"
+    nan["series"][0]["values"][3] = "NaN"
     producer = make_producer(s)
     await producer.start()
     try:
@@ -93,7 +93,7 @@ async def test_poison_goes_to_dead_letter_and_good_batches_are_stored(
     reasons = sorted(letter.reason for letter in letters)
     assert len(letters) == 3, reasons
     assert any(("schema" in r and "(message)" in r) or "json" in r.lower() for r in reasons)
-    assert any("readings.0.value" in r and "finite" in r for r in reasons)
+    assert any("series.0.values.3" in r and "finite" in r for r in reasons)
     assert any("unknown meter 'M9'" in r for r in reasons)
     assert {base64.b64decode(x.original_b64)[:9] for x in letters} >= {b"{not json"}
     # nothing was doubled

@@ -10,6 +10,7 @@ from gxami_contracts.messages import (
     MeterCommand,
     MeterEvent,
     ReadingBatch,
+    ReadingSeries,
     ReadingValue,
     ReadJob,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "MeterEvent",
     "ReadJob",
     "ReadingBatch",
+    "ReadingSeries",
     "ReadingValue",
     "TopicSpec",
 ]

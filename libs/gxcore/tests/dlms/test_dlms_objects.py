@@ -72,7 +72,8 @@ async def test_event_log_by_range_and_by_entry() -> None:
     assert [(e.timestamp, e.code) for e in newest] == expected[-3:]
     assert len(everything) == 100  # the log keeps its newest 100 events
     assert [r.quantity for r in everything[:1]] == ["0-0:96.11.0"]
-    assert ranged[0].reading().extra == {"profile": "0-0:99.98.0", "event": ranged[0].name}
+    record = ranged[0].record("m0")
+    assert (record.source, record.code, record.kind) == ("0-0:99.98.0", ranged[0].code, ranged[0].name)
 
 
 async def test_load_profile_by_entry_equals_the_model() -> None:
@@ -115,18 +116,19 @@ async def test_driver_reads_extended_demand_and_events() -> None:
             ReadRequest(purposes=frozenset({"events"}), profile_from=NOW - timedelta(days=9)),
             timeout=2,
         )
-    got = {r.quantity: r for r in result.readings if r.quantity != "0-0:96.11.0"}
+    assert "0-0:96.11.0" not in {r.quantity for r in result.readings + ranged.readings}, "events are not readings"
+    got = {r.quantity: r for r in result.readings}
     value, ended = expected_maximum_demand(SEED, 1, NOW)
     assert (got["1-0:1.6.0"].value, got["1-0:1.6.0"].timestamp, got["1-0:1.6.0"].status) == (value / 1000, ended, 0)
     _cur, last, started = expected_demand(SEED, 1, NOW)
     assert (got["1-0:1.4.0"].value, got["1-0:1.4.0"].timestamp) == (last / 1000, started)
-    events = [(r.timestamp, int(r.value), r.extra.get("event")) for r in result.readings if r.quantity == "0-0:96.11.0"]
+    events = [(e.timestamp, e.code, e.kind) for e in result.events]
     expected = expected_events(SEED, 1, NOW - timedelta(days=400), NOW)[-4:]
     assert [(at, code) for at, code, _ in events] == expected
-    assert {name for _, _, name in events} <= {"power-down", "power-up"}
-    assert [(r.timestamp, int(r.value)) for r in ranged.readings] == expected_events(
-        SEED, 1, NOW - timedelta(days=9), NOW
-    )
+    assert {kind for _, _, kind in events} <= {"power-down", "power-up"}
+    assert {(e.meter_id, e.source) for e in result.events} == {("m", "0-0:99.98.0")}
+    assert [(e.timestamp, e.code) for e in ranged.events] == expected_events(SEED, 1, NOW - timedelta(days=9), NOW)
+    assert ranged.readings == []
 
 
 # -- discovery -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Collector: consume read jobs, read meters with bounded concurrency, publish readings and results."""
+"""Collector: consume read jobs, read meters with bounded concurrency, publish readings, events and results."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_contracts import JobStatus, ReadJob
-from gxami_contracts.topics import JOB_RESULTS, READ_JOBS, READINGS
+from gxami_contracts.topics import EVENTS, JOB_RESULTS, READ_JOBS, READINGS
 from gxami_runtime.http import OpsServer
 from gxami_runtime.kafka import (
     DeadLetters,
@@ -29,6 +29,7 @@ log = logging.getLogger("gxami.collector")
 
 JOBS = Counter("gxami_collector_jobs_total", "Read jobs finished", ["status", "error_kind"])
 READINGS_OUT = Counter("gxami_collector_readings_total", "Readings published")
+EVENTS_OUT = Counter("gxami_collector_events_total", "Meter events published")
 SESSION_SECONDS = Histogram("gxami_collector_session_seconds", "Duration of one meter session",
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
 IN_FLIGHT = Gauge("gxami_collector_sessions_in_flight", "Meter sessions running now")
@@ -53,10 +54,13 @@ class Collector:
                 IN_FLIGHT.dec()
         r = outcome.result
         SESSION_SECONDS.observe((r.finished_at - r.started_at).total_seconds())
-        # Readings before the result: a scheduler that saw "ok" knows the readings are on the broker.
+        # Readings and events before the result: a scheduler that saw "ok" knows they are on the broker.
         if outcome.batch is not None:
             await publisher.send(READINGS.name, outcome.batch.meter_id, outcome.batch)
-            READINGS_OUT.inc(len(outcome.batch.readings))
+            READINGS_OUT.inc(outcome.batch.count)
+        if outcome.events:
+            await publisher.send_many(EVENTS.name, [(e.meter_id, e) for e in outcome.events])
+            EVENTS_OUT.inc(len(outcome.events))
         await publisher.send(JOB_RESULTS.name, r.meter_id, r)
         JOBS.labels(r.status.value, r.error_kind or "").inc()
         if r.status is JobStatus.ERROR:
@@ -97,7 +101,8 @@ class Collector:
                 jobs.extend(good)
                 offsets[tp] = recs[-1].offset + 1
             # Offsets are committed once every job of the fetch has published its result; a crash
-            # before that re-runs the jobs, and the readings they produce again are deduplicated.
+            # before that re-runs the jobs, and the readings and events they produce again are
+            # deduplicated (readings on their natural key, events on their stable event id).
             await asyncio.gather(*(self._one(d.message, publisher) for d in jobs))
             await commit(consumer, offsets)
 

@@ -1,4 +1,4 @@
-"""Running one read job: a meter session through its driver, turned into messages.
+"""Running one read job: a meter session through its driver, turned into messages (readings, events).
 
 Every failure becomes a typed error in the job result; nothing here raises.
 """
@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from gxami_collector.secret_store import SecretStore
-from gxami_contracts import JobResult, JobStatus, ReadingBatch, ReadingValue, ReadJob
+from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadingValue, ReadJob
+from gxami_runtime.kafka import describe_validation_error
 from gxcore.dlms.invocation import JsonInvocationCounters
-from gxcore.drivers import Driver, MeterTarget, ReadRequest, load_driver
+from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
 from gxcore.errors import GxError
 from gxcore.profiles import ProfileCatalog
 
@@ -23,10 +26,37 @@ log = logging.getLogger("gxami.collector")
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
-    """What a job produced: readings (possibly none) and its result."""
+    """What a job produced: readings (possibly none), meter events (possibly none) and its result."""
 
     batch: ReadingBatch | None
     result: JobResult
+    events: tuple[MeterEvent, ...] = ()
+
+
+def meter_event(job: ReadJob, record: MeterEventRecord) -> MeterEvent:
+    """The contract message for one event a driver read; ``data`` holds only what identifies it.
+
+    Nothing job-specific goes into the message: the same event read by a later job must be the
+    same message, so that ingest sees a redelivery, not a conflicting revision.
+    """
+    data: dict[str, str | int | float | bool | None] = {**record.extra, "source": record.source,
+                                                          "protocol": job.protocol}
+    if record.code is not None:
+        data["code"] = record.code
+    return MeterEvent(event_id=record.event_id, meter_id=job.meter_id, ts=record.timestamp, kind=record.kind,
+                      severity=record.severity, data=data)
+
+
+def _events(job: ReadJob, records: list[MeterEventRecord]) -> tuple[MeterEvent, ...]:
+    out: list[MeterEvent] = []
+    for record in records:
+        try:
+            out.append(meter_event(job, record))
+        except ValidationError as exc:  # a driver bug: keep the readings and the other events
+            log.warning("driver produced an event outside the contract; not published",
+                        extra={"meter_id": job.meter_id, "protocol": job.protocol,
+                               "error": describe_validation_error(exc)})
+    return tuple(out)
 
 
 class MeterReader:
@@ -83,14 +113,16 @@ class MeterReader:
             ReadingValue(quantity=r.quantity, ts=r.timestamp, value=r.value, unit=r.unit, status=r.status)
             for r in result.readings
         ]
+        events = _events(job, result.events)
         finished = datetime.now(UTC)
-        batch = ReadingBatch(
+        batch = ReadingBatch.of(
             batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=finished, readings=readings
         ) if readings else None
         return JobOutcome(batch, JobResult(
             job_id=job.job_id, meter_id=job.meter_id, link_id=job.link_id, status=JobStatus.OK, attempt=job.attempt,
-            started_at=started, finished_at=finished, readings_count=len(readings), meter_time=result.meter_time,
-        ))
+            started_at=started, finished_at=finished, readings_count=len(readings), events_count=len(events),
+            meter_time=result.meter_time,
+        ), events)
 
     @staticmethod
     def _failed(job: ReadJob, started: datetime, kind: str, message: str) -> JobOutcome:

@@ -1,4 +1,4 @@
-"""The DLMS/COSEM protocol driver: device-profile points in, canonical readings out.
+"""The DLMS/COSEM protocol driver: device-profile points in, canonical readings and meter events out.
 
 ``tcp://host:port`` speaks the DLMS wrapper, or HDLC with ``interface: hdlc`` (through a
 converter); ``udp://host:port`` the wrapper only; ``serial:///dev/ttyUSB0?baud=9600`` (RS-485
@@ -32,8 +32,11 @@ rule: the meter's own unit (from its scaler_unit) is converted to ``meter_unit``
 the point's unit), then ``scale`` and ``offset`` apply; a unit of another dimension fails.
 
 An event log point (purpose ``events``, source ``1/0.0.96.11.0.255``, option ``profile:
-0.0.99.98.0.255``) gives one reading per event: the event code as value, stamped with the
-event time, ``extra["event"]`` its name when standard.
+0.0.99.98.0.255``; any event code object 0-x:96.11.n captured by a Profile generic) gives
+no readings but one :class:`~gxcore.drivers.MeterEventRecord` per log entry in
+``ReadResult.events``: the entry's time, the event code, the log as source, the IDIS name
+as kind where the standard log names the code (see :mod:`gxcore.dlms.events`), and an id
+stable over meter, log, time and code, so reading the same entry again is idempotent.
 
 One read is one association: clock, value points, then each profile over
 ``[request.profile_from, request.profile_to or meter clock]`` (or by entry, see above).
@@ -61,7 +64,7 @@ from gxcore.dlms.parameters import (
 )
 from gxcore.dlms.reader import DlmsSession
 from gxcore.dlms.transport import check_framing, dlms_endpoint
-from gxcore.drivers import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers import MeterEventRecord, MeterTarget, ReadRequest, ReadResult
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
 from gxcore.profiles.model import DeviceProfile, OptionValue, ProfilePoint
 from gxcore.readings import Reading
@@ -96,7 +99,8 @@ class DlmsPoint:
 
     @property
     def is_event(self) -> bool:
-        return self.profile is not None and "events" in self.point.purpose and is_event_code(self.value.obis)
+        """An event code column of a log: its rows are events, not readings."""
+        return self.profile is not None and is_event_code(self.value.obis)
 
 
 def dlms_point(point: ProfilePoint) -> DlmsPoint:
@@ -177,6 +181,7 @@ class DlmsDriver:
             if p.profile is not None:
                 profiled.setdefault(p.profile, []).append(p)
         readings: list[Reading] = []
+        events: list[MeterEventRecord] = []
         failures: list[GxError] = []
         async with DlmsSession.for_url(
             target.url, params, timeout=deadline, counters=self.counters, meter_key=target.meter_id
@@ -193,14 +198,16 @@ class DlmsDriver:
             for obis, group in profiled.items():
                 try:
                     rows = await _read_rows(session, obis, group, request, meter_time)
-                    readings.extend(_profile_readings(rows, group, obis))
+                    values_read, logged = _profile_values(rows, group, obis, target.meter_id)
+                    readings.extend(values_read)
+                    events.extend(logged)
                 except ProtocolError as exc:
                     if session.broken:
                         raise
                     failures.append(exc)
-        if failures and not readings:
+        if failures and not readings and not events:
             raise failures[0]
-        return ReadResult(readings=readings, meter_time=meter_time)
+        return ReadResult(readings=readings, meter_time=meter_time, events=events)
 
 
 async def _read_rows(
@@ -216,17 +223,21 @@ async def _read_rows(
     return await session.read_profile_entries(ProfileEntries(obis, newest=newest))
 
 
-def _profile_readings(rows: list[Reading], group: list[DlmsPoint], obis: str) -> list[Reading]:
-    """Map the meter's per-column profile readings onto the profile points that name them."""
-    by_quantity: Mapping[str, list[DlmsPoint]] = _group_by_quantity(group)
-    names = {(e.timestamp, e.code): e.name for e in events_from_readings(rows, obis)}
-    out: list[Reading] = []
-    for row in rows:
-        name = names.get((row.timestamp, int(row.value))) if is_event_code(row.quantity) else None
-        extra = {**row.extra, "event": name} if name else row.extra
-        for p in by_quantity.get(row.quantity, ()):
-            out.append(p.reading(row.value, row.unit, row.timestamp, row.status, extra))
-    return out
+def _profile_values(
+    rows: list[Reading], group: list[DlmsPoint], obis: str, meter_id: str
+) -> tuple[list[Reading], list[MeterEventRecord]]:
+    """Map a profile's per-column rows onto its points: value columns become readings, event codes events."""
+    by_quantity: Mapping[str, list[DlmsPoint]] = _group_by_quantity([p for p in group if not p.is_event])
+    readings = [
+        p.reading(row.value, row.unit, row.timestamp, row.status, row.extra)
+        for row in rows
+        for p in by_quantity.get(row.quantity, ())
+    ]
+    codes = {reduced(p.value.obis) for p in group if p.is_event}
+    logged = events_from_readings([row for row in rows if row.quantity in codes], obis) if codes else []
+    # The same code twice in one second of one log is one event (one id): hand it up once.
+    events = {e.event_id: e for e in (entry.record(meter_id) for entry in logged)}
+    return readings, list(events.values())
 
 
 def _group_by_quantity(group: list[DlmsPoint]) -> dict[str, list[DlmsPoint]]:

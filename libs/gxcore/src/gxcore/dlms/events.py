@@ -3,12 +3,15 @@
 The standard event log is 0-0:99.98.0 with event code 0-0:96.11.0; other logs (fraud,
 power quality, disconnector, ...) are 0-0:99.98.1..n with 0-0:96.11.1..n. A log is read
 by time range or by entry (its newest ``n`` rows) and each row becomes a
-:class:`DlmsEvent`; as readings, an event is quantity ``0-0:96.11.0`` with the code as
-value. Names are the IDIS standard event log codes; other logs keep bare codes.
+:class:`DlmsEvent`; the driver hands it upward as a :class:`~gxcore.drivers.MeterEventRecord`
+(source = the log, code = the event code), never as a reading: an event code is not a
+measurement. Names are the IDIS standard event log codes; other logs, and codes the
+standard does not name, get the kind ``event-<code>``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -16,6 +19,7 @@ from typing import Final
 from gxcore.dlms.obis import dotted, parse_obis, reduced
 from gxcore.dlms.parameters import ProfileEntries, ProfileRange
 from gxcore.dlms.reader import DlmsSession
+from gxcore.drivers import EventSeverity, MeterEventRecord
 from gxcore.readings import Reading
 
 STANDARD_EVENT_LOG: Final = "0.0.99.98.0.255"
@@ -29,6 +33,11 @@ STANDARD_EVENTS: Final[dict[int, str]] = {
     16: "measurement-system-error", 17: "firmware-ready-for-activation", 18: "firmware-activated",
 }
 # fmt: on
+# Severity of the standard codes: meter faults are alarms, supply and clock trouble warnings.
+STANDARD_SEVERITY: Final[dict[int, EventSeverity]] = {
+    1: "warning", 6: "warning", 8: "warning",
+    12: "alarm", 13: "alarm", 14: "alarm", 15: "alarm", 16: "alarm",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +49,15 @@ class DlmsEvent:
     log: str
     name: str | None = None
 
-    def reading(self) -> Reading:
-        """The event as a reading of its event-code quantity."""
-        extra: dict[str, str | int] = {"profile": self.log}
-        if self.name:
-            extra["event"] = self.name
-        return Reading(_code_quantity(self.log), float(self.code), "", self.timestamp, extra=extra)
+    @property
+    def severity(self) -> EventSeverity:
+        """``alarm`` for meter faults, ``warning`` for supply and clock trouble (standard log only)."""
+        return STANDARD_SEVERITY.get(self.code, "info") if self.name else "info"
+
+    def record(self, meter_id: str) -> MeterEventRecord:
+        """The event as meter ``meter_id`` reported it; its id is stable over meter, log, time and code."""
+        kind = self.name or f"event-{self.code}"
+        return MeterEventRecord(meter_id, self.timestamp, kind, self.log, self.code, self.severity)
 
 
 def is_event_code(obis: str) -> bool:
@@ -55,12 +67,12 @@ def is_event_code(obis: str) -> bool:
 
 
 def events_from_readings(readings: list[Reading], log: str) -> list[DlmsEvent]:
-    """The event-code readings of one log's rows as events, oldest first."""
+    """The event-code columns of one log's rows as events, oldest first; non-integer codes are skipped."""
     name = reduced(log)
     standard = dotted(log) == STANDARD_EVENT_LOG
     out = []
     for r in readings:
-        if is_event_code(r.quantity) and r.value == int(r.value):
+        if is_event_code(r.quantity) and math.isfinite(r.value) and r.value == int(r.value) and r.value >= 0:
             code = int(r.value)
             out.append(DlmsEvent(r.timestamp, code, name, STANDARD_EVENTS.get(code) if standard else None))
     return sorted(out, key=lambda e: e.timestamp)
@@ -81,9 +93,3 @@ async def read_event_log(
     else:
         readings = await session.read_profile_entries(ProfileEntries(log, newest=newest or 10))
     return events_from_readings(readings, log)
-
-
-def _code_quantity(log: str) -> str:
-    """Event code quantity of a log: 0-0:99.98.n -> 0-0:96.11.n."""
-    a, b, _c, _d, e, _f = parse_obis(log)
-    return f"{a}-{b}:96.11.{e}"
