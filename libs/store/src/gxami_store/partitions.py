@@ -113,7 +113,7 @@ class PartitionKeeper:
         self.enabled = True
 
     async def load(self, conn: asyncpg.Connection, storage: str) -> None:
-        """(Re)read the existing partitions; a rolled-back transaction may have left the cache ahead."""
+        """(Re)read the existing partitions."""
         self._existing, self._covered = [], set()
         self.enabled = storage == "partitioned"
         if self.enabled:
@@ -128,7 +128,11 @@ class PartitionKeeper:
         return True
 
     async def ensure(self, conn: asyncpg.Connection, instants: Iterable[datetime]) -> None:
-        """Create the partitions covering ``instants`` (and the slot after the latest)."""
+        """Create the partitions covering ``instants`` (and the slot after the latest).
+
+        Best called outside a transaction (the partitions then commit at once and are cached);
+        inside one, they commit with it, and the catalog is consulted again until they do.
+        """
         if not self.enabled:
             return
         stamps = list(instants)
@@ -153,15 +157,19 @@ class PartitionKeeper:
         )
         try:
             # Under the lock, from the catalog: another pod (or an earlier width) may have made some.
-            self._existing = await existing_partitions(conn)
+            catalog = await existing_partitions(conn)
             for start in missing:
-                for gap in _gaps(start, self.interval.next_slot(start), self._existing):
+                for gap in _gaps(start, self.interval.next_slot(start), catalog):
                     await conn.execute(
                         f"CREATE TABLE IF NOT EXISTS {gap.name} PARTITION OF readings"  # names: dates only
                         f" FOR VALUES FROM ('{gap.lo.isoformat()}') TO ('{gap.hi.isoformat()}')"
                     )
-                    self._existing.append(gap)
-                self._existing.sort()
+                    catalog.append(gap)
+                catalog.sort()
+            # Remember only what is committed: a partition made inside a transaction is invisible to
+            # other connections (which may share this keeper) until it commits, and gone if it rolls back.
+            if not in_tx:
+                self._existing = catalog
         finally:
             if not in_tx:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _PARTITION_LOCK)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -15,6 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from gxami_contracts import ReadingBatch
 from gxami_contracts.topics import READINGS
+from gxami_ingest.events import EventIngest
 from gxami_ingest.settings import IngestSettings
 from gxami_ingest.validation import BatchRejectedError, check_batch
 from gxami_ingest.vee import run_vee_periodically
@@ -62,7 +64,8 @@ class Ingest:
         self.settings = settings
         self.partitions = PartitionKeeper(settings.partition_interval)
         self.known_meters: set[str] = set()
-        self.conn: asyncpg.Connection | None = None
+        # One connection per write in flight (settings.writes_in_flight); slot 0 also does upkeep.
+        self.conns: list[asyncpg.Connection | None] = [None] * settings.writes_in_flight
         self.ready = False
 
     async def _connect(self) -> asyncpg.Connection:
@@ -73,39 +76,45 @@ class Ingest:
     async def _refresh_meters(self, conn: asyncpg.Connection) -> None:
         self.known_meters = {r["meter_id"] for r in await conn.fetch("SELECT meter_id FROM meters")}
 
-    async def _with_database(self, work: Callable[[asyncpg.Connection], Awaitable[T]], consumer: AIOKafkaConsumer) -> T:
-        """Run ``work`` until it succeeds; while the database is away, pause fetching (backpressure)."""
+    async def _with_database(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], consumer: AIOKafkaConsumer, slot: int = 0
+    ) -> T:
+        """Run ``work`` on connection ``slot`` until it succeeds; while the database is away, pause
+        fetching (backpressure)."""
         delay = self.settings.db_retry_initial_s
         paused = False
         try:
             while True:
                 try:
-                    if self.conn is None or self.conn.is_closed():
-                        self.conn = await self._connect()
-                    return await work(self.conn)
+                    conn = self.conns[slot]
+                    if conn is None or conn.is_closed():
+                        conn = self.conns[slot] = await self._connect()
+                    return await work(conn)
                 except _RETRYABLE as exc:
                     DB_RETRIES.inc()
                     log.warning("database unavailable; retrying", extra={"error": repr(exc), "retry_in_s": delay})
                     if not paused:
                         consumer.pause(*consumer.assignment())
                         paused = True
-                    if self.conn is not None:
-                        self.conn.terminate()
-                        self.conn = None
+                    if (broken := self.conns[slot]) is not None:
+                        broken.terminate()
+                        self.conns[slot] = None
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.db_retry_max_s)
         finally:
             if paused:
                 consumer.resume(*consumer.assignment())
 
-    async def handle(self, items: list[Decoded[ReadingBatch]], consumer: AIOKafkaConsumer, dead: DeadLetters) -> None:
+    async def handle(
+        self, items: list[Decoded[ReadingBatch]], consumer: AIOKafkaConsumer, dead: DeadLetters, slot: int = 0
+    ) -> None:
         """Validate, dead-letter what cannot be stored, store the rest; returns after the commit."""
         now = datetime.now(UTC)
         max_future = timedelta(seconds=self.settings.max_future_s)
         max_past = timedelta(days=self.settings.max_past_days)
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
-            await self._with_database(self._refresh_meters, consumer)
+            await self._with_database(self._refresh_meters, consumer, slot)
         rows: list[ReadingRow] = []
         for d in items:
             try:
@@ -121,7 +130,7 @@ class Ingest:
             with BATCH_SECONDS.time():
                 return await write_readings(conn, rows, self.partitions)
 
-        stats = await self._with_database(write, consumer)
+        stats = await self._with_database(write, consumer, slot)
         READINGS_TOTAL.labels("inserted").inc(stats.inserted)
         READINGS_TOTAL.labels("duplicate").inc(stats.duplicates)
         READINGS_TOTAL.labels("revision").inc(stats.revisions)
@@ -130,16 +139,16 @@ class Ingest:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await check_database(s.database_url.get_secret_value())
-        self.conn = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
-        await migrate(self.conn)
-        await apply_storage_policy(self.conn, StoragePolicy(
+        conn = self.conns[0] = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
+        await migrate(conn)
+        await apply_storage_policy(conn, StoragePolicy(
             backfill_horizon=timedelta(days=s.backfill_horizon_days),
             retention=timedelta(days=s.retention_days) if s.retention_days else None,
             partition_interval=s.partition_interval,
         ))
-        await self.partitions.load(self.conn, await storage_kind(self.conn))
-        await self.partitions.ensure_ahead(self.conn, datetime.now(UTC))
-        await self._refresh_meters(self.conn)
+        await self.partitions.load(conn, await storage_kind(conn))
+        await self.partitions.ensure_ahead(conn, datetime.now(UTC))
+        await self._refresh_meters(conn)
         producer, consumer = await start_clients(s, s.consumer_group, s.topic(READINGS.name))
         ops = OpsServer(s.http_host, s.http_port, ready=lambda: self.ready)
         port = await ops.start()
@@ -150,6 +159,8 @@ class Ingest:
                                                                       stop))]
         if s.vee_enabled:
             upkeep.append(asyncio.create_task(run_vee_periodically(dsn, s.vee, stop)))
+        # Meter events (ami.events) beside the readings: own consumer group, the same producer for dead letters.
+        upkeep.append(asyncio.create_task(EventIngest(s, Publisher(producer, s)).run(stop)))
         self.ready = True
         try:
             await self._loop(consumer, dead, stop)
@@ -161,21 +172,28 @@ class Ingest:
             await consumer.stop()
             await producer.stop()
             await ops.stop()
-            if self.conn is not None:
-                await self.conn.close()
+            for c in self.conns:
+                if c is not None:
+                    await c.close()
             log.info("ingest stopped")
 
     async def _loop(self, consumer: AIOKafkaConsumer, dead: DeadLetters, stop: asyncio.Event) -> None:
-        """Fetch and decode the next batch while the previous one is written (one write at a time)."""
+        """Fetch and decode while earlier batches are written, up to ``writes_in_flight`` at once, each on
+        its own connection: one batch's COPY overlaps the previous one's commit. Offsets are committed
+        strictly in batch order, each only after its own transaction and every earlier one committed."""
         s = self.settings
         pending: list[Decoded[ReadingBatch]] = []
         offsets: dict[TopicPartition, int] = {}
         count = 0
         started = time.monotonic()
-        writing: asyncio.Task[None] | None = None
+        writing: deque[asyncio.Task[None]] = deque()
+        next_slot = 0
 
-        async def flush(items: list[Decoded[ReadingBatch]], offs: dict[TopicPartition, int]) -> None:
-            await self.handle(items, consumer, dead)
+        async def flush(items: list[Decoded[ReadingBatch]], offs: dict[TopicPartition, int], slot: int,
+                        before: asyncio.Task[None] | None) -> None:
+            await self.handle(items, consumer, dead, slot)
+            if before is not None:
+                await before  # its failure is this batch's failure: nothing after it may be committed
             # Offsets only after the database transaction committed: a crash before this
             # line redelivers the batch, and the merge makes that a no-op.
             await commit(consumer, offs)
@@ -189,25 +207,26 @@ class Ingest:
                         await dead.send(rec, reason)
                         DEAD_LETTERS.inc()
                     pending.extend(good)
-                    count += sum(len(d.message.readings) for d in good)
+                    count += sum(d.message.count for d in good)
                     offsets[tp] = recs[-1].offset + 1
-                if writing is not None and writing.done():
-                    finished, writing = writing, None
-                    finished.result()  # a failed write stops the service; nothing was committed for it
+                while writing and writing[0].done():
+                    writing.popleft().result()  # a failed write stops the service; nothing was committed for it
                 age_ms = (time.monotonic() - started) * 1000
                 if offsets and (count >= s.batch_max_readings or age_ms >= s.batch_max_age_ms):
-                    if writing is not None:
-                        await writing  # batches are written, and their offsets committed, in order
-                    writing = asyncio.create_task(flush(pending, offsets))
+                    if len(writing) >= s.writes_in_flight:
+                        await writing.popleft()
+                    writing.append(asyncio.create_task(
+                        flush(pending, offsets, next_slot, writing[-1] if writing else None)))
+                    next_slot = (next_slot + 1) % s.writes_in_flight
                     pending, offsets, count = [], {}, 0
                     started = time.monotonic()
                 elif not offsets:
                     started = time.monotonic()
         finally:
-            if writing is not None:
-                await writing
+            for task in writing:
+                await task
         if offsets:
-            await flush(pending, offsets)
+            await flush(pending, offsets, 0, None)
 
 
 async def main(stop: asyncio.Event, settings: IngestSettings | None = None) -> None:

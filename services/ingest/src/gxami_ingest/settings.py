@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from gxami_ingest.vee import VeeSettings
 from gxami_runtime.settings import ServiceSettings
 from gxami_store import PartitionInterval
@@ -11,6 +13,9 @@ class IngestSettings(ServiceSettings):
     consumer_group: str = "ingest"
     batch_max_readings: int = 20_000
     batch_max_age_ms: int = 500
+    # Batches written at once, each on its own connection, so one's COPY overlaps another's commit.
+    # Offsets are still committed in order. 1 writes strictly one batch after another.
+    writes_in_flight: int = Field(default=2, ge=1, le=8)
     # Readings stamped further from now than this are refused (dead letter): a meter whose clock
     # is wildly off must not create partitions in 1970 or 2099.
     max_future_s: int = 86_400

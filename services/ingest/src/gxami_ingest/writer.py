@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 
 import asyncpg
 
@@ -51,9 +52,11 @@ async def write_readings(conn: asyncpg.Connection, rows: list[ReadingRow], parti
     """
     if not rows:
         return WriteStats(0, 0, 0, 0)
+    # Partitions first, in their own (autocommit) statements: visible to every connection at once.
+    stamps = list(map(itemgetter(2), rows))
+    await partitions.ensure(conn, (min(stamps), max(stamps)))
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = on")
-        await partitions.ensure(conn, (r[2] for r in rows))
         try:
             async with conn.transaction():  # a savepoint
                 await conn.copy_records_to_table("readings", records=rows, columns=STAGING_COLUMNS)
