@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gxami_collector.jobs import MeterReader, meter_event
+import pytest
+from prometheus_client import REGISTRY
+
+from gxami_collector.jobs import MeterReader, _readings, meter_event
 from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobStatus, ReadJob
 from gxcore.drivers import MeterEventRecord
 from gxcore.profiles import ProfileCatalog
+from gxcore.readings import Reading
 from gxcore.simulators.dlms import DlmsFleetSimulator, expected_events
 
 NOW = datetime(2024, 6, 1, 19, 41, 7, tzinfo=UTC)
@@ -60,3 +66,23 @@ def test_event_messages_keep_the_driver_id_and_extras() -> None:
     assert (msg.event_id, msg.meter_id, msg.ts, msg.kind, msg.severity) == ("meter-seq-17", "M1", NOW, "tamper",
                                                                              "alarm")
     assert msg.data == {"cover": "open", "source": "push", "protocol": "dlms"}
+
+
+def test_readings_the_contract_refuses_are_left_out_and_the_rest_kept(caplog: pytest.LogCaptureFixture) -> None:
+    # A DLMS or Modbus float register can hold NaN or infinity; a plug-in driver may misname a quantity.
+    job = _job("M1", 4059, ["billing"])
+    before = REGISTRY.get_sample_value("gxami_collector_readings_refused_total") or 0.0
+    given = [
+        Reading("1-0:1.8.0", 12.5, "kWh", NOW),
+        Reading("1-0:32.7.0", math.nan, "V", NOW),
+        Reading("1-0:31.7.0", math.inf, "A", NOW),
+        Reading("not a quantity!", 1.0, "", NOW),
+        Reading("1-0:2.8.0", 3.0, "kWh", NOW, status=8),
+    ]
+    with caplog.at_level(logging.WARNING, logger="gxami.collector"):
+        kept = _readings(job, given)
+    assert [(r.quantity, r.value, r.status) for r in kept] == [("1-0:1.8.0", 12.5, None), ("1-0:2.8.0", 3.0, 8)]
+    assert REGISTRY.get_sample_value("gxami_collector_readings_refused_total") == before + 3
+    refused = [r for r in caplog.records if "outside the contract" in r.getMessage()]
+    assert [getattr(r, "quantity", None) for r in refused] == ["1-0:32.7.0", "1-0:31.7.0", "not a quantity!"]
+    assert all(getattr(r, "meter_id", None) == "M1" for r in refused)

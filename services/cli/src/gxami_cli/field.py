@@ -274,6 +274,11 @@ def read_command(
                 {"quantity": r.quantity, "value": r.value, "unit": r.unit, "timestamp": r.timestamp.isoformat()}
                 for r in result.readings
             ],
+            "events": [
+                {"timestamp": e.timestamp.isoformat(), "kind": e.kind, "severity": e.severity, "code": e.code,
+                 "source": e.source, "event_id": e.event_id}
+                for e in result.events
+            ],
         }
 
     run_guarded("read", action)

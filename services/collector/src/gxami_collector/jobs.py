@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from gxami_collector.secret_store import SecretStore
@@ -20,8 +21,11 @@ from gxcore.dlms.invocation import JsonInvocationCounters
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
 from gxcore.errors import GxError
 from gxcore.profiles import ProfileCatalog
+from gxcore.readings import Reading
 
 log = logging.getLogger("gxami.collector")
+READINGS_REFUSED = Counter("gxami_collector_readings_refused_total",
+                           "Readings a driver returned that the contract refuses (NaN, infinities, bad names)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,21 @@ def meter_event(job: ReadJob, record: MeterEventRecord) -> MeterEvent:
         data["code"] = record.code
     return MeterEvent(event_id=record.event_id, meter_id=job.meter_id, ts=record.timestamp, kind=record.kind,
                       severity=record.severity, data=data)
+
+
+def _readings(job: ReadJob, readings: list[Reading]) -> list[ReadingValue]:
+    """The contract's readings; one the contract refuses (a NaN or infinite value a meter sent as a
+    float, a malformed quantity from a plug-in driver) is left out and logged, the others kept."""
+    out: list[ReadingValue] = []
+    for r in readings:
+        try:
+            out.append(ReadingValue(quantity=r.quantity, ts=r.timestamp, value=r.value, unit=r.unit, status=r.status))
+        except ValidationError as exc:
+            READINGS_REFUSED.inc()
+            log.warning("reading outside the contract; not published",
+                        extra={"meter_id": job.meter_id, "protocol": job.protocol, "quantity": r.quantity,
+                               "error": describe_validation_error(exc)})
+    return out
 
 
 def _events(job: ReadJob, records: list[MeterEventRecord]) -> tuple[MeterEvent, ...]:
@@ -109,10 +128,7 @@ class MeterReader:
         except Exception as exc:  # a driver bug must not stop the collector
             log.exception("driver failed unexpectedly", extra={"meter_id": job.meter_id, "protocol": job.protocol})
             return self._failed(job, started, "internal", f"meter {job.meter_id}: {type(exc).__name__} in driver")
-        readings = [
-            ReadingValue(quantity=r.quantity, ts=r.timestamp, value=r.value, unit=r.unit, status=r.status)
-            for r in result.readings
-        ]
+        readings = _readings(job, result.readings)
         events = _events(job, result.events)
         finished = datetime.now(UTC)
         batch = ReadingBatch.of(
