@@ -25,7 +25,8 @@ def _settings(stack: StackEndpoints, dsn: str, prefix: str) -> IngestSettings:
         kafka_bootstrap=stack.kafka_bootstrap, kafka_enable_idempotence=stack.kafka_enable_idempotence,
         database_url=dsn, consumer_group=f"{prefix}ingest", batch_max_age_ms=100,
         kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=500,
-        topic_overrides={"ami.readings": f"{prefix}readings", "ami.dead-letter": f"{prefix}dlq"},
+        topic_overrides={"ami.readings": f"{prefix}readings", "ami.events": f"{prefix}events",
+                         "ami.dead-letter": f"{prefix}dlq"},
     )
 
 
@@ -52,7 +53,7 @@ async def test_poison_goes_to_dead_letter_and_good_batches_are_stored(
         "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
         " VALUES ('M1', 'dlms', 'tcp://x:1', 'tcp://x:1', 'generic-dlms', 900)")
     await conn.close()
-    await ensure_topics(s, ["ami.readings", "ami.dead-letter"])
+    await ensure_topics(s, ["ami.readings", "ami.events", "ami.dead-letter"])
     now = datetime.now(UTC).replace(microsecond=0)
     good = ReadingBatch.of(batch_id="b1", meter_id="M1", job_id="j1", collected_at=now, readings=[
         ReadingValue(quantity="1-0:1.8.0", ts=now - timedelta(minutes=15 * i), value=100.0 - i, unit="kWh")

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -16,6 +15,7 @@ from prometheus_client import Counter, Histogram
 
 from gxami_contracts import ReadingBatch
 from gxami_contracts.topics import READINGS
+from gxami_ingest.database import RetryingConnection
 from gxami_ingest.events import EventIngest
 from gxami_ingest.settings import IngestSettings
 from gxami_ingest.validation import BatchRejectedError, check_batch
@@ -38,23 +38,9 @@ from gxami_store.timescale import StoragePolicy, apply_storage_policy
 log = logging.getLogger("gxami.ingest")
 T = TypeVar("T")
 
-# Failures after which the same batch is simply written again: the database went away, or two
-# replicas briefly held the same meters during a rebalance (deadlock, serialization failure).
-_RETRYABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.AdminShutdownError,
-)
-
 READINGS_TOTAL = Counter("gxami_ingest_readings_total", "Readings handled by outcome", ["outcome"])
 DEAD_LETTERS = Counter("gxami_ingest_dead_letters_total", "Messages sent to the dead-letter topic")
 BATCH_SECONDS = Histogram("gxami_ingest_write_seconds", "Time to store one batch (COPY + merge + commit)")
-DB_RETRIES = Counter("gxami_ingest_db_retries_total", "Database write attempts that failed and were retried")
 
 
 class Ingest:
@@ -64,8 +50,12 @@ class Ingest:
         self.settings = settings
         self.partitions = PartitionKeeper(settings.partition_interval)
         self.known_meters: set[str] = set()
-        # One connection per write in flight (settings.writes_in_flight); slot 0 also does upkeep.
-        self.conns: list[asyncpg.Connection | None] = [None] * settings.writes_in_flight
+        # One connection per write in flight (settings.writes_in_flight); slot 0 also does start-up.
+        self.slots = [
+            RetryingConnection(self._connect, initial_s=settings.db_retry_initial_s, max_s=settings.db_retry_max_s,
+                               consumer_name="readings")
+            for _ in range(settings.writes_in_flight)
+        ]
         self.ready = False
 
     async def _connect(self) -> asyncpg.Connection:
@@ -76,35 +66,6 @@ class Ingest:
     async def _refresh_meters(self, conn: asyncpg.Connection) -> None:
         self.known_meters = {r["meter_id"] for r in await conn.fetch("SELECT meter_id FROM meters")}
 
-    async def _with_database(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]], consumer: AIOKafkaConsumer, slot: int = 0
-    ) -> T:
-        """Run ``work`` on connection ``slot`` until it succeeds; while the database is away, pause
-        fetching (backpressure)."""
-        delay = self.settings.db_retry_initial_s
-        paused = False
-        try:
-            while True:
-                try:
-                    conn = self.conns[slot]
-                    if conn is None or conn.is_closed():
-                        conn = self.conns[slot] = await self._connect()
-                    return await work(conn)
-                except _RETRYABLE as exc:
-                    DB_RETRIES.inc()
-                    log.warning("database unavailable; retrying", extra={"error": repr(exc), "retry_in_s": delay})
-                    if not paused:
-                        consumer.pause(*consumer.assignment())
-                        paused = True
-                    if (broken := self.conns[slot]) is not None:
-                        broken.terminate()
-                        self.conns[slot] = None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.db_retry_max_s)
-        finally:
-            if paused:
-                consumer.resume(*consumer.assignment())
-
     async def handle(
         self, items: list[Decoded[ReadingBatch]], consumer: AIOKafkaConsumer, dead: DeadLetters, slot: int = 0
     ) -> None:
@@ -114,7 +75,7 @@ class Ingest:
         max_past = timedelta(days=self.settings.max_past_days)
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
-            await self._with_database(self._refresh_meters, consumer, slot)
+            await self.slots[slot].run(self._refresh_meters, consumer)
         rows: list[ReadingRow] = []
         for d in items:
             try:
@@ -130,7 +91,7 @@ class Ingest:
             with BATCH_SECONDS.time():
                 return await write_readings(conn, rows, self.partitions)
 
-        stats = await self._with_database(write, consumer, slot)
+        stats = await self.slots[slot].run(write, consumer)
         READINGS_TOTAL.labels("inserted").inc(stats.inserted)
         READINGS_TOTAL.labels("duplicate").inc(stats.duplicates)
         READINGS_TOTAL.labels("revision").inc(stats.revisions)
@@ -139,7 +100,7 @@ class Ingest:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await check_database(s.database_url.get_secret_value())
-        conn = self.conns[0] = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
+        conn = self.slots[0].conn = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
         await migrate(conn)
         await apply_storage_policy(conn, StoragePolicy(
             backfill_horizon=timedelta(days=s.backfill_horizon_days),
@@ -172,9 +133,8 @@ class Ingest:
             await consumer.stop()
             await producer.stop()
             await ops.stop()
-            for c in self.conns:
-                if c is not None:
-                    await c.close()
+            for slot in self.slots:
+                await slot.close()
             log.info("ingest stopped")
 
     async def _loop(self, consumer: AIOKafkaConsumer, dead: DeadLetters, stop: asyncio.Event) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -34,6 +33,7 @@ from prometheus_client import Counter
 
 from gxami_contracts import MeterEvent
 from gxami_contracts.topics import EVENTS
+from gxami_ingest.database import RetryingConnection
 from gxami_ingest.settings import IngestSettings
 from gxami_runtime.kafka import DeadLetters, Decoded, Publisher, consume_batches, make_consumer
 from gxami_runtime.service import kafka_startup_error
@@ -44,18 +44,6 @@ T = TypeVar("T")
 EVENTS_TOTAL = Counter(
     "gxami_ingest_events_total", "Meter events handled, by outcome (stored, duplicate, conflict, dead-letter)",
     ["outcome"],
-)
-
-# As for readings: the database went away, or a rebalance briefly gave two replicas the same meters.
-_RETRYABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.AdminShutdownError,
 )
 
 EventRow = tuple[str, str, datetime, str, str, str]  # event_id, meter_id, ts, kind, severity, data (JSON)
@@ -155,7 +143,8 @@ class EventIngest:
         self.settings = settings
         self.dead = _CountedDeadLetters(publisher, "ingest")
         self.known_meters: set[str] = set()
-        self.conn: asyncpg.Connection | None = None
+        self.db = RetryingConnection(self._connect, initial_s=settings.db_retry_initial_s,
+                                     max_s=settings.db_retry_max_s, consumer_name="events")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run beside the readings loop; a failure here stops the whole service rather than events alone."""
@@ -176,9 +165,7 @@ class EventIngest:
                 await consume_batches(consumer, MeterEvent, store, self.dead, timeout_ms=200, stop=stop.is_set)
             finally:
                 await consumer.stop()
-                if self.conn is not None:
-                    await self.conn.close()
-                    self.conn = None
+                await self.db.close()
         except Exception:
             log.exception("event ingest failed; stopping ingest")
             stop.set()
@@ -190,7 +177,7 @@ class EventIngest:
         now = datetime.now(UTC)
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
-            await self._with_database(self._refresh_meters, consumer)
+            await self.db.run(self._refresh_meters, consumer)
         rows: list[EventRow] = []
         for d in items:
             try:
@@ -203,7 +190,7 @@ class EventIngest:
         async def write(conn: asyncpg.Connection) -> EventWriteStats:
             return await write_events(conn, rows)
 
-        stats = await self._with_database(write, consumer)
+        stats = await self.db.run(write, consumer)
         EVENTS_TOTAL.labels("stored").inc(stats.inserted)
         EVENTS_TOTAL.labels("duplicate").inc(stats.duplicates)
         EVENTS_TOTAL.labels("conflict").inc(stats.conflicts)
@@ -212,27 +199,5 @@ class EventIngest:
     async def _refresh_meters(self, conn: asyncpg.Connection) -> None:
         self.known_meters = {r["meter_id"] for r in await conn.fetch("SELECT meter_id FROM meters")}
 
-    async def _with_database(self, work: Callable[[asyncpg.Connection], Awaitable[T]], consumer: AIOKafkaConsumer) -> T:
-        """Run ``work`` until it succeeds; while the database is away, pause fetching (backpressure)."""
-        delay = self.settings.db_retry_initial_s
-        paused = False
-        try:
-            while True:
-                try:
-                    if self.conn is None or self.conn.is_closed():
-                        self.conn = await asyncpg.connect(self.settings.database_url.get_secret_value(), timeout=10)
-                    return await work(self.conn)
-                except _RETRYABLE as exc:
-                    log.warning("database unavailable; retrying events", extra={"error": repr(exc),
-                                                                               "retry_in_s": delay})
-                    if not paused:
-                        consumer.pause(*consumer.assignment())
-                        paused = True
-                    if self.conn is not None:
-                        self.conn.terminate()
-                        self.conn = None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.settings.db_retry_max_s)
-        finally:
-            if paused:
-                consumer.resume(*consumer.assignment())
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.settings.database_url.get_secret_value(), timeout=10)
