@@ -31,7 +31,7 @@ async def _seed(dsn: str) -> None:
         await migrate(conn)
         keeper = PartitionKeeper()
         await keeper.load(conn, await storage_kind(conn))
-        await keeper.ensure(conn, [DAY])
+        await keeper.ensure(conn, [DAY, DAY + timedelta(days=3)])
         await conn.execute("INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
                            " VALUES ('R1', 'dlms', 'tcp://x:1', 'l', 'generic-dlms', 900)")
         # 1 kWh per 15 minutes for three days: 96 kWh per day
