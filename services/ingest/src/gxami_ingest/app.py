@@ -7,7 +7,6 @@ import logging
 import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,7 +35,6 @@ from gxami_store.aggregates import refresh_aggregates_periodically
 from gxami_store.timescale import StoragePolicy, apply_storage_policy
 
 log = logging.getLogger("gxami.ingest")
-T = TypeVar("T")
 
 READINGS_TOTAL = Counter("gxami_ingest_readings_total", "Readings handled by outcome", ["outcome"])
 DEAD_LETTERS = Counter("gxami_ingest_dead_letters_total", "Messages sent to the dead-letter topic")

@@ -24,7 +24,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -39,7 +38,6 @@ from gxami_runtime.kafka import DeadLetters, Decoded, Publisher, consume_batches
 from gxami_runtime.service import kafka_startup_error
 
 log = logging.getLogger("gxami.ingest.events")
-T = TypeVar("T")
 
 EVENTS_TOTAL = Counter(
     "gxami_ingest_events_total", "Meter events handled, by outcome (stored, duplicate, conflict, dead-letter)",
