@@ -103,3 +103,12 @@ def test_validation_names_meter_and_reading() -> None:
     with pytest.raises(BatchRejectedError, match="too far back"):
         check_batch(_batch("M1", datetime(1999, 1, 1, tzinfo=UTC)), known_meters={"M1"}, **kw)  # type: ignore[arg-type]
     assert math.isfinite(check_batch(_batch("M1", now), known_meters={"M1"}, **kw)[0][3])  # type: ignore[arg-type]
+
+
+def test_nothing_older_than_the_retention_is_accepted() -> None:
+    from gxami_ingest.settings import IngestSettings
+
+    assert IngestSettings(max_past_days=3660).max_past == timedelta(days=3660)
+    # retention drops what is older: accepting it would recreate a partition only to drop it again
+    assert IngestSettings(max_past_days=3660, retention_days=400).max_past == timedelta(days=400)
+    assert IngestSettings(max_past_days=30, retention_days=400).max_past == timedelta(days=30)

@@ -70,7 +70,7 @@ class Ingest:
         """Validate, dead-letter what cannot be stored, store the rest; returns after the commit."""
         now = datetime.now(UTC)
         max_future = timedelta(seconds=self.settings.max_future_s)
-        max_past = timedelta(days=self.settings.max_past_days)
+        max_past = self.settings.max_past
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
             await self.slots[slot].run(self._refresh_meters, consumer)

@@ -181,7 +181,7 @@ class EventIngest:
             try:
                 rows.append(check_event(d.message, known_meters=self.known_meters, now=now,
                                         max_future=timedelta(seconds=s.max_future_s),
-                                        max_past=timedelta(days=s.max_past_days)))
+                                        max_past=s.max_past))
             except EventRejectedError as exc:
                 await self.dead.send(d.record, str(exc))
 

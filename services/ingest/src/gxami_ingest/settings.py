@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field
 
 from gxami_ingest.vee import VeeSettings
@@ -32,3 +34,10 @@ class IngestSettings(ServiceSettings):
     vee: VeeSettings = VeeSettings()
     vee_enabled: bool = True
     aggregates_refresh_s: float = 900.0
+
+    @property
+    def max_past(self) -> timedelta:
+        """How far back a reading or event may be stamped: ``max_past_days``, and never past the
+        retention, whose partitions (chunks) would be dropped again right after the write."""
+        days = self.max_past_days if self.retention_days is None else min(self.max_past_days, self.retention_days)
+        return timedelta(days=days)
