@@ -31,7 +31,7 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check libs/contracts libs/store || true
+	$(VENV)/bin/ruff format --check .
 
 typecheck: install
 	$(VENV)/bin/mypy libs/gxcore/src libs/contracts/src libs/runtime/src libs/store/src \

@@ -24,8 +24,9 @@ from gxami_runtime.devstack_session import session_stack
 try:
     from hypothesis import HealthCheck, settings
 
-    settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
-                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile(
+        "ci", max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    )
     settings.register_profile("fuzz", max_examples=20_000, deadline=None)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency

@@ -69,7 +69,10 @@ def seal(plaintext: bytes, invocation_counter: int) -> bytes:
     encryptor = Cipher(algorithms.AES(BLOCK_CIPHER_KEY), modes.GCM(SYSTEM_TITLE + counter)).encryptor()
     encryptor.authenticate_additional_data(bytes([SECURITY_CONTROL]) + AUTHENTICATION_KEY)
     content = (
-        bytes([SECURITY_CONTROL]) + counter + encryptor.update(plaintext) + encryptor.finalize()
+        bytes([SECURITY_CONTROL])
+        + counter
+        + encryptor.update(plaintext)
+        + encryptor.finalize()
         + encryptor.tag[:TAG_LENGTH]
     )
     return bytes([GLO_GET_RESPONSE]) + _length(len(content)) + content
@@ -112,8 +115,12 @@ def gxcore_unseal() -> Decrypt | None:
     def decrypt(apdu: bytes) -> bytes:
         c = parse_ciphered_apdu(apdu)
         return unseal(
-            c.security_control, c.system_title or SYSTEM_TITLE, c.invocation_counter,
-            BLOCK_CIPHER_KEY, AUTHENTICATION_KEY, c.payload,
+            c.security_control,
+            c.system_title or SYSTEM_TITLE,
+            c.invocation_counter,
+            BLOCK_CIPHER_KEY,
+            AUTHENTICATION_KEY,
+            c.payload,
         )
 
     return decrypt
@@ -146,7 +153,11 @@ def pure_gurux_rate(kind: str, count: int) -> float:
     """gurux's own pure-Python decrypt rate, timed in a fresh interpreter that never imports gxcore."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.gurux_pure", kind, str(count)],
-        capture_output=True, text=True, timeout=600, check=False, cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     if out.returncode != 0:
         raise RuntimeError(f"bench.gurux_pure failed: {out.stderr.strip()[-2000:]}")
@@ -161,8 +172,10 @@ def run(ctx: RunContext) -> Iterator[Figure]:
     with contextlib.suppress(ImportError):
         import gxcore.dlms.gurux  # noqa: F401  # importing it hands gurux's AES-GCM over to gxcore
     in_gurux = gurux_decryptor() if ours is not None and gurux_is_handed_over() else None
-    for kind, fast_passes, gurux_count in (("register", ctx.size.pick(1, 200, 800), ctx.size.pick(2, 40, APDUS)),
-                                           ("block", ctx.size.pick(1, 40, 150), ctx.size.pick(1, 10, 30))):
+    for kind, fast_passes, gurux_count in (
+        ("register", ctx.size.pick(1, 200, 800), ctx.size.pick(2, 40, APDUS)),
+        ("block", ctx.size.pick(1, 40, 150), ctx.size.pick(1, 10, 30)),
+    ):
         fast_set = apdus(kind, APDUS)
         contenders = [Contender("cryptography", over(fast_set.apdus, fast_passes, cryptography_decrypt))]
         _check("cryptography", cryptography_decrypt, fast_set)
@@ -175,20 +188,39 @@ def run(ctx: RunContext) -> Iterator[Figure]:
         apdu = f"glo-get-response, SC 0x30 suite 0, {len(fast_set.plaintexts[0])}-byte plaintext"
         peer = "cryptography AES-GCM (12-byte tag) on the same APDUs"
         if "gxcore" in fast:
-            yield Figure(f"dlms_decrypt_{kind}_gxcore", fast["gxcore"], "APDUs/s", fast["cryptography"], "higher",
-                         {"peer": peer, "path": "gxcore.dlms.ciphering parse_ciphered_apdu + unseal", "apdu": apdu})
+            yield Figure(
+                f"dlms_decrypt_{kind}_gxcore",
+                fast["gxcore"],
+                "APDUs/s",
+                fast["cryptography"],
+                "higher",
+                {"peer": peer, "path": "gxcore.dlms.ciphering parse_ciphered_apdu + unseal", "apdu": apdu},
+            )
         if "gxcore_in_gurux" in fast:
             yield Figure(
-                f"dlms_decrypt_{kind}_gxcore_in_gurux", fast["gxcore_in_gurux"], "APDUs/s", fast["cryptography"],
+                f"dlms_decrypt_{kind}_gxcore_in_gurux",
+                fast["gxcore_in_gurux"],
+                "APDUs/s",
+                fast["cryptography"],
                 "higher",
-                {"peer": peer, "path": "GXCiphering.decrypt handed over to gxcore (what a DLMS session runs)",
-                 "apdu": apdu},
+                {
+                    "peer": peer,
+                    "path": "GXCiphering.decrypt handed over to gxcore (what a DLMS session runs)",
+                    "apdu": apdu,
+                },
             )
         # gurux's own AES-GCM is a thousand times slower: the first few of the same APDUs, once over.
         ctx.note(f"decrypting {gurux_count} {kind} APDUs with gurux's pure-Python AES-GCM (a fresh interpreter)")
         yield Figure(
-            f"dlms_decrypt_{kind}_gurux", pure_gurux_rate(kind, gurux_count), "APDUs/s", fast["cryptography"],
+            f"dlms_decrypt_{kind}_gurux",
+            pure_gurux_rate(kind, gurux_count),
+            "APDUs/s",
+            fast["cryptography"],
             "higher",
-            {"peer": peer, "path": "gurux-dlms GXCiphering.decrypt, its own pure-Python AES-GCM",
-             "apdus_decrypted": gurux_count, "apdu": apdu},
+            {
+                "peer": peer,
+                "path": "gurux-dlms GXCiphering.decrypt, its own pure-Python AES-GCM",
+                "apdus_decrypted": gurux_count,
+                "apdu": apdu,
+            },
         )

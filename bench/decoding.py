@@ -64,8 +64,13 @@ def mbus_case() -> DecodeCase:
         for part in range(bus.telegram_count(m))
     ]
     return DecodeCase(
-        "decode_mbus", frames, decode_mbus_telegram, walk_mbus, lambda t: len(t.records),
-        "bare walker: checksum (sum) + DIF/VIF record walk", (1, 60, 200),
+        "decode_mbus",
+        frames,
+        decode_mbus_telegram,
+        walk_mbus,
+        lambda t: len(t.records),
+        "bare walker: checksum (sum) + DIF/VIF record walk",
+        (1, 60, 200),
     )
 
 
@@ -80,9 +85,14 @@ def _wmbus_case(encrypted: bool) -> DecodeCase:
     name = "decode_wmbus_mode5" if encrypted else "decode_wmbus"
     peer = "bare walker: format A block CRCs + header" + (" + AES-128-CBC (cryptography)" if encrypted else "")
     return DecodeCase(
-        name, frames, lambda f: decode_wmbus_telegram(f[0], f[1], crc="present"),
-        lambda f: walk_wmbus(f[0], f[1]), lambda t: len(t.records), peer + " + record walk",
-        (1, 40, 150), lambda f: len(f[0]),
+        name,
+        frames,
+        lambda f: decode_wmbus_telegram(f[0], f[1], crc="present"),
+        lambda f: walk_wmbus(f[0], f[1]),
+        lambda t: len(t.records),
+        peer + " + record walk",
+        (1, 40, 150),
+        lambda f: len(f[0]),
     )
 
 
@@ -90,16 +100,25 @@ def dsmr_case() -> DecodeCase:
     frames = [SimulatedP1Meter(SEED, i, variant="5.0").telegram_at(at) for i in range(10) for at in _instants(4)]
     return DecodeCase(
         # One record per data line, except the power-failure log, one line that holds several.
-        "decode_dsmr", frames, decode_dsmr_telegram, walk_dsmr, lambda t: len({r.quantity for r in t.records}),
-        "bare walker: CRC16/ARC table loop + split of each data line", (1, 25, 100),
+        "decode_dsmr",
+        frames,
+        decode_dsmr_telegram,
+        walk_dsmr,
+        lambda t: len({r.quantity for r in t.records}),
+        "bare walker: CRC16/ARC table loop + split of each data line",
+        (1, 25, 100),
     )
 
 
 def iec_case() -> DecodeCase:
     frames = [SimulatedIecMeter(SEED, i).readout(at) for i in range(10) for at in _instants(4)]
     return DecodeCase(
-        "decode_iec62056_21", frames, decode_iec62056_21_readout, walk_iec62056_21,
-        lambda r: len(r.records), "bare walker: BCC (XOR folded as one integer) + data sets per line",
+        "decode_iec62056_21",
+        frames,
+        decode_iec62056_21_readout,
+        walk_iec62056_21,
+        lambda r: len(r.records),
+        "bare walker: BCC (XOR folded as one integer) + data sets per line",
         (1, 40, 150),
     )
 
@@ -133,9 +152,14 @@ def modbus_case() -> DecodeCase:
         return [engineering_value(rp, raw) for rp, raw in split_block(block, words) if not isinstance(raw, str)]
 
     return DecodeCase(
-        "decode_modbus", frames, decode, lambda f: f[2].walk(f[1]), len,
+        "decode_modbus",
+        frames,
+        decode,
+        lambda f: f[2].walk(f[1]),
+        len,
         "bare walker: struct.pack of the block + one precompiled struct.unpack_from per point, x scale + offset",
-        (1, 80, 300), lambda f: 2 * len(f[1]),
+        (1, 80, 300),
+        lambda f: 2 * len(f[1]),
     )
 
 
@@ -160,9 +184,16 @@ def measure(case: DecodeCase, ctx: RunContext) -> Figure:
     walker = Contender("peer", over(case.frames, passes, case.walk))
     rates = race([decoder, walker], repeats=REPEATS if passes > 1 else 1)
     return Figure(
-        case.bench, rates["ours"], "frames/s", rates["peer"], "higher",
-        {"peer": case.peer, "frames": len(case.frames),
-         "mean_frame_bytes": round(sum(map(case.frame_bytes, case.frames)) / len(case.frames))},
+        case.bench,
+        rates["ours"],
+        "frames/s",
+        rates["peer"],
+        "higher",
+        {
+            "peer": case.peer,
+            "frames": len(case.frames),
+            "mean_frame_bytes": round(sum(map(case.frame_bytes, case.frames)) / len(case.frames)),
+        },
     )
 
 

@@ -164,15 +164,24 @@ def run_register(ctx: RunContext) -> Iterator[Figure]:
     _check_same([ours.register(r) for r in rec.registers], [direct.register(r) for r in rec.registers])
     passes = ctx.size.pick(1, 150, 500)
     rates = race(
-        [Contender("ours", over(rec.registers, passes, ours.register)),
-         Contender("direct", over(rec.registers, passes, direct.register))],
+        [
+            Contender("ours", over(rec.registers, passes, ours.register)),
+            Contender("direct", over(rec.registers, passes, direct.register)),
+        ],
         repeats=REPEATS if passes > 1 else 1,
     )
     yield Figure(
-        "decode_dlms_register", rates["ours"], "replies/s", rates["direct"], "higher",
-        {"peer": "gurux-dlms direct: GXDLMSClient.getData + updateValue(GXDLMSRegister, 2)",
-         "replies": len(rec.registers), "mean_frame_bytes": _mean(len(f[0]) for _, f in rec.registers),
-         "wanted_ratio": 0.9},
+        "decode_dlms_register",
+        rates["ours"],
+        "replies/s",
+        rates["direct"],
+        "higher",
+        {
+            "peer": "gurux-dlms direct: GXDLMSClient.getData + updateValue(GXDLMSRegister, 2)",
+            "replies": len(rec.registers),
+            "mean_frame_bytes": _mean(len(f[0]) for _, f in rec.registers),
+            "wanted_ratio": 0.9,
+        },
     )
 
 
@@ -180,20 +189,33 @@ def run_profile(ctx: RunContext) -> Iterator[Figure]:
     rec = record(ctx.size.pick(1, 4, 10))
     ours, direct = OurParser(rec), DirectParser(rec)
     for frames in rec.profiles:  # the register columns of every row (times differ in type, not in value)
-        _check_same([v for _, row in ours.profile(frames) for v in row[1:]],
-                    [v for row in direct.profile(frames) for v in row[1:]])
+        _check_same(
+            [v for _, row in ours.profile(frames) for v in row[1:]],
+            [v for row in direct.profile(frames) for v in row[1:]],
+        )
     passes = ctx.size.pick(1, 8, 30)
     rates = race(
-        [Contender("ours", over(rec.profiles, passes, ours.profile)),
-         Contender("direct", over(rec.profiles, passes, direct.profile))],
+        [
+            Contender("ours", over(rec.profiles, passes, ours.profile)),
+            Contender("direct", over(rec.profiles, passes, direct.profile)),
+        ],
         repeats=REPEATS if passes > 1 else 1,
     )
     rows = len(ours.profile(rec.profiles[0]))
     yield Figure(
-        "decode_dlms_profile", rates["ours"], "replies/s", rates["direct"], "higher",
-        {"peer": "gurux-dlms direct: getData/receiverReady over the blocks + updateValue(GXDLMSProfileGeneric, 2)",
-         "replies": len(rec.profiles), "frames_per_reply": len(rec.profiles[0]), "rows_per_reply": rows,
-         "max_pdu": MAX_PDU, "wanted_ratio": 0.9},
+        "decode_dlms_profile",
+        rates["ours"],
+        "replies/s",
+        rates["direct"],
+        "higher",
+        {
+            "peer": "gurux-dlms direct: getData/receiverReady over the blocks + updateValue(GXDLMSProfileGeneric, 2)",
+            "replies": len(rec.profiles),
+            "frames_per_reply": len(rec.profiles[0]),
+            "rows_per_reply": rows,
+            "max_pdu": MAX_PDU,
+            "wanted_ratio": 0.9,
+        },
     )
 
 

@@ -78,8 +78,15 @@ class Fleet:
                     for i in range(first, first + self.intervals)
                     for n, q in enumerate(QUANTITIES)
                 ]
-                out.append(ReadingBatch.of(batch_id=f"b{k}-{m}", meter_id=self.meter_id(m), job_id=f"bench-{k}-{m}",
-                                           collected_at=origin + STEP * (first + self.intervals), readings=readings))
+                out.append(
+                    ReadingBatch.of(
+                        batch_id=f"b{k}-{m}",
+                        meter_id=self.meter_id(m),
+                        job_id=f"bench-{k}-{m}",
+                        collected_at=origin + STEP * (first + self.intervals),
+                        readings=readings,
+                    )
+                )
         return out
 
 
@@ -102,22 +109,27 @@ async def _prepare_database(dsn: str, fleet: Fleet, instants: list[datetime]) ->
         await conn.executemany(
             "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
             " VALUES ($1, $2, $3, $4, $5, 900)",
-            [(fleet.meter_id(m), "dlms", f"tcp://bench:{m}", f"tcp://bench:{m}", "generic-dlms")
-             for m in range(fleet.meters)],
+            [
+                (fleet.meter_id(m), "dlms", f"tcp://bench:{m}", f"tcp://bench:{m}", "generic-dlms")
+                for m in range(fleet.meters)
+            ],
         )
     finally:
         await conn.close()
 
 
 async def _produce(endpoints: StackEndpoints, topic: str, batches: list[ReadingBatch]) -> None:
-    settings = ServiceSettings(kafka_bootstrap=endpoints.kafka_bootstrap,
-                               kafka_enable_idempotence=endpoints.kafka_enable_idempotence)
+    settings = ServiceSettings(
+        kafka_bootstrap=endpoints.kafka_bootstrap, kafka_enable_idempotence=endpoints.kafka_enable_idempotence
+    )
     producer = make_producer(settings)
     await producer.start()
     try:
         for start in range(0, len(batches), 500):
-            futures = [await producer.send(topic, b.model_dump_json().encode(), key=b.meter_id.encode())
-                       for b in batches[start : start + 500]]
+            futures = [
+                await producer.send(topic, b.model_dump_json().encode(), key=b.meter_id.encode())
+                for b in batches[start : start + 500]
+            ]
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -148,7 +160,8 @@ async def _run_ingest(ctx: RunContext, stack: BenchStack, dsn: str, topic: str, 
     endpoints = stack.endpoints()
     port = free_port("127.0.0.1")
     env = {
-        **_base_env(), **endpoints.env(),
+        **_base_env(),
+        **endpoints.env(),
         "GXAMI_DATABASE_URL": dsn,
         "GXAMI_TOPIC_OVERRIDES": json.dumps({"ami.readings": topic, "ami.dead-letter": f"{topic}.dlq"}),
         "GXAMI_CONSUMER_GROUP": f"{topic}.ingest",
@@ -166,8 +179,10 @@ async def _run_ingest(ctx: RunContext, stack: BenchStack, dsn: str, topic: str, 
                 if not service.running():
                     raise RuntimeError(f"ingest exited with {service.proc.returncode}:\n{service.tail()}")
                 if time.perf_counter() > deadline:
-                    raise RuntimeError(f"ingest stored {samples[-1][1] if samples else 0:.0f} of {expected} readings"
-                                       f" before the deadline:\n{service.tail()}")
+                    raise RuntimeError(
+                        f"ingest stored {samples[-1][1] if samples else 0:.0f} of {expected} readings"
+                        f" before the deadline:\n{service.tail()}"
+                    )
                 count = await _inserted(http, port)
                 if count is not None and count > 0:
                     samples.append((time.perf_counter(), count))
@@ -217,9 +232,11 @@ async def _ingest_figure(ctx: RunContext) -> Figure:
     batches = await asyncio.to_thread(fleet.batches, origin)
     rows = rows_of(batches)
     topic = f"bench.{uuid.uuid4().hex[:8]}.readings"
-    settings = ServiceSettings(kafka_bootstrap=endpoints.kafka_bootstrap,
-                               kafka_enable_idempotence=endpoints.kafka_enable_idempotence,
-                               topic_overrides={"ami.readings": topic, "ami.dead-letter": f"{topic}.dlq"})
+    settings = ServiceSettings(
+        kafka_bootstrap=endpoints.kafka_bootstrap,
+        kafka_enable_idempotence=endpoints.kafka_enable_idempotence,
+        topic_overrides={"ami.readings": topic, "ami.dead-letter": f"{topic}.dlq"},
+    )
     await ensure_topics(settings, ["ami.readings", "ami.dead-letter"])
     ctx.note(f"ingest: producing to {topic}")
     await _produce(endpoints, topic, batches)
@@ -240,11 +257,22 @@ async def _ingest_figure(ctx: RunContext) -> Figure:
         ctx.note("ingest: timing a plain binary COPY of the same rows")
         copy = await _copy_rate(dsn, rows, fleet, instants)
     return Figure(
-        "ingest_kafka_to_rows", run.steady_rate, "readings/s", copy, "higher",
-        {"peer": "asyncpg copy_records_to_table of the same rows into a fresh readings table, one transaction",
-         "readings": fleet.readings, "readings_per_message": fleet.intervals * len(QUANTITIES),
-         "commits_seen": run.batches_seen, "start_s": round(run.start_s, 2), "total_s": round(run.total_s, 2),
-         "dedup": "merge on (meter_id, quantity, ts)", "shared_buffers": buffers, "wanted_ratio": 0.5},
+        "ingest_kafka_to_rows",
+        run.steady_rate,
+        "readings/s",
+        copy,
+        "higher",
+        {
+            "peer": "asyncpg copy_records_to_table of the same rows into a fresh readings table, one transaction",
+            "readings": fleet.readings,
+            "readings_per_message": fleet.intervals * len(QUANTITIES),
+            "commits_seen": run.batches_seen,
+            "start_s": round(run.start_s, 2),
+            "total_s": round(run.total_s, 2),
+            "dedup": "merge on (meter_id, quantity, ts)",
+            "shared_buffers": buffers,
+            "wanted_ratio": 0.5,
+        },
     )
 
 

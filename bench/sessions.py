@@ -116,9 +116,25 @@ class FleetProcess:
         self.log = workdir / "simulator.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gxami_cli", "simulate", "dlms", "--meters", str(meters), "--seed", str(SEED),
-                 "--authentication", "none", "--fleet-out", str(self.fleet)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "gxami_cli",
+                    "simulate",
+                    "dlms",
+                    "--meters",
+                    str(meters),
+                    "--seed",
+                    str(SEED),
+                    "--authentication",
+                    "none",
+                    "--fleet-out",
+                    str(self.fleet),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     async def ports(self, timeout: float = 60.0) -> list[int]:
@@ -173,11 +189,19 @@ def run(ctx: RunContext) -> Iterator[Figure]:
     finally:
         fleet.stop()
     yield Figure(
-        "dlms_sessions_tcp", rate, "sessions/s", meter_rate, "higher",
-        {"peer": "the simulator's meter core alone (in memory, same sessions, one core): its ceiling",
-         "concurrent_meters": METERS, "sessions_per_round": METERS * per_meter, "rounds": rounds,
-         "session": "associate, clock, 5 registers (scaler+value), 1 h load profile, release",
-         "client_core_sessions_per_s": round(client_rate, 1),
-         "fleet_target_sessions_per_s": FLEET_TARGET,
-         "collector_pods_for_target_at_this_rate": math.ceil(FLEET_TARGET / rate)},
+        "dlms_sessions_tcp",
+        rate,
+        "sessions/s",
+        meter_rate,
+        "higher",
+        {
+            "peer": "the simulator's meter core alone (in memory, same sessions, one core): its ceiling",
+            "concurrent_meters": METERS,
+            "sessions_per_round": METERS * per_meter,
+            "rounds": rounds,
+            "session": "associate, clock, 5 registers (scaler+value), 1 h load profile, release",
+            "client_core_sessions_per_s": round(client_rate, 1),
+            "fleet_target_sessions_per_s": FLEET_TARGET,
+            "collector_pods_for_target_at_this_rate": math.ceil(FLEET_TARGET / rate),
+        },
     )

@@ -29,6 +29,7 @@ from gxami_runtime.devstack_session import session_stack
 # rule; the dev stack's 32MB would measure buffer thrashing, not gxami.
 BENCH_SHARED_BUFFERS = "2GB"
 
+
 class BenchStack:
     """One broker and one database for the whole run, started lazily."""
 
@@ -54,7 +55,8 @@ class BenchStack:
         if self._endpoints is None:
             # A deployment gives PostgreSQL far more than the dev stack's 32MB; measure like one.
             self._endpoints = self._exit.enter_context(
-                session_stack(self._root(), postgres_settings={"shared_buffers": BENCH_SHARED_BUFFERS}))
+                session_stack(self._root(), postgres_settings={"shared_buffers": BENCH_SHARED_BUFFERS})
+            )
         return self._endpoints
 
     def close(self) -> None:
@@ -93,7 +95,11 @@ class ServiceProcess:
             # Its own session: a Ctrl-C meant for the bench reaches it only through stop().
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module],
-                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def running(self) -> bool:

@@ -53,8 +53,10 @@ SELECT 'G' || lpad(m::text, 6, '0'), q, $1::timestamptz + i * interval '15 minut
 LINEAR = "1000.0 + m + 0.25 * i"
 # For sizes: a register as meters report it, to the Wh, growing along a daily curve with a
 # per-meter, per-interval wobble; a perfectly linear series would compress unrealistically well.
-METER_LIKE = ("round((1000.0 + m + 0.25 * i + 0.05 * sin(2 * pi() * i / 96.0 + m)"
-              " + ((m * 7919 + i * 104729) % 997) / 1e5)::numeric, 3)::float8")
+METER_LIKE = (
+    "round((1000.0 + m + 0.25 * i + 0.05 * sin(2 * pi() * i / 96.0 + m)"
+    " + ((m * 7919 + i * 104729) % 997) / 1e5)::numeric, 3)::float8"
+)
 
 
 @dataclass(slots=True)
@@ -82,8 +84,9 @@ class GrowingTable:
         chunk = max(1, FILL_CHUNK * METERS // self.meters)  # about 1M rows per statement
         while self.next_interval < target:
             last = min(self.next_interval + chunk, target) - 1
-            await self.conn.execute(_FILL.format(value=self.values), self.origin, self.next_interval, last,
-                                    self.meters, list(QUANTITIES))
+            await self.conn.execute(
+                _FILL.format(value=self.values), self.origin, self.next_interval, last, self.meters, list(QUANTITIES)
+            )
             self.next_interval = last + 1
             ctx.note(f"storage: table filled to {self.rows:,} readings")
         await self.conn.execute("VACUUM ANALYZE readings")  # as autovacuum would have by now
@@ -97,8 +100,11 @@ class GrowingTable:
         i = self.next_interval
         ts = self.origin + STEP * i
         self.next_interval += 1
-        return [(f"G{m:06d}", q, ts, 1000.0 + m + 0.25 * i, "kWh", 0, "bench")
-                for m in range(self.meters) for q in QUANTITIES]
+        return [
+            (f"G{m:06d}", q, ts, 1000.0 + m + 0.25 * i, "kWh", 0, "bench")
+            for m in range(self.meters)
+            for q in QUANTITIES
+        ]
 
     async def merge_rate(self, rounds: int, intervals: int) -> float:
         """Readings per second through ingest's writer: the best of ``rounds`` rounds of ``intervals`` intervals.
@@ -157,11 +163,22 @@ async def _merge_growth(ctx: RunContext) -> Figure:
         finally:
             await table.conn.close()
     return Figure(
-        f"ingest_merge_{_label(large)}_vs_{_label(small)}", rate_large, "readings/s", rate_small, "higher",
-        {"peer": f"the same merge when the table held {at_small:,} rows",
-         "rows_small": at_small, "rows_large": at_large, "batch_readings": PER_INTERVAL,
-         "rounds": rounds, "batches_per_round": intervals, "storage": storage, "shared_buffers": buffers,
-         "wanted_ratio": 0.7},
+        f"ingest_merge_{_label(large)}_vs_{_label(small)}",
+        rate_large,
+        "readings/s",
+        rate_small,
+        "higher",
+        {
+            "peer": f"the same merge when the table held {at_small:,} rows",
+            "rows_small": at_small,
+            "rows_large": at_large,
+            "batch_readings": PER_INTERVAL,
+            "rounds": rounds,
+            "batches_per_round": intervals,
+            "storage": storage,
+            "shared_buffers": buffers,
+            "wanted_ratio": 0.7,
+        },
     )
 
 
@@ -173,10 +190,10 @@ async def _compressed_size(dsn: str, rows: int, ctx: RunContext) -> tuple[int, i
         await table.fill_to(rows, ctx)
         stored = int(await conn.fetchval("SELECT count(*) FROM readings"))
         before = int(await conn.fetchval("SELECT sum(total_bytes) FROM chunks_detailed_size('readings')"))
-        await conn.execute(
-            "SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('readings') c")
-        after = int(await conn.fetchval(
-            "SELECT sum(after_compression_total_bytes) FROM chunk_compression_stats('readings')"))
+        await conn.execute("SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('readings') c")
+        after = int(
+            await conn.fetchval("SELECT sum(after_compression_total_bytes) FROM chunk_compression_stats('readings')")
+        )
     finally:
         conn.terminate()  # PGlite's socket does not end on a protocol Terminate, so close() would wait
     return stored, before, after
@@ -204,9 +221,18 @@ async def _compression(ctx: RunContext) -> Figure:
         with pglite_server(PGLITE_DIR, log, timeout=120) as dsn:
             stored, before, after = await _compressed_size(dsn, rows, ctx)
     return Figure(
-        "storage_bytes_per_reading", after / stored, "bytes/reading", before / stored, "lower",
-        {"peer": "the same hypertable's bytes per reading before compression", "readings": stored,
-         "meters": COMPRESSION_METERS, "compression": "segmentby meter_id, orderby quantity, ts", "where": where},
+        "storage_bytes_per_reading",
+        after / stored,
+        "bytes/reading",
+        before / stored,
+        "lower",
+        {
+            "peer": "the same hypertable's bytes per reading before compression",
+            "readings": stored,
+            "meters": COMPRESSION_METERS,
+            "compression": "segmentby meter_id, orderby quantity, ts",
+            "where": where,
+        },
     )
 
 

@@ -13,8 +13,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_demo_reads_the_fleet_prints_the_report_and_leaves_nothing_running() -> None:
-    proc = subprocess.run([sys.executable, "-m", "gxami_cli", "demo", "--meters", "3", "--timeout", "180"],
-                          capture_output=True, text=True, timeout=280, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gxami_cli", "demo", "--meters", "3", "--timeout", "180"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"demo: (\d+) meters read, (\d+) readings stored, (\d+) report rows", last)
@@ -25,6 +30,9 @@ def test_demo_reads_the_fleet_prints_the_report_and_leaves_nothing_running() -> 
     assert rows >= 3
     assert "/reports/daily" in proc.stdout
     assert "/metrics" in proc.stdout
-    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
-                 if any(".gxami/demo" in part for part in (p.info["cmdline"] or []))]
+    leftovers = [
+        p.info
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if any(".gxami/demo" in part for part in (p.info["cmdline"] or []))
+    ]
     assert not leftovers

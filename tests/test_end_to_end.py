@@ -36,7 +36,8 @@ async def _count(dsn: str) -> tuple[int, int]:
     try:
         rec = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM readings) AS n,"
-            " (SELECT count(*) FROM meter_schedule WHERE last_success_at IS NOT NULL) AS ok")
+            " (SELECT count(*) FROM meter_schedule WHERE last_success_at IS NOT NULL) AS ok"
+        )
         assert rec is not None
         return int(rec["n"]), int(rec["ok"])
     finally:
@@ -65,9 +66,18 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
 ) -> None:
     logs = tmp_path / "logs"
     fleet, secrets = tmp_path / "fleet.yaml", tmp_path / "secrets.yaml"
-    overrides = {name: f"{topic_prefix}{name}" for name in (
-        "ami.read-jobs", "ami.readings", "ami.job-results", "ami.events", "ami.commands",
-        "ami.command-results", "ami.dead-letter")}
+    overrides = {
+        name: f"{topic_prefix}{name}"
+        for name in (
+            "ami.read-jobs",
+            "ami.readings",
+            "ami.job-results",
+            "ami.events",
+            "ami.commands",
+            "ami.command-results",
+            "ami.dead-letter",
+        )
+    }
     base = {
         **stack.env(),
         "GXAMI_DATABASE_URL": database_url,
@@ -87,8 +97,21 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
         return p
 
     try:
-        sim = spawn("simulator", gxami_argv("simulate", "dlms", "--meters", str(METERS), "--seed", str(SEED),
-                                            "--fleet-out", str(fleet), "--secrets-out", str(secrets)))
+        sim = spawn(
+            "simulator",
+            gxami_argv(
+                "simulate",
+                "dlms",
+                "--meters",
+                str(METERS),
+                "--seed",
+                str(SEED),
+                "--fleet-out",
+                str(fleet),
+                "--secrets-out",
+                str(secrets),
+            ),
+        )
         deadline = time.monotonic() + 60
         while not fleet.exists():
             assert sim.alive(), sim.log_path.read_text()
@@ -105,8 +128,11 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
         spawn("scheduler", gxami_argv("scheduler"), GXAMI_RESULTS_GROUP=f"{topic_prefix}scheduler")
         spawn("collector", gxami_argv("collector"), GXAMI_CONSUMER_GROUP=f"{topic_prefix}collector")
         reports = spawn("reports", gxami_argv("reports"))
-        ingest_env = {"GXAMI_CONSUMER_GROUP": f"{topic_prefix}ingest", "GXAMI_BATCH_MAX_READINGS": "400",
-                      "GXAMI_BATCH_MAX_AGE_MS": "50"}
+        ingest_env = {
+            "GXAMI_CONSUMER_GROUP": f"{topic_prefix}ingest",
+            "GXAMI_BATCH_MAX_READINGS": "400",
+            "GXAMI_BATCH_MAX_AGE_MS": "50",
+        }
         ingest = spawn("ingest", gxami_argv("ingest"), **ingest_env)
 
         # Kill ingest with SIGKILL as soon as it has stored something, twice, restarting it each time.
@@ -129,8 +155,11 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
         rows = asyncio.run(_fetch(database_url))
         revisions = asyncio.run(_scalar(database_url, "SELECT count(*) FROM reading_revisions"))
         first_read = asyncio.run(_first_reads(database_url))
-        report = json.loads(urllib.request.urlopen(
-            f"http://127.0.0.1:{reports.env['GXAMI_HTTP_PORT']}/reports/daily", timeout=10).read())
+        report = json.loads(
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{reports.env['GXAMI_HTTP_PORT']}/reports/daily", timeout=10
+            ).read()
+        )
     finally:
         for p in reversed(procs):
             p.stop()
@@ -166,8 +195,10 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
     for r in full:
         idx = index_of[r["meter_id"]]
         day_end = datetime.fromisoformat(yesterday).replace(tzinfo=UTC) + timedelta(days=1)
-        want = (expected_register(SEED, idx, "1.0.1.8.0.255", day_end)
-                - expected_register(SEED, idx, "1.0.1.8.0.255", day_end - timedelta(days=1))) * 0.001
+        want = (
+            expected_register(SEED, idx, "1.0.1.8.0.255", day_end)
+            - expected_register(SEED, idx, "1.0.1.8.0.255", day_end - timedelta(days=1))
+        ) * 0.001
         assert math.isclose(r["kwh"], want, abs_tol=1e-6), r
 
 

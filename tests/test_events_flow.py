@@ -65,23 +65,40 @@ async def _until(what: str, ready: Callable[[], Awaitable[bool]], timeout: float
 def _job(meter_id: str, port: int) -> ReadJob:
     now = datetime.now(UTC)
     url = f"tcp://127.0.0.1:{port}"
-    return ReadJob(job_id=uuid.uuid4().hex, meter_id=meter_id, link_id=url, protocol="dlms", url=url,
-                   profile="events-dlms", purposes=["billing", "events"], issued_at=now,
-                   deadline=now + timedelta(minutes=5))
+    return ReadJob(
+        job_id=uuid.uuid4().hex,
+        meter_id=meter_id,
+        link_id=url,
+        protocol="dlms",
+        url=url,
+        profile="events-dlms",
+        purposes=["billing", "events"],
+        issued_at=now,
+        deadline=now + timedelta(minutes=5),
+    )
 
 
 async def test_meter_events_are_stored_once_despite_redelivery_and_bad_ones_are_dead_lettered(
     stack: StackEndpoints, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     (tmp_path / "events-dlms.yaml").write_text(PROFILE)
-    kafka = {"kafka_bootstrap": stack.kafka_bootstrap, "kafka_enable_idempotence": stack.kafka_enable_idempotence,
-             "kafka_session_timeout_ms": 2000, "kafka_heartbeat_interval_ms": 500,
-             "topic_overrides": _overrides(topic_prefix)}
+    kafka = {
+        "kafka_bootstrap": stack.kafka_bootstrap,
+        "kafka_enable_idempotence": stack.kafka_enable_idempotence,
+        "kafka_session_timeout_ms": 2000,
+        "kafka_heartbeat_interval_ms": 500,
+        "topic_overrides": _overrides(topic_prefix),
+    }
     cs = CollectorSettings(consumer_group=f"{topic_prefix}collector", exchange_timeout_s=2.0, **kafka)  # type: ignore[arg-type]
 
     def ingest_settings(group: str) -> IngestSettings:
-        return IngestSettings(database_url=database_url, consumer_group=f"{topic_prefix}{group}",  # type: ignore[arg-type]
-                              batch_max_age_ms=100, vee_enabled=False, **kafka)
+        return IngestSettings(
+            database_url=database_url,
+            consumer_group=f"{topic_prefix}{group}",  # type: ignore[arg-type]
+            batch_max_age_ms=100,
+            vee_enabled=False,
+            **kafka,
+        )
 
     await ensure_topics(cs)
     now = datetime.now(UTC).replace(microsecond=0)  # the meters' clock stands still: both reads see one log
@@ -92,19 +109,22 @@ async def test_meter_events_are_stored_once_despite_redelivery_and_bad_ones_are_
             await db.executemany(
                 "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
                 " VALUES ($1, 'dlms', $2, $2, $3, 900)",
-                [(m.meter_id, f"tcp://127.0.0.1:{m.port}", "events-dlms") for m in sim.meters])
+                [(m.meter_id, f"tcp://127.0.0.1:{m.port}", "events-dlms") for m in sim.meters],
+            )
             jobs = [_job(m.meter_id, m.port) for m in sim.meters]
             stranger = MeterEvent(event_id="ev-x", meter_id="NOT-IN-REGISTRY", ts=now, kind="power-down")
             producer = make_producer(cs)
             await producer.start()
             try:
                 for job in jobs * 2:  # every job delivered twice, as after a collector crash before its commit
-                    await producer.send_and_wait(cs.topic("ami.read-jobs"), job.model_dump_json().encode(),
-                                                 key=job.link_id.encode())
+                    await producer.send_and_wait(
+                        cs.topic("ami.read-jobs"), job.model_dump_json().encode(), key=job.link_id.encode()
+                    )
                 events_topic = cs.topic("ami.events")
                 await producer.send_and_wait(events_topic, b"{not json", key=b"M1")
-                await producer.send_and_wait(events_topic, json.dumps({"event_id": "", "meter_id": "M1"}).encode(),
-                                             key=b"M1")
+                await producer.send_and_wait(
+                    events_topic, json.dumps({"event_id": "", "meter_id": "M1"}).encode(), key=b"M1"
+                )
                 await producer.send_and_wait(events_topic, stranger.model_dump_json().encode(), key=b"NOT-IN-REGISTRY")
             finally:
                 await producer.stop()
@@ -113,8 +133,10 @@ async def test_meter_events_are_stored_once_despite_redelivery_and_bad_ones_are_
             expected_total = METERS * ENTRIES
             stop = asyncio.Event()
             reader = MeterReader(ProfileCatalog(tmp_path), SecretStore(), exchange_timeout=2.0, session_timeout=30)
-            tasks = [asyncio.create_task(Collector(cs, reader).run(stop)),
-                     asyncio.create_task(Ingest(ingest_settings("ingest")).run(stop))]
+            tasks = [
+                asyncio.create_task(Collector(cs, reader).run(stop)),
+                asyncio.create_task(Ingest(ingest_settings("ingest")).run(stop)),
+            ]
             check = make_consumer(cs, f"{topic_prefix}check", cs.topic("ami.job-results"), cs.topic("ami.dead-letter"))
             await check.start()
             results: list[JobResult] = []
@@ -128,9 +150,12 @@ async def test_meter_events_are_stored_once_despite_redelivery_and_bad_ones_are_
                         else:
                             letters.append(DeadLetter.model_validate_json(r.value))
                 # each job's events reach ingest twice: once stored, once a duplicate
-                return (len(results) == 2 * METERS and len(letters) == 3
-                        and _events_counted("duplicate") - duplicates_before == expected_total
-                        and await db.fetchval("SELECT count(*) FROM events") == expected_total)
+                return (
+                    len(results) == 2 * METERS
+                    and len(letters) == 3
+                    and _events_counted("duplicate") - duplicates_before == expected_total
+                    and await db.fetchval("SELECT count(*) FROM events") == expected_total
+                )
 
             try:
                 await _until("events stored, duplicates absorbed and dead letters sent", settled)
@@ -143,6 +168,7 @@ async def test_meter_events_are_stored_once_despite_redelivery_and_bad_ones_are_
             # Ingest restarted without its offsets (a new group): the whole topic again, nothing new stored.
             stop = asyncio.Event()
             task = asyncio.create_task(Ingest(ingest_settings("ingest-again")).run(stop))
+
             async def reread() -> bool:
                 return _events_counted("duplicate") - duplicates_before == 3 * expected_total
 
@@ -156,8 +182,9 @@ async def test_meter_events_are_stored_once_despite_redelivery_and_bad_ones_are_
     finally:
         await db.close()
 
-    assert all(r.status is JobStatus.OK and (r.readings_count, r.events_count) == (1, ENTRIES) for r in results), \
-        [(r.status, r.error_message) for r in results]
+    assert all(r.status is JobStatus.OK and (r.readings_count, r.events_count) == (1, ENTRIES) for r in results), [
+        (r.status, r.error_message) for r in results
+    ]
     by_meter: dict[str, list[tuple[datetime, int]]] = {}
     for row in rows:
         data = json.loads(row["data"])

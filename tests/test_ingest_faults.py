@@ -36,11 +36,18 @@ def _batches(meters: int, per_meter: int, start_batch: int = 0) -> list[tuple[st
     for m in range(meters):
         mid = f"M{m:04d}"
         for b in range(start_batch, start_batch + per_meter // PER_BATCH):
-            readings = [ReadingValue(quantity="1-0:1.8.0", ts=T0 + timedelta(minutes=15 * i),
-                                     value=_value(m, i), unit="kWh")
-                        for i in range(b * PER_BATCH, (b + 1) * PER_BATCH)]
-            out.append((mid, ReadingBatch.of(batch_id=f"{mid}-{b}", meter_id=mid, job_id=f"{mid}-{b}",
-                                             collected_at=T0, readings=readings)))
+            readings = [
+                ReadingValue(quantity="1-0:1.8.0", ts=T0 + timedelta(minutes=15 * i), value=_value(m, i), unit="kWh")
+                for i in range(b * PER_BATCH, (b + 1) * PER_BATCH)
+            ]
+            out.append(
+                (
+                    mid,
+                    ReadingBatch.of(
+                        batch_id=f"{mid}-{b}", meter_id=mid, job_id=f"{mid}-{b}", collected_at=T0, readings=readings
+                    ),
+                )
+            )
     return out
 
 
@@ -50,7 +57,8 @@ async def _prepare(dsn: str, settings: ServiceSettings, meters: int) -> None:
         await migrate(conn)
         await conn.executemany(
             "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s) VALUES ($1,'dlms','tcp://x:1','l','p',900)",
-            [(f"M{m:04d}",) for m in range(meters)])
+            [(f"M{m:04d}",) for m in range(meters)],
+        )
     finally:
         await conn.close()
     await ensure_topics(settings, ["ami.readings", "ami.dead-letter"])
@@ -60,8 +68,10 @@ async def _produce(settings: ServiceSettings, items: list[tuple[str, ReadingBatc
     producer = make_producer(settings)
     await producer.start()
     try:
-        futures = [await producer.send(settings.topic("ami.readings"), b.model_dump_json().encode(), key=k.encode())
-                   for k, b in items]
+        futures = [
+            await producer.send(settings.topic("ami.readings"), b.model_dump_json().encode(), key=k.encode())
+            for k, b in items
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -72,7 +82,8 @@ async def _stats(dsn: str) -> tuple[int, int, float, int]:
     try:
         rec = await conn.fetchrow(
             "SELECT count(*) AS n, count(DISTINCT (meter_id, ts)) AS d, coalesce(sum(value), 0) AS s,"
-            " (SELECT count(*) FROM reading_revisions) AS r FROM readings")
+            " (SELECT count(*) FROM reading_revisions) AS r FROM readings"
+        )
         assert rec is not None
         return int(rec["n"]), int(rec["d"]), float(rec["s"]), int(rec["r"])
     finally:
@@ -91,16 +102,23 @@ def _expected_sum(meters: int, per_meter: int) -> float:
 
 
 def _env(endpoints: StackEndpoints, dsn: str, prefix: str) -> dict[str, str]:
-    return {**endpoints.env(), "GXAMI_DATABASE_URL": dsn, "GXAMI_CONSUMER_GROUP": f"{prefix}ingest",
-            "GXAMI_TOPIC_OVERRIDES": json.dumps({"ami.readings": f"{prefix}readings",
-                                                 "ami.dead-letter": f"{prefix}dlq"}),
-            "GXAMI_BATCH_MAX_READINGS": "2000", "GXAMI_BATCH_MAX_AGE_MS": "100",
-            "GXAMI_DB_RETRY_MAX_S": "2"}
+    return {
+        **endpoints.env(),
+        "GXAMI_DATABASE_URL": dsn,
+        "GXAMI_CONSUMER_GROUP": f"{prefix}ingest",
+        "GXAMI_TOPIC_OVERRIDES": json.dumps({"ami.readings": f"{prefix}readings", "ami.dead-letter": f"{prefix}dlq"}),
+        "GXAMI_BATCH_MAX_READINGS": "2000",
+        "GXAMI_BATCH_MAX_AGE_MS": "100",
+        "GXAMI_DB_RETRY_MAX_S": "2",
+    }
 
 
 def _settings(env: dict[str, str]) -> ServiceSettings:
-    return ServiceSettings(kafka_bootstrap=env["GXAMI_KAFKA_BOOTSTRAP"], kafka_enable_idempotence=False,
-                           topic_overrides=json.loads(env["GXAMI_TOPIC_OVERRIDES"]))
+    return ServiceSettings(
+        kafka_bootstrap=env["GXAMI_KAFKA_BOOTSTRAP"],
+        kafka_enable_idempotence=False,
+        topic_overrides=json.loads(env["GXAMI_TOPIC_OVERRIDES"]),
+    )
 
 
 def test_twenty_sigkills_during_200k_readings_lose_and_double_nothing(
@@ -113,8 +131,9 @@ def test_twenty_sigkills_during_200k_readings_lose_and_double_nothing(
     rng = random.Random(20)
 
     def spawn() -> ServiceProcess:
-        p = ServiceProcess("ingest", gxami_argv("ingest"), service_env(env, free_port(), "ingest"),
-                           tmp_path / "ingest.log")
+        p = ServiceProcess(
+            "ingest", gxami_argv("ingest"), service_env(env, free_port(), "ingest"), tmp_path / "ingest.log"
+        )
         p.start()
         return p
 
@@ -151,8 +170,9 @@ def test_database_outage_of_60_seconds_mid_stream_loses_nothing(topic_prefix: st
         settings = _settings(env)
         asyncio.run(_prepare(own.database_url, settings, meters))
         asyncio.run(_produce(settings, _batches(meters, per_meter // 2)))
-        ingest = ServiceProcess("ingest", gxami_argv("ingest"), service_env(env, free_port(), "ingest"),
-                                tmp_path / "ingest.log")
+        ingest = ServiceProcess(
+            "ingest", gxami_argv("ingest"), service_env(env, free_port(), "ingest"), tmp_path / "ingest.log"
+        )
         ingest.start()
         try:
             deadline = time.monotonic() + 60

@@ -10,8 +10,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"gxami_collector", "gxami_ingest", "gxami_scheduler", "gxami_reports", "gxami_cli"}
-GXCORE_FORBIDDEN = {"aiokafka", "asyncpg", "prometheus_client", "faust", "gxami_runtime", "gxami_store",
-                    "gxami_contracts", "pydantic_settings"}
+GXCORE_FORBIDDEN = {
+    "aiokafka",
+    "asyncpg",
+    "prometheus_client",
+    "faust",
+    "gxami_runtime",
+    "gxami_store",
+    "gxami_contracts",
+    "pydantic_settings",
+}
 
 
 def _imports(path: Path) -> set[str]:

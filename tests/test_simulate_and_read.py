@@ -24,8 +24,13 @@ CASES = {
 
 
 def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "gxami_cli", "simulate", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gxami_cli", "simulate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -48,7 +53,10 @@ def test_simulator_is_read_through_gxami_read(protocol: str) -> None:
     try:
         out = subprocess.run(
             [sys.executable, "-m", "gxami_cli", "read", url, "--protocol", protocol, "--timeout", "10", *read_args],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
@@ -70,9 +78,25 @@ def test_dlms_high_gmac_meter_is_read_with_keys_from_the_environment(tmp_path) -
 
     fleet, secrets = tmp_path / "fleet.yaml", tmp_path / "secrets.yaml"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "gxami_cli", "simulate", "dlms", "--meters", "1", "--authentication", "high-gmac",
-         "--fleet-out", str(fleet), "--secrets-out", str(secrets)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "gxami_cli",
+            "simulate",
+            "dlms",
+            "--meters",
+            "1",
+            "--authentication",
+            "high-gmac",
+            "--fleet-out",
+            str(fleet),
+            "--secrets-out",
+            str(secrets),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not fleet.exists():
@@ -83,13 +107,51 @@ def test_dlms_high_gmac_meter_is_read_with_keys_from_the_environment(tmp_path) -
         opts = [a for k, v in meter["options"].items() for a in ("--option", f"{k}={v}")]
         env = {**os.environ, "K": keys["key"], "A": keys["auth_key"]}
         out = subprocess.run(
-            [sys.executable, "-m", "gxami_cli", "read", meter["address"], "--protocol", "dlms", *opts,
-             "--key-env", "K", "--secret-env", "auth_key=A", "--timeout", "10"],
-            capture_output=True, text=True, timeout=60, check=False, env=env)
+            [
+                sys.executable,
+                "-m",
+                "gxami_cli",
+                "read",
+                meter["address"],
+                "--protocol",
+                "dlms",
+                *opts,
+                "--key-env",
+                "K",
+                "--secret-env",
+                "auth_key=A",
+                "--timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
         wrong = subprocess.run(
-            [sys.executable, "-m", "gxami_cli", "read", meter["address"], "--protocol", "dlms", *opts,
-             "--key-env", "K", "--secret-env", "auth_key=K", "--timeout", "5"],
-            capture_output=True, text=True, timeout=60, check=False, env=env)
+            [
+                sys.executable,
+                "-m",
+                "gxami_cli",
+                "read",
+                meter["address"],
+                "--protocol",
+                "dlms",
+                *opts,
+                "--key-env",
+                "K",
+                "--secret-env",
+                "auth_key=K",
+                "--timeout",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
     finally:
         os.killpg(sim.pid, signal.SIGTERM)
         sim.wait(15)

@@ -10,20 +10,33 @@ import pytest
 
 CASES = [
     ("collector", {"GXAMI_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "cannot reach the Kafka broker at 127.0.0.1:1"),
-    ("ingest", {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
-     "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none"),
-    ("scheduler", {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
-     "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none"),
-    ("reports", {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
-     "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none"),
+    (
+        "ingest",
+        {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
+        "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none",
+    ),
+    (
+        "scheduler",
+        {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
+        "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none",
+    ),
+    (
+        "reports",
+        {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
+        "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("service", "env", "message"), CASES, ids=[c[0] for c in CASES])
 def test_unreachable_dependency_is_one_line_and_exit_2(service: str, env: dict[str, str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "gxami_cli", service], env={**os.environ, **env},
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "gxami_cli", service],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

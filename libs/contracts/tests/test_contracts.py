@@ -30,8 +30,10 @@ def test_catalog_names_dead_letter_for_every_consumed_topic() -> None:
 def test_non_finite_values_are_refused(bad: float) -> None:
     with pytest.raises(ValidationError, match="finite"):
         ReadingValue(quantity="1-0:1.8.0", ts="2026-01-01T00:00:00Z", value=bad, unit="kWh")  # type: ignore[arg-type]
-    raw = ('{"batch_id": "b", "meter_id": "M1", "collected_at": "2026-01-01T00:00:00Z", "series": [{"quantity":'
-           f' "1-0:1.8.0", "unit": "kWh", "ts": ["2026-01-01T00:00:00Z"], "values": [{json.dumps(bad)}]}}]}}')
+    raw = (
+        '{"batch_id": "b", "meter_id": "M1", "collected_at": "2026-01-01T00:00:00Z", "series": [{"quantity":'
+        f' "1-0:1.8.0", "unit": "kWh", "ts": ["2026-01-01T00:00:00Z"], "values": [{json.dumps(bad)}]}}]}}'
+    )
     with pytest.raises(ValidationError, match="finite"):
         ReadingBatch.model_validate_json(raw)
 
@@ -53,7 +55,10 @@ def test_batches_group_single_readings_into_series_and_give_them_back() -> None:
     ]
     batch = ReadingBatch.of(batch_id="b", meter_id="M1", collected_at=t0, readings=readings)
     assert [(s.quantity, s.unit, len(s.ts)) for s in batch.series] == [
-        ("1-0:1.8.0", "kWh", 2), ("1-0:32.7.0", "V", 1), ("1-0:1.8.0", "Wh", 1)]
+        ("1-0:1.8.0", "kWh", 2),
+        ("1-0:32.7.0", "V", 1),
+        ("1-0:1.8.0", "Wh", 1),
+    ]
     assert batch.series[0].status is None and batch.series[1].status == [4]
     assert batch.count == 4
     again = ReadingBatch.model_validate_json(batch.model_dump_json())

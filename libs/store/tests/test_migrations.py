@@ -49,8 +49,17 @@ async def test_two_connections_migrating_at_once_apply_each_migration_once(datab
         assert not set(applied_a) & set(applied_b)
         assert await a.fetchval("SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)
         # the views exist and answer
-        for view in ("interval_consumption", "daily_consumption", "monthly_consumption", "read_completeness",
-                     "meter_last_seen", "readings_15m", "readings_1h", "readings_1d", "vee_flag_catalog"):
+        for view in (
+            "interval_consumption",
+            "daily_consumption",
+            "monthly_consumption",
+            "read_completeness",
+            "meter_last_seen",
+            "readings_15m",
+            "readings_1h",
+            "readings_1d",
+            "vee_flag_catalog",
+        ):
             await b.fetch(f"SELECT * FROM {view} LIMIT 1")
     finally:
         await a.close()
@@ -88,11 +97,18 @@ async def test_retention_drops_only_partitions_entirely_past_it(database_url: st
         dropped = await apply_storage_policy(conn, StoragePolicy(retention=timedelta(days=365)), now=now)
         # ensure() creates every month between the instants; cutoff 2025-06-15: March, April and
         # May 2025 (ends 1 June) go; June 2025 (ends 1 July) and later stay
-        assert sorted(dropped) == ["readings_p20250301_20250401", "readings_p20250401_20250501",
-                                   "readings_p20250501_20250601"]
+        assert sorted(dropped) == [
+            "readings_p20250301_20250401",
+            "readings_p20250401_20250501",
+            "readings_p20250501_20250601",
+        ]
         left = {p.name for p in await existing_partitions(conn)}
-        assert {"readings_p20250601_20250701", "readings_p20250701_20250801", "readings_p20260601_20260701",
-                "readings_p20260701_20260801"} <= left
+        assert {
+            "readings_p20250601_20250701",
+            "readings_p20250701_20250801",
+            "readings_p20260601_20260701",
+            "readings_p20260701_20260801",
+        } <= left
         assert await apply_storage_policy(conn, StoragePolicy(retention=timedelta(days=365)), now=now) == []
     finally:
         await conn.close()
@@ -109,9 +125,13 @@ async def test_a_new_partition_width_fills_only_what_existing_partitions_leave(d
         await daily.load(conn, "partitioned")
         await daily.ensure(conn, [datetime(2025, 2, 27, 12, tzinfo=UTC), datetime(2025, 3, 2, 1, tzinfo=UTC)])
         names = [p.name for p in await existing_partitions(conn)]
-        assert names == ["readings_p20250101_20250201", "readings_p20250201_20250301",
-                         "readings_p20250301_20250302", "readings_p20250302_20250303",
-                         "readings_p20250303_20250304"]
+        assert names == [
+            "readings_p20250101_20250201",
+            "readings_p20250201_20250301",
+            "readings_p20250301_20250302",
+            "readings_p20250302_20250303",
+            "readings_p20250303_20250304",
+        ]
         # weekly slots start on Monday and skip what the days already cover
         weekly = PartitionKeeper(PartitionInterval.WEEK)
         await weekly.load(conn, "partitioned")
@@ -128,8 +148,13 @@ async def test_a_new_partition_width_fills_only_what_existing_partitions_leave(d
 def test_partition_names_round_trip_and_foreign_tables_are_ignored() -> None:
     p = Partition(date(2026, 11, 30), date(2026, 12, 1))
     assert Partition.from_name(p.name) == p
-    for foreign in ("readings_default", "readings_p202611", "readings_p20261301_20261302",
-                    "readings_p20261201_20261130", "other_p20261130_20261201"):
+    for foreign in (
+        "readings_default",
+        "readings_p202611",
+        "readings_p20261301_20261302",
+        "readings_p20261201_20261130",
+        "other_p20261130_20261201",
+    ):
         assert Partition.from_name(foreign) is None, foreign
 
 

@@ -31,7 +31,10 @@ async def _db(dsn: str) -> asyncpg.Connection:
 async def _meter(conn: asyncpg.Connection, meter_id: str, *, enabled: bool = True) -> None:
     await conn.execute(
         "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s, enabled)"
-        " VALUES ($1, 'dlms', 'tcp://m:1', 'tcp://m:1', 'generic', 900, $2)", meter_id, enabled)
+        " VALUES ($1, 'dlms', 'tcp://m:1', 'tcp://m:1', 'generic', 900, $2)",
+        meter_id,
+        enabled,
+    )
 
 
 async def _put(conn: asyncpg.Connection, rows: list[Row]) -> None:
@@ -39,7 +42,8 @@ async def _put(conn: asyncpg.Connection, rows: list[Row]) -> None:
     await keeper.load(conn, await storage_kind(conn))
     await keeper.ensure(conn, [r[2] for r in rows])
     await conn.executemany(
-        "INSERT INTO readings (meter_id, quantity, ts, value, unit, vee_flags) VALUES ($1, $2, $3, $4, $5, $6)", rows)
+        "INSERT INTO readings (meter_id, quantity, ts, value, unit, vee_flags) VALUES ($1, $2, $3, $4, $5, $6)", rows
+    )
 
 
 def _series(meter: str, start: datetime, values: list[float], step: timedelta = Q15, q: str = E) -> list[Row]:
@@ -55,7 +59,8 @@ async def test_interval_and_daily_consumption_count_across_a_register_rollover(d
         await _put(conn, _series("ROLL", t("2026-03-01 23:00"), values))
         rows = await conn.fetch(
             "SELECT interval_start, interval_end, consumption, quality, vee_flags FROM interval_consumption"
-            " WHERE meter_id = 'ROLL' ORDER BY interval_start")
+            " WHERE meter_id = 'ROLL' ORDER BY interval_start"
+        )
         assert len(rows) == 8
         assert [r["consumption"] for r in rows] == [0.25] * 8
         assert rows[0]["interval_start"] == t("2026-03-01 23:00")
@@ -74,20 +79,36 @@ async def test_daily_consumption_keeps_its_columns_and_the_midnight_convention_i
     conn = await _db(database_url)
     try:
         await _meter(conn, "DAY")
-        await _put(conn, [("DAY", E, t(s), v, "kWh", 0) for s, v in [
-            ("2026-03-01 00:00", 100.0), ("2026-03-01 12:00", 105.0), ("2026-03-02 00:00", 110.0),
-            ("2026-03-02 00:15", 111.0), ("2026-03-03 00:00", 120.0), ("2026-03-05 00:00", 130.0)]])
+        await _put(
+            conn,
+            [
+                ("DAY", E, t(s), v, "kWh", 0)
+                for s, v in [
+                    ("2026-03-01 00:00", 100.0),
+                    ("2026-03-01 12:00", 105.0),
+                    ("2026-03-02 00:00", 110.0),
+                    ("2026-03-02 00:15", 111.0),
+                    ("2026-03-03 00:00", 120.0),
+                    ("2026-03-05 00:00", 130.0),
+                ]
+            ],
+        )
         expected = [(date(2026, 3, 1), 10.0, 2), (date(2026, 3, 2), 10.0, 2)]
         for zone in ("UTC", "America/New_York", "Asia/Tokyo"):
             await conn.execute(f"SET TimeZone = '{zone}'")
-            rows = await conn.fetch("SELECT meter_id, day, kwh, readings FROM daily_consumption"
-                                    " WHERE meter_id = 'DAY' ORDER BY day")
+            rows = await conn.fetch(
+                "SELECT meter_id, day, kwh, readings FROM daily_consumption WHERE meter_id = 'DAY' ORDER BY day"
+            )
             # 2026-02-28 is closed by the midnight reading but has no day before it; 2026-03-04
             # (closed at 03-05 00:00) follows 03-02, not 03-03 (no reading in it): no row
             assert [(r["day"], r["kwh"], r["readings"]) for r in rows] == expected, zone
-        cols = [r["column_name"] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'daily_consumption'"
-            " ORDER BY ordinal_position")]
+        cols = [
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'daily_consumption'"
+                " ORDER BY ordinal_position"
+            )
+        ]
         assert cols[:4] == ["meter_id", "day", "kwh", "readings"]
     finally:
         await conn.close()
@@ -104,10 +125,11 @@ async def test_monthly_consumption_gives_time_of_use_billing_determinants(databa
             "1-0:1.8.0": [150.0, 210.0, 310.0, 395.0],
             "1-0:2.8.0": [10.0, 10.0, 12.0, 20.0],
         }
-        await _put(conn, [("TOU", q, t(s), v, "kWh", 0)
-                          for q, vs in registers.items() for s, v in zip(stamps, vs, strict=True)])
-        rows = await conn.fetch(
-            "SELECT * FROM monthly_consumption WHERE meter_id = 'TOU' ORDER BY month, quantity")
+        await _put(
+            conn,
+            [("TOU", q, t(s), v, "kWh", 0) for q, vs in registers.items() for s, v in zip(stamps, vs, strict=True)],
+        )
+        rows = await conn.fetch("SELECT * FROM monthly_consumption WHERE meter_id = 'TOU' ORDER BY month, quantity")
         got = {(r["month"], r["quantity"]): r for r in rows}
         # the reading at 2026-01-01 00:00 closes December: a partial first month
         dec = got[(date(2025, 12, 1), "1-0:1.8.1")]
@@ -115,14 +137,26 @@ async def test_monthly_consumption_gives_time_of_use_billing_determinants(databa
         jan = {q: got[(date(2026, 1, 1), q)] for q in registers}
         feb = {q: got[(date(2026, 2, 1), q)] for q in registers}
         assert {q: r["consumption"] for q, r in jan.items()} == {
-            "1-0:1.8.1": 120.0, "1-0:1.8.2": 40.0, "1-0:1.8.0": 160.0, "1-0:2.8.0": 2.0}
+            "1-0:1.8.1": 120.0,
+            "1-0:1.8.2": 40.0,
+            "1-0:1.8.0": 160.0,
+            "1-0:2.8.0": 2.0,
+        }
         assert {q: r["consumption"] for q, r in feb.items()} == {
-            "1-0:1.8.1": 80.0, "1-0:1.8.2": 5.0, "1-0:1.8.0": 85.0, "1-0:2.8.0": 8.0}
+            "1-0:1.8.1": 80.0,
+            "1-0:1.8.2": 5.0,
+            "1-0:1.8.0": 85.0,
+            "1-0:2.8.0": 8.0,
+        }
         assert (jan["1-0:1.8.1"]["tariff"], jan["1-0:1.8.2"]["tariff"], jan["1-0:1.8.0"]["tariff"]) == (1, 2, 0)
         assert (jan["1-0:1.8.1"]["direction"], jan["1-0:2.8.0"]["direction"]) == ("import", "export")
         r = jan["1-0:1.8.1"]
         assert (r["start_ts"], r["start_value"], r["end_ts"], r["end_value"]) == (
-            t("2026-01-01 00:00"), 100.0, t("2026-02-01 00:00"), 220.0)
+            t("2026-01-01 00:00"),
+            100.0,
+            t("2026-02-01 00:00"),
+            220.0,
+        )
         assert not r["partial"] and r["quality"] == "measured" and r["unit"] == "kWh"
         # time-of-use registers add up to the total register
         assert jan["1-0:1.8.1"]["consumption"] + jan["1-0:1.8.2"]["consumption"] == jan["1-0:1.8.0"]["consumption"]
@@ -146,7 +180,9 @@ async def test_read_completeness_counts_expected_received_estimated_and_missing(
         await _put(conn, rows)
         got = await conn.fetch(
             "SELECT day, interval_s, expected, received, estimated, missing, completeness FROM read_completeness"
-            " WHERE meter_id = 'RC' AND quantity = $1 ORDER BY day", E)
+            " WHERE meter_id = 'RC' AND quantity = $1 ORDER BY day",
+            E,
+        )
         assert [(r["day"], r["expected"], r["received"], r["estimated"], r["missing"]) for r in got] == [
             (date(2026, 3, 10), 96, 91, 1, 4),
             (date(2026, 3, 11), 96, 24, 0, 72),
@@ -167,8 +203,9 @@ async def test_read_completeness_of_an_enabled_meter_runs_to_today(database_url:
         now = datetime.now(UTC)
         start = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
         await _put(conn, _series("LIVE", start + Q15, [1.0, 2.0]))
-        got = await conn.fetch("SELECT day, expected, received FROM read_completeness"
-                               " WHERE meter_id = 'LIVE' ORDER BY day")
+        got = await conn.fetch(
+            "SELECT day, expected, received FROM read_completeness WHERE meter_id = 'LIVE' ORDER BY day"
+        )
         assert [r["day"] for r in got] == [start.date() + timedelta(days=i) for i in range(3)]
         assert (got[0]["expected"], got[0]["received"]) == (96, 2)
         assert got[1]["received"] == 0 and got[1]["expected"] == 96
@@ -195,13 +232,16 @@ async def test_rollups_use_interval_ending_buckets_and_refresh_on_plain_postgres
             (t("2026-04-02 00:15"), t("2026-04-02 00:30"), 15.0),
         ]
         r1d = await conn.fetch("SELECT * FROM readings_1d WHERE meter_id = 'AGG' ORDER BY interval_start")
-        assert [(r["interval_start"], r["readings"], r["first_value"], r["last_value"], r["max_value"])
-                for r in r1d] == [(t("2026-04-01 00:00"), 3, 10.0, 12.0, 12.0),
-                                  (t("2026-04-02 00:00"), 2, 13.0, 15.0, 15.0)]
-        r1h = await conn.fetch("SELECT interval_start, readings, avg_value FROM readings_1h"
-                               " WHERE meter_id = 'AGG' ORDER BY interval_start")
+        assert [
+            (r["interval_start"], r["readings"], r["first_value"], r["last_value"], r["max_value"]) for r in r1d
+        ] == [(t("2026-04-01 00:00"), 3, 10.0, 12.0, 12.0), (t("2026-04-02 00:00"), 2, 13.0, 15.0, 15.0)]
+        r1h = await conn.fetch(
+            "SELECT interval_start, readings, avg_value FROM readings_1h WHERE meter_id = 'AGG' ORDER BY interval_start"
+        )
         assert [(r["interval_start"], r["readings"], r["avg_value"]) for r in r1h] == [
-            (t("2026-04-01 23:00"), 3, 11.0), (t("2026-04-02 00:00"), 2, 14.0)]
+            (t("2026-04-01 23:00"), 3, 11.0),
+            (t("2026-04-02 00:00"), 2, 14.0),
+        ]
     finally:
         await conn.close()
 
@@ -212,13 +252,30 @@ async def test_bi_reader_reads_the_views_and_no_table(database_url: str) -> None
         await _meter(conn, "BI")
         await _put(conn, _series("BI", t("2026-05-01 23:30"), [1.0, 2.0, 3.0, 4.0]))
         await conn.execute("SET ROLE bi_reader")
-        for view in ("interval_consumption", "daily_consumption", "monthly_consumption", "read_completeness",
-                     "meter_last_seen", "readings_15m", "readings_1h", "readings_1d", "vee_flag_catalog"):
+        for view in (
+            "interval_consumption",
+            "daily_consumption",
+            "monthly_consumption",
+            "read_completeness",
+            "meter_last_seen",
+            "readings_15m",
+            "readings_1h",
+            "readings_1d",
+            "vee_flag_catalog",
+        ):
             await conn.fetch(f"SELECT * FROM {view}")
         assert await conn.fetchval("SELECT count(*) FROM interval_consumption WHERE meter_id = 'BI'") == 3
         assert await conn.fetchval("SELECT vee_flag_names(4 | 256)") == ["SPIKE", "CLOCK_DRIFT"]
-        for table in ("readings", "meters", "meter_schedule", "reading_revisions", "vee_rules", "meter_replacements",
-                      "command_audit", "schema_migrations"):
+        for table in (
+            "readings",
+            "meters",
+            "meter_schedule",
+            "reading_revisions",
+            "vee_rules",
+            "meter_replacements",
+            "command_audit",
+            "schema_migrations",
+        ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
                 await conn.fetch(f"SELECT 1 FROM {table} LIMIT 1")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):

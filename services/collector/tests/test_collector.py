@@ -27,17 +27,28 @@ def _job(meter_id: str, port: int, **kw: object) -> ReadJob:
     now = datetime.now(UTC)
     url = f"tcp://127.0.0.1:{port}"
     fields: dict[str, object] = {
-        "job_id": uuid.uuid4().hex, "meter_id": meter_id, "link_id": url, "protocol": "dlms", "url": url,
-        "profile": "generic-dlms", "options": {"authentication": "low"}, "purposes": ["billing"],
-        "issued_at": now, "deadline": now + timedelta(minutes=5),
+        "job_id": uuid.uuid4().hex,
+        "meter_id": meter_id,
+        "link_id": url,
+        "protocol": "dlms",
+        "url": url,
+        "profile": "generic-dlms",
+        "options": {"authentication": "low"},
+        "purposes": ["billing"],
+        "issued_at": now,
+        "deadline": now + timedelta(minutes=5),
     }
     fields.update(kw)
     return ReadJob.model_validate(fields)
 
 
 def _reader(password: str = PASSWORD, exchange_timeout: float = 1.0) -> MeterReader:
-    return MeterReader(ProfileCatalog(), SecretStore(default={"password": Secret(password)}),
-                       exchange_timeout=exchange_timeout, session_timeout=30)
+    return MeterReader(
+        ProfileCatalog(),
+        SecretStore(default={"password": Secret(password)}),
+        exchange_timeout=exchange_timeout,
+        session_timeout=30,
+    )
 
 
 async def test_a_silent_meter_times_out_without_holding_up_the_others() -> None:
@@ -74,11 +85,15 @@ async def test_collector_service_publishes_readings_results_and_dead_letters(
     stack: StackEndpoints, topic_prefix: str
 ) -> None:
     s = CollectorSettings(
-        kafka_bootstrap=stack.kafka_bootstrap, kafka_enable_idempotence=stack.kafka_enable_idempotence,
-        consumer_group=f"{topic_prefix}collector", exchange_timeout_s=1.0,
-        kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=500,
-        topic_overrides={n: f"{topic_prefix}{n}" for n in
-                         ("ami.read-jobs", "ami.readings", "ami.job-results", "ami.dead-letter")},
+        kafka_bootstrap=stack.kafka_bootstrap,
+        kafka_enable_idempotence=stack.kafka_enable_idempotence,
+        consumer_group=f"{topic_prefix}collector",
+        exchange_timeout_s=1.0,
+        kafka_session_timeout_ms=2000,
+        kafka_heartbeat_interval_ms=500,
+        topic_overrides={
+            n: f"{topic_prefix}{n}" for n in ("ami.read-jobs", "ami.readings", "ami.job-results", "ami.dead-letter")
+        },
     )
     await ensure_topics(s, ["ami.read-jobs", "ami.readings", "ami.job-results", "ami.dead-letter"])
     async with DlmsFleetSimulator(4, seed=5, authentication="low", password=PASSWORD, silent_meters={2}) as sim:
@@ -87,15 +102,17 @@ async def test_collector_service_publishes_readings_results_and_dead_letters(
         await producer.start()
         try:
             for j in jobs:
-                await producer.send_and_wait(s.topic("ami.read-jobs"), j.model_dump_json().encode(),
-                                             key=j.link_id.encode())
+                await producer.send_and_wait(
+                    s.topic("ami.read-jobs"), j.model_dump_json().encode(), key=j.link_id.encode()
+                )
             await producer.send_and_wait(s.topic("ami.read-jobs"), b'{"job_id": 1}', key=b"x")
         finally:
             await producer.stop()
         stop = asyncio.Event()
         task = asyncio.create_task(Collector(s, _reader(exchange_timeout=1.0)).run(stop))
-        out = make_consumer(s, f"{topic_prefix}check", s.topic("ami.job-results"), s.topic("ami.readings"),
-                            s.topic("ami.dead-letter"))
+        out = make_consumer(
+            s, f"{topic_prefix}check", s.topic("ami.job-results"), s.topic("ami.readings"), s.topic("ami.dead-letter")
+        )
         await out.start()
         results: dict[str, JobResult] = {}
         batches: list[ReadingBatch] = []
@@ -137,12 +154,12 @@ async def test_ciphered_meter_counters_survive_a_collector_restart(tmp_path) -> 
         m = sim.meters[0]
         keys = meter_secrets(4, 0)
         store = SecretStore(meters={m.meter_id: {k: Secret(v) for k, v in keys.items()}})
-        options = {"authentication": "high-gmac", "client": "1",
-                   "server_system_title": meter_system_title(4, 0).hex()}
+        options = {"authentication": "high-gmac", "client": "1", "server_system_title": meter_system_title(4, 0).hex()}
         results = []
         for _ in range(2):  # two collector "processes" sharing the counters file
-            reader = MeterReader(ProfileCatalog(), store, exchange_timeout=2, session_timeout=30,
-                                 invocation_counters=counters)
+            reader = MeterReader(
+                ProfileCatalog(), store, exchange_timeout=2, session_timeout=30, invocation_counters=counters
+            )
             results.append(await reader.run(_job(m.meter_id, m.port, options=options)))
             saved = json.loads(counters.read_text())
             assert saved, "the counter store was written"

@@ -33,8 +33,17 @@ points:
 def _job(meter_id: str, port: int, purposes: list[str]) -> ReadJob:
     now = datetime.now(UTC)
     url = f"tcp://127.0.0.1:{port}"
-    return ReadJob(job_id=uuid.uuid4().hex, meter_id=meter_id, link_id=url, protocol="dlms", url=url,
-                   profile="events-dlms", purposes=purposes, issued_at=now, deadline=now + timedelta(minutes=5))
+    return ReadJob(
+        job_id=uuid.uuid4().hex,
+        meter_id=meter_id,
+        link_id=url,
+        protocol="dlms",
+        url=url,
+        profile="events-dlms",
+        purposes=purposes,
+        issued_at=now,
+        deadline=now + timedelta(minutes=5),
+    )
 
 
 async def test_events_are_published_with_the_job_and_counted(tmp_path: Path) -> None:
@@ -60,11 +69,17 @@ async def test_events_are_published_with_the_job_and_counted(tmp_path: Path) -> 
 
 def test_event_messages_keep_the_driver_id_and_extras() -> None:
     job = _job("M1", 4059, ["events"])
-    record = MeterEventRecord("M1", NOW, "tamper", "push", severity="alarm", extra={"cover": "open"},
-                              event_id="meter-seq-17")
+    record = MeterEventRecord(
+        "M1", NOW, "tamper", "push", severity="alarm", extra={"cover": "open"}, event_id="meter-seq-17"
+    )
     msg = meter_event(job, record)
-    assert (msg.event_id, msg.meter_id, msg.ts, msg.kind, msg.severity) == ("meter-seq-17", "M1", NOW, "tamper",
-                                                                             "alarm")
+    assert (msg.event_id, msg.meter_id, msg.ts, msg.kind, msg.severity) == (
+        "meter-seq-17",
+        "M1",
+        NOW,
+        "tamper",
+        "alarm",
+    )
     assert msg.data == {"cover": "open", "source": "push", "protocol": "dlms"}
 
 

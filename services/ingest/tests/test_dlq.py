@@ -22,15 +22,25 @@ pytestmark = pytest.mark.integration
 
 def _settings(stack: StackEndpoints, prefix: str) -> IngestSettings:
     return IngestSettings(
-        kafka_bootstrap=stack.kafka_bootstrap, kafka_enable_idempotence=stack.kafka_enable_idempotence,
-        kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=500,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        kafka_enable_idempotence=stack.kafka_enable_idempotence,
+        kafka_session_timeout_ms=2000,
+        kafka_heartbeat_interval_ms=500,
         topic_overrides={"ami.readings": f"{prefix}readings", "ami.dead-letter": f"{prefix}dlq"},
     )
 
 
 def _letter(s: IngestSettings, key: str, reason: str, original: bytes, consumer: str = "ingest") -> DeadLetter:
-    return DeadLetter(source_topic=s.topic("ami.readings"), partition=0, offset=7, key=key, reason=reason,
-                      consumer=consumer, failed_at=datetime.now(UTC), original_b64=base64.b64encode(original).decode())
+    return DeadLetter(
+        source_topic=s.topic("ami.readings"),
+        partition=0,
+        offset=7,
+        key=key,
+        reason=reason,
+        consumer=consumer,
+        failed_at=datetime.now(UTC),
+        original_b64=base64.b64encode(original).decode(),
+    )
 
 
 async def _publish(s: IngestSettings, letters: list[DeadLetter], raw: tuple[bytes, ...] = ()) -> None:
@@ -85,12 +95,16 @@ async def test_list_filters_and_replay_resends_the_original_bytes(stack: StackEn
     assert await read_dead_letters(s, LetterFilter(source_topic="elsewhere")) == []
     one = next(x for x in everything if x.letter is not None and x.letter.key == "M1")
     picked = await read_dead_letters(
-        s, LetterFilter(partition=one.partition, from_offset=one.offset, to_offset=one.offset))
+        s, LetterFilter(partition=one.partition, from_offset=one.offset, to_offset=one.offset)
+    )
     assert [(x.partition, x.offset) for x in picked] == [(one.partition, one.offset)]
     assert len(await read_dead_letters(s, LetterFilter(), limit=2)) == 2
     listed = one.to_json()
     assert (listed["source_topic"], listed["consumer"], listed["original_bytes"]) == (
-        s.topic("ami.readings"), "ingest", len(b'{"value":"NaN"}'))
+        s.topic("ami.readings"),
+        "ingest",
+        len(b'{"value":"NaN"}'),
+    )
 
     dry = await replay_dead_letters(s, unknown, dry_run=True)
     assert {r.outcome for r in dry} == {"would send"}
@@ -99,16 +113,20 @@ async def test_list_filters_and_replay_resends_the_original_bytes(stack: StackEn
     done = await replay_dead_letters(s, [*unknown, *(x for x in everything if x.letter is None)])
     assert sorted(r.outcome for r in done) == ["sent", "sent", "skipped: not a dead letter: 1 problem(s)"]
     assert sorted(await _read_topic(s, s.topic("ami.readings"))) == [
-        (b"M7", b'{"meter_id":"M7"}'), (b"M9", b'{"meter_id":"M9"}')]
+        (b"M7", b'{"meter_id":"M7"}'),
+        (b"M9", b'{"meter_id":"M9"}'),
+    ]
 
 
-def test_cli_lists_as_table_and_json_and_refuses_an_unfiltered_replay(
-    stack: StackEndpoints, topic_prefix: str
-) -> None:
+def test_cli_lists_as_table_and_json_and_refuses_an_unfiltered_replay(stack: StackEndpoints, topic_prefix: str) -> None:
     s = _settings(stack, topic_prefix)
     asyncio.run(_publish(s, [_letter(s, "M9", "unknown meter 'M9' (not in the meter registry)", b"{}")]))
-    env = {**stack.env(), "GXAMI_TOPIC_OVERRIDES": json.dumps(s.topic_overrides),
-           "GXAMI_KAFKA_SESSION_TIMEOUT_MS": "2000", "GXAMI_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+    env = {
+        **stack.env(),
+        "GXAMI_TOPIC_OVERRIDES": json.dumps(s.topic_overrides),
+        "GXAMI_KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "GXAMI_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    }
     runner = CliRunner()
 
     table = runner.invoke(dlq_app, ["list"], env=env)

@@ -17,9 +17,14 @@ LIMITS = {"now": NOW, "max_future": timedelta(days=1), "max_past": timedelta(day
 
 
 def _event(**kw: object) -> MeterEvent:
-    fields: dict[str, object] = {"event_id": "ev-1", "meter_id": "M1", "ts": NOW - timedelta(hours=1),
-                                 "kind": "power-down", "severity": "warning",
-                                 "data": {"source": "0-0:99.98.0", "code": 1, "protocol": "dlms"}}
+    fields: dict[str, object] = {
+        "event_id": "ev-1",
+        "meter_id": "M1",
+        "ts": NOW - timedelta(hours=1),
+        "kind": "power-down",
+        "severity": "warning",
+        "data": {"source": "0-0:99.98.0", "code": 1, "protocol": "dlms"},
+    }
     fields.update(kw)
     return MeterEvent.model_validate(fields)
 
@@ -30,14 +35,17 @@ def test_a_good_event_becomes_a_row() -> None:
     assert json.loads(row[5]) == {"source": "0-0:99.98.0", "code": 1, "protocol": "dlms"}
 
 
-@pytest.mark.parametrize(("event", "reason"), [
-    (_event(meter_id="M9"), "unknown meter 'M9'"),
-    (_event(ts=NOW + timedelta(days=2)), "meter M1: event 'ev-1' is stamped in the future"),
-    (_event(ts=datetime(2000, 1, 1, tzinfo=UTC)), "stamped too far back"),
-    (_event(kind="power\x00down"), "must not contain NUL"),
-    (_event(data={"note": "a\x00b"}), "data.'note' contains a NUL"),
-    (_event(data={"v": float("nan")}), "non-finite number"),
-])
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (_event(meter_id="M9"), "unknown meter 'M9'"),
+        (_event(ts=NOW + timedelta(days=2)), "meter M1: event 'ev-1' is stamped in the future"),
+        (_event(ts=datetime(2000, 1, 1, tzinfo=UTC)), "stamped too far back"),
+        (_event(kind="power\x00down"), "must not contain NUL"),
+        (_event(data={"note": "a\x00b"}), "data.'note' contains a NUL"),
+        (_event(data={"v": float("nan")}), "non-finite number"),
+    ],
+)
 def test_events_the_database_must_not_get_are_rejected_with_a_reason(event: MeterEvent, reason: str) -> None:
     with pytest.raises(EventRejectedError, match=reason.replace("(", r"\(")):
         check_event(event, known_meters={"M1"}, **LIMITS)  # type: ignore[arg-type]
@@ -48,17 +56,19 @@ async def test_each_event_id_is_stored_once_and_the_first_version_stays(database
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
-        rows = [check_event(_event(event_id=f"ev-{i}", ts=NOW - timedelta(minutes=i)), known_meters={"M1"},
-                            **LIMITS)  # type: ignore[arg-type]
-                for i in range(5)]
+        rows = [
+            check_event(_event(event_id=f"ev-{i}", ts=NOW - timedelta(minutes=i)), known_meters={"M1"}, **LIMITS)  # type: ignore[arg-type]
+            for i in range(5)
+        ]
         first = await write_events(conn, rows)
         assert (first.offered, first.inserted, first.duplicates, first.conflicts) == (5, 5, 0, 0)
         # redelivered, plus the same message twice in one batch: nothing new
         again = await write_events(conn, [*rows, rows[0]])
         assert (again.inserted, again.duplicates, again.conflicts) == (0, 6, 0)
         # the same id with other content: counted, and the stored version is kept
-        changed = check_event(_event(event_id="ev-0", ts=NOW, kind="power-up", severity="info"),
-                              known_meters={"M1"}, **LIMITS)  # type: ignore[arg-type]
+        changed = check_event(
+            _event(event_id="ev-0", ts=NOW, kind="power-up", severity="info"), known_meters={"M1"}, **LIMITS
+        )  # type: ignore[arg-type]
         new = check_event(_event(event_id="ev-9"), known_meters={"M1"}, **LIMITS)  # type: ignore[arg-type]
         mixed = await write_events(conn, [changed, new])
         assert (mixed.inserted, mixed.duplicates, mixed.conflicts) == (1, 0, 1)

@@ -22,11 +22,18 @@ pytestmark = pytest.mark.integration
 
 def _settings(stack: StackEndpoints, dsn: str, prefix: str) -> IngestSettings:
     return IngestSettings(
-        kafka_bootstrap=stack.kafka_bootstrap, kafka_enable_idempotence=stack.kafka_enable_idempotence,
-        database_url=dsn, consumer_group=f"{prefix}ingest", batch_max_age_ms=100,
-        kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=500,
-        topic_overrides={"ami.readings": f"{prefix}readings", "ami.events": f"{prefix}events",
-                         "ami.dead-letter": f"{prefix}dlq"},
+        kafka_bootstrap=stack.kafka_bootstrap,
+        kafka_enable_idempotence=stack.kafka_enable_idempotence,
+        database_url=dsn,
+        consumer_group=f"{prefix}ingest",
+        batch_max_age_ms=100,
+        kafka_session_timeout_ms=2000,
+        kafka_heartbeat_interval_ms=500,
+        topic_overrides={
+            "ami.readings": f"{prefix}readings",
+            "ami.events": f"{prefix}events",
+            "ami.dead-letter": f"{prefix}dlq",
+        },
     )
 
 
@@ -51,13 +58,21 @@ async def test_poison_goes_to_dead_letter_and_good_batches_are_stored(
     await migrate(conn)
     await conn.execute(
         "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
-        " VALUES ('M1', 'dlms', 'tcp://x:1', 'tcp://x:1', 'generic-dlms', 900)")
+        " VALUES ('M1', 'dlms', 'tcp://x:1', 'tcp://x:1', 'generic-dlms', 900)"
+    )
     await conn.close()
     await ensure_topics(s, ["ami.readings", "ami.events", "ami.dead-letter"])
     now = datetime.now(UTC).replace(microsecond=0)
-    good = ReadingBatch.of(batch_id="b1", meter_id="M1", job_id="j1", collected_at=now, readings=[
-        ReadingValue(quantity="1-0:1.8.0", ts=now - timedelta(minutes=15 * i), value=100.0 - i, unit="kWh")
-        for i in range(10)])
+    good = ReadingBatch.of(
+        batch_id="b1",
+        meter_id="M1",
+        job_id="j1",
+        collected_at=now,
+        readings=[
+            ReadingValue(quantity="1-0:1.8.0", ts=now - timedelta(minutes=15 * i), value=100.0 - i, unit="kWh")
+            for i in range(10)
+        ],
+    )
     unknown = good.model_copy(update={"meter_id": "M9", "batch_id": "b2"})
     nan = json.loads(good.model_dump_json())
     nan["series"][0]["values"][3] = "NaN"

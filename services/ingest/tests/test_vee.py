@@ -31,25 +31,35 @@ async def _db(dsn: str) -> asyncpg.Connection:
     return conn
 
 
-async def _put(conn: asyncpg.Connection, meter: str, quantity: str, points: list[tuple[datetime, float]],
-               unit: str = "kWh", received_at: datetime | None = None) -> None:
+async def _put(
+    conn: asyncpg.Connection,
+    meter: str,
+    quantity: str,
+    points: list[tuple[datetime, float]],
+    unit: str = "kWh",
+    received_at: datetime | None = None,
+) -> None:
     keeper = PartitionKeeper()
     await keeper.load(conn, await storage_kind(conn))
     await keeper.ensure(conn, [ts for ts, _ in points])
     await conn.executemany(
         "INSERT INTO readings (meter_id, quantity, ts, value, unit, received_at)"
         " VALUES ($1, $2, $3, $4, $5, COALESCE($6, now()))",
-        [(meter, quantity, ts, v, unit, received_at) for ts, v in points])
+        [(meter, quantity, ts, v, unit, received_at) for ts, v in points],
+    )
 
 
-async def _merge(conn: asyncpg.Connection, meter: str, quantity: str, points: list[tuple[datetime, float]],
-                 job: str = "job-late") -> asyncpg.Record:
+async def _merge(
+    conn: asyncpg.Connection, meter: str, quantity: str, points: list[tuple[datetime, float]], job: str = "job-late"
+) -> asyncpg.Record:
     """What ingest does with MERGE_REPLACING_ESTIMATES in place of its merge."""
     async with conn.transaction():
         await conn.execute(_CREATE_STAGING)
         await conn.copy_records_to_table(
-            "ingest_staging", records=[(meter, quantity, ts, v, "kWh", 0, job) for ts, v in points],
-            columns=STAGING_COLUMNS)
+            "ingest_staging",
+            records=[(meter, quantity, ts, v, "kWh", 0, job) for ts, v in points],
+            columns=STAGING_COLUMNS,
+        )
         rec = await conn.fetchrow(MERGE_REPLACING_ESTIMATES)
     assert rec is not None
     return rec
@@ -79,26 +89,36 @@ async def test_a_gap_is_flagged_and_filled_exactly_and_a_late_real_value_replace
         flags = await _flags(conn, "G")
         assert flags[T0 + 7 * Q15] == f.GAP_BEFORE
         assert {ts: v for ts, v in flags.items() if ts != T0 + 7 * Q15 and v & f.ESTIMATED == 0} == {
-            T0 + k * Q15: 0 for k in values if k != 7}
-        est = await conn.fetch("SELECT ts, value, vee_flags, source_job FROM readings"
-                               " WHERE meter_id = 'G' AND vee_flags & 1 <> 0 ORDER BY ts")
+            T0 + k * Q15: 0 for k in values if k != 7
+        }
+        est = await conn.fetch(
+            "SELECT ts, value, vee_flags, source_job FROM readings"
+            " WHERE meter_id = 'G' AND vee_flags & 1 <> 0 ORDER BY ts"
+        )
         assert [(r["ts"], r["value"]) for r in est] == [
-            (T0 + 4 * Q15, 102.25), (T0 + 5 * Q15, 103.0), (T0 + 6 * Q15, 103.75)]
+            (T0 + 4 * Q15, 102.25),
+            (T0 + 5 * Q15, 103.0),
+            (T0 + 6 * Q15, 103.75),
+        ]
         assert {(r["vee_flags"], r["source_job"]) for r in est} == {(f.ESTIMATED, f.ESTIMATE_SOURCE)}
         assert await find_gaps(conn, "G", E, T0, T0 + timedelta(days=1)) == [Gap(T0 + 3 * Q15, T0 + 7 * Q15, 3)]
         assert await find_gaps(conn, "G2", E, T0, T0 + timedelta(days=1)) == [Gap(T0 + Q15, T0 + 13 * Q15, 11)]
         assert (await _flags(conn, "G2"))[T0 + 13 * Q15] == f.GAP_BEFORE
         assert await conn.fetchval("SELECT count(*) FROM readings WHERE meter_id = 'G2'") == 3  # not estimated
-        intervals = await conn.fetch("SELECT interval_start, consumption, quality FROM interval_consumption"
-                                     " WHERE meter_id = 'G' ORDER BY interval_start")
-        assert [(r["consumption"], r["quality"]) for r in intervals] == [
-            (0.5, "measured")] * 3 + [(0.75, "estimated")] * 4 + [(0.5, "measured")] * 2
+        intervals = await conn.fetch(
+            "SELECT interval_start, consumption, quality FROM interval_consumption"
+            " WHERE meter_id = 'G' ORDER BY interval_start"
+        )
+        assert [(r["consumption"], r["quality"]) for r in intervals] == [(0.5, "measured")] * 3 + [
+            (0.75, "estimated")
+        ] * 4 + [(0.5, "measured")] * 2
 
         # the real value for 01:15 arrives late: it replaces the estimate, not kept as a revision
         merged = await _merge(conn, "G", E, [(T0 + 5 * Q15, 103.5)])
         assert (merged["inserted"], merged["replaced_estimates"], merged["revisions"]) == (0, 1, 0)
-        real = await conn.fetchrow("SELECT value, vee_flags, source_job FROM readings WHERE meter_id = 'G' AND ts = $1",
-                                   T0 + 5 * Q15)
+        real = await conn.fetchrow(
+            "SELECT value, vee_flags, source_job FROM readings WHERE meter_id = 'G' AND ts = $1", T0 + 5 * Q15
+        )
         assert tuple(real) == (103.5, 0, "job-late")
         assert await conn.fetchval("SELECT count(*) FROM reading_revisions") == 0
 
@@ -118,8 +138,13 @@ async def test_a_gap_is_flagged_and_filled_exactly_and_a_late_real_value_replace
         # a pass with nothing new changes nothing
         await run_vee(conn, settings=SETTINGS)
         idle = await run_vee(conn, settings=SETTINGS)
-        assert (idle.flags_changed, idle.clock_flags_changed, idle.estimates_written, idle.estimates_updated,
-                idle.estimates_removed) == (0, 0, 0, 0, 0)
+        assert (
+            idle.flags_changed,
+            idle.clock_flags_changed,
+            idle.estimates_written,
+            idle.estimates_updated,
+            idle.estimates_removed,
+        ) == (0, 0, 0, 0, 0)
     finally:
         await conn.close()
 
@@ -135,8 +160,11 @@ async def test_spikes_are_flagged_against_recent_history_and_small_rises_are_not
         await _put(conn, "S", P, power, unit="kW")
         quiet = [(T0 + k * Q15, 0.01) for k in range(12)] + [(T0 + 12 * Q15, 0.5)]  # 50 x, but below the floor
         await _put(conn, "S", P + ".quiet", quiet, unit="kW")
-        await conn.execute("INSERT INTO vee_rules (quantity, kind, unit, spike_factor, spike_floor)"
-                           " VALUES ($1, 'instant', 'kW', 10, 1)", P + ".quiet")
+        await conn.execute(
+            "INSERT INTO vee_rules (quantity, kind, unit, spike_factor, spike_floor)"
+            " VALUES ($1, 'instant', 'kW', 10, 1)",
+            P + ".quiet",
+        )
         await run_vee(conn, settings=SETTINGS)
         energy = await _flags(conn, "S")
         assert {ts for ts, v in energy.items() if v} == {jump_at}
@@ -144,8 +172,9 @@ async def test_spikes_are_flagged_against_recent_history_and_small_rises_are_not
         watts = await _flags(conn, "S", P)
         assert {ts for ts, v in watts.items() if v} == {T0 + 10 * Q15}
         assert not any((await _flags(conn, "S", P + ".quiet")).values())
-        q = await conn.fetchval("SELECT quality FROM interval_consumption WHERE meter_id = 'S' AND interval_end = $1",
-                                jump_at)
+        q = await conn.fetchval(
+            "SELECT quality FROM interval_consumption WHERE meter_id = 'S' AND interval_end = $1", jump_at
+        )
         assert q == "suspect"
     finally:
         await conn.close()
@@ -160,8 +189,9 @@ async def test_rollover_is_not_negative_and_a_recorded_replacement_clears_the_ne
         x = [(T0 + k * Q15, v) for k, v in enumerate([5000.0, 5000.25, 5000.5, 0.25, 0.5])]
         await _put(conn, "X", E, x)
         # a binary counter in Wh shown in kWh wraps at 2**32 / 1000, not at a power of ten: configured
-        await conn.execute("INSERT INTO meter_channels (meter_id, quantity, register_modulus) VALUES ('R32', $1, $2)",
-                           E, 2**32 / 1000)
+        await conn.execute(
+            "INSERT INTO meter_channels (meter_id, quantity, register_modulus) VALUES ('R32', $1, $2)", E, 2**32 / 1000
+        )
         await _put(conn, "R32", E, [(T0, 4294967.0), (T0 + Q15, 0.2)])
         await run_vee(conn, settings=SETTINGS)
 
@@ -169,22 +199,26 @@ async def test_rollover_is_not_negative_and_a_recorded_replacement_clears_the_ne
         assert rolled[T0 + 2 * Q15] == f.ROLLOVER
         assert not rolled[T0 + 3 * Q15]
         assert (await _flags(conn, "R32"))[T0 + Q15] == f.ROLLOVER
-        r = await conn.fetch("SELECT consumption, quality FROM interval_consumption WHERE meter_id = 'R'"
-                             " ORDER BY interval_start")
+        r = await conn.fetch(
+            "SELECT consumption, quality FROM interval_consumption WHERE meter_id = 'R' ORDER BY interval_start"
+        )
         assert [(row["consumption"], row["quality"]) for row in r] == [(0.25, "measured")] * 3
-        assert await conn.fetchval("SELECT consumption FROM interval_consumption WHERE meter_id = 'R32'") == \
-            pytest.approx(0.496)
+        assert await conn.fetchval(
+            "SELECT consumption FROM interval_consumption WHERE meter_id = 'R32'"
+        ) == pytest.approx(0.496)
 
         swapped = T0 + 3 * Q15
         assert (await _flags(conn, "X"))[swapped] == f.NEGATIVE_CONSUMPTION
-        await record_meter_replacement(conn, "X", swapped - timedelta(minutes=5), old_final=5000.6, new_initial=0.0,
-                                       note="meter exchanged")
+        await record_meter_replacement(
+            conn, "X", swapped - timedelta(minutes=5), old_final=5000.6, new_initial=0.0, note="meter exchanged"
+        )
         await run_vee(conn, settings=SETTINGS)
         flags = await _flags(conn, "X")
         assert flags[swapped] == f.METER_REPLACED
         assert not flags[swapped + Q15]
-        c = await conn.fetchrow("SELECT consumption, quality FROM interval_consumption WHERE meter_id = 'X'"
-                                " AND interval_end = $1", swapped)
+        c = await conn.fetchrow(
+            "SELECT consumption, quality FROM interval_consumption WHERE meter_id = 'X' AND interval_end = $1", swapped
+        )
         assert c["consumption"] == pytest.approx(0.1 + 0.25)
         assert c["quality"] == "measured"
     finally:
@@ -222,10 +256,16 @@ async def test_clock_drift_flags_the_readings_since_the_last_good_clock_check(da
         assert not any(v for ts, v in energy.items() if ts not in drifted)
         clocks = await _flags(conn, "C", CLOCK)
         assert (clocks[T0 + timedelta(hours=1)], clocks[T0 + timedelta(hours=5)], clocks[T0 + timedelta(hours=7)]) == (
-            0, f.CLOCK_DRIFT, 0)
-        q = await conn.fetch("SELECT DISTINCT quality FROM interval_consumption WHERE meter_id = 'C'"
-                             " AND interval_end > $1 AND interval_end <= $2",
-                             T0 + timedelta(hours=1), T0 + timedelta(hours=5))
+            0,
+            f.CLOCK_DRIFT,
+            0,
+        )
+        q = await conn.fetch(
+            "SELECT DISTINCT quality FROM interval_consumption WHERE meter_id = 'C'"
+            " AND interval_end > $1 AND interval_end <= $2",
+            T0 + timedelta(hours=1),
+            T0 + timedelta(hours=5),
+        )
         assert [r["quality"] for r in q] == ["suspect"]
     finally:
         await conn.close()

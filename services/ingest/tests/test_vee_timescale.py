@@ -47,11 +47,14 @@ async def test_vee_flags_estimates_and_yields_to_real_values_on_a_hypertable(tim
         values = {0: 10.0, 1: 10.25, 2: 10.5, 3: 10.75, 4: 11.0, 5: 11.25, 8: 12.0, 9: 42.0, 10: 42.25}
         await conn.executemany(
             "INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES ('H', $1, $2, $3, 'kWh')",
-            [(E, T0 + k * Q15, v) for k, v in values.items()])
+            [(E, T0 + k * Q15, v) for k, v in values.items()],
+        )
         stats = await run_vee(conn, settings=VeeSettings())
         assert (stats.channels, stats.estimates_written) == (1, 2)
-        rows = {r["ts"]: (r["value"], r["vee_flags"]) for r in await conn.fetch(
-            "SELECT ts, value, vee_flags FROM readings WHERE meter_id = 'H'")}
+        rows = {
+            r["ts"]: (r["value"], r["vee_flags"])
+            for r in await conn.fetch("SELECT ts, value, vee_flags FROM readings WHERE meter_id = 'H'")
+        }
         assert rows[T0 + 6 * Q15] == (11.5, f.ESTIMATED)
         assert rows[T0 + 7 * Q15] == (11.75, f.ESTIMATED)
         assert rows[T0 + 8 * Q15] == (12.0, f.GAP_BEFORE)
@@ -59,15 +62,18 @@ async def test_vee_flags_estimates_and_yields_to_real_values_on_a_hypertable(tim
 
         async with conn.transaction():
             await conn.execute(_CREATE_STAGING)
-            await conn.execute("INSERT INTO ingest_staging VALUES ('H', $1, $2, 11.6, 'kWh', 0, 'late')",
-                               E, T0 + 6 * Q15)
+            await conn.execute(
+                "INSERT INTO ingest_staging VALUES ('H', $1, $2, 11.6, 'kWh', 0, 'late')", E, T0 + 6 * Q15
+            )
             merged = await conn.fetchrow(MERGE_REPLACING_ESTIMATES)
         assert merged is not None and (merged["inserted"], merged["replaced_estimates"]) == (0, 1)
         await run_vee(conn, settings=VeeSettings())
         est = await conn.fetch("SELECT ts, value FROM readings WHERE meter_id = 'H' AND vee_flags & 1 <> 0")
         assert [(r["ts"], r["value"]) for r in est] == [(T0 + 7 * Q15, pytest.approx(11.8))]
-        q = await conn.fetch("SELECT quality, count(*) AS n FROM interval_consumption WHERE meter_id = 'H'"
-                             " GROUP BY quality ORDER BY quality")
+        q = await conn.fetch(
+            "SELECT quality, count(*) AS n FROM interval_consumption WHERE meter_id = 'H'"
+            " GROUP BY quality ORDER BY quality"
+        )
         assert [(r["quality"], r["n"]) for r in q] == [("estimated", 2), ("measured", 7), ("suspect", 1)]
     finally:
         conn.terminate()

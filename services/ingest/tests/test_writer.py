@@ -74,8 +74,13 @@ async def test_partitions_are_created_for_any_month_the_data_needs(database_url:
 
 
 def _batch(meter: str, ts: datetime, value: float = 1.0) -> ReadingBatch:
-    return ReadingBatch.of(batch_id="b1", meter_id=meter, job_id="j1", collected_at=ts,
-                           readings=[ReadingValue(quantity="1-0:1.8.0", ts=ts, value=value, unit="kWh")])
+    return ReadingBatch.of(
+        batch_id="b1",
+        meter_id=meter,
+        job_id="j1",
+        collected_at=ts,
+        readings=[ReadingValue(quantity="1-0:1.8.0", ts=ts, value=value, unit="kWh")],
+    )
 
 
 def test_validation_names_meter_and_reading() -> None:
@@ -87,19 +92,28 @@ def test_validation_names_meter_and_reading() -> None:
     with pytest.raises(BatchRejectedError, match=r"meter M1: series\[0\] \(1-0:1.8.0\) ts\[0\] is stamped in the fut"):
         check_batch(_batch("M1", now + timedelta(days=2)), known_meters={"M1"}, **kw)  # type: ignore[arg-type]
     # the culprit is named by series and position; good series before it do not hide it
-    two = ReadingBatch.of(batch_id="b2", meter_id="M1", collected_at=now, readings=[
-        ReadingValue(quantity="1-0:1.8.0", ts=now, value=1.0, unit="kWh"),
-        *(ReadingValue(quantity="1-0:32.7.0", ts=now + timedelta(days=i), value=230.0, unit="V", status=i)
-          for i in range(3)),
-    ])
+    two = ReadingBatch.of(
+        batch_id="b2",
+        meter_id="M1",
+        collected_at=now,
+        readings=[
+            ReadingValue(quantity="1-0:1.8.0", ts=now, value=1.0, unit="kWh"),
+            *(
+                ReadingValue(quantity="1-0:32.7.0", ts=now + timedelta(days=i), value=230.0, unit="V", status=i)
+                for i in range(3)
+            ),
+        ],
+    )
     with pytest.raises(BatchRejectedError, match=r"series\[1\] \(1-0:32.7.0\) ts\[2\] is stamped in the future"):
         check_batch(two, known_meters={"M1"}, **kw)  # type: ignore[arg-type]
     # the rows are the readings, with the status word (0 where the meter gave none) and the source
     ok = ReadingBatch.of(batch_id="b2", meter_id="M1", collected_at=now, readings=two.readings()[:3])
     rows = check_batch(ok, known_meters={"M1"}, **kw)  # type: ignore[arg-type]
-    assert rows == [("M1", "1-0:1.8.0", now, 1.0, "kWh", 0, "b2"),
-                    ("M1", "1-0:32.7.0", now, 230.0, "V", 0, "b2"),
-                    ("M1", "1-0:32.7.0", now + timedelta(days=1), 230.0, "V", 1, "b2")]
+    assert rows == [
+        ("M1", "1-0:1.8.0", now, 1.0, "kWh", 0, "b2"),
+        ("M1", "1-0:32.7.0", now, 230.0, "V", 0, "b2"),
+        ("M1", "1-0:32.7.0", now + timedelta(days=1), 230.0, "V", 1, "b2"),
+    ]
     with pytest.raises(BatchRejectedError, match="too far back"):
         check_batch(_batch("M1", datetime(1999, 1, 1, tzinfo=UTC)), known_meters={"M1"}, **kw)  # type: ignore[arg-type]
     assert math.isfinite(check_batch(_batch("M1", now), known_meters={"M1"}, **kw)[0][3])  # type: ignore[arg-type]

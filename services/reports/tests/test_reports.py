@@ -32,12 +32,15 @@ async def _seed(dsn: str) -> None:
         keeper = PartitionKeeper()
         await keeper.load(conn, await storage_kind(conn))
         await keeper.ensure(conn, [DAY, DAY + timedelta(days=3)])
-        await conn.execute("INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
-                           " VALUES ('R1', 'dlms', 'tcp://x:1', 'l', 'generic-dlms', 900)")
+        await conn.execute(
+            "INSERT INTO meters (meter_id, protocol, url, link_id, profile, interval_s)"
+            " VALUES ('R1', 'dlms', 'tcp://x:1', 'l', 'generic-dlms', 900)"
+        )
         # 1 kWh per 15 minutes for three days: 96 kWh per day
         rows = [("R1", "1-0:1.8.0", DAY + timedelta(minutes=15 * i), 1000.0 + i, "kWh") for i in range(3 * 96 + 1)]
-        await conn.executemany("INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES ($1,$2,$3,$4,$5)",
-                               rows)
+        await conn.executemany(
+            "INSERT INTO readings (meter_id, quantity, ts, value, unit) VALUES ($1,$2,$3,$4,$5)", rows
+        )
     finally:
         await conn.close()
 
@@ -51,8 +54,9 @@ async def test_daily_report_on_the_terminal(database_url: str, monkeypatch: pyte
     rows = [json.loads(line) for line in result.output.splitlines()]
     full = [r for r in rows if r["day"] in ("2026-10-06", "2026-10-07")]
     assert [r["kwh"] for r in full] == [96.0, 96.0]
-    table = await asyncio.to_thread(runner.invoke, gxami, ["report", "daily", "--meter", "R1", "--from", "2026-10-06",
-                                                                "--to", "2026-10-06"])
+    table = await asyncio.to_thread(
+        runner.invoke, gxami, ["report", "daily", "--meter", "R1", "--from", "2026-10-06", "--to", "2026-10-06"]
+    )
     assert table.exit_code == 0, table.output
     assert "96.000" in table.output
     assert "1 report rows" in table.output

@@ -117,11 +117,14 @@ def test_service_app_mounts_as_one_command() -> None:
 
 def test_service_app_runs_without_a_subcommand() -> None:
     # Mounted as `gxami scheduler`, the bare group runs the service (here: fails fast, no database).
-    code = "import typer; from gxami_scheduler.cli import service_app as s; g = typer.Typer();" \
-           " g.add_typer(s, name='scheduler'); g(['scheduler'])"
+    code = (
+        "import typer; from gxami_scheduler.cli import service_app as s; g = typer.Typer();"
+        " g.add_typer(s, name='scheduler'); g(['scheduler'])"
+    )
     env = {**os.environ, "GXAMI_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"}
-    proc = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("gxami scheduler: cannot reach the database at")
 
@@ -134,8 +137,9 @@ def test_format_table_aligns() -> None:
 
 def _service(env: dict[str, str]) -> subprocess.Popen[str]:
     full = {**os.environ, **env, "GXAMI_TICK_SECONDS": "0.2"}
-    return subprocess.Popen([sys.executable, "-m", "gxami_scheduler"], env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gxami_scheduler"], env=full, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def _single_line_failure(proc: subprocess.Popen[str]) -> str:
@@ -155,8 +159,13 @@ def test_service_database_unreachable_exits_2() -> None:
 
 def test_service_broker_unreachable_exits_2(database_url: str) -> None:
     port = free_port()
-    proc = _service({"GXAMI_DATABASE_URL": database_url, "GXAMI_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
-                     "GXAMI_KAFKA_REQUEST_TIMEOUT_MS": "3000"})
+    proc = _service(
+        {
+            "GXAMI_DATABASE_URL": database_url,
+            "GXAMI_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+            "GXAMI_KAFKA_REQUEST_TIMEOUT_MS": "3000",
+        }
+    )
     line = _single_line_failure(proc)
     assert line == f"gxami scheduler: cannot reach the Kafka broker at 127.0.0.1:{port}: connection failed"
 
@@ -167,8 +176,9 @@ def test_service_stops_cleanly_on_sigterm(stack: StackEndpoints, database_url: s
         **stack.env(),
         "GXAMI_DATABASE_URL": database_url,
         "GXAMI_RESULTS_GROUP": topic_prefix + "scheduler",
-        "GXAMI_TOPIC_OVERRIDES": json.dumps({t: topic_prefix + t for t in
-                                             ("ami.read-jobs", "ami.job-results", "ami.dead-letter")}),
+        "GXAMI_TOPIC_OVERRIDES": json.dumps(
+            {t: topic_prefix + t for t in ("ami.read-jobs", "ami.job-results", "ami.dead-letter")}
+        ),
     }
     proc = _service(env)
     try:

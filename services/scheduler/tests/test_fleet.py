@@ -110,12 +110,12 @@ def test_yaml_bad_rows_name_exact_lines(profiles: ProfileCatalog) -> None:
 
 def test_csv_bad_rows_name_exact_lines(profiles: ProfileCatalog) -> None:
     text = (
-        "meter_id,protocol,address,profile,schedule\n"   # line 1
-        "a,dlms,tcp://h:1,em-dlms,15m\n"                 # line 2
-        'b,dlms,"tcp://h:2",em-dlms,"\n15m"\n'            # lines 3-4: a quoted newline in one row
-        "c,dlms,tcp://h:3,em-dlms,fortnightly\n"         # line 5
-        "d,dlms,tcp://h:4,no-such-profile,15m\n"         # line 6
-        "e,dlms,tcp://h:5,em-dlms\n"                     # line 7
+        "meter_id,protocol,address,profile,schedule\n"  # line 1
+        "a,dlms,tcp://h:1,em-dlms,15m\n"  # line 2
+        'b,dlms,"tcp://h:2",em-dlms,"\n15m"\n'  # lines 3-4: a quoted newline in one row
+        "c,dlms,tcp://h:3,em-dlms,fortnightly\n"  # line 5
+        "d,dlms,tcp://h:4,no-such-profile,15m\n"  # line 6
+        "e,dlms,tcp://h:5,em-dlms\n"  # line 7
     )
     err = _refused("fleet.csv", text, profiles)
     assert [(p.line, p.field) for p in err.problems] == [(5, "schedule"), (6, "profile"), (7, "")]
@@ -208,8 +208,8 @@ def test_profile_protocol_must_match(profiles: ProfileCatalog) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("15m", 900), ("1h", 3600), ("900s", 900), ("900", 900), (900, 900), ("1d", 86400),
-                          (" 2 H ", 7200), ("60", 60)]
+    ("text", "seconds"),
+    [("15m", 900), ("1h", 3600), ("900s", 900), ("900", 900), (900, 900), ("1d", 86400), (" 2 H ", 7200), ("60", 60)],
 )
 def test_parse_interval(text: object, seconds: int) -> None:
     assert parse_interval(text) == seconds
@@ -263,8 +263,35 @@ def test_any_text_parses_or_is_refused_with_a_fleet_error(text: str, name: str) 
     _parses_or_refuses(name, text)
 
 
-@given(st.lists(st.sampled_from(["meter_id", "protocol", "address", "profile", "schedule", ",", "\n", '"', "a",
-                                 "tcp://h:1", "15m", "dlms", "x=y;", "- ", ": ", "meters", "{", "}", "[", "]"]),
-                max_size=60), st.sampled_from(["f.csv", "f.yaml"]))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "meter_id",
+                "protocol",
+                "address",
+                "profile",
+                "schedule",
+                ",",
+                "\n",
+                '"',
+                "a",
+                "tcp://h:1",
+                "15m",
+                "dlms",
+                "x=y;",
+                "- ",
+                ": ",
+                "meters",
+                "{",
+                "}",
+                "[",
+                "]",
+            ]
+        ),
+        max_size=60,
+    ),
+    st.sampled_from(["f.csv", "f.yaml"]),
+)
 def test_fleet_like_garbage_parses_or_is_refused(tokens: list[str], name: str) -> None:
     _parses_or_refuses(name, "".join(tokens))

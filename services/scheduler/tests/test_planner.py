@@ -68,8 +68,10 @@ def test_next_slot(now: datetime, interval: int, expected: datetime) -> None:
     assert next_slot(now, interval) == expected
 
 
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
-       st.integers(min_value=60, max_value=7 * 86400))
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    st.integers(min_value=60, max_value=7 * 86400),
+)
 def test_next_slot_properties(now: datetime, interval: int) -> None:
     slot = next_slot(now, interval)
     assert now < slot <= now + timedelta(seconds=interval)
@@ -90,8 +92,14 @@ def test_profile_from_rules() -> None:
 
 def _meter(**changes: object) -> DueMeter:
     base: dict[str, object] = {
-        "meter_id": "m1", "protocol": "dlms", "url": "tcp://h:4059", "link_id": "tcp://h:4059",
-        "profile": "em-dlms", "interval_s": 900, "options": {"client": "16"}, "purposes": ("billing",),
+        "meter_id": "m1",
+        "protocol": "dlms",
+        "url": "tcp://h:4059",
+        "link_id": "tcp://h:4059",
+        "profile": "em-dlms",
+        "interval_s": 900,
+        "options": {"client": "16"},
+        "purposes": ("billing",),
     }
     base.update(changes)
     return DueMeter(**base)  # type: ignore[arg-type]  # test builder over a dict of mixed values

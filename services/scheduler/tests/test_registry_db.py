@@ -33,8 +33,9 @@ async def _count(db: asyncpg.Connection, table: str) -> int:
     return int(await db.fetchval(f"SELECT count(*) FROM {table}"))
 
 
-async def test_import_creates_meters_and_prompt_spread_schedules(db: asyncpg.Connection,
-                                                                 profiles: ProfileCatalog) -> None:
+async def test_import_creates_meters_and_prompt_spread_schedules(
+    db: asyncpg.Connection, profiles: ProfileCatalog
+) -> None:
     summary = await import_fleet(db, parse_fleet("f.csv", FLEET, profiles), T0)
     assert str(summary) == "imported 3 meters (3 new, 0 updated)"
     rows = {r["meter_id"]: r for r in await db.fetch("SELECT * FROM meter_schedule")}
@@ -51,12 +52,15 @@ async def test_import_creates_meters_and_prompt_spread_schedules(db: asyncpg.Con
     assert (await get_meter(db, "a1") or {})["purposes"] == ["billing"]
 
 
-async def test_reimport_updates_registry_but_keeps_schedule_state(db: asyncpg.Connection,
-                                                                  profiles: ProfileCatalog) -> None:
+async def test_reimport_updates_registry_but_keeps_schedule_state(
+    db: asyncpg.Connection, profiles: ProfileCatalog
+) -> None:
     await import_fleet(db, parse_fleet("f.csv", FLEET, profiles), T0)
     far = T0 + timedelta(days=1)
     await db.execute("UPDATE meter_schedule SET consecutive_failures = 4, next_due_at = $1", far)
-    changed = FLEET.replace("a2,dlms,tcp://10.0.0.2:4059,em-dlms,north,1d", "a2,dlms,tcp://10.0.0.9:4059,em-dlms,north,15m")
+    changed = FLEET.replace(
+        "a2,dlms,tcp://10.0.0.2:4059,em-dlms,north,1d", "a2,dlms,tcp://10.0.0.9:4059,em-dlms,north,15m"
+    )
     changed += "c1,dlms,tcp://10.0.0.3:4059,em-dlms,,15m,,\n"
     later = T0 + timedelta(hours=1)
     summary = await import_fleet(db, parse_fleet("f.csv", changed, profiles), later)
@@ -80,8 +84,9 @@ async def test_a_bad_row_imports_nothing(db: asyncpg.Connection, profiles: Profi
     assert await _count(db, "meters") == 0
 
 
-async def test_a_failing_row_in_the_database_rolls_back_the_whole_import(db: asyncpg.Connection,
-                                                                          profiles: ProfileCatalog) -> None:
+async def test_a_failing_row_in_the_database_rolls_back_the_whole_import(
+    db: asyncpg.Connection, profiles: ProfileCatalog
+) -> None:
     good = parse_fleet("f.csv", FLEET, profiles)
     # Bypass validation to reach the database's own check (interval_s >= 60) on the last row.
     broken = FleetMeter.model_construct(**{**good[-1].model_dump(), "meter_id": "zz", "schedule": 5})
@@ -113,8 +118,10 @@ async def test_request_read(db: asyncpg.Connection, profiles: ProfileCatalog) ->
     assert (await get_meter(db, "a1") or {})["next_due_at"] == now.isoformat()  # never later than asked before
     assert await request_read(db, "nope", now) is ReadRequestOutcome.UNKNOWN
     assert await request_read(db, "off", now) is ReadRequestOutcome.DISABLED
-    await db.execute("UPDATE meter_schedule SET in_flight_job = 'j', in_flight_until = $1 WHERE meter_id = 'a2'",
-                     now + timedelta(minutes=5))
+    await db.execute(
+        "UPDATE meter_schedule SET in_flight_job = 'j', in_flight_until = $1 WHERE meter_id = 'a2'",
+        now + timedelta(minutes=5),
+    )
     assert await request_read(db, "a2", now) is ReadRequestOutcome.IN_FLIGHT
 
 

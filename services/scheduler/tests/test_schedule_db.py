@@ -22,8 +22,12 @@ LATER = T0 + timedelta(minutes=1)  # every imported meter is due by now (first r
 
 def _meter(i: int, **changes: object) -> FleetMeter:
     data: dict[str, object] = {
-        "meter_id": f"m{i:03d}", "protocol": "dlms", "address": f"tcp://10.0.0.{i % 250}:4059",
-        "profile": "em-dlms", "schedule": "15m", "options": {"client": "16"},
+        "meter_id": f"m{i:03d}",
+        "protocol": "dlms",
+        "address": f"tcp://10.0.0.{i % 250}:4059",
+        "profile": "em-dlms",
+        "schedule": "15m",
+        "options": {"client": "16"},
     }
     data.update(changes)
     return FleetMeter.model_validate(data)
@@ -45,8 +49,14 @@ def _result(
     job_id: str, meter_id: str, status: JobStatus = JobStatus.OK, attempt: int = 1, **extra: object
 ) -> JobResult:
     return JobResult(
-        job_id=job_id, meter_id=meter_id, link_id="l", status=status, attempt=attempt,
-        started_at=LATER, finished_at=LATER + timedelta(seconds=2), readings_count=5 if status is JobStatus.OK else 0,
+        job_id=job_id,
+        meter_id=meter_id,
+        link_id="l",
+        status=status,
+        attempt=attempt,
+        started_at=LATER,
+        finished_at=LATER + timedelta(seconds=2),
+        readings_count=5 if status is JobStatus.OK else 0,
         **extra,  # type: ignore[arg-type]  # error_kind / error_message in some tests
     )
 
@@ -57,8 +67,12 @@ async def test_claim_marks_in_flight_and_builds_jobs(db: asyncpg.Connection) -> 
     planned = await claim_due(db, LATER, POLICY, limit=10, job_id=lambda: next(ids_iter))
     assert sorted(p.job.meter_id for p in planned) == ids
     job = next(p.job for p in planned if p.job.meter_id == "m001")
-    assert (job.protocol, job.url, job.link_id, job.profile) == ("dlms", "tcp://10.0.0.1:4059", "tcp://10.0.0.1:4059",
-                                                                   "em-dlms")
+    assert (job.protocol, job.url, job.link_id, job.profile) == (
+        "dlms",
+        "tcp://10.0.0.1:4059",
+        "tcp://10.0.0.1:4059",
+        "em-dlms",
+    )
     assert job.options == {"client": "16"}  # the stored purposes are not an option
     assert job.purposes == ["billing", "load-profile"]
     assert job.profile_from == LATER - timedelta(days=2)
@@ -113,6 +127,7 @@ async def test_many_concurrent_claimers_never_share_a_meter(db: asyncpg.Connecti
     ids = await _fleet(db, 40)
     conns = [await asyncpg.connect(database_url, timeout=10) for _ in range(4)]
     try:
+
         async def claimer(conn: asyncpg.Connection) -> list[str]:
             got: list[str] = []
             while batch := await claim_due(conn, LATER, POLICY, limit=3):
@@ -167,8 +182,14 @@ async def test_error_results_back_off_exponentially(db: asyncpg.Connection) -> N
     for attempt in range(1, 5):
         (p,) = await claim_due(db, now, POLICY, limit=10)
         assert p.job.attempt == attempt
-        err = _result(p.job.job_id, "m000", JobStatus.ERROR, attempt, error_kind="MeterTimeoutError",
-                      error_message="no answer within 5 s")
+        err = _result(
+            p.job.job_id,
+            "m000",
+            JobStatus.ERROR,
+            attempt,
+            error_kind="MeterTimeoutError",
+            error_message="no answer within 5 s",
+        )
         await record_results(db, [err], now, POLICY)
         row = await _schedule(db, "m000")
         assert row["consecutive_failures"] == attempt

@@ -166,15 +166,24 @@ async def test_service_emits_jobs_and_applies_results(
         publisher = Publisher(producer, settings)
         for meter_id, status in (("e1", JobStatus.OK), ("e2", JobStatus.ERROR)):
             job = jobs[meter_id][1]
-            result = JobResult(job_id=job.job_id, meter_id=meter_id, link_id=job.link_id, status=status, attempt=1,
-                               started_at=now, finished_at=now, readings_count=1,
-                               error_kind=None if status is JobStatus.OK else "MeterTimeoutError")
+            result = JobResult(
+                job_id=job.job_id,
+                meter_id=meter_id,
+                link_id=job.link_id,
+                status=status,
+                attempt=1,
+                started_at=now,
+                finished_at=now,
+                readings_count=1,
+                error_kind=None if status is JobStatus.OK else "MeterTimeoutError",
+            )
             await publisher.send(JOB_RESULTS.name, meter_id, result)
         await producer.send_and_wait(settings.topic(JOB_RESULTS.name), b"{not json", key=b"e3")
 
         async def applied() -> bool:
-            rows = await fleet_db.fetch("SELECT meter_id FROM meter_schedule WHERE in_flight_job IS NULL"
-                                        " AND meter_id IN ('e1', 'e2')")
+            rows = await fleet_db.fetch(
+                "SELECT meter_id FROM meter_schedule WHERE in_flight_job IS NULL AND meter_id IN ('e1', 'e2')"
+            )
             return len(rows) == 2
 
         await _eventually(applied)
@@ -197,8 +206,7 @@ async def test_service_emits_jobs_and_applies_results(
         assert letters[0].consumer == "scheduler"
         assert letters[0].key == "e3"
 
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as http, \
-                http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
             text = await resp.text()
         assert "gxami_scheduler_jobs_emitted_total 3.0" in text
         assert 'gxami_scheduler_job_results_total{status="ok"} 1.0' in text
@@ -214,14 +222,21 @@ async def test_service_emits_jobs_and_applies_results(
 
 def _reader(settings: SchedulerSettings, logical: str) -> AIOKafkaConsumer:
     """A group-less consumer from the start of a topic (no group join to wait for)."""
-    return AIOKafkaConsumer(settings.topic(logical), bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                            auto_offset_reset="earliest", enable_auto_commit=False)
+    return AIOKafkaConsumer(
+        settings.topic(logical),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
 
 
 async def _ready(port: int) -> bool:
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http, \
-                http.get(f"http://127.0.0.1:{port}/ready") as resp:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http,
+            http.get(f"http://127.0.0.1:{port}/ready") as resp,
+        ):
             return resp.status == 200 and bool((await resp.json())["ready"])
     except (aiohttp.ClientError, TimeoutError):
         return False
@@ -252,8 +267,16 @@ async def test_results_batch_failing_on_the_database_is_read_again(
     try:
         publisher = Publisher(producer, settings)
         for n in range(3):
-            result = JobResult(job_id=f"j{n}", meter_id="e1", link_id="l", status=JobStatus.OK, attempt=1,
-                               started_at=now, finished_at=now, readings_count=1)
+            result = JobResult(
+                job_id=f"j{n}",
+                meter_id="e1",
+                link_id="l",
+                status=JobStatus.OK,
+                attempt=1,
+                started_at=now,
+                finished_at=now,
+                readings_count=1,
+            )
             await publisher.send(JOB_RESULTS.name, "e1", result)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
         flaky = _FlakyPool(pool)
@@ -263,6 +286,7 @@ async def test_results_batch_failing_on_the_database_is_read_again(
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler.run_results(consumer, DeadLetters(publisher, "scheduler"), stop))
         try:
+
             async def all_stored() -> bool:
                 return await fleet_db.fetchval("SELECT count(*) FROM job_results") == 3
 

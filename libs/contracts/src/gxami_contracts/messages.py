@@ -101,15 +101,25 @@ class ReadingBatch(Message):
     series: list[ReadingSeries] = Field(max_length=1_000)
 
     @classmethod
-    def of(cls, *, batch_id: str, meter_id: str, collected_at: datetime, readings: Iterable[ReadingValue],
-           job_id: str | None = None) -> ReadingBatch:
+    def of(
+        cls,
+        *,
+        batch_id: str,
+        meter_id: str,
+        collected_at: datetime,
+        readings: Iterable[ReadingValue],
+        job_id: str | None = None,
+    ) -> ReadingBatch:
         """A batch from single readings, grouped into series by (quantity, unit) in order of first appearance."""
         groups: dict[tuple[str, str], list[ReadingValue]] = {}
         for r in readings:
             groups.setdefault((r.quantity, r.unit), []).append(r)
         series = [
             ReadingSeries(
-                quantity=q, unit=u, ts=[r.ts for r in rs], values=[r.value for r in rs],
+                quantity=q,
+                unit=u,
+                ts=[r.ts for r in rs],
+                values=[r.value for r in rs],
                 status=[r.status or 0 for r in rs] if any(r.status is not None for r in rs) else None,
             )
             for (q, u), rs in groups.items()

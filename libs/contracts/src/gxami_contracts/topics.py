@@ -41,11 +41,14 @@ READINGS = TopicSpec("ami.readings", ReadingBatch, "meter_id", 12, ("collector",
 JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler", "ingest"))
 EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest", "reports"))
 COMMANDS = TopicSpec("ami.commands", MeterCommand, "link_id", 6, ("scheduler",), ("collector",))
-COMMAND_RESULTS = TopicSpec(
-    "ami.command-results", CommandResult, "meter_id", 6, ("collector",), ("scheduler",)
-)
+COMMAND_RESULTS = TopicSpec("ami.command-results", CommandResult, "meter_id", 6, ("collector",), ("scheduler",))
 DEAD_LETTERS = TopicSpec(
-    DEAD_LETTER, DeadLetter, "source key", 3, ("ingest", "collector", "scheduler", "reports"), ("operators",),
+    DEAD_LETTER,
+    DeadLetter,
+    "source key",
+    3,
+    ("ingest", "collector", "scheduler", "reports"),
+    ("operators",),
     dead_letter=None,
 )
 

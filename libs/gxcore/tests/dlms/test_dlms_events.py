@@ -34,8 +34,14 @@ def test_standard_log_rows_are_named_events_oldest_first() -> None:
 
 
 def test_rows_that_are_not_event_codes_are_skipped() -> None:
-    rows = [_code(1.5, T0), _code(float("nan"), T0), _code(float("inf"), T0), _code(-1, T0),
-            Reading("1-0:1.8.0", 7, "kWh", T0), _code(40, T0, "0-0:96.11.1")]
+    rows = [
+        _code(1.5, T0),
+        _code(float("nan"), T0),
+        _code(float("inf"), T0),
+        _code(-1, T0),
+        Reading("1-0:1.8.0", 7, "kWh", T0),
+        _code(40, T0, "0-0:96.11.1"),
+    ]
     events = events_from_readings(rows, FRAUD)
     assert [(e.code, e.name, e.log) for e in events] == [(40, None, "0-0:99.98.1")]
 
@@ -46,7 +52,13 @@ def test_records_carry_kind_severity_source_and_a_stable_id() -> None:
     odd = DlmsEvent(T0, 13, "0-0:99.98.1")
     r = down.record("M1")
     assert (r.meter_id, r.timestamp, r.kind, r.source, r.code, r.severity) == (
-        "M1", T0, "power-down", "0-0:99.98.0", 1, "warning")
+        "M1",
+        T0,
+        "power-down",
+        "0-0:99.98.0",
+        1,
+        "warning",
+    )
     assert ram.record("M1").severity == "alarm"
     # the same code in another log is not the standard event: bare code, no severity claimed
     assert (odd.record("M1").kind, odd.record("M1").severity) == ("event-13", "info")
@@ -74,12 +86,31 @@ def test_record_checks() -> None:
 
 
 def test_a_log_with_value_columns_gives_readings_for_them_and_events_for_the_codes() -> None:
-    code_point = dlms_point(ProfilePoint(quantity="0-0:96.11.0", unit="", source="1/0.0.96.11.0.255",
-                                         purpose=["events"], options={"profile": STANDARD}))
-    volts = dlms_point(ProfilePoint(quantity="1-0:32.7.0", unit="V", source="3/1.0.32.7.0.255",
-                                    purpose=["events"], options={"profile": STANDARD}))
-    rows = [_code(1, T0), Reading("1-0:32.7.0", 12.0, "V", T0),
-            _code(1, T0), _code(2, T0 + timedelta(seconds=40)), Reading("1-0:32.7.0", 229.0, "V", T0)]
+    code_point = dlms_point(
+        ProfilePoint(
+            quantity="0-0:96.11.0",
+            unit="",
+            source="1/0.0.96.11.0.255",
+            purpose=["events"],
+            options={"profile": STANDARD},
+        )
+    )
+    volts = dlms_point(
+        ProfilePoint(
+            quantity="1-0:32.7.0",
+            unit="V",
+            source="3/1.0.32.7.0.255",
+            purpose=["events"],
+            options={"profile": STANDARD},
+        )
+    )
+    rows = [
+        _code(1, T0),
+        Reading("1-0:32.7.0", 12.0, "V", T0),
+        _code(1, T0),
+        _code(2, T0 + timedelta(seconds=40)),
+        Reading("1-0:32.7.0", 229.0, "V", T0),
+    ]
     readings, events = _profile_values(rows, [code_point, volts], STANDARD, "M1")
     assert [(r.quantity, r.value) for r in readings] == [("1-0:32.7.0", 12.0), ("1-0:32.7.0", 229.0)]
     # the entry logged twice in the same second is one event
@@ -88,11 +119,20 @@ def test_a_log_with_value_columns_gives_readings_for_them_and_events_for_the_cod
 
 async def test_driver_reads_the_same_event_ids_every_time() -> None:
     now = datetime(2024, 6, 1, 19, 41, 7, tzinfo=UTC)
-    profile = DeviceProfile(name="events-dlms", protocol="dlms", points=[
-        ProfilePoint(quantity="1-0:1.8.0", unit="kWh", source="3/1.0.1.8.0.255"),
-        ProfilePoint(quantity="0-0:96.11.0", unit="", source="1/0.0.96.11.0.255", purpose=["events"],
-                     options={"profile": STANDARD, "last_entries": 6}),
-    ])
+    profile = DeviceProfile(
+        name="events-dlms",
+        protocol="dlms",
+        points=[
+            ProfilePoint(quantity="1-0:1.8.0", unit="kWh", source="3/1.0.1.8.0.255"),
+            ProfilePoint(
+                quantity="0-0:96.11.0",
+                unit="",
+                source="1/0.0.96.11.0.255",
+                purpose=["events"],
+                options={"profile": STANDARD, "last_entries": 6},
+            ),
+        ],
+    )
     request = ReadRequest(purposes=frozenset({"billing", "events"}))
     async with DlmsFleetSimulator(1, seed=9, clock=lambda: now) as sim:
         target = MeterTarget("M1", f"tcp://127.0.0.1:{sim.meters[0].port}")

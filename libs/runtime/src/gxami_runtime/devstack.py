@@ -270,8 +270,13 @@ class DevStack:
             return self._state.endpoints()
         with root_lock(self.root):
             _clear_leftovers(self.root, timeout=self.stop_timeout, allow_detached=False)
-            self._state = _start_components(self.root, detached=False, timeout=self.start_timeout, fresh=self.fresh,
-                                            pg_settings=self.postgres_settings)
+            self._state = _start_components(
+                self.root,
+                detached=False,
+                timeout=self.start_timeout,
+                fresh=self.fresh,
+                pg_settings=self.postgres_settings,
+            )
         self._owner_pid = os.getpid()
         with _LIVE_GUARD:
             if not _LIVE:
@@ -345,6 +350,7 @@ class DevStack:
         """Start PostgreSQL again on the same port with the same data."""
         state = self._running()
         with root_lock(self.root):
-            state.postmaster = PostgresCluster(self.root).start(state.pg_port, self.start_timeout,
-                                                                self.postgres_settings)
+            state.postmaster = PostgresCluster(self.root).start(
+                state.pg_port, self.start_timeout, self.postgres_settings
+            )
             write_state(self.root, state)

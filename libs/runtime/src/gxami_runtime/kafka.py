@@ -103,9 +103,7 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str] | None =
         existing = set(await admin.list_topics())
         wanted = [CATALOG[n] for n in (names or list(CATALOG))]
         new = [
-            NewTopic(settings.topic(t.name), t.partitions, 1)
-            for t in wanted
-            if settings.topic(t.name) not in existing
+            NewTopic(settings.topic(t.name), t.partitions, 1) for t in wanted if settings.topic(t.name) not in existing
         ]
         if new:
             # Another pod may create them first: that is what we wanted.
@@ -190,8 +188,7 @@ class DeadLetters:
         await self._publisher.send(DEAD_LETTER, key or "", letter)
         log.warning(
             "dead-lettered a message",
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                   "reason": reason},
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset, "reason": reason},
         )
 
 

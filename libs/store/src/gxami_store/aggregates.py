@@ -41,7 +41,9 @@ async def refresh_aggregates(
             if storage == "timescaledb":
                 await conn.execute(
                     "CALL refresh_continuous_aggregate($1::text::regclass, $2::timestamptz, $3::timestamptz)",
-                    name, start, end,
+                    name,
+                    start,
+                    end,
                 )
             else:
                 # Names come from the constant above, never from input.

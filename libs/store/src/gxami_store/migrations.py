@@ -110,7 +110,9 @@ async def migrate(conn: Conn) -> list[str]:
                     )
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, storage) VALUES ($1, $2, $3)",
-                    m.version, m.name, storage,
+                    m.version,
+                    m.name,
+                    storage,
                 )
             applied.append(m.name)
             log.info("applied migration", extra={"migration": m.name})

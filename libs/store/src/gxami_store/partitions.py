@@ -49,7 +49,8 @@ class PartitionInterval(StrEnum):
     def nominal(self) -> timedelta:
         """The width as an interval (a month counts as 30 days), for TimescaleDB's chunk interval."""
         return {PartitionInterval.DAY: timedelta(days=1), PartitionInterval.WEEK: timedelta(days=7)}.get(
-            self, timedelta(days=30))
+            self, timedelta(days=30)
+        )
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -62,7 +62,10 @@ def pglite_server(server_dir: Path, log_path: Path, *, timeout: float = START_TI
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [node, str(server_dir / "server.mjs"), "--port", "0", "--host", "127.0.0.1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=server_dir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=server_dir,
         )
     try:
         line = _read_ready_line(proc, timeout)

@@ -47,7 +47,9 @@ async def _job_setting(conn: asyncpg.Connection, proc: str, relation: str, key: 
     value = await conn.fetchval(
         "SELECT (config->>$3)::interval FROM timescaledb_information.jobs"
         " WHERE proc_name = $1 AND hypertable_name = $2 LIMIT 1",
-        proc, relation, key,
+        proc,
+        relation,
+        key,
     )
     return value if isinstance(value, timedelta) else None
 
@@ -60,8 +62,9 @@ async def _apply_timescale(conn: asyncpg.Connection, policy: StoragePolicy) -> l
         " WHERE hypertable_name = 'readings' AND dimension_number = 1"
     )
     if chunk != policy.partition_interval.nominal:
-        await conn.execute("SELECT set_chunk_time_interval('readings', $1::interval)",
-                           policy.partition_interval.nominal)
+        await conn.execute(
+            "SELECT set_chunk_time_interval('readings', $1::interval)", policy.partition_interval.nominal
+        )
         changed.append("chunk interval")
     if await _job_setting(conn, "policy_compression", "readings", "compress_after") != horizon:
         await conn.execute("SELECT remove_compression_policy('readings', if_exists => true)")
@@ -81,7 +84,10 @@ async def _apply_timescale(conn: asyncpg.Connection, policy: StoragePolicy) -> l
             await conn.execute(
                 "SELECT add_continuous_aggregate_policy($1::text::regclass, start_offset => $2::interval,"
                 " end_offset => $3::interval, schedule_interval => $4::interval)",
-                name, horizon, width, every,
+                name,
+                horizon,
+                width,
+                every,
             )
             changed.append(f"refresh {name}")
     return changed

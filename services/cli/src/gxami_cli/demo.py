@@ -40,8 +40,13 @@ def _ingested(metrics_url: str) -> int:
             text = resp.read().decode()
     except OSError:
         return -1
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("gxami_ingest_readings_total{")))
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("gxami_ingest_readings_total{")
+        )
+    )
 
 
 async def _progress(dsn: str) -> CollectState:
@@ -63,9 +68,9 @@ async def _progress(dsn: str) -> CollectState:
 async def _report_rows(dsn: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
-        return list(await conn.fetch(
-            "SELECT meter_id, day, kwh, readings FROM daily_consumption ORDER BY meter_id, day"
-        ))
+        return list(
+            await conn.fetch("SELECT meter_id, day, kwh, readings FROM daily_consumption ORDER BY meter_id, day")
+        )
     finally:
         await conn.close()
 
@@ -98,24 +103,44 @@ class Demo:
         for f in (fleet, secrets):
             f.unlink(missing_ok=True)
         c.print(f"starting {self.meters} simulated DLMS meters (seed {self.seed}) ...")
-        sim = self._spawn("simulator", gxami_argv(
-            "simulate", "dlms", "--meters", str(self.meters), "--seed", str(self.seed),
-            "--fleet-out", str(fleet), "--secrets-out", str(secrets),
-        ), service_env(base, 0, "simulator"))
+        sim = self._spawn(
+            "simulator",
+            gxami_argv(
+                "simulate",
+                "dlms",
+                "--meters",
+                str(self.meters),
+                "--seed",
+                str(self.seed),
+                "--fleet-out",
+                str(fleet),
+                "--secrets-out",
+                str(secrets),
+            ),
+            service_env(base, 0, "simulator"),
+        )
         deadline = time.monotonic() + 60
         while not fleet.exists():
             if not sim.alive() or time.monotonic() > deadline:
                 raise DevStackError(f"the simulator did not start; see {sim.log_path}")
             time.sleep(0.1)
         env_common = {**base, "GXAMI_SECRETS_FILE": str(secrets), "GXAMI_HISTORY_DAYS": "3"}
-        migrate = ServiceProcess("migrate", gxami_argv("db", "migrate"), service_env(env_common, 0, "migrate"),
-                                 self.root / "logs" / "migrate.log")
+        migrate = ServiceProcess(
+            "migrate",
+            gxami_argv("db", "migrate"),
+            service_env(env_common, 0, "migrate"),
+            self.root / "logs" / "migrate.log",
+        )
         migrate.start()
         assert migrate.proc is not None
         if migrate.proc.wait(60) != 0:
             raise DevStackError(f"schema migration failed; see {migrate.log_path}")
-        imp = ServiceProcess("fleet-import", gxami_argv("fleet", "import", str(fleet)),
-                             service_env(env_common, 0, "fleet-import"), self.root / "logs" / "fleet-import.log")
+        imp = ServiceProcess(
+            "fleet-import",
+            gxami_argv("fleet", "import", str(fleet)),
+            service_env(env_common, 0, "fleet-import"),
+            self.root / "logs" / "fleet-import.log",
+        )
         imp.start()
         assert imp.proc is not None
         if imp.proc.wait(60) != 0:
@@ -134,9 +159,15 @@ class Demo:
         state = CollectState(0, 0, 0)
         started = time.monotonic()
         with Progress(
-            TextColumn("[bold blue]collecting"), BarColumn(), MofNCompleteColumn(), TextColumn("meters read"),
-            TextColumn("[green]{task.fields[readings]} readings stored"), TextColumn("{task.fields[failed]} failing"),
-            TimeElapsedColumn(), console=self.console, transient=False,
+            TextColumn("[bold blue]collecting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("meters read"),
+            TextColumn("[green]{task.fields[readings]} readings stored"),
+            TextColumn("{task.fields[failed]} failing"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
         ) as bar:
             task = bar.add_task("collect", total=self.meters, readings=0, failed=0)
             while time.monotonic() - started < timeout:

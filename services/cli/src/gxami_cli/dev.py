@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Local Kafka-compatible broker (Tansu) and PostgreSQL.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Local Kafka-compatible broker (Tansu) and PostgreSQL.", no_args_is_help=True, add_completion=False
+)
 
 RootOption = typer.Option(None, "--root", help="state folder (default: .gxami/dev in the project)")
 

@@ -275,8 +275,14 @@ def read_command(
                 for r in result.readings
             ],
             "events": [
-                {"timestamp": e.timestamp.isoformat(), "kind": e.kind, "severity": e.severity, "code": e.code,
-                 "source": e.source, "event_id": e.event_id}
+                {
+                    "timestamp": e.timestamp.isoformat(),
+                    "kind": e.kind,
+                    "severity": e.severity,
+                    "code": e.code,
+                    "source": e.source,
+                    "event_id": e.event_id,
+                }
                 for e in result.events
             ],
         }

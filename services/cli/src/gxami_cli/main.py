@@ -13,8 +13,11 @@ import typer
 from gxami_cli import db, dev, dlms_tools, field, simulate
 
 app = typer.Typer(
-    name="gxami", help="gxami: an open Advanced Metering Infrastructure platform.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="gxami",
+    help="gxami: an open Advanced Metering Infrastructure platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(simulate.app, name="simulate")

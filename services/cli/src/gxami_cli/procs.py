@@ -24,7 +24,11 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -66,4 +70,3 @@ def service_env(base: dict[str, str], http_port: int, instance: str, **extra: st
     env = {**os.environ, **base, "GXAMI_HTTP_PORT": str(http_port), "GXAMI_INSTANCE": instance}
     env.update(extra)
     return env
-

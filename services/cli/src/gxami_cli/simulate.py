@@ -58,8 +58,12 @@ def dlms(
     def options(m: SimulatedMeter) -> dict[str, str | int]:
         if authentication != "high-gmac":
             return {"authentication": authentication}
-        return {"authentication": "high-gmac", "client": 1, "security_policy": security_policy,
-                "server_system_title": meter_system_title(seed, m.index).hex()}
+        return {
+            "authentication": "high-gmac",
+            "client": 1,
+            "security_policy": security_policy,
+            "server_system_title": meter_system_title(seed, m.index).hex(),
+        }
 
     def started(fleet: list[SimulatedMeter]) -> None:
         where = advertise_host or host
@@ -68,19 +72,43 @@ def dlms(
             per_meter = {m.meter_id: meter_secrets(seed, m.index) for m in fleet} if secured else {}
             _write_atomic(secrets_out, {"default": {"password": password} if password else {}, "meters": per_meter})
         if fleet_out is not None:
-            _write_atomic(fleet_out, {"meters": [
-                {"meter_id": m.meter_id, "protocol": "dlms", "address": f"tcp://{where}:{m.port}",
-                 "profile": "generic-dlms", "group": f"sim-{seed}", "schedule": schedule, "options": options(m)}
-                for m in fleet
-            ]})
-        typer.echo(f"serving {len(fleet)} DLMS meters on {host}, ports {fleet[0].port}..{fleet[-1].port}"
-                   if fleet else "serving no meters")
+            _write_atomic(
+                fleet_out,
+                {
+                    "meters": [
+                        {
+                            "meter_id": m.meter_id,
+                            "protocol": "dlms",
+                            "address": f"tcp://{where}:{m.port}",
+                            "profile": "generic-dlms",
+                            "group": f"sim-{seed}",
+                            "schedule": schedule,
+                            "options": options(m),
+                        }
+                        for m in fleet
+                    ]
+                },
+            )
+        typer.echo(
+            f"serving {len(fleet)} DLMS meters on {host}, ports {fleet[0].port}..{fleet[-1].port}"
+            if fleet
+            else "serving no meters"
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
         await _until_signalled(stop)
-        await run_simulator(meters, seed, host, base_port, authentication, password,  # type: ignore[arg-type]
-                            stop, on_started=started, security_policy=security_policy)  # type: ignore[arg-type]
+        await run_simulator(
+            meters,
+            seed,
+            host,
+            base_port,
+            authentication,
+            password,  # type: ignore[arg-type]
+            stop,
+            on_started=started,
+            security_policy=security_policy,
+        )  # type: ignore[arg-type]
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

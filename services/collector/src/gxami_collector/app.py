@@ -30,8 +30,11 @@ log = logging.getLogger("gxami.collector")
 JOBS = Counter("gxami_collector_jobs_total", "Read jobs finished", ["status", "error_kind"])
 READINGS_OUT = Counter("gxami_collector_readings_total", "Readings published")
 EVENTS_OUT = Counter("gxami_collector_events_total", "Meter events published")
-SESSION_SECONDS = Histogram("gxami_collector_session_seconds", "Duration of one meter session",
-                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+SESSION_SECONDS = Histogram(
+    "gxami_collector_session_seconds",
+    "Duration of one meter session",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
 IN_FLIGHT = Gauge("gxami_collector_sessions_in_flight", "Meter sessions running now")
 
 
@@ -64,8 +67,9 @@ class Collector:
         await publisher.send(JOB_RESULTS.name, r.meter_id, r)
         JOBS.labels(r.status.value, r.error_kind or "").inc()
         if r.status is JobStatus.ERROR:
-            log.info("read failed",
-                     extra={"meter_id": r.meter_id, "error_kind": r.error_kind, "error": r.error_message})
+            log.info(
+                "read failed", extra={"meter_id": r.meter_id, "error_kind": r.error_kind, "error": r.error_message}
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -111,8 +115,10 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
     s = settings or CollectorSettings()
     extra = (s.profiles_dir,) if s.profiles_dir else ()
     reader = MeterReader(
-        ProfileCatalog(*extra), SecretStore.load(s.secrets_file),
-        exchange_timeout=s.exchange_timeout_s, session_timeout=s.session_timeout_s,
+        ProfileCatalog(*extra),
+        SecretStore.load(s.secrets_file),
+        exchange_timeout=s.exchange_timeout_s,
+        session_timeout=s.session_timeout_s,
         invocation_counters=s.invocation_counters_file,
     )
     await Collector(s, reader).run(stop)

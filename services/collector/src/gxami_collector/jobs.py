@@ -24,8 +24,10 @@ from gxcore.profiles import ProfileCatalog
 from gxcore.readings import Reading
 
 log = logging.getLogger("gxami.collector")
-READINGS_REFUSED = Counter("gxami_collector_readings_refused_total",
-                           "Readings a driver returned that the contract refuses (NaN, infinities, bad names)")
+READINGS_REFUSED = Counter(
+    "gxami_collector_readings_refused_total",
+    "Readings a driver returned that the contract refuses (NaN, infinities, bad names)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +45,21 @@ def meter_event(job: ReadJob, record: MeterEventRecord) -> MeterEvent:
     Nothing job-specific goes into the message: the same event read by a later job must be the
     same message, so that ingest sees a redelivery, not a conflicting revision.
     """
-    data: dict[str, str | int | float | bool | None] = {**record.extra, "source": record.source,
-                                                          "protocol": job.protocol}
+    data: dict[str, str | int | float | bool | None] = {
+        **record.extra,
+        "source": record.source,
+        "protocol": job.protocol,
+    }
     if record.code is not None:
         data["code"] = record.code
-    return MeterEvent(event_id=record.event_id, meter_id=job.meter_id, ts=record.timestamp, kind=record.kind,
-                      severity=record.severity, data=data)
+    return MeterEvent(
+        event_id=record.event_id,
+        meter_id=job.meter_id,
+        ts=record.timestamp,
+        kind=record.kind,
+        severity=record.severity,
+        data=data,
+    )
 
 
 def _readings(job: ReadJob, readings: list[Reading]) -> list[ReadingValue]:
@@ -60,9 +71,15 @@ def _readings(job: ReadJob, readings: list[Reading]) -> list[ReadingValue]:
             out.append(ReadingValue(quantity=r.quantity, ts=r.timestamp, value=r.value, unit=r.unit, status=r.status))
         except ValidationError as exc:
             READINGS_REFUSED.inc()
-            log.warning("reading outside the contract; not published",
-                        extra={"meter_id": job.meter_id, "protocol": job.protocol, "quantity": r.quantity,
-                               "error": describe_validation_error(exc)})
+            log.warning(
+                "reading outside the contract; not published",
+                extra={
+                    "meter_id": job.meter_id,
+                    "protocol": job.protocol,
+                    "quantity": r.quantity,
+                    "error": describe_validation_error(exc),
+                },
+            )
     return out
 
 
@@ -72,9 +89,10 @@ def _events(job: ReadJob, records: list[MeterEventRecord]) -> tuple[MeterEvent, 
         try:
             out.append(meter_event(job, record))
         except ValidationError as exc:  # a driver bug: keep the readings and the other events
-            log.warning("driver produced an event outside the contract; not published",
-                        extra={"meter_id": job.meter_id, "protocol": job.protocol,
-                               "error": describe_validation_error(exc)})
+            log.warning(
+                "driver produced an event outside the contract; not published",
+                extra={"meter_id": job.meter_id, "protocol": job.protocol, "error": describe_validation_error(exc)},
+            )
     return tuple(out)
 
 
@@ -131,19 +149,44 @@ class MeterReader:
         readings = _readings(job, result.readings)
         events = _events(job, result.events)
         finished = datetime.now(UTC)
-        batch = ReadingBatch.of(
-            batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=finished, readings=readings
-        ) if readings else None
-        return JobOutcome(batch, JobResult(
-            job_id=job.job_id, meter_id=job.meter_id, link_id=job.link_id, status=JobStatus.OK, attempt=job.attempt,
-            started_at=started, finished_at=finished, readings_count=len(readings), events_count=len(events),
-            meter_time=result.meter_time,
-        ), events)
+        batch = (
+            ReadingBatch.of(
+                batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=finished, readings=readings
+            )
+            if readings
+            else None
+        )
+        return JobOutcome(
+            batch,
+            JobResult(
+                job_id=job.job_id,
+                meter_id=job.meter_id,
+                link_id=job.link_id,
+                status=JobStatus.OK,
+                attempt=job.attempt,
+                started_at=started,
+                finished_at=finished,
+                readings_count=len(readings),
+                events_count=len(events),
+                meter_time=result.meter_time,
+            ),
+            events,
+        )
 
     @staticmethod
     def _failed(job: ReadJob, started: datetime, kind: str, message: str) -> JobOutcome:
-        return JobOutcome(None, JobResult(
-            job_id=job.job_id, meter_id=job.meter_id, link_id=job.link_id, status=JobStatus.ERROR,
-            attempt=job.attempt, started_at=started, finished_at=datetime.now(UTC), readings_count=0,
-            error_kind=kind, error_message=message[:2000],
-        ))
+        return JobOutcome(
+            None,
+            JobResult(
+                job_id=job.job_id,
+                meter_id=job.meter_id,
+                link_id=job.link_id,
+                status=JobStatus.ERROR,
+                attempt=job.attempt,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                readings_count=0,
+                error_kind=kind,
+                error_message=message[:2000],
+            ),
+        )

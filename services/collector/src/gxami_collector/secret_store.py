@@ -39,8 +39,10 @@ class SecretStore:
             raise ConfigurationError(f"secrets file {path}: cannot read it ({type(exc).__name__})") from None
         if not isinstance(raw, dict):
             raise ConfigurationError(f"secrets file {path}: top level must be a mapping")
-        return cls(cls._entry(path, "default", raw.get("default") or {}),
-                   {str(m): cls._entry(path, f"meters.{m}", e) for m, e in (raw.get("meters") or {}).items()})
+        return cls(
+            cls._entry(path, "default", raw.get("default") or {}),
+            {str(m): cls._entry(path, f"meters.{m}", e) for m, e in (raw.get("meters") or {}).items()},
+        )
 
     @staticmethod
     def _entry(path: Path, where: str, entry: object) -> dict[str, Secret]:

@@ -50,8 +50,12 @@ class Ingest:
         self.known_meters: set[str] = set()
         # One connection per write in flight (settings.writes_in_flight); slot 0 also does start-up.
         self.slots = [
-            RetryingConnection(self._connect, initial_s=settings.db_retry_initial_s, max_s=settings.db_retry_max_s,
-                               consumer_name="readings")
+            RetryingConnection(
+                self._connect,
+                initial_s=settings.db_retry_initial_s,
+                max_s=settings.db_retry_max_s,
+                consumer_name="readings",
+            )
             for _ in range(settings.writes_in_flight)
         ]
         self.ready = False
@@ -78,8 +82,9 @@ class Ingest:
         for d in items:
             try:
                 rows.extend(
-                    check_batch(d.message, known_meters=self.known_meters, now=now,
-                                max_future=max_future, max_past=max_past)
+                    check_batch(
+                        d.message, known_meters=self.known_meters, now=now, max_future=max_future, max_past=max_past
+                    )
                 )
             except BatchRejectedError as exc:
                 await dead.send(d.record, str(exc))
@@ -100,11 +105,14 @@ class Ingest:
         await check_database(s.database_url.get_secret_value())
         conn = self.slots[0].conn = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
         await migrate(conn)
-        await apply_storage_policy(conn, StoragePolicy(
-            backfill_horizon=timedelta(days=s.backfill_horizon_days),
-            retention=timedelta(days=s.retention_days) if s.retention_days else None,
-            partition_interval=s.partition_interval,
-        ))
+        await apply_storage_policy(
+            conn,
+            StoragePolicy(
+                backfill_horizon=timedelta(days=s.backfill_horizon_days),
+                retention=timedelta(days=s.retention_days) if s.retention_days else None,
+                partition_interval=s.partition_interval,
+            ),
+        )
         await self.partitions.load(conn, await storage_kind(conn))
         await self.partitions.ensure_ahead(conn, datetime.now(UTC))
         await self._refresh_meters(conn)
@@ -114,8 +122,9 @@ class Ingest:
         log.info("ingest started", extra={"http_port": port, "topic": s.topic(READINGS.name)})
         dead = DeadLetters(Publisher(producer, s), "ingest")
         dsn = s.database_url.get_secret_value()
-        upkeep = [asyncio.create_task(refresh_aggregates_periodically(dsn, timedelta(seconds=s.aggregates_refresh_s),
-                                                                      stop))]
+        upkeep = [
+            asyncio.create_task(refresh_aggregates_periodically(dsn, timedelta(seconds=s.aggregates_refresh_s), stop))
+        ]
         if s.vee_enabled:
             upkeep.append(asyncio.create_task(run_vee_periodically(dsn, s.vee, stop)))
         # Meter events (ami.events) beside the readings: own consumer group, the same producer for dead letters.
@@ -147,8 +156,12 @@ class Ingest:
         writing: deque[asyncio.Task[None]] = deque()
         next_slot = 0
 
-        async def flush(items: list[Decoded[ReadingBatch]], offs: dict[TopicPartition, int], slot: int,
-                        before: asyncio.Task[None] | None) -> None:
+        async def flush(
+            items: list[Decoded[ReadingBatch]],
+            offs: dict[TopicPartition, int],
+            slot: int,
+            before: asyncio.Task[None] | None,
+        ) -> None:
             await self.handle(items, consumer, dead, slot)
             if before is not None:
                 await before  # its failure is this batch's failure: nothing after it may be committed
@@ -173,8 +186,9 @@ class Ingest:
                 if offsets and (count >= s.batch_max_readings or age_ms >= s.batch_max_age_ms):
                     if len(writing) >= s.writes_in_flight:
                         await writing.popleft()
-                    writing.append(asyncio.create_task(
-                        flush(pending, offsets, next_slot, writing[-1] if writing else None)))
+                    writing.append(
+                        asyncio.create_task(flush(pending, offsets, next_slot, writing[-1] if writing else None))
+                    )
                     next_slot = (next_slot + 1) % s.writes_in_flight
                     pending, offsets, count = [], {}, 0
                     started = time.monotonic()

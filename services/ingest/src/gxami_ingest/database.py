@@ -38,8 +38,14 @@ class RetryingConnection:
     in memory, and resumes it once the work went through.
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], *, initial_s: float, max_s: float,
-                 consumer_name: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        *,
+        initial_s: float,
+        max_s: float,
+        consumer_name: str,
+    ) -> None:
         self._connect = connect
         self._initial_s, self._max_s = initial_s, max_s
         self._name = consumer_name
@@ -56,8 +62,10 @@ class RetryingConnection:
                     return await work(self.conn)
                 except RETRYABLE as exc:
                     DB_RETRIES.labels(self._name).inc()
-                    log.warning("database unavailable; retrying",
-                                extra={"consumer": self._name, "error": repr(exc), "retry_in_s": delay})
+                    log.warning(
+                        "database unavailable; retrying",
+                        extra={"consumer": self._name, "error": repr(exc), "retry_in_s": delay},
+                    )
                     if not paused:
                         consumer.pause(*consumer.assignment())
                         paused = True

@@ -29,7 +29,8 @@ from gxami_runtime.settings import ServiceSettings
 
 dlq_app = typer.Typer(
     help="Dead letters (ami.dead-letter): list them, replay them after fixing the cause.",
-    no_args_is_help=True, add_completion=False,
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 
@@ -44,16 +45,22 @@ class StoredLetter:
     problem: str | None = None  # why the record is not a readable DeadLetter
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"partition": self.partition, "offset": self.offset,
-                               "time": self.written_at.isoformat()}
+        out: dict[str, Any] = {"partition": self.partition, "offset": self.offset, "time": self.written_at.isoformat()}
         if self.letter is None:
             out["problem"] = self.problem
             return out
         d = self.letter
         raw = _original(d)
-        out.update(source_topic=d.source_topic, source_partition=d.partition, source_offset=d.offset, key=d.key,
-                   consumer=d.consumer, failed_at=d.failed_at.isoformat(), reason=d.reason,
-                   original_bytes=len(raw) if raw is not None else None)
+        out.update(
+            source_topic=d.source_topic,
+            source_partition=d.partition,
+            source_offset=d.offset,
+            key=d.key,
+            consumer=d.consumer,
+            failed_at=d.failed_at.isoformat(),
+            reason=d.reason,
+            original_bytes=len(raw) if raw is not None else None,
+        )
         return out
 
 
@@ -77,8 +84,10 @@ class LetterFilter:
     to_offset: int | None = None  # inclusive
 
     def is_empty(self) -> bool:
-        return all(v is None for v in (self.source_topic, self.consumer, self.reason, self.partition,
-                                       self.from_offset, self.to_offset))
+        return all(
+            v is None
+            for v in (self.source_topic, self.consumer, self.reason, self.partition, self.from_offset, self.to_offset)
+        )
 
     def matches(self, s: StoredLetter) -> bool:
         if self.partition is not None and s.partition != self.partition:
@@ -202,8 +211,14 @@ def _settings() -> ServiceSettings:
     return IngestSettings()
 
 
-def _filter(source: str | None, consumer: str | None, reason: str | None, partition: int | None,
-            from_offset: int | None, to_offset: int | None) -> LetterFilter:
+def _filter(
+    source: str | None,
+    consumer: str | None,
+    reason: str | None,
+    partition: int | None,
+    from_offset: int | None,
+    to_offset: int | None,
+) -> LetterFilter:
     return LetterFilter(source, consumer, reason, partition, from_offset, to_offset)
 
 
@@ -235,10 +250,15 @@ TIMEOUT = typer.Option(30.0, "--timeout", min=1.0, help="give up reading after t
 
 @dlq_app.command("list")
 def list_command(
-    source: str | None = SOURCE, consumer: str | None = CONSUMER, reason: str | None = REASON,
-    partition: int | None = PARTITION, from_offset: int | None = FROM_OFFSET, to_offset: int | None = TO_OFFSET,
+    source: str | None = SOURCE,
+    consumer: str | None = CONSUMER,
+    reason: str | None = REASON,
+    partition: int | None = PARTITION,
+    from_offset: int | None = FROM_OFFSET,
+    to_offset: int | None = TO_OFFSET,
     limit: int | None = typer.Option(None, "--limit", min=1, help="show at most this many"),
-    as_json: bool = AS_JSON, timeout: float = TIMEOUT,
+    as_json: bool = AS_JSON,
+    timeout: float = TIMEOUT,
 ) -> None:
     """Show dead letters: offset, time, source, consumer, reason."""
     settings = _settings()
@@ -258,11 +278,16 @@ def list_command(
 
 @dlq_app.command("replay")
 def replay_command(
-    source: str | None = SOURCE, consumer: str | None = CONSUMER, reason: str | None = REASON,
-    partition: int | None = PARTITION, from_offset: int | None = FROM_OFFSET, to_offset: int | None = TO_OFFSET,
+    source: str | None = SOURCE,
+    consumer: str | None = CONSUMER,
+    reason: str | None = REASON,
+    partition: int | None = PARTITION,
+    from_offset: int | None = FROM_OFFSET,
+    to_offset: int | None = TO_OFFSET,
     replay_all: bool = typer.Option(False, "--all", help="replay every letter (needed when no filter is given)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show what would be sent, send nothing"),
-    as_json: bool = AS_JSON, timeout: float = TIMEOUT,
+    as_json: bool = AS_JSON,
+    timeout: float = TIMEOUT,
 ) -> None:
     """Re-publish the original bytes of the matching letters to their source topics."""
     flt = _filter(source, consumer, reason, partition, from_offset, to_offset)

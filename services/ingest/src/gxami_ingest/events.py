@@ -40,7 +40,8 @@ from gxami_runtime.service import kafka_startup_error
 log = logging.getLogger("gxami.ingest.events")
 
 EVENTS_TOTAL = Counter(
-    "gxami_ingest_events_total", "Meter events handled, by outcome (stored, duplicate, conflict, dead-letter)",
+    "gxami_ingest_events_total",
+    "Meter events handled, by outcome (stored, duplicate, conflict, dead-letter)",
     ["outcome"],
 )
 
@@ -113,8 +114,10 @@ async def write_events(conn: asyncpg.Connection, rows: list[EventRow]) -> EventW
         again = [r for r in rows if r[0] not in stored]
         differing = [r["event_id"] for r in await conn.fetch(_CONFLICTS, *_columns(again))] if again else []
     if differing:
-        log.warning("events arrived again with different content; the stored versions are kept",
-                    extra={"conflicts": len(differing), "event_ids": differing[:10]})
+        log.warning(
+            "events arrived again with different content; the stored versions are kept",
+            extra={"conflicts": len(differing), "event_ids": differing[:10]},
+        )
     inserted = len(stored)
     return EventWriteStats(len(rows), inserted, len(rows) - inserted - len(differing), len(differing))
 
@@ -141,8 +144,9 @@ class EventIngest:
         self.settings = settings
         self.dead = _CountedDeadLetters(publisher, "ingest")
         self.known_meters: set[str] = set()
-        self.db = RetryingConnection(self._connect, initial_s=settings.db_retry_initial_s,
-                                     max_s=settings.db_retry_max_s, consumer_name="events")
+        self.db = RetryingConnection(
+            self._connect, initial_s=settings.db_retry_initial_s, max_s=settings.db_retry_max_s, consumer_name="events"
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run beside the readings loop; a failure here stops the whole service rather than events alone."""
@@ -179,9 +183,15 @@ class EventIngest:
         rows: list[EventRow] = []
         for d in items:
             try:
-                rows.append(check_event(d.message, known_meters=self.known_meters, now=now,
-                                        max_future=timedelta(seconds=s.max_future_s),
-                                        max_past=s.max_past))
+                rows.append(
+                    check_event(
+                        d.message,
+                        known_meters=self.known_meters,
+                        now=now,
+                        max_future=timedelta(seconds=s.max_future_s),
+                        max_past=s.max_past,
+                    )
+                )
             except EventRejectedError as exc:
                 await self.dead.send(d.record, str(exc))
 

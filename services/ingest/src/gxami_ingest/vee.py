@@ -98,18 +98,23 @@ async def run_vee(conn: asyncpg.Connection, *, settings: VeeSettings, since: dat
                 history=int(settings.spike_history), min_history=int(settings.spike_min_history)
             )
             flagged = _count(await conn.execute(flag_sql, settings.max_future, settings.max_past))
-            clock = _count(await conn.execute(
-                q.FLAG_CLOCK_DRIFT, settings.clock_span, settings.max_clock_drift.total_seconds()
-            ))
+            clock = _count(
+                await conn.execute(q.FLAG_CLOCK_DRIFT, settings.clock_span, settings.max_clock_drift.total_seconds())
+            )
             await conn.execute(q.SET_ESTIMATE_FROM)
             await conn.execute(q.WANTED_ESTIMATES, settings.max_interpolated_gap)
             removed = _count(await conn.execute(q.DROP_STALE_ESTIMATES))
             written = await conn.fetchrow(q.WRITE_ESTIMATES, q.ESTIMATE_SOURCE)
             assert written is not None
             stats = VeeStats(
-                skipped=False, channels=channels, flags_changed=flagged, clock_flags_changed=clock,
-                estimates_written=int(written["inserted"]), estimates_updated=int(written["updated"]),
-                estimates_removed=removed, validated_to=stats.validated_to,
+                skipped=False,
+                channels=channels,
+                flags_changed=flagged,
+                clock_flags_changed=clock,
+                estimates_written=int(written["inserted"]),
+                estimates_updated=int(written["updated"]),
+                estimates_removed=removed,
+                validated_to=stats.validated_to,
             )
         await conn.execute(q.SAVE_WATERMARK, stats.validated_to)
     return stats
@@ -125,10 +130,15 @@ async def run_vee_periodically(dsn: str, settings: VeeSettings, stop: asyncio.Ev
                     conn = await asyncpg.connect(dsn, timeout=10)
                 stats = await run_vee(conn, settings=settings)
                 if not stats.skipped and stats.channels:
-                    log.info("vee pass", extra={
-                        "channels": stats.channels, "flags_changed": stats.flags_changed + stats.clock_flags_changed,
-                        "estimates_written": stats.estimates_written, "estimates_removed": stats.estimates_removed,
-                    })
+                    log.info(
+                        "vee pass",
+                        extra={
+                            "channels": stats.channels,
+                            "flags_changed": stats.flags_changed + stats.clock_flags_changed,
+                            "estimates_written": stats.estimates_written,
+                            "estimates_removed": stats.estimates_removed,
+                        },
+                    )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("vee pass failed; will retry", extra={"error": repr(exc)})
                 if conn is not None:
@@ -142,8 +152,14 @@ async def run_vee_periodically(dsn: str, settings: VeeSettings, stop: asyncio.Ev
 
 
 async def record_meter_replacement(
-    conn: asyncpg.Connection, meter_id: str, replaced_at: datetime, *, quantity: str = "*",
-    old_final: float | None = None, new_initial: float | None = None, note: str = "",
+    conn: asyncpg.Connection,
+    meter_id: str,
+    replaced_at: datetime,
+    *,
+    quantity: str = "*",
+    old_final: float | None = None,
+    new_initial: float | None = None,
+    note: str = "",
 ) -> None:
     """Record a meter exchange; the next VEE pass re-validates the meter's registers from there."""
     await conn.execute(
@@ -152,7 +168,12 @@ async def record_meter_replacement(
            ON CONFLICT (meter_id, quantity, replaced_at) DO UPDATE
               SET old_final = EXCLUDED.old_final, new_initial = EXCLUDED.new_initial,
                   note = EXCLUDED.note, recorded_at = now()""",
-        meter_id, quantity, replaced_at, old_final, new_initial, note,
+        meter_id,
+        quantity,
+        replaced_at,
+        old_final,
+        new_initial,
+        note,
     )
 
 

@@ -29,8 +29,6 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
 """
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class WriteStats:
     """What one write did: rows offered, newly stored, estimates replaced, duplicates absorbed, revisions kept."""

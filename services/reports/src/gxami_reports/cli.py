@@ -40,11 +40,14 @@ def daily(
     async def fetch() -> list[DailyRow]:
         conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
         try:
-            return list(await daily_consumption(
-                conn, meter_id=meter,
-                start=date.fromisoformat(start) if start else None,
-                end=date.fromisoformat(end) if end else None,
-            ))
+            return list(
+                await daily_consumption(
+                    conn,
+                    meter_id=meter,
+                    start=date.fromisoformat(start) if start else None,
+                    end=date.fromisoformat(end) if end else None,
+                )
+            )
         finally:
             await conn.close()
 

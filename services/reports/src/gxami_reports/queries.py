@@ -41,7 +41,10 @@ async def daily_consumption(
               AND ($3::date IS NULL OR day <= $3)
             ORDER BY meter_id, day
             LIMIT $4""",
-        meter_id, start, end, limit,
+        meter_id,
+        start,
+        end,
+        limit,
     )
     return [DailyRow(r["meter_id"], r["day"], float(r["kwh"]), int(r["readings"])) for r in rows]
 

@@ -90,8 +90,10 @@ class Scheduler:
                 # in-flight timeout. A job that did go out will find its result stale; the reading
                 # it produced is stored anyway (ingest is idempotent).
                 self._metrics.publish_failures.inc()
-                log.warning("publishing read jobs failed; meters released",
-                            extra={"jobs": len(planned), "error": f"{type(exc).__name__}: {exc}"})
+                log.warning(
+                    "publishing read jobs failed; meters released",
+                    extra={"jobs": len(planned), "error": f"{type(exc).__name__}: {exc}"},
+                )
                 async with self._pool.acquire() as conn:
                     await release(conn, [p.job.job_id for p in planned])
                 raise
@@ -142,8 +144,10 @@ class Scheduler:
                 # getmany() has moved past the failed batch: go back to the last commit before
                 # fetching again, or the next commit would skip it.
                 rewind = True
-                log.warning("applying job results failed; will re-read from the last commit",
-                            extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.warning(
+                    "applying job results failed; will re-read from the last commit",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.results_retry_s)
 
@@ -175,9 +179,9 @@ async def rewind_to_committed(consumer: AIOKafkaConsumer) -> None:
             consumer.seek(tp, committed)
 
 
-async def _start_kafka(settings: SchedulerSettings, stack: contextlib.AsyncExitStack) -> tuple[
-    Publisher, AIOKafkaConsumer
-]:
+async def _start_kafka(
+    settings: SchedulerSettings, stack: contextlib.AsyncExitStack
+) -> tuple[Publisher, AIOKafkaConsumer]:
     try:
         await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER])
         producer = make_producer(settings)
@@ -208,14 +212,20 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         publisher, consumer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
         scheduler = Scheduler(settings, pool, publisher, metrics, clock)
-        ops = OpsServer(settings.http_host, settings.http_port, ready=lambda: scheduler.ready,
-                        registry=metrics.registry)
+        ops = OpsServer(
+            settings.http_host, settings.http_port, ready=lambda: scheduler.ready, registry=metrics.registry
+        )
         FleetApi(pool, clock).install(ops.app)
         port = await ops.start()
         stack.push_async_callback(ops.stop)
-        log.info("scheduler started", extra={
-            "http_port": port, "migrations": applied, "shard": f"{settings.shard_index}/{settings.shard_count}",
-        })
+        log.info(
+            "scheduler started",
+            extra={
+                "http_port": port,
+                "migrations": applied,
+                "shard": f"{settings.shard_index}/{settings.shard_count}",
+            },
+        )
         tasks = [
             asyncio.create_task(scheduler.run_ticks(stop), name="ticks"),
             asyncio.create_task(

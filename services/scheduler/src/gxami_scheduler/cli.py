@@ -118,9 +118,15 @@ async def _all_meters(settings: SchedulerSettings, group: str | None, limit: int
 
 
 _COLUMNS = (
-    ("meter_id", "METER"), ("protocol", "PROTOCOL"), ("group", "GROUP"), ("interval_s", "EVERY_S"),
-    ("enabled", "ENABLED"), ("next_due_at", "NEXT_DUE"), ("last_success_at", "LAST_OK"),
-    ("consecutive_failures", "FAILS"), ("last_error_kind", "LAST_ERROR"),
+    ("meter_id", "METER"),
+    ("protocol", "PROTOCOL"),
+    ("group", "GROUP"),
+    ("interval_s", "EVERY_S"),
+    ("enabled", "ENABLED"),
+    ("next_due_at", "NEXT_DUE"),
+    ("last_success_at", "LAST_OK"),
+    ("consecutive_failures", "FAILS"),
+    ("last_error_kind", "LAST_ERROR"),
 )
 
 

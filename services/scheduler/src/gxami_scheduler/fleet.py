@@ -283,8 +283,11 @@ def _yaml_rows(path: str, text: str, problems: _Problems) -> list[_Row]:
             for key_node, value_node in item_node.value:
                 name = str(key_node.value)
                 if name in row.field_lines:
-                    problems.add(key_node.start_mark.line + 1, name,
-                                 f"given twice in one meter (first at line {row.field_lines[name]})")
+                    problems.add(
+                        key_node.start_mark.line + 1,
+                        name,
+                        f"given twice in one meter (first at line {row.field_lines[name]})",
+                    )
                 row.field_lines[name] = value_node.start_mark.line + 1
                 if name in _TEXT_FIELDS and isinstance(value_node, yaml.ScalarNode) and isinstance(item, dict):
                     item[name] = None if value_node.tag.endswith(":null") else value_node.value
@@ -359,8 +362,11 @@ def parse_fleet(path: str, text: str, profiles: ProfileCatalog | None = None) ->
                 problems.add(row.field_lines.get(loc.split(".")[0], row.line), loc, msg)
             continue
         if meter.meter_id in first_line:
-            problems.add(row.field_lines.get("meter_id", row.line), "meter_id",
-                         f"duplicate meter id {meter.meter_id!r} (first at line {first_line[meter.meter_id]})")
+            problems.add(
+                row.field_lines.get("meter_id", row.line),
+                "meter_id",
+                f"duplicate meter id {meter.meter_id!r} (first at line {first_line[meter.meter_id]})",
+            )
             continue
         first_line[meter.meter_id] = row.field_lines.get("meter_id", row.line)
         if profiles is not None:

@@ -108,7 +108,9 @@ async def import_fleet(
         if profiles:
             await conn.execute(
                 _UPSERT_PROFILES,
-                [p.name for p in profiles], [p.protocol for p in profiles], [p.description for p in profiles],
+                [p.name for p in profiles],
+                [p.protocol for p in profiles],
+                [p.description for p in profiles],
                 [p.model_dump_json() for p in profiles],
             )
         rows = await conn.fetch(
@@ -164,7 +166,9 @@ async def list_meters(
         f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_schedule s ON s.meter_id = m.meter_id"  # noqa: S608 - fixed column list, values are parameters
         " WHERE ($1::text IS NULL OR m.meter_id > $1) AND ($2::text IS NULL OR m.meter_group = $2)"
         " ORDER BY m.meter_id LIMIT $3",
-        after, group, limit,
+        after,
+        group,
+        limit,
     )
     return [meter_json(r) for r in rows]
 
@@ -201,7 +205,8 @@ async def request_read(conn: DbConn, meter_id: str, now: datetime) -> ReadReques
         await conn.execute(
             "INSERT INTO meter_schedule (meter_id, next_due_at) VALUES ($1, $2) ON CONFLICT (meter_id)"
             " DO UPDATE SET next_due_at = LEAST(meter_schedule.next_due_at, EXCLUDED.next_due_at)",
-            meter_id, now,
+            meter_id,
+            now,
         )
     until = row["in_flight_until"]
     in_flight = row["in_flight_job"] is not None and until is not None and until >= now

@@ -191,10 +191,7 @@ async def record_results(
             [r.error_message for r in results],
         )
         stored = int(status.rsplit(" ", 1)[-1])
-        waiting = {
-            row["meter_id"]: row
-            for row in await conn.fetch(_WAITING, sorted({r.meter_id for r in results}))
-        }
+        waiting = {row["meter_id"]: row for row in await conn.fetch(_WAITING, sorted({r.meter_id for r in results}))}
         matched: list[tuple[JobResult, ScheduleUpdate]] = []
         for result in results:
             row = waiting.get(result.meter_id)

@@ -35,8 +35,14 @@ STANDARD_EVENTS: Final[dict[int, str]] = {
 # fmt: on
 # Severity of the standard codes: meter faults are alarms, supply and clock trouble warnings.
 STANDARD_SEVERITY: Final[dict[int, EventSeverity]] = {
-    1: "warning", 6: "warning", 8: "warning",
-    12: "alarm", 13: "alarm", 14: "alarm", 15: "alarm", 16: "alarm",
+    1: "warning",
+    6: "warning",
+    8: "warning",
+    12: "alarm",
+    13: "alarm",
+    14: "alarm",
+    15: "alarm",
+    16: "alarm",
 }
 
 
