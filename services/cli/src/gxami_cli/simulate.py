@@ -103,12 +103,12 @@ def dlms(
             seed,
             host,
             base_port,
-            authentication,
-            password,  # type: ignore[arg-type]
+            authentication,  # type: ignore[arg-type]  # typer gives str; the Choice option bounds it
+            password,
             stop,
             on_started=started,
-            security_policy=security_policy,
-        )  # type: ignore[arg-type]
+            security_policy=security_policy,  # type: ignore[arg-type]  # as above
+        )
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
