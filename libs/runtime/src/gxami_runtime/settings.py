@@ -28,6 +28,13 @@ class ServiceSettings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/gxami")
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    # Limits of every HTTP server (see gxami_runtime.http.HttpLimits): slow or huge requests are cut off.
+    http_header_timeout_s: float = Field(default=10.0, gt=0, description="a request head must arrive within this")
+    http_body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this")
+    http_keepalive_timeout_s: float = Field(default=75.0, gt=0, description="an idle keep-alive connection is closed")
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1, description="larger request bodies get 413")
+    http_write_rate_per_s: float = Field(default=1.0, gt=0, description="write requests per second per client")
+    http_write_burst: int = Field(default=20, ge=1, description="write requests a client may send at once")
     log_level: str = "INFO"
     instance: str = Field(default="", description="name of this replica in logs and metrics")
 
