@@ -95,8 +95,8 @@ class CosemReads:
         first, last = entries.first, entries.last
         if entries.newest:
             in_use = await self.get(CLASS_PROFILE_GENERIC, entries.obis, 7)
-            if isinstance(in_use, bool) or not isinstance(in_use, int) or in_use < 0:
-                raise ProtocolError(f"entries_in_use of {entries.obis} is not a count")
+            if isinstance(in_use, bool) or not isinstance(in_use, int) or not 0 <= in_use <= 0xFFFFFFFF:
+                raise ProtocolError(f"entries_in_use of {entries.obis} is not a double-long-unsigned count")
             if in_use == 0:
                 return []
             first, last = max(1, in_use - entries.newest + 1), in_use

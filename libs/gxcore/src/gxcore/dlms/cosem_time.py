@@ -72,7 +72,10 @@ def decode_datetime(raw: bytes | bytearray, *, unspecified_deviation_is_utc: boo
         return local
     if not -720 <= deviation <= 720:
         raise ProtocolError(f"date-time deviation {deviation} min is outside -720..720", frame=bytes(raw))
-    return local + timedelta(minutes=deviation)
+    try:
+        return local + timedelta(minutes=deviation)
+    except OverflowError:  # 9999-12-31 23:59 local with a positive deviation is past datetime.max
+        raise ProtocolError("date-time in UTC falls outside years 1..9999", offset=9, frame=bytes(raw)) from None
 
 
 def is_unspecified(raw: bytes | bytearray | None) -> bool:

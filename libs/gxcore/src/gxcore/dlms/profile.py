@@ -78,6 +78,9 @@ def parse_capture_objects(value: object) -> tuple[CaptureObject, ...]:
             raise ProtocolError(f"capture object {pos} has no class id or logical name")
         if not (isinstance(attribute, int) and isinstance(data_index, int)):
             raise ProtocolError(f"capture object {pos} has no attribute or data index")
+        # The Blue Book types (long-unsigned, integer, long-unsigned): a range read sends them back.
+        if not (0 <= class_id <= 0xFFFF and -128 <= attribute <= 127 and 0 <= data_index <= 0xFFFF):
+            raise ProtocolError(f"capture object {pos} has a class id, attribute or data index out of range")
         columns.append(CaptureObject(class_id, obis_from_bytes(ln), attribute, data_index))
     return tuple(columns)
 
@@ -137,7 +140,12 @@ def decode_rows(value: object, columns: tuple[CaptureObject, ...], capture_perio
         if raw_time is None or (isinstance(raw_time, bytes | bytearray) and is_unspecified(raw_time)):
             if previous is None or not capture_period:
                 raise ProtocolError(f"profile row {pos} has no time and none can be inferred")
-            at = previous + timedelta(seconds=capture_period)
+            try:
+                at = previous + timedelta(seconds=capture_period)
+            except OverflowError:  # a period (up to 136 years in a u32) that carries the row past 9999
+                raise ProtocolError(
+                    f"profile row {pos}: capture period {capture_period} s runs past year 9999"
+                ) from None
         elif isinstance(raw_time, bytes | bytearray):
             at = decode_datetime(raw_time)
         else:

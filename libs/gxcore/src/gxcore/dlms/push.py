@@ -21,6 +21,7 @@ key or a tag. Anything else that does not decode is a FramingError/ProtocolError
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,7 @@ from typing import Final
 from gxcore.dlms import axdr, ciphering, hdlc, wrapper
 from gxcore.dlms.cosem_time import decode_datetime
 from gxcore.dlms.obis import apply_scaler, obis_from_bytes, reduced, unit_symbol
-from gxcore.errors import FramingError, KeyMissingError, ProtocolError
+from gxcore.errors import FramingError, GxError, KeyMissingError, ProtocolError
 from gxcore.readings import Reading
 from gxcore.secrets import Secret
 
@@ -104,7 +105,26 @@ def decode_dlms_push(
     received_at: datetime | None = None,
 ) -> DlmsPush:
     """Decode one push (see the module doc for framing, deciphering and value rules)."""
-    apdu = unwrap(bytes(data))
+    try:
+        return _decode(bytes(data), key, auth_key, columns, received_at)
+    except GxError:
+        raise
+    except (IndexError, KeyError, ValueError, TypeError, OverflowError, struct.error) as exc:
+        # The contract is GxError only; a slip of ours on hostile bytes must not become a crash
+        # of the listener or an "internal error". The type names the slip; the bytes stay out.
+        raise ProtocolError(f"push could not be decoded ({type(exc).__name__})") from None
+
+
+def _decode(
+    data: bytes,
+    key: Secret | None,
+    auth_key: Secret | None,
+    columns: Sequence[PushColumn] | None,
+    received_at: datetime | None,
+) -> DlmsPush:
+    apdu = unwrap(data)
+    if not apdu:
+        raise ProtocolError("push carries an empty APDU (no data-notification)", offset=len(data), frame=data)
     title: bytes | None = None
     security, counter = 0, None
     if apdu[0] in (ciphering.GENERAL_GLO_CIPHERING, ciphering.GENERAL_DED_CIPHERING):
