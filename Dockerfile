@@ -6,7 +6,9 @@ WORKDIR /app
 COPY pyproject.toml uv.lock ./
 COPY libs libs
 COPY services services
-RUN uv sync --frozen --all-packages --no-dev && useradd --system --uid 10001 gxami
+RUN uv sync --frozen --all-packages --no-dev && useradd --system --uid 10001 gxami \
+    && install -d -o 10001 -m 700 /var/lib/gxami
+# /var/lib/gxami: the collector's DLMS invocation counter state (a volume; see docker-compose.yml)
 ENV PATH=/app/.venv/bin:$PATH
 USER 10001
 ENTRYPOINT ["gxami"]

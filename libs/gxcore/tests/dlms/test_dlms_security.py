@@ -265,7 +265,9 @@ def test_security_parameters_are_checked_and_hidden() -> None:
 
 
 @pytest.mark.parametrize("interface", ["wrapper", "hdlc"])
-async def test_ciphered_read_over_tcp_equals_the_model(monkeypatch: pytest.MonkeyPatch, interface: str) -> None:
+async def test_ciphered_read_over_tcp_equals_the_model(
+    monkeypatch: pytest.MonkeyPatch, interface: str, tmp_path: Path
+) -> None:
     """A two-day ciphered profile read; gurux's pure-Python GCM stream is never used."""
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -277,7 +279,11 @@ async def test_ciphered_read_over_tcp_equals_the_model(monkeypatch: pytest.Monke
     fleet = DlmsFleetSimulator(4, seed=SEED, clock=lambda: NOW, authentication="high-gmac", interface=interface)  # type: ignore[arg-type]
     async with fleet as sim:
         p = params(max_pdu=512, interface=interface)
-        result = await read_dlms("127.0.0.1", sim.meters[3].port, p, request, timeout=2, meter_key="SIM-3")
+        store = JsonInvocationCounters(tmp_path / "counters.json")
+        result = await read_dlms(
+            "127.0.0.1", sim.meters[3].port, p, request, timeout=2, counters=store, meter_key="SIM-3"
+        )
+    assert sim.repeats == []
     assert result.failures == ()
     assert {r.quantity: r.value for r in result.registers}["1-0:1.8.0"] == expected_register(
         SEED, 3, "1.0.1.8.0.255", NOW
@@ -308,7 +314,7 @@ async def test_counters_survive_sessions_and_a_lost_store_recovers(tmp_path: Pat
         assert result.registers
         # Without the frame counter object to fall back on, a stale store fails loudly.
         stale2 = MemoryInvocationCounters()
-        stale2.advance(key, 3)
+        stale2.advance(key, 5)  # below the meter's counter, but never used (3 was, just above)
         with pytest.raises(AccessDeniedError):
             await read_dlms(
                 "127.0.0.1",
@@ -319,6 +325,7 @@ async def test_counters_survive_sessions_and_a_lost_store_recovers(tmp_path: Pat
                 counters=stale2,
                 meter_key="SIM-3",
             )
+    assert sim.repeats == []
 
 
 PROFILE = load_profile(Path(BUILTIN_DIR) / "generic-dlms.yaml")

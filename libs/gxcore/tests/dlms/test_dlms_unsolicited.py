@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gxcore.dlms import DlmsParameters, DlmsReadRequest, ProfileRange, hdlc, read_dlms, wrapper
+from gxcore.dlms.invocation import MemoryInvocationCounters
 from gxcore.dlms.notify import PushRegister, encode_push, push_body
 from gxcore.dlms.parameters import DlmsSecurity, Interface
 from gxcore.dlms.profile import decode_rows, encode_range_selection, parse_capture_objects
@@ -131,7 +132,7 @@ def run(exchange: Exchange, link: PushingLink) -> Exchange:
 
 
 def connect(link: PushingLink, params: DlmsParameters, on_push: PushHandler | None) -> DlmsClientCore:
-    core = DlmsClientCore(params, on_push=on_push)
+    core = DlmsClientCore(params, counters=MemoryInvocationCounters(), on_push=on_push)
     snrm = core.open_link()
     if snrm is not None:
         core.check_link(run(snrm, link))
@@ -242,7 +243,7 @@ CIPHERED = DlmsParameters(client_address=1, authentication="high-gmac", security
     )
 )
 def test_any_apdu_is_set_aside_or_raises_only_gxcore_errors(apdu: bytes) -> None:
-    core = DlmsClientCore(CIPHERED)
+    core = DlmsClientCore(CIPHERED, counters=MemoryInvocationCounters())
     exchange = core.get(3, IMPORT, 2)
     exchange.data_to_send()
     try:
@@ -255,7 +256,7 @@ def test_any_apdu_is_set_aside_or_raises_only_gxcore_errors(apdu: bytes) -> None
 
 @given(st.binary(max_size=120), st.sampled_from([0x03, 0x13]))
 def test_any_hdlc_ui_frame_is_set_aside(info: bytes, control: int) -> None:
-    core = DlmsClientCore(dataclasses.replace(CIPHERED, interface="hdlc"))
+    core = DlmsClientCore(dataclasses.replace(CIPHERED, interface="hdlc"), counters=MemoryInvocationCounters())
     exchange = core.get(3, IMPORT, 2)
     exchange.data_to_send()
     dest, src = hdlc.encode_address(1), hdlc.encode_address(1)

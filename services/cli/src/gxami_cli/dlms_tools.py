@@ -21,6 +21,7 @@ from typing import Any
 import typer
 import yaml
 
+from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxami_cli.field import (
     InputError,
     emit,
@@ -59,6 +60,7 @@ def profile_discover(
     name: str | None = typer.Option(None, "--name", help="profile name (default: from the meter's device name)"),
     output: Path | None = typer.Option(None, "--output", "-o", help="write the YAML here instead of stdout"),
     timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="seconds per exchange"),
+    counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
     """Read a meter's association view and print (or write) a device profile for it."""
     from gxcore.dlms.association import association_parameters
@@ -87,9 +89,15 @@ def profile_discover(
         if auth_key_env is not None:
             secrets["auth_key"] = Secret(environment(auth_key_env))
         params = association_parameters(parameters, secrets, owner="command line")
+        # Ciphered: counters (and the meter's lock) in the state file `gxami read` uses, under the
+        # name `gxami read URL` gives the meter when no --meter-id is given: the URL.
+        counters = counter_store(counters_file) if params.security is not None else None
 
         async def discover() -> Any:
-            async with DlmsSession(endpoint.host, endpoint.port or 0, params, timeout=timeout) as session:
+            session = DlmsSession(
+                endpoint.host, endpoint.port or 0, params, timeout=timeout, counters=counters, meter_key=url
+            )
+            async with session:
                 return await discover_profile(session, name=name, parameters=parameters)
 
         found = asyncio.run(_bounded(discover(), timeout))

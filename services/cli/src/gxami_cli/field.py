@@ -21,6 +21,7 @@ from typing import NoReturn, get_args
 
 import typer
 
+from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxcore.drivers import MeterTarget, ReadRequest, ReadResult, load_driver
 from gxcore.errors import ConfigurationError, GxError, KeyMissingError, MeterTimeoutError
 from gxcore.profiles import DeviceProfile, ProfileCatalog, json_schema, load_profile
@@ -246,6 +247,7 @@ def read_command(
     timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="seconds per exchange"),
     meter_id: str | None = typer.Option(None, "--meter-id", help="name of the meter in the output"),
     profile_dir: list[Path] = typer.Option([], "--profile-dir", help="extra profile folder, repeatable"),
+    counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
     """Read one meter once through its protocol driver and print the readings."""
     meter = meter_id or url
@@ -259,6 +261,8 @@ def read_command(
             raise InputError(f"profile {chosen.name} is for protocol {chosen.protocol!r}, not {protocol!r}")
         driver = load_driver(protocol)
         driver.validate_profile(chosen)
+        if hasattr(driver, "counters"):  # ciphered protocols: counters survive this process
+            driver.counters = counter_store(counters_file)
         target = MeterTarget(
             meter, url, parse_pairs(option, "--option"), read_secrets(password_env, key_env, secret_env)
         )

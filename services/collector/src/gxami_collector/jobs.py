@@ -113,7 +113,18 @@ class MeterReader:
         self._drivers: dict[str, Driver] = {}
         self._exchange_timeout = exchange_timeout
         self._session_timeout = session_timeout
-        self._counters = JsonInvocationCounters(invocation_counters) if invocation_counters else None
+        # A durable store or none: without one a ciphered read is a configuration error, never a
+        # session on counters kept only in memory.
+        self._counters = None
+        if invocation_counters is not None:
+            try:
+                invocation_counters.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:  # ciphered jobs will then fail as configuration errors, plain ones run
+                log.warning(
+                    "cannot create the invocation counters folder",
+                    extra={"path": str(invocation_counters.parent), "error": exc.strerror},
+                )
+            self._counters = JsonInvocationCounters(invocation_counters)
 
     def driver(self, protocol: str) -> Driver:
         if protocol not in self._drivers:

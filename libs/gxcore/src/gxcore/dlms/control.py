@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-from gxcore.dlms.invocation import DEFAULT_COUNTERS, InvocationCounterStore
+from gxcore.dlms.invocation import InvocationCounterStore
 from gxcore.dlms.parameters import CLASS_DISCONNECT_CONTROL, DlmsParameters
 from gxcore.dlms.reader import DlmsSession, utc_now
 from gxcore.errors import ConfigurationError, ProtocolError
@@ -64,14 +64,15 @@ async def run_dlms_command(
     timeout: float,
     clock: Callable[[], datetime] = utc_now,
     disconnect_control: str = DISCONNECT_CONTROL,
-    counters: InvocationCounterStore = DEFAULT_COUNTERS,
+    counters: InvocationCounterStore | None = None,
     meter_key: str | None = None,
 ) -> DlmsCommandResult:
     """Run one control command in its own association and read back its effect.
 
     ``disconnect``/``reconnect`` invoke remote_disconnect/remote_reconnect and fail with
     ProtocolError if the meter's control state does not follow; ``clock-sync`` sets the
-    meter clock to ``clock()`` and reads it back; ``read-supply`` only reads.
+    meter clock to ``clock()`` and reads it back; ``read-supply`` only reads. A ciphered
+    meter needs ``counters``, a durable invocation counter store (ConfigurationError without).
     """
     session = DlmsSession(host, port, params, timeout=timeout, counters=counters, meter_key=meter_key)
     return await _run_command(session, command, clock, disconnect_control)
@@ -85,7 +86,7 @@ async def run_dlms_command_url(
     timeout: float,
     clock: Callable[[], datetime] = utc_now,
     disconnect_control: str = DISCONNECT_CONTROL,
-    counters: InvocationCounterStore = DEFAULT_COUNTERS,
+    counters: InvocationCounterStore | None = None,
     meter_key: str | None = None,
 ) -> DlmsCommandResult:
     """:func:`run_dlms_command` over ``tcp://``, ``udp://`` (wrapper) or ``serial://`` (HDLC) URL ``url``."""

@@ -16,9 +16,10 @@ key ``["auth_key"]`` (16 bytes, or 32 hex digits). ``high-gmac`` implies the
 ``authenticated-encrypted`` policy unless another is named. System titles are 8 bytes
 given as 16 hex digits or 8 characters.
 
-Invocation counters are kept in the driver's store (in memory unless a
-:class:`~gxcore.dlms.invocation.JsonInvocationCounters` is handed to the constructor),
-keyed by meter id, client address and system title.
+Invocation counters are kept in the driver's store (``counters``, e.g. a
+:class:`~gxcore.dlms.invocation.JsonInvocationCounters` the collector or CLI hands over),
+keyed by meter id, client address and system title. A ciphered read without a store is a
+ConfigurationError: counters are never kept only in memory.
 
 A point's ``source`` is an OBIS code (``1.0.1.8.0.255`` or ``1-0:1.8.0``), optionally
 prefixed by its COSEM class (``1/0.0.96.1.0.255`` for Data; Register 3 by default;
@@ -53,7 +54,7 @@ from typing import ClassVar, Final
 
 from gxcore.dlms.association import ALIASES, PARAMETERS, association_parameters, integer
 from gxcore.dlms.events import events_from_readings, is_event_code
-from gxcore.dlms.invocation import DEFAULT_COUNTERS, InvocationCounterStore
+from gxcore.dlms.invocation import InvocationCounterStore
 from gxcore.dlms.obis import dotted, reduced
 from gxcore.dlms.parameters import (
     CLASS_REGISTER,
@@ -149,8 +150,8 @@ class DlmsDriver:
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, counters: InvocationCounterStore = DEFAULT_COUNTERS) -> None:
-        self.counters = counters
+    def __init__(self, counters: InvocationCounterStore | None = None) -> None:
+        self.counters = counters  # required for ciphered meters; set by whoever loads the driver
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         if profile.protocol != PROTOCOL:

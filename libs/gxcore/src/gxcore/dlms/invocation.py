@@ -1,46 +1,86 @@
-"""Invocation counters that are never reused: a store per meter (and client), in memory or a JSON file.
+"""Invocation counters that are never reused: a durable store per meter (and client), and a lock per meter.
 
 AES-GCM with one key must never see one nonce twice, and a DLMS nonce is the sender's
 system title plus its invocation counter. So a client's counter toward a meter only ever
-grows, across sessions, restarts and crashes. The store is a small sans-IO protocol:
+grows, across sessions, restarts, crashes and other processes. The store is a small protocol
+(:class:`InvocationCounterStore`):
 
 * ``get(key)`` is the next counter never handed out (None: this store never saw the key);
-* ``advance(key, to)`` records that every counter below ``to`` is spent; it never moves back.
+* ``reserve(key, floor, count)`` atomically takes ``count`` counters from
+  ``max(get(key), floor)`` on and records them as spent *before* any is used: a crash wastes
+  counters but never repeats one, and two processes sharing the store never get one window;
+* ``try_hold(meter)`` takes the meter's session lock (None when someone holds it): one
+  ciphered session per meter at a time, across processes.
 
-A session *reserves* a window before it sends (``advance`` to the window's end first,
-then uses counters inside it, see :class:`CounterWindow`), so a crash wastes counters but
-never repeats one.
-
-:class:`JsonInvocationCounters` writes the whole map to a temporary file, fsyncs it and
-renames it over the old one, so a reader (or a crash) sees the old map or the new one,
-never half a file.
+:class:`JsonInvocationCounters` is the default for every production path: one JSON file,
+read-modified-written under ``fcntl.flock`` on ``<file>.lock``, written to a temporary file,
+fsynced and renamed over the old one (a reader or a crash sees the old map or the new one);
+per-meter session locks are ``flock``\\ s on files in ``<file>.meters/``, which the kernel
+drops when the process dies (SIGKILL included). A store for many pods (a database) slots in
+behind the same protocol. :class:`MemoryInvocationCounters` is for tests only: it forgets
+everything when the process ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
-from gxcore.errors import AccessDeniedError, ConfigurationError, ProtocolError
+from gxcore.errors import AccessDeniedError, ConfigurationError, MeterTimeoutError, ProtocolError
 
 MAX_COUNTER: Final = 0xFFFFFFFF
 COUNTER_WINDOW: Final = 64  # invocation counters reserved in the store at a time
 PER_BUILD: Final = 8  # headroom: one request (a long one in several APDUs) never outruns its window
+# When we start from the meter's own counter (the store never saw the meter, or the meter
+# reports a counter at or above ours), we start this far above it. The meter's counter is
+# the last one it *accepted*; counters that went out but never reached it are not in it:
+# frames lost on the way (a broken link, a killed process whose store was lost), frames
+# still in flight from another client that read the same frame counter, a tool that
+# started at the frame counter + 1. Up to this many such counters are jumped over. 2^16
+# leaves 65536 such restarts before the 32-bit counter is spent (and new keys are due).
+METER_COUNTER_MARGIN: Final = 1 << 16
+
+
+class MeterBusyError(MeterTimeoutError):
+    """Another session (this process or another) holds the meter's lock and did not let go in time."""
+
+    remote = False
+
+    @property
+    def kind(self) -> str:
+        return "meter-busy"
+
+
+class MeterHold(Protocol):
+    """The session lock of one meter, held until released (or until the holder dies)."""
+
+    def release(self) -> None:
+        """Let the next session with the meter start (idempotent)."""
 
 
 @runtime_checkable
 class InvocationCounterStore(Protocol):
-    """Where the next unused invocation counter of each (meter, client) is kept."""
+    """Where the next unused invocation counter of each (meter, client) is kept, and who talks to a meter."""
 
     def get(self, key: str) -> int | None:
         """The next counter never handed out for ``key``, or None if the store never saw it."""
 
-    def advance(self, key: str, to: int) -> None:
-        """Record every counter below ``to`` as spent (a lower ``to`` changes nothing)."""
+    def reserve(self, key: str, floor: int, count: int) -> int:
+        """Atomically take counters ``start .. start+count-1``, ``start = max(get(key), floor)``; returns start.
+
+        They are recorded as spent before this returns. AccessDeniedError when ``start`` is past 2^32-1.
+        """
+
+    def try_hold(self, meter: str) -> MeterHold | None:
+        """The session lock of ``meter`` if nobody holds it, else None (never blocks)."""
 
 
 def _checked(to: int) -> int:
@@ -49,11 +89,37 @@ def _checked(to: int) -> int:
     return to
 
 
+def _window(current: int | None, floor: int, count: int) -> tuple[int, int]:
+    """The window a reservation takes: its start and the store's new mark."""
+    floor = _checked(floor)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigurationError(f"invocation counter window {count!r} is not a positive count")
+    start = max(current or 0, floor)
+    if start > MAX_COUNTER:
+        raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
+    return start, min(start + count, MAX_COUNTER + 1)
+
+
+class _HeldKey:
+    """A meter held in :class:`MemoryInvocationCounters`."""
+
+    def __init__(self, owner: MemoryInvocationCounters, meter: str) -> None:
+        self._owner: MemoryInvocationCounters | None = owner
+        self._meter = meter
+
+    def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            with owner._lock:
+                owner._held.discard(self._meter)
+
+
 class MemoryInvocationCounters:
-    """Counters in this process only (lost on restart: the meter's frame counter is read again then)."""
+    """Counters and meter locks in this process only. For tests: a restart forgets every counter."""
 
     def __init__(self) -> None:
         self._next: dict[str, int] = {}
+        self._held: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, key: str) -> int | None:
@@ -61,18 +127,55 @@ class MemoryInvocationCounters:
             return self._next.get(key)
 
     def advance(self, key: str, to: int) -> None:
+        """Record every counter below ``to`` as spent (a lower ``to`` changes nothing)."""
         to = _checked(to)
         with self._lock:
             self._next[key] = max(self._next.get(key, 0), to)
 
+    def reserve(self, key: str, floor: int, count: int) -> int:
+        with self._lock:
+            start, end = _window(self._next.get(key), floor, count)
+            self._next[key] = end
+            return start
+
+    def try_hold(self, meter: str) -> MeterHold | None:
+        with self._lock:
+            if meter in self._held:
+                return None
+            self._held.add(meter)
+        return _HeldKey(self, meter)
+
+
+class _FileHold:
+    """An ``flock`` on a meter's lock file; closing the descriptor (or dying) lets go."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the open file drops its flock
+
+    def __del__(self) -> None:
+        self.release()
+
 
 class JsonInvocationCounters:
-    """Counters in one JSON file (``{"key": next, ...}``), rewritten atomically on every advance."""
+    """Counters in one JSON file (``{"key": next, ...}``) shared safely by every process that opens it.
+
+    Every reservation re-reads the file under an exclusive ``flock`` of ``<file>.lock``, so
+    two processes (two collectors on one volume, ``gxami read`` beside a collector) never
+    hand out one window; the whole map is rewritten atomically each time, which suits a
+    collector's meters (thousands), not a fleet (see the module doc).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.meters_dir = self.path.with_name(self.path.name + ".meters")
         self._lock = threading.Lock()
-        self._next = self._load()
+        self._load()  # a damaged file is refused at once, not at the first ciphered read
 
     def _load(self) -> dict[str, int]:
         try:
@@ -92,18 +195,55 @@ class JsonInvocationCounters:
             raise ConfigurationError(f"invocation counters {self.path}: not a map of names to counters")
         return dict(raw)
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread, then this process, alone with the file (other processes wait on the flock)."""
+        with self._lock:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise ConfigurationError(f"invocation counters {self.path}: cannot lock ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held for one read-modify-write: milliseconds
+                yield
+            finally:
+                os.close(fd)
+
     def get(self, key: str) -> int | None:
         with self._lock:
-            return self._next.get(key)
+            return self._load().get(key)  # the rename makes any read whole; no lock needed
+
+    def reserve(self, key: str, floor: int, count: int) -> int:
+        with self._exclusive():
+            data = self._load()
+            start, end = _window(data.get(key), floor, count)
+            self._write({**data, key: end})
+            return start
 
     def advance(self, key: str, to: int) -> None:
+        """Record every counter below ``to`` as spent (a lower ``to`` changes nothing)."""
         to = _checked(to)
-        with self._lock:
-            if to <= self._next.get(key, 0):
-                return
-            updated = {**self._next, key: to}
-            self._write(updated)
-            self._next = updated  # only once it is on disk
+        with self._exclusive():
+            data = self._load()
+            if to > data.get(key, 0):
+                self._write({**data, key: to})
+
+    def try_hold(self, meter: str) -> MeterHold | None:
+        name = hashlib.sha256(meter.encode("utf-8")).hexdigest()[:32] + ".lock"
+        try:
+            self.meters_dir.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(self.meters_dir / name, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigurationError(f"invocation counters {self.path}: cannot lock a meter ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigurationError(f"invocation counters {self.path}: cannot lock a meter ({exc.strerror})") from None
+        return _FileHold(fd)
 
     def _write(self, data: dict[str, int]) -> None:
         folder = self.path.parent
@@ -127,9 +267,6 @@ class JsonInvocationCounters:
             raise ConfigurationError(f"invocation counters {self.path}: cannot write ({exc.strerror})") from None
 
 
-DEFAULT_COUNTERS: Final = MemoryInvocationCounters()
-
-
 class CountedCipher(Protocol):
     """What holds the counter the next protected APDU will carry (gurux's GXCiphering)."""
 
@@ -139,9 +276,8 @@ class CountedCipher(Protocol):
 class CounterWindow:
     """Our invocation counter toward one meter, used only inside a window already recorded as spent.
 
-    A new window starts at the store's mark or above, and the check and the store's
-    ``advance`` run without an await between them, so two sessions of one process never
-    share a window.
+    Each window comes from one atomic ``reserve`` in the store, so two sessions (of this
+    process or of others sharing the store) never share a window.
     """
 
     def __init__(self, store: InvocationCounterStore, key: str, cipher: CountedCipher) -> None:
@@ -149,12 +285,13 @@ class CounterWindow:
         self.key = key
         self.cipher = cipher
         self.reserved_to = 0
-        cipher.invocationCounter = store.get(key) or 0
+        self._mark = store.get(key)
+        cipher.invocationCounter = self._mark or 0
 
     @property
     def known(self) -> bool:
         """False when the store has never seen this meter (read its frame counter first)."""
-        return self.store.get(self.key) is not None
+        return self._mark is not None or self.reserved_to > 0
 
     @property
     def next(self) -> int:
@@ -162,8 +299,13 @@ class CounterWindow:
         return int(self.cipher.invocationCounter)
 
     def start_above(self, value: int) -> None:
-        """Start above ``value`` (the meter's frame counter, or the counter it expects)."""
-        start = max(self.next, self.store.get(self.key) or 0, value + 1)
+        """Start above ``value`` (the meter's frame counter, or the counter it expects).
+
+        When ``value`` is at or above the counter we would use, we start
+        :data:`METER_COUNTER_MARGIN` past it (see there why); below ours, ours stands.
+        """
+        ours = max(self.next, self._mark or 0)
+        start = value + 1 + METER_COUNTER_MARGIN if value >= ours else ours
         if start > MAX_COUNTER:
             raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
         self.cipher.invocationCounter = start
@@ -174,13 +316,9 @@ class CounterWindow:
         counter = self.next
         if counter + PER_BUILD <= self.reserved_to:
             return
-        counter = max(counter, self.store.get(self.key) or 0)
-        if counter > MAX_COUNTER:
-            raise AccessDeniedError("invocation counter exhausted: the meter needs new keys")
-        end = min(counter + COUNTER_WINDOW, MAX_COUNTER + 1)
-        self.store.advance(self.key, end)
-        self.reserved_to = end
-        self.cipher.invocationCounter = counter
+        start = self.store.reserve(self.key, counter, COUNTER_WINDOW)
+        self.reserved_to = min(start + COUNTER_WINDOW, MAX_COUNTER + 1)
+        self.cipher.invocationCounter = start
 
     def check_used(self) -> None:
         """ProtocolError when a request went past the reserved window (it must never be sent)."""

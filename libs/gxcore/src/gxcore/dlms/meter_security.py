@@ -9,6 +9,11 @@ A meter with ``high-gmac`` security has two kinds of client (as most real meters
 Counters are what keep AES-GCM safe: the meter never reuses its own invocation counter
 (:class:`MeterCounters` outlives connections) and refuses a client counter that is not
 above the last one it accepted from that system title (a replay), before gurux sees it.
+
+Every authentic (system title, invocation counter) pair a client sends is also recorded in
+:class:`MeterCounters` (its ciphered APDUs, the ciphered InitiateRequest of its AARQ, its
+HLS-GMAC answer), and a pair seen twice lands in ``repeats``: a reused GCM nonce. The
+simulator's tests fail on any (see :mod:`gxcore.simulators.dlms`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ class MeterCounters:
 
     next_own: int = 1
     last_accepted: dict[bytes, int] = field(default_factory=dict)
+    seen: set[tuple[bytes, int]] = field(default_factory=set)
+    repeats: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def record(self, title: bytes, counter: int) -> None:
+        """Note one (system title, counter) pair a client used; a second use goes to ``repeats``."""
+        pair = (bytes(title), counter)
+        if pair in self.seen:
+            self.repeats.append(pair)
+        else:
+            self.seen.add(pair)
 
     def highest_accepted(self) -> int:
         """The counter 0-0:43.1.0 reports: the highest accepted from any management client."""
@@ -51,6 +66,7 @@ class MeterSecurity:
         self.client: int | None = None
         self.client_title: bytes | None = None
         self.ciphered = False
+        self._screened: tuple[bytes, int] | None = None  # recorded by screen(), not again by gurux's pass
 
     def cipher(self) -> GXCiphering:
         """The gurux cipher settings for this meter (its keys and title; gurux calls our AES-GCM)."""
@@ -86,13 +102,17 @@ class MeterSecurity:
         try:
             # Its counter is not checked for growth: gurux (like most clients) takes it just
             # before the counter of the APDU that carries it, and that one is checked.
-            ciphering.check_hls_gmac(answer, self.client_title, keys[0], keys[1], challenge)
+            counter = ciphering.check_hls_gmac(answer, self.client_title, keys[0], keys[1], challenge)
         except DecryptionError:
             return None
+        self.counters.record(self.client_title, counter)  # a GMAC nonce like any other
         return ciphering.hls_gmac(self.security.system_title, own_counter, keys[0], keys[1], client_challenge)
 
     def accept_counter(self, title: bytes, counter: int) -> None:
         """Take a client's counter (after its tag checked); DecryptionError for a replay."""
+        screened, self._screened = self._screened, None
+        if screened != (bytes(title), counter):
+            self.counters.record(title, counter)
         self.check_counter(title, counter)
         self.counters.last_accepted[bytes(title)] = counter
 
@@ -123,7 +143,6 @@ class MeterSecurity:
         if head.security_control & 0x30 != self.security.security_control:
             raise ProtocolError("request protected below the meter's security policy")
         title = head.system_title or self.client_title
-        self.check_counter(title, head.invocation_counter)
         ciphering.unseal(
             head.security_control,
             title,
@@ -132,3 +151,7 @@ class MeterSecurity:
             self.security.authentication_key.reveal(),
             head.payload,
         )
+        # Authentic: record it even if it is refused as a replay below (the nonce went out twice).
+        self.counters.record(title, head.invocation_counter)
+        self._screened = (bytes(title), head.invocation_counter)
+        self.check_counter(title, head.invocation_counter)

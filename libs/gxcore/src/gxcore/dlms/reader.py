@@ -11,10 +11,14 @@ aside and the reply still read (see :mod:`gxcore.dlms.unsolicited`); ``on_push``
 whole, as received.
 
 With ciphering, our invocation counter comes from the counter store (keyed by
-``meter_key``). When the store has never seen the meter, or the meter refuses the
-association once, the meter's own frame counter (``params.frame_counter_obis``, read by
-the public client in a separate association) is taken as the floor and the association
-is tried once more.
+``meter_key``), which is then required: there is no in-memory default. When the store has
+never seen the meter, or the meter refuses the association once, the meter's own frame
+counter (``params.frame_counter_obis``, read by the public client in a separate
+association) is taken as the floor, jumped past by a safety margin, and the association
+is tried once more. A ciphered session holds the meter's lock in the store from before it
+reads the frame counter until it closes: a second session with the meter (in this process
+or another sharing the store) waits up to ``hold_timeout`` seconds, then raises
+:class:`~gxcore.dlms.invocation.MeterBusyError`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from types import TracebackType
 from gxcore.dlms.cosem_reads import CosemReads
 from gxcore.dlms.cosem_time import decode_datetime
 from gxcore.dlms.exchange import Exchange
-from gxcore.dlms.invocation import DEFAULT_COUNTERS, InvocationCounterStore
+from gxcore.dlms.invocation import InvocationCounterStore, MeterBusyError, MeterHold
 from gxcore.dlms.obis import reduced
 from gxcore.dlms.parameters import (
     CLASS_CLOCK,
@@ -55,6 +59,9 @@ def utc_now() -> datetime:
 class DlmsSession(CosemReads):
     """One association with one meter; every exchange bounded by ``timeout`` seconds.
 
+    With ciphering, ``counters`` (a durable store) is required, and the session holds the
+    meter's lock from entry to exit (waiting at most ``hold_timeout`` seconds for it).
+
     ``DlmsSession(host, port, ...)`` connects over TCP; :meth:`for_url` over any DLMS
     medium. ``meter_key`` names the meter in the invocation counter store (the meter id;
     by default ``host:port``, or the URL without its query for serial/UDP). ``on_push``
@@ -68,9 +75,10 @@ class DlmsSession(CosemReads):
         params: DlmsParameters,
         *,
         timeout: float,
-        counters: InvocationCounterStore = DEFAULT_COUNTERS,
+        counters: InvocationCounterStore | None = None,
         meter_key: str | None = None,
         on_push: PushHandler | None = None,
+        hold_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.host = host
@@ -81,8 +89,11 @@ class DlmsSession(CosemReads):
         self.meter_key = meter_key or f"{host}:{port}"
         self.url: str | None = None  # set by for_url: the link opens this medium instead of TCP
         self.on_push = on_push
+        # Long enough for another session with the meter to finish, short of callers' own bounds.
+        self.hold_timeout = hold_timeout if hold_timeout is not None else max(10.0, 5 * timeout)
         self.core = self._new_core()
         self._link: MediumLink | None = None
+        self._hold: MeterHold | None = None
 
     @classmethod
     def for_url(
@@ -91,9 +102,10 @@ class DlmsSession(CosemReads):
         params: DlmsParameters,
         *,
         timeout: float,
-        counters: InvocationCounterStore = DEFAULT_COUNTERS,
+        counters: InvocationCounterStore | None = None,
         meter_key: str | None = None,
         on_push: PushHandler | None = None,
+        hold_timeout: float | None = None,
     ) -> DlmsSession:
         """A session over ``tcp://host:port``, ``udp://host:port`` (wrapper) or ``serial:///dev/...`` (HDLC).
 
@@ -112,6 +124,7 @@ class DlmsSession(CosemReads):
             counters=counters,
             meter_key=key,
             on_push=on_push,
+            hold_timeout=hold_timeout,
         )
         session.url = url
         return session
@@ -126,6 +139,16 @@ class DlmsSession(CosemReads):
         return DlmsClientCore(self.params, counters=self.counters, meter_key=self.meter_key, on_push=self.on_push)
 
     async def __aenter__(self) -> DlmsSession:
+        if self.params.security is not None:
+            await self._take_hold()
+        try:
+            await self._start()
+        except BaseException:
+            self._let_go()
+            raise
+        return self
+
+    async def _start(self) -> None:
         counter_read = False
         if self.core.needs_meter_counter and self.params.frame_counter_obis is not None:
             self.core.use_meter_counter(await self.read_meter_counter())
@@ -139,7 +162,29 @@ class DlmsSession(CosemReads):
             self.core = self._new_core()
             self.core.use_meter_counter(await self.read_meter_counter())
             await self._open()
-        return self
+
+    async def _take_hold(self) -> None:
+        """The meter's session lock: polled (the store never blocks), so the event loop goes on meanwhile."""
+        store = self.counters
+        if store is None:
+            return  # the core has already refused a ciphered session without a store
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hold_timeout
+        pause = 0.005
+        while (hold := store.try_hold(self.meter_key)) is None:
+            if loop.time() >= deadline:
+                raise MeterBusyError(
+                    f"another ciphered session with meter {self.meter_key} did not end within"
+                    f" {self.hold_timeout:g} s; not starting a second one at once"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        self._hold = hold
+
+    def _let_go(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
 
     async def _open(self) -> None:
         if self.url is not None:
@@ -184,6 +229,7 @@ class DlmsSession(CosemReads):
     ) -> None:
         link = self._link
         if link is None:
+            self._let_go()
             return
         try:
             # Release and disconnect only over a healthy link, never while cancelling. The
@@ -194,7 +240,10 @@ class DlmsSession(CosemReads):
                     with contextlib.suppress(GxError):
                         await link.run(closing, timeout=self.timeout)
         finally:
-            await link.close()
+            try:
+                await link.close()
+            finally:
+                self._let_go()
 
     @property
     def broken(self) -> bool:
@@ -235,7 +284,7 @@ async def read_dlms(
     *,
     timeout: float,
     clock: Callable[[], datetime] = utc_now,
-    counters: InvocationCounterStore = DEFAULT_COUNTERS,
+    counters: InvocationCounterStore | None = None,
     meter_key: str | None = None,
     on_push: PushHandler | None = None,
 ) -> DlmsReadResult:
@@ -259,7 +308,7 @@ async def read_dlms_url(
     *,
     timeout: float,
     clock: Callable[[], datetime] = utc_now,
-    counters: InvocationCounterStore = DEFAULT_COUNTERS,
+    counters: InvocationCounterStore | None = None,
     meter_key: str | None = None,
     on_push: PushHandler | None = None,
 ) -> DlmsReadResult:

@@ -14,7 +14,8 @@ aside for ``on_push`` (see :mod:`gxcore.dlms.unsolicited`) and the exchange goes
 
 With ``params.security`` every xDLMS APDU is protected (gurux builds the APDUs, our
 `cryptography` AES-GCM ciphers them, see :mod:`gxcore.dlms.gurux`). Our invocation counter
-comes from an :class:`~gxcore.dlms.invocation.InvocationCounterStore`: before each APDU is
+comes from an :class:`~gxcore.dlms.invocation.InvocationCounterStore` (required with security:
+there is no silent in-memory default): before each APDU is
 built the core makes sure the counter it will use lies inside a window already recorded
 as spent in the store (:class:`~gxcore.dlms.invocation.CounterWindow`), so no counter is
 ever sent twice, even across a crash. The meter's counters must grow within the session
@@ -35,11 +36,11 @@ from gurux_dlms.objects import GXDLMSClock, GXDLMSObject
 from gxcore.dlms.cosem_time import encode_datetime
 from gxcore.dlms.exchange import Exchange, ReplyReader, as_frames
 from gxcore.dlms.gurux import association_refused, quiet, translate
-from gxcore.dlms.invocation import DEFAULT_COUNTERS, CounterWindow, InvocationCounterStore
+from gxcore.dlms.invocation import CounterWindow, InvocationCounterStore
 from gxcore.dlms.obis import dotted, obis_from_bytes
 from gxcore.dlms.parameters import DlmsParameters
 from gxcore.dlms.unsolicited import PushHandler
-from gxcore.errors import AccessDeniedError, DecryptionError, GxError, ProtocolError
+from gxcore.errors import AccessDeniedError, ConfigurationError, DecryptionError, GxError, ProtocolError
 
 __all__ = ["MAX_REPLY_BYTES", "SN_ASSOCIATION", "DlmsClientCore", "Exchange"]
 
@@ -56,7 +57,7 @@ class DlmsClientCore(ReplyReader):
         params: DlmsParameters,
         *,
         max_reply_bytes: int = MAX_REPLY_BYTES,
-        counters: InvocationCounterStore = DEFAULT_COUNTERS,
+        counters: InvocationCounterStore | None = None,
         meter_key: str = "meter",
         on_push: PushHandler | None = None,
     ) -> None:
@@ -89,6 +90,10 @@ class DlmsClientCore(ReplyReader):
         )
         self._window: CounterWindow | None = None
         if security is not None:
+            if counters is None:
+                raise ConfigurationError(
+                    f"meter {meter_key}: ciphered DLMS needs a durable invocation counter store; none was given"
+                )
             cipher = GXCiphering(bytearray(security.system_title))
             cipher.blockCipherKey = bytearray(security.block_cipher_key.reveal())
             cipher.authenticationKey = bytearray(security.authentication_key.reveal())
@@ -111,7 +116,11 @@ class DlmsClientCore(ReplyReader):
         return self._window.next if self._window is not None else None
 
     def use_meter_counter(self, value: int) -> None:
-        """Start above what the meter reported (its frame counter, or the counter it expects)."""
+        """Start above what the meter reported (its frame counter, or the counter it expects).
+
+        At or above our own counter, the start jumps ``METER_COUNTER_MARGIN`` past it (see
+        :mod:`gxcore.dlms.invocation`); nothing is used until the window is reserved.
+        """
         if self._window is not None:
             self._window.start_above(value)
 

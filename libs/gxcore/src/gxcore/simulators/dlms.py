@@ -8,6 +8,11 @@ client side), and speaks HLS-GMAC with every APDU ciphered to its management cli
 frozen when its association is accepted (whole seconds, UTC): the clock and every register
 read in one association describe the same instant.
 
+A secured meter records every (system title, invocation counter) pair a client sends it
+(:class:`~gxcore.dlms.meter_security.MeterCounters`); :attr:`DlmsFleetSimulator.repeats`
+lists the pairs seen twice (a reused GCM nonce), and leaving the simulator's ``async with``
+raises :class:`NonceReuseError` if there is one (``fail_on_repeat``, on by default).
+
 The household model: a daily power curve ``P(t) = base + a1·(1+cos ω(t-φ1))/2 +
 a2·(1+cos 2ω(t-φ2))/2`` (evening peak plus morning/evening second harmonic), whose
 closed-form integral is the import register in whole Wh, and a rooftop-solar export
@@ -439,6 +444,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class NonceReuseError(AssertionError):
+    """A client sent one (system title, invocation counter) pair twice to a simulated meter: a test failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatedNonce:
+    """One GCM nonce a simulated meter received twice."""
+
+    meter: int
+    system_title: bytes
+    invocation_counter: int
+
+
 class DlmsFleetSimulator:
     """N simulated DLMS meters, one TCP port each; ``silent_meters`` accept but never answer,
     ``refusing_meters`` close every connection at once. Both sets may be changed while running."""
@@ -458,6 +476,7 @@ class DlmsFleetSimulator:
         max_pdu: int = 1024,
         interface: Interface = "wrapper",
         security_policy: SecurityPolicy = "authenticated-encrypted",
+        fail_on_repeat: bool = True,
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
@@ -475,6 +494,7 @@ class DlmsFleetSimulator:
         self.max_pdu = max_pdu
         self.interface: Interface = interface
         self.security_policy: SecurityPolicy = security_policy
+        self.fail_on_repeat = fail_on_repeat
         self.meters: list[SimulatedMeter] = []
         # Per-meter memory (clock offset, supply switch); survives connections, not restarts.
         self.states = [MeterState() for _ in range(meters)]
@@ -511,8 +531,20 @@ class DlmsFleetSimulator:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         await self.stop()
+        if self.fail_on_repeat and exc_type is None and self.repeats:
+            shown = ", ".join(f"meter {r.meter}: {r.system_title.hex()}/{r.invocation_counter}" for r in self.repeats)
+            raise NonceReuseError(f"invocation counters used twice (GCM nonce reuse): {shown}")
+
+    @property
+    def repeats(self) -> list[RepeatedNonce]:
+        """Every (system title, invocation counter) pair some meter received twice, in meter order."""
+        return [
+            RepeatedNonce(index, title, counter)
+            for index, state in enumerate(self.states)
+            for title, counter in state.counters.repeats
+        ]
 
     def endpoints(self) -> list[tuple[str, int]]:
         """``(meter_id, port)`` of every meter, in index order."""
@@ -582,6 +614,7 @@ async def run_simulator(
         password=password,
         interface=interface,
         security_policy=security_policy,
+        fail_on_repeat=False,  # a long-running dev simulator; tests use the class directly
     ) as fleet:
         if on_started is not None:
             on_started(list(fleet.meters))
