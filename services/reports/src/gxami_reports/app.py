@@ -12,7 +12,7 @@ from prometheus_client import Counter
 
 from gxami_reports.queries import daily_consumption, fleet_totals
 from gxami_reports.settings import ReportsSettings
-from gxami_runtime.http import OpsServer
+from gxami_runtime.http import OpsServer, bad_request
 from gxami_runtime.service import check_database
 from gxami_store import migrate
 
@@ -27,7 +27,7 @@ def _date(request: web.Request, name: str) -> date | None:
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"query parameter {name!r} must be a date like 2026-11-26") from None
+        raise bad_request(f"query parameter {name!r} must be a date like 2026-11-26") from None
 
 
 def routes(pool: asyncpg.Pool, settings: ReportsSettings) -> web.RouteTableDef:
@@ -63,7 +63,7 @@ async def main(stop: asyncio.Event, settings: ReportsSettings | None = None) -> 
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
-    ops = OpsServer(s.http_host, s.http_port)
+    ops = OpsServer.from_settings(s)
     ops.app.add_routes(routes(pool, s))
     port = await ops.start()
     log.info("reports started", extra={"http_port": port})

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from gxami_runtime.http import json_error, read_json_object
 from gxami_scheduler.registry import ReadRequestOutcome, get_meter, list_meters, request_read
 
 log = logging.getLogger(__name__)
@@ -19,10 +20,6 @@ MAX_PAGE = 1000
 
 Clock = Callable[[], datetime]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class FleetApi:
@@ -43,7 +40,7 @@ class FleetApi:
                 return await handler(request)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("fleet API: database unavailable", extra={"error": type(exc).__name__})
-                return _error(503, "database unavailable")
+                return json_error(503, "database unavailable")
 
         return guarded
 
@@ -52,9 +49,9 @@ class FleetApi:
         try:
             limit = int(request.query.get("limit", DEFAULT_PAGE))
         except ValueError:
-            return _error(400, "limit must be a whole number")
+            return json_error(400, "limit must be a whole number")
         if not 1 <= limit <= MAX_PAGE:
-            return _error(400, f"limit must be between 1 and {MAX_PAGE}")
+            return json_error(400, f"limit must be between 1 and {MAX_PAGE}")
         after = request.query.get("after") or None
         group = request.query.get("group")
         async with self._pool.acquire() as conn:
@@ -71,16 +68,21 @@ class FleetApi:
         async with self._pool.acquire() as conn:
             meter = await get_meter(conn, meter_id)
         if meter is None:
-            return _error(404, f"unknown meter {meter_id!r}")
+            return json_error(404, f"unknown meter {meter_id!r}")
         return web.json_response(meter)
 
     async def read_now(self, request: web.Request) -> web.StreamResponse:
-        """POST /meters/{id}/read: due now, emitted by the next tick (202); 404 unknown, 409 disabled."""
+        """POST /meters/{id}/read: due now, emitted by the next tick (202); 404 unknown, 409 disabled.
+
+        The body is empty or ``{}``; the OpsServer has read all of it (bounded) before this runs,
+        and anything else in it is refused before the registry is touched.
+        """
+        await read_json_object(request)
         meter_id = request.match_info["meter_id"]
         async with self._pool.acquire() as conn:
             outcome = await request_read(conn, meter_id, self._clock())
         if outcome is ReadRequestOutcome.UNKNOWN:
-            return _error(404, f"unknown meter {meter_id!r}")
+            return json_error(404, f"unknown meter {meter_id!r}")
         if outcome is ReadRequestOutcome.DISABLED:
-            return _error(409, f"meter {meter_id!r} is disabled")
+            return json_error(409, f"meter {meter_id!r} is disabled")
         return web.json_response({"meter_id": meter_id, "status": outcome.value}, status=202)

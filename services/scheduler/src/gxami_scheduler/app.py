@@ -212,9 +212,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         publisher, consumer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
         scheduler = Scheduler(settings, pool, publisher, metrics, clock)
-        ops = OpsServer(
-            settings.http_host, settings.http_port, ready=lambda: scheduler.ready, registry=metrics.registry
-        )
+        ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry)
         FleetApi(pool, clock).install(ops.app)
         port = await ops.start()
         stack.push_async_callback(ops.stop)
