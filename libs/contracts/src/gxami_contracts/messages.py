@@ -7,17 +7,51 @@ collector resolves passwords and keys from its own secret store.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-MeterId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
-LinkId = Annotated[str, Field(min_length=1, max_length=200)]
-Quantity = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[0-9A-Za-z:.\-]+$")]
-Unit = Annotated[str, Field(max_length=16)]
+# What the database columns hold, once for every message. PostgreSQL ``text`` cannot hold NUL,
+# ``integer`` is int4, and ``timestamptz`` is fine but Python's datetime overflows converting a
+# 0001-01-01 or 9999-12-31 with an offset to UTC, so instants stay a day inside those ends.
+# These are pydantic-core constraints: checked in Rust, no Python call per value on the hot path.
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+_NO_NUL = r"^[^\x00]*$"
+FIRST_INSTANT = datetime(1, 1, 2, tzinfo=UTC)
+LAST_INSTANT = datetime(9999, 12, 30, tzinfo=UTC)
+
+Text = Annotated[str, Field(pattern=_NO_NUL)]  # any text column: no NUL; every field bounds its length too
+Int4 = Annotated[int, Field(ge=INT4_MIN, le=INT4_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT4_MAX)]
+Attempt = Annotated[int, Field(ge=1, le=INT4_MAX)]
+Instant = Annotated[AwareDatetime, Field(ge=FIRST_INSTANT, le=LAST_INSTANT)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+MeterId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+LinkId = Annotated[Text, Field(min_length=1, max_length=200)]
+Quantity = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[0-9A-Za-z:.\-]+$")]
+Unit = Annotated[Text, Field(max_length=16)]
+MessageId = Annotated[Text, Field(min_length=1, max_length=64)]  # job, batch and command ids
+ProtocolName = Annotated[Text, Field(min_length=1, max_length=32)]
+ProfileName = Annotated[Text, Field(min_length=1, max_length=100)]
+MeterUrl = Annotated[Text, Field(min_length=1, max_length=500)]
+ErrorKind = Annotated[Text, Field(max_length=64)]
+ErrorMessage = Annotated[Text, Field(max_length=2000)]
+OptionName = Annotated[Text, Field(min_length=1, max_length=64)]
+OptionValue = Annotated[Text, Field(max_length=500)]
+Options = Annotated[dict[OptionName, OptionValue], Field(max_length=64)]
+# Free-form JSON of events and command results, stored as jsonb: numbers finite, ints int8, no NUL.
+DataValue = (
+    Annotated[Text, Field(max_length=2000)]
+    | Annotated[int, Field(ge=INT8_MIN, le=INT8_MAX)]
+    | FiniteFloat
+    | bool
+    | None
+)
+Data = Annotated[dict[OptionName, DataValue], Field(max_length=64)]
 MAX_READINGS = 100_000  # per series
 
 
@@ -27,24 +61,29 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = 1
+    # The largest message a consumer parses; a bigger one is dead-lettered unread.
+    max_wire_bytes: ClassVar[int] = 1 << 20
 
 
 class ReadJob(Message):
     """Read one meter once. Keyed by link id so one collector owns a shared link."""
 
-    job_id: str = Field(min_length=1, max_length=64)
+    # A job is a few hundred bytes; a consumer refuses a bigger one before parsing it.
+    max_wire_bytes: ClassVar[int] = 64 * 1024
+
+    job_id: MessageId
     meter_id: MeterId
     link_id: LinkId
-    protocol: str = Field(min_length=1, max_length=32)
-    url: str = Field(min_length=1, max_length=500)
-    profile: str = Field(min_length=1, max_length=100)
-    options: dict[str, str] = Field(default_factory=dict)
-    purposes: list[str] = Field(default_factory=lambda: ["billing"])
-    profile_from: AwareDatetime | None = None
-    profile_to: AwareDatetime | None = None
-    attempt: int = Field(default=1, ge=1)
-    issued_at: AwareDatetime
-    deadline: AwareDatetime
+    protocol: ProtocolName
+    url: MeterUrl
+    profile: ProfileName
+    options: Options = Field(default_factory=dict)
+    purposes: list[OptionName] = Field(default_factory=lambda: ["billing"], max_length=16)
+    profile_from: Instant | None = None
+    profile_to: Instant | None = None
+    attempt: Attempt = 1
+    issued_at: Instant
+    deadline: Instant
 
 
 class ReadingValue(BaseModel):
@@ -54,10 +93,10 @@ class ReadingValue(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quantity: Quantity
-    ts: AwareDatetime
+    ts: Instant
     value: FiniteFloat
     unit: Unit
-    status: int | None = None
+    status: Int4 | None = None
 
 
 class ReadingSeries(BaseModel):
@@ -72,11 +111,11 @@ class ReadingSeries(BaseModel):
 
     quantity: Quantity
     unit: Unit
-    ts: list[AwareDatetime] = Field(max_length=MAX_READINGS)
+    ts: list[Instant] = Field(max_length=MAX_READINGS)
     # NaN and infinities are refused inside pydantic-core: no Python call per reading on the hot path.
     values: list[FiniteFloat] = Field(max_length=MAX_READINGS)
-    # The meter's status word per reading; absent when the meter reports none (stored as 0).
-    status: list[int] | None = Field(default=None, max_length=MAX_READINGS)
+    # The meter's status word per reading (an int4 column); absent when the meter reports none (stored as 0).
+    status: list[Int4] | None = Field(default=None, max_length=MAX_READINGS)
 
     @model_validator(mode="after")
     def _same_lengths(self) -> ReadingSeries:
@@ -94,10 +133,10 @@ def _statuses(s: ReadingSeries) -> list[int | None]:
 class ReadingBatch(Message):
     """Readings of one meter from one job (or one push), one series per quantity and unit. Keyed by meter id."""
 
-    batch_id: str = Field(min_length=1, max_length=64)
+    batch_id: MessageId
     meter_id: MeterId
-    job_id: str | None = None
-    collected_at: AwareDatetime
+    job_id: MessageId | None = None
+    collected_at: Instant
     series: list[ReadingSeries] = Field(max_length=1_000)
 
     @classmethod
@@ -147,18 +186,18 @@ class JobStatus(StrEnum):
 class JobResult(Message):
     """Outcome of one read job. A meter failure is a typed error here, never a crash."""
 
-    job_id: str
+    job_id: MessageId
     meter_id: MeterId
     link_id: LinkId
     status: JobStatus
-    attempt: int = Field(ge=1)
-    started_at: AwareDatetime
-    finished_at: AwareDatetime
-    readings_count: int = Field(ge=0)
-    events_count: int = Field(default=0, ge=0)  # meter events published to ami.events for this job
-    meter_time: AwareDatetime | None = None
-    error_kind: str | None = None
-    error_message: str | None = Field(default=None, max_length=2000)
+    attempt: Attempt
+    started_at: Instant
+    finished_at: Instant
+    readings_count: Count
+    events_count: Count = 0  # meter events published to ami.events for this job
+    meter_time: Instant | None = None
+    error_kind: ErrorKind | None = None
+    error_message: ErrorMessage | None = None
 
 
 class MeterEvent(Message):
@@ -168,12 +207,12 @@ class MeterEvent(Message):
     meter, source, time and code), so ingest stores each event once.
     """
 
-    event_id: str = Field(min_length=1, max_length=200)
+    event_id: Annotated[Text, Field(min_length=1, max_length=200)]
     meter_id: MeterId
-    ts: AwareDatetime
-    kind: str = Field(min_length=1, max_length=64)
+    ts: Instant
+    kind: Annotated[Text, Field(min_length=1, max_length=64)]
     severity: Literal["info", "warning", "alarm"] = "info"
-    data: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    data: Data = Field(default_factory=dict)
 
 
 class CommandAction(StrEnum):
@@ -187,39 +226,59 @@ class CommandAction(StrEnum):
 class MeterCommand(Message):
     """A control action on one meter, with who asked for it (audit)."""
 
-    command_id: str
+    max_wire_bytes: ClassVar[int] = 64 * 1024
+
+    command_id: MessageId
     meter_id: MeterId
     link_id: LinkId
-    protocol: str
-    url: str
-    profile: str
+    protocol: ProtocolName
+    url: MeterUrl
+    profile: ProfileName
     action: CommandAction
-    params: dict[str, str] = Field(default_factory=dict)
-    requested_by: str = Field(min_length=1, max_length=200)
-    issued_at: AwareDatetime
-    deadline: AwareDatetime
+    params: Options = Field(default_factory=dict)
+    requested_by: Annotated[Text, Field(min_length=1, max_length=200)]
+    issued_at: Instant
+    deadline: Instant
 
 
 class CommandResult(Message):
     """Outcome of one command."""
 
-    command_id: str
+    command_id: MessageId
     meter_id: MeterId
     status: JobStatus
-    finished_at: AwareDatetime
-    error_kind: str | None = None
-    error_message: str | None = Field(default=None, max_length=2000)
-    data: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    finished_at: Instant
+    error_kind: ErrorKind | None = None
+    error_message: ErrorMessage | None = None
+    data: Data = Field(default_factory=dict)
 
 
 class DeadLetter(Message):
-    """A message a consumer could not handle, with the reason and the original bytes (base64)."""
+    """A message a consumer could not handle, with the reason and the original bytes (base64).
 
-    source_topic: str
+    Version 2 records the original's size and SHA-256, and ``original_b64`` may be only a prefix
+    of it (``original_truncated``) so that the letter fits the broker however large the original
+    was. Version 1 letters (no size, no digest, never cut) are still read.
+    """
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]  # a DeadLetter widens the base's Literal[1]
+
+    source_topic: Annotated[str, Field(max_length=300)]
     partition: int
     offset: int
-    key: str | None
+    key: Annotated[str, Field(max_length=1000)] | None
     reason: str = Field(max_length=4000)
-    consumer: str
+    consumer: Annotated[str, Field(max_length=100)]
     failed_at: datetime
     original_b64: str
+    original_size: Annotated[int, Field(ge=0)] | None = None  # bytes of the whole original
+    original_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None  # of the whole original
+    original_truncated: bool = False  # original_b64 holds only the first bytes of it
+
+    @model_validator(mode="after")
+    def _version_fields(self) -> DeadLetter:
+        if self.schema_version >= 2 and (self.original_size is None or self.original_sha256 is None):
+            raise ValueError("a version 2 dead letter records original_size and original_sha256")
+        if self.schema_version == 1 and self.original_truncated:
+            raise ValueError("a version 1 dead letter always holds the whole original")
+        return self
