@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -40,6 +41,8 @@ def _letter(s: IngestSettings, key: str, reason: str, original: bytes, consumer:
         consumer=consumer,
         failed_at=datetime.now(UTC),
         original_b64=base64.b64encode(original).decode(),
+        original_size=len(original),
+        original_sha256=hashlib.sha256(original).hexdigest(),
     )
 
 
@@ -147,3 +150,28 @@ def test_cli_lists_as_table_and_json_and_refuses_an_unfiltered_replay(stack: Sta
     assert [r["outcome"] for r in json.loads(dry.output)] == ["would send"]
     sent = runner.invoke(dlq_app, ["replay", "--all"], env=env)
     assert sent.exit_code == 0 and "replayed 1 of 1" in sent.output
+
+
+async def test_a_letter_that_kept_only_a_prefix_is_listed_but_never_replayed(
+    stack: StackEndpoints, topic_prefix: str
+) -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    from gxami_runtime.kafka import DEAD_LETTER_ORIGINAL_BYTES, dead_letter
+
+    s = _settings(stack, topic_prefix)
+    original = b"{" + b"x" * (DEAD_LETTER_ORIGINAL_BYTES + 10)
+    record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        s.topic("ami.readings"), 0, 3, 0, 0, b"M1", original, None, 2, len(original), ()
+    )
+    await _publish(
+        s, [dead_letter(record, "schema: (message): invalid JSON", "ingest", keep=DEAD_LETTER_ORIGINAL_BYTES)]
+    )
+    [stored] = await read_dead_letters(s, LetterFilter(), timeout_s=20)
+    listed = stored.to_json()
+    assert listed["original_truncated"] is True
+    assert (listed["original_size"], listed["original_bytes"]) == (len(original), DEAD_LETTER_ORIGINAL_BYTES)
+    assert listed["original_sha256"] == hashlib.sha256(original).hexdigest()
+    [replayed] = await replay_dead_letters(s, [stored])
+    assert replayed.outcome == f"skipped: only a prefix of the {len(original)}-byte original was kept"
+    assert await _read_topic(s, s.topic("ami.readings")) == []

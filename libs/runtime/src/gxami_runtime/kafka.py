@@ -8,8 +8,10 @@ at ``earliest``, and commit only after the work for a batch is done.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,16 +20,45 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerClosed,
+    TopicAlreadyExistsError,
+)
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from gxami_contracts import CATALOG, DEAD_LETTER, DeadLetter, Message
+from gxami_runtime.isolation import Refusal, store_isolating
 from gxami_runtime.service import kafka_startup_error
 from gxami_runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+# The largest request a producer sends, so the largest message it can publish (the broker's
+# message.max.bytes, 1 MB on Kafka by default, must be at least this).
+MAX_REQUEST_BYTES = 1 << 20
+# What a consumer fetches at most per partition and per request. A record bigger than these still
+# comes (Kafka returns the first batch whatever its size, so a consumer always makes progress), and
+# is then refused unparsed by its model's ``max_wire_bytes``.
+MAX_PARTITION_FETCH_BYTES = 1 << 20
+FETCH_MAX_BYTES = 16 << 20
+# A dead letter keeps at most this many bytes of its original: base64 makes them 4/3 as many
+# (~700 kB), and the rest of the letter (reason, key, names) is under 30 kB however it is escaped,
+# so the letter stays well under MAX_REQUEST_BYTES. A longer original is cut to this prefix.
+DEAD_LETTER_ORIGINAL_BYTES = 512 * 1024
+DEAD_LETTER_KEY_CHARS = 1000
+DEAD_LETTER_SEND_ATTEMPTS = 3
+
+DEAD_LETTERS_TOTAL = Counter(
+    "gxami_dead_letters_total",
+    "Dead letters by consumer and outcome (sent, truncated, stripped: sent without the original, failed)",
+    ["consumer", "outcome"],
+)
 
 
 def _common(settings: ServiceSettings) -> dict[str, Any]:
@@ -53,6 +84,7 @@ def producer_options(settings: ServiceSettings) -> dict[str, Any]:
         "enable_idempotence": settings.kafka_enable_idempotence,
         "linger_ms": 5,
         "max_batch_size": 1 << 20,
+        "max_request_size": MAX_REQUEST_BYTES,
         "retry_backoff_ms": 200,
         "compression_type": None,
     }
@@ -71,6 +103,8 @@ def consumer_options(settings: ServiceSettings, group_id: str) -> dict[str, Any]
         "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
         "max_poll_interval_ms": 300_000,
         "fetch_max_wait_ms": 200,
+        "fetch_max_bytes": FETCH_MAX_BYTES,
+        "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
     }
 
 
@@ -166,30 +200,102 @@ class Decoded(Generic[M]):
     message: M
 
 
-class DeadLetters:
-    """Sends what a consumer cannot handle to ``ami.dead-letter`` with the reason."""
+def dead_letter(record: ConsumerRecord[bytes, bytes], reason: str, consumer: str, *, keep: int) -> DeadLetter:
+    """The dead letter of ``record``: at most ``keep`` bytes of the original, with its size and SHA-256."""
+    original = record.value or b""
+    key = record.key.decode(errors="replace")[:DEAD_LETTER_KEY_CHARS] if record.key is not None else None
+    return DeadLetter(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=key,
+        reason=reason[:4000],
+        consumer=consumer,
+        failed_at=datetime.now(UTC),
+        original_b64=base64.b64encode(original[:keep]).decode(),
+        original_size=len(original),
+        original_sha256=hashlib.sha256(original).hexdigest(),
+        original_truncated=len(original) > keep,
+    )
 
-    def __init__(self, publisher: Publisher, consumer_name: str) -> None:
+
+class DeadLetters:
+    """Sends what a consumer cannot handle to ``ami.dead-letter`` with the reason.
+
+    An original too large for the broker is cut to a prefix (size and SHA-256 of the whole kept).
+    If the broker refuses the letter anyway (a non-retriable error, e.g. a smaller size limit),
+    it is sent once more without the original; if that is refused too, the letter is logged at
+    ERROR with where the message is and its digest, counted (``gxami_dead_letters_total{outcome=
+    "failed"}``), and the consumer goes on: the message stays in its topic until retention, and
+    one refused letter must not stop every message behind it. A retriable failure (broker away)
+    is retried, and raised after ``DEAD_LETTER_SEND_ATTEMPTS``: then the offset is not committed
+    and the message comes again.
+    """
+
+    def __init__(self, publisher: Publisher, consumer_name: str, *, retry_s: float = 1.0) -> None:
         self._publisher = publisher
         self._consumer = consumer_name
+        self._retry_s = retry_s
 
     async def send(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        key = record.key.decode(errors="replace") if record.key is not None else None
-        letter = DeadLetter(
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=key,
-            reason=reason[:4000],
-            consumer=self._consumer,
-            failed_at=datetime.now(UTC),
-            original_b64=base64.b64encode(record.value or b"").decode(),
-        )
-        await self._publisher.send(DEAD_LETTER, key or "", letter)
+        letter = dead_letter(record, reason, self._consumer, keep=DEAD_LETTER_ORIGINAL_BYTES)
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        try:
+            await self._publish(letter)
+            outcome = "truncated" if letter.original_truncated else "sent"
+        except DeadLetterUnavailableError:
+            raise
+        except KafkaError as exc:
+            log.warning(
+                "dead letter refused by the broker; sending it without the original",
+                extra={**where, "error": repr(exc)},
+            )
+            stripped = dead_letter(record, reason, self._consumer, keep=0)
+            try:
+                await self._publish(stripped)
+                outcome = "stripped"
+            except DeadLetterUnavailableError:
+                raise
+            except KafkaError as again:
+                DEAD_LETTERS_TOTAL.labels(self._consumer, "failed").inc()
+                log.error(  # noqa: TRY400 - the error is in the record; its traceback says nothing more
+                    "could not publish a dead letter; the message is skipped and stays in its topic",
+                    extra={
+                        **where,
+                        "reason": reason,
+                        "size": letter.original_size,
+                        "sha256": letter.original_sha256,
+                        "error": repr(again),
+                    },
+                )
+                return
+        DEAD_LETTERS_TOTAL.labels(self._consumer, outcome).inc()
         log.warning(
             "dead-lettered a message",
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset, "reason": reason},
+            extra={**where, "reason": reason, "size": letter.original_size, "truncated": letter.original_truncated},
         )
+
+    async def _publish(self, letter: DeadLetter) -> None:
+        """Send; retriable errors are retried, a non-retriable one (the letter refused) is raised at once."""
+        for attempt in range(1, DEAD_LETTER_SEND_ATTEMPTS + 1):
+            try:
+                await self._publisher.send(DEAD_LETTER, letter.key or "", letter)
+                return
+            except KafkaError as exc:
+                if not _broker_away(exc):
+                    raise
+                if attempt == DEAD_LETTER_SEND_ATTEMPTS:
+                    raise DeadLetterUnavailableError(f"dead-letter topic unavailable: {exc!r}") from exc
+                await asyncio.sleep(self._retry_s * attempt)
+
+
+def _broker_away(exc: KafkaError) -> bool:
+    """True for a failure that says nothing about the letter: the broker is away, or we are stopping."""
+    return bool(exc.retriable) or isinstance(exc, (KafkaTimeoutError, ProducerClosed))
+
+
+class DeadLetterUnavailableError(KafkaConnectionError):  # type: ignore[misc]  # aiokafka ships no types for its errors
+    """Publishing a dead letter failed with retriable errors only: the broker is away, not the letter refused."""
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -202,14 +308,21 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def decode_batch(
-    model: type[M], records: Sequence[ConsumerRecord[bytes, bytes]]
+    model: type[M], records: Sequence[ConsumerRecord[bytes, bytes]], *, max_bytes: int | None = None
 ) -> tuple[list[Decoded[M]], list[tuple[ConsumerRecord[bytes, bytes], str]]]:
-    """Split records into decoded messages and poison records with their reasons."""
+    """Split records into decoded messages and poison records with their reasons.
+
+    A record larger than ``max_bytes`` (default: the model's ``max_wire_bytes``) is refused unparsed.
+    """
+    limit = model.max_wire_bytes if max_bytes is None else max_bytes
     good: list[Decoded[M]] = []
     bad: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
     for rec in records:
         if rec.value is None:
             bad.append((rec, "empty message (tombstone) on a data topic"))
+            continue
+        if len(rec.value) > limit:
+            bad.append((rec, f"too large: {len(rec.value)} bytes, over the {limit}-byte bound of {model.__name__}"))
             continue
         try:
             good.append(Decoded(rec, model.model_validate_json(rec.value)))
@@ -231,12 +344,26 @@ async def consume_batches(
     timeout_ms: int = 500,
     stop: Callable[[], bool] = lambda: False,
     on_idle: Callable[[], Awaitable[None]] | None = None,
+    refusal: Refusal | None = None,
 ) -> None:
     """Fetch, decode, dead-letter poison, hand the rest to ``handler``, then commit.
 
     Offsets are committed only after ``handler`` returned: a crash before that
-    redelivers the batch, which our idempotent handlers absorb.
+    redelivers the batch, which our idempotent handlers absorb. With ``refusal``, a handler
+    failure it recognises as caused by the messages (it returns a reason) is narrowed down by
+    handing over halves of the batch until each culprit is alone; those are dead-lettered and
+    the rest handled.
     """
+
+    async def refuse(item: Decoded[M], reason: str) -> None:
+        await dead_letters.send(item.record, reason)
+
+    async def handle(items: list[Decoded[M]]) -> None:
+        if refusal is None:
+            await handler(items)
+        else:
+            await store_isolating(items, handler, refusal, refuse)
+
     while not stop():
         batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         if not batches:
@@ -248,7 +375,7 @@ async def consume_batches(
         for rec, reason in bad:
             await dead_letters.send(rec, reason)
         if good:
-            await handler(good)
+            await handle(good)
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
         await commit(consumer, offsets)
 

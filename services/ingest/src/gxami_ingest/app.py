@@ -21,6 +21,7 @@ from gxami_ingest.validation import BatchRejectedError, check_batch
 from gxami_ingest.vee import run_vee_periodically
 from gxami_ingest.writer import ReadingRow, WriteStats, write_readings
 from gxami_runtime.http import OpsServer
+from gxami_runtime.isolation import database_refusal, store_isolating
 from gxami_runtime.kafka import (
     DeadLetters,
     Decoded,
@@ -70,35 +71,51 @@ class Ingest:
 
     async def handle(
         self, items: list[Decoded[ReadingBatch]], consumer: AIOKafkaConsumer, dead: DeadLetters, slot: int = 0
-    ) -> None:
-        """Validate, dead-letter what cannot be stored, store the rest; returns after the commit."""
+    ) -> WriteStats:
+        """Validate, dead-letter what cannot be stored, store the rest; returns after the commit.
+
+        A write the database refuses for its data (see ``database_refusal``) is split by message
+        until each refused batch is alone: those are dead-lettered with the reason, the rest stored.
+        """
         now = datetime.now(UTC)
         max_future = timedelta(seconds=self.settings.max_future_s)
         max_past = self.settings.max_past
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
             await self.slots[slot].run(self._refresh_meters, consumer)
-        rows: list[ReadingRow] = []
+        checked: list[tuple[Decoded[ReadingBatch], list[ReadingRow]]] = []
         for d in items:
             try:
-                rows.extend(
-                    check_batch(
-                        d.message, known_meters=self.known_meters, now=now, max_future=max_future, max_past=max_past
-                    )
+                rows = check_batch(
+                    d.message, known_meters=self.known_meters, now=now, max_future=max_future, max_past=max_past
                 )
             except BatchRejectedError as exc:
                 await dead.send(d.record, str(exc))
                 DEAD_LETTERS.inc()
+            else:
+                checked.append((d, rows))
 
-        async def write(conn: asyncpg.Connection) -> WriteStats:
-            with BATCH_SECONDS.time():
-                return await write_readings(conn, rows, self.partitions)
+        async def store(group: list[tuple[Decoded[ReadingBatch], list[ReadingRow]]]) -> WriteStats:
+            rows = [row for _, batch_rows in group for row in batch_rows]
 
-        stats = await self.slots[slot].run(write, consumer)
+            async def write(conn: asyncpg.Connection) -> WriteStats:
+                with BATCH_SECONDS.time():
+                    return await write_readings(conn, rows, self.partitions)
+
+            return await self.slots[slot].run(write, consumer)
+
+        async def refuse(item: tuple[Decoded[ReadingBatch], list[ReadingRow]], reason: str) -> None:
+            d = item[0]
+            await dead.send(d.record, f"meter {d.message.meter_id}: batch {d.message.batch_id[:64]!r}: {reason}")
+            DEAD_LETTERS.inc()
+            READINGS_TOTAL.labels("refused").inc(len(item[1]))
+
+        stats = sum(await store_isolating(checked, store, database_refusal, refuse), WriteStats(0, 0, 0, 0))
         READINGS_TOTAL.labels("inserted").inc(stats.inserted)
         READINGS_TOTAL.labels("duplicate").inc(stats.duplicates)
         READINGS_TOTAL.labels("revision").inc(stats.revisions)
         READINGS_TOTAL.labels("replaced-estimate").inc(stats.replaced_estimates)
+        return stats
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings

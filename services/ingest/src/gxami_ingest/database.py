@@ -27,6 +27,26 @@ RETRYABLE = (
     asyncpg.exceptions.AdminShutdownError,
 )
 
+# SQLSTATE classes of a database that cannot work right now, whatever the data: connection (08),
+# resources such as a full disk (53), operator intervention such as a shutdown (57), system (58),
+# rollback (40), lock not available (55), a read-only standby after a failover (25006), internal
+# (XX). Such work waits and is done again; it is never blamed on the messages (no dead letter).
+_WAIT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+_WAIT_STATES = frozenset({"25006"})
+# A reading whose partition is missing (a stale cache of partitions; reconnecting reloads it).
+_NO_PARTITION = "no partition of relation"
+
+
+def retryable(exc: BaseException) -> bool:
+    """True when ``exc`` means "the database is away or busy", so the same work is simply done again."""
+    if isinstance(exc, RETRYABLE):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        return state[:2] in _WAIT_CLASSES or state in _WAIT_STATES or str(exc).startswith(_NO_PARTITION)
+    return False
+
+
 DB_RETRIES = Counter("gxami_ingest_db_retries_total", "Database work that failed and was retried", ["consumer"])
 
 
@@ -60,7 +80,9 @@ class RetryingConnection:
                     if self.conn is None or self.conn.is_closed():
                         self.conn = await self._connect()
                     return await work(self.conn)
-                except RETRYABLE as exc:
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise  # e.g. the data refused: the caller isolates the messages that caused it
                     DB_RETRIES.labels(self._name).inc()
                     log.warning(
                         "database unavailable; retrying",

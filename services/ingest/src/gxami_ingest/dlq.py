@@ -4,7 +4,8 @@ Reading needs no consumer group: the dead-letter topic's partitions are assigned
 read from the first offset (or ``--from-offset``) up to the end offsets taken at the start, so a
 listing never joins a group, never commits and always ends. Replay sends each letter's original
 bytes, with its original key, to the topic it came from (the physical name recorded when it was
-dead-lettered); consumers are idempotent, so replaying twice does no harm.
+dead-lettered); consumers are idempotent, so replaying twice does no harm. A letter that kept only a
+prefix of an original too large for the broker (``original_truncated``) is listed but never replayed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class StoredLetter:
             failed_at=d.failed_at.isoformat(),
             reason=d.reason,
             original_bytes=len(raw) if raw is not None else None,
+            original_size=d.original_size,
+            original_sha256=d.original_sha256,
+            original_truncated=d.original_truncated,
         )
         return out
 
@@ -182,6 +186,9 @@ async def replay_dead_letters(
             plan.append((s, None, f"skipped: {s.problem}"))
         elif s.letter.source_topic == dead_topic:
             plan.append((s, None, "skipped: its source is the dead-letter topic itself"))
+        elif s.letter.original_truncated:
+            # Only a prefix was kept (the original was too large for a letter): sending it would be a new poison.
+            plan.append((s, None, f"skipped: only a prefix of the {s.letter.original_size}-byte original was kept"))
         else:
             raw = _original(s.letter)
             plan.append((s, raw, "sent") if raw is not None else (s, None, "skipped: original_b64 is not valid base64"))

@@ -14,7 +14,10 @@ and logged with its id, never overwriting.
 A message that cannot be stored goes to the dead-letter topic with the reason: not the
 contract's shape, an unknown meter, stamped further from now than ingest's ``max_future_s`` /
 ``max_past_days``, text the database cannot hold (NUL characters) or a non-finite number in
-``data``. The events consumer has its own group, ``<consumer_group>-events``.
+``data`` (the contract refuses those already; the checks stay as a second line), or anything
+else the database refuses for its data: a write that fails so is split by message until the
+refused events are alone, and the rest is stored. The events consumer has its own group,
+``<consumer_group>-events``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from gxami_contracts import MeterEvent
 from gxami_contracts.topics import EVENTS
 from gxami_ingest.database import RetryingConnection
 from gxami_ingest.settings import IngestSettings
+from gxami_runtime.isolation import database_refusal, store_isolating
 from gxami_runtime.kafka import DeadLetters, Decoded, Publisher, consume_batches, make_consumer
 from gxami_runtime.service import kafka_startup_error
 
@@ -75,6 +79,14 @@ class EventWriteStats:
     inserted: int
     duplicates: int
     conflicts: int
+
+    def __add__(self, other: EventWriteStats) -> EventWriteStats:
+        return EventWriteStats(
+            self.offered + other.offered,
+            self.inserted + other.inserted,
+            self.duplicates + other.duplicates,
+            self.conflicts + other.conflicts,
+        )
 
 
 def _has_nul(text: str) -> bool:
@@ -156,7 +168,11 @@ class EventIngest:
             try:
                 await consumer.start()
             except (KafkaError, OSError) as exc:
+                await consumer.stop()
                 raise kafka_startup_error(s.kafka_bootstrap, exc) from None
+            except asyncio.CancelledError:
+                await consumer.stop()  # stopped while joining the group: leave no client tasks behind
+                raise
             log.info("event ingest started", extra={"topic": s.topic(EVENTS.name), "group": events_group(s)})
 
             async def store(items: list[Decoded[MeterEvent]]) -> None:
@@ -180,25 +196,34 @@ class EventIngest:
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
             await self.db.run(self._refresh_meters, consumer)
-        rows: list[EventRow] = []
+        checked: list[tuple[Decoded[MeterEvent], EventRow]] = []
         for d in items:
             try:
-                rows.append(
-                    check_event(
-                        d.message,
-                        known_meters=self.known_meters,
-                        now=now,
-                        max_future=timedelta(seconds=s.max_future_s),
-                        max_past=s.max_past,
-                    )
+                row = check_event(
+                    d.message,
+                    known_meters=self.known_meters,
+                    now=now,
+                    max_future=timedelta(seconds=s.max_future_s),
+                    max_past=s.max_past,
                 )
             except EventRejectedError as exc:
                 await self.dead.send(d.record, str(exc))
+            else:
+                checked.append((d, row))
 
-        async def write(conn: asyncpg.Connection) -> EventWriteStats:
-            return await write_events(conn, rows)
+        async def store(group: list[tuple[Decoded[MeterEvent], EventRow]]) -> EventWriteStats:
+            rows = [row for _, row in group]
 
-        stats = await self.db.run(write, consumer)
+            async def write(conn: asyncpg.Connection) -> EventWriteStats:
+                return await write_events(conn, rows)
+
+            return await self.db.run(write, consumer)
+
+        async def refuse(item: tuple[Decoded[MeterEvent], EventRow], reason: str) -> None:
+            d = item[0]
+            await self.dead.send(d.record, f"meter {d.message.meter_id}: event {d.message.event_id[:80]!r}: {reason}")
+
+        stats = sum(await store_isolating(checked, store, database_refusal, refuse), EventWriteStats(0, 0, 0, 0))
         EVENTS_TOTAL.labels("stored").inc(stats.inserted)
         EVENTS_TOTAL.labels("duplicate").inc(stats.duplicates)
         EVENTS_TOTAL.labels("conflict").inc(stats.conflicts)

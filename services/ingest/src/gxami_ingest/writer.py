@@ -39,6 +39,15 @@ class WriteStats:
     revisions: int
     replaced_estimates: int = 0
 
+    def __add__(self, other: WriteStats) -> WriteStats:
+        return WriteStats(
+            self.offered + other.offered,
+            self.inserted + other.inserted,
+            self.duplicates + other.duplicates,
+            self.revisions + other.revisions,
+            self.replaced_estimates + other.replaced_estimates,
+        )
+
 
 async def write_readings(conn: asyncpg.Connection, rows: list[ReadingRow], partitions: PartitionKeeper) -> WriteStats:
     """Store ``rows`` in one transaction with ``synchronous_commit`` on; returns what happened.
