@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -69,7 +70,9 @@ async def test_daily_report_with_no_database_is_one_line(monkeypatch: pytest.Mon
     assert "cannot read the database" in result.output
 
 
-async def test_report_api_serves_json_and_refuses_bad_dates(database_url: str) -> None:
+async def test_report_api_serves_json_and_refuses_bad_dates(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from gxami_reports.app import main
 
     await _seed(database_url)
@@ -95,9 +98,12 @@ async def test_report_api_serves_json_and_refuses_bad_dates(database_url: str) -
             assert {row["day"] for row in body["rows"]} >= {"2026-10-06", "2026-10-07"}
             async with http.get(f"http://127.0.0.1:{port}/reports/daily?from=yesterday") as r:
                 assert r.status == 400
-                assert "from" in await r.text()
+                assert await r.json() == {"error": "query parameter 'from' must be a date like 2026-11-26"}
+            async with http.get(f"http://127.0.0.1:{port}/reports/daily?meter=R%001") as r:
+                assert (r.status, await r.json()) == (400, {"error": "NUL byte in the query"})
             async with http.get(f"http://127.0.0.1:{port}/reports/fleet") as r:
                 assert (await r.json())["meters"] == 1
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
