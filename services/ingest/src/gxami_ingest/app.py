@@ -134,7 +134,7 @@ class Ingest:
         await self.partitions.ensure_ahead(conn, datetime.now(UTC))
         await self._refresh_meters(conn)
         producer, consumer = await start_clients(s, s.consumer_group, s.topic(READINGS.name))
-        ops = OpsServer(s.http_host, s.http_port, ready=lambda: self.ready)
+        ops = OpsServer.from_settings(s, ready=lambda: self.ready)
         port = await ops.start()
         log.info("ingest started", extra={"http_port": port, "topic": s.topic(READINGS.name)})
         dead = DeadLetters(Publisher(producer, s), "ingest")
