@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections import defaultdict
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from gxami_collector.jobs import JobOutcome, MeterReader
@@ -107,8 +110,31 @@ class Collector:
             # Offsets are committed once every job of the fetch has published its result; a crash
             # before that re-runs the jobs, and the readings and events they produce again are
             # deduplicated (readings on their natural key, events on their stable event id).
-            await asyncio.gather(*(self._one(d.message, publisher) for d in jobs))
+            outcomes = await asyncio.gather(*(self._one(d.message, publisher) for d in jobs), return_exceptions=True)
+            for d, outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    await self._job_failed(d, outcome, dead)
             await commit(consumer, offsets)
+
+    async def _job_failed(self, job: Decoded[ReadJob], exc: BaseException, dead: DeadLetters) -> None:
+        """One job's failure is that job's: dead-letter it and go on, unless the broker is away."""
+        if not isinstance(exc, Exception) or (isinstance(exc, KafkaError) and exc.retriable):
+            raise exc  # cancelled, or the broker away: nothing is committed and the jobs come again
+        JOBS.labels("error", "internal").inc()
+        # The type and where it was raised, not the message nor a traceback: an unexpected error
+        # deep in a meter session must not carry key material into the logs.
+        frames = traceback.extract_tb(exc.__traceback__)
+        raised_at = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        log.error(
+            "read job failed inside the collector; dead-lettered",
+            extra={
+                "meter_id": job.message.meter_id,
+                "job_id": job.message.job_id,
+                "error": type(exc).__name__,
+                "raised_at": raised_at,
+            },
+        )
+        await dead.send(job.record, f"collector failed on this job: {type(exc).__name__}")
 
 
 async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -> None:
@@ -120,5 +146,6 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         exchange_timeout=s.exchange_timeout_s,
         session_timeout=s.session_timeout_s,
         invocation_counters=s.invocation_counters_file,
+        networks=s.meter_networks(),
     )
     await Collector(s, reader).run(stop)
