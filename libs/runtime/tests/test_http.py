@@ -178,27 +178,30 @@ async def test_a_failing_handler_is_a_json_500_logged_once(site: Site, caplog: p
 async def test_slow_headers_are_answered_408_and_closed_within_the_timeout(site: Site) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
     started = time.monotonic()
+    answer = b""
+    closed = False
     try:
         writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n")
-        answer = b""
-        for _ in range(40):  # a header byte every 0.1 s: never a complete head
+        for _ in range(40):  # a header byte every 0.1 s, never a complete head: 4 s if nobody stops it
             try:
                 writer.write(b"X")
                 await writer.drain()
+                chunk = await asyncio.wait_for(reader.read(4096), 0.1)
+            except TimeoutError:
+                continue
             except ConnectionError:
+                closed = True
                 break
-            chunk = await asyncio.wait_for(reader.read(4096), 0.1) if not reader.at_eof() else b""
             answer += chunk
-            if reader.at_eof():
+            if not chunk:
+                closed = True
                 break
-    except TimeoutError:
-        answer += await asyncio.wait_for(reader.read(), 3)
     finally:
         writer.close()
         await asyncio.gather(writer.wait_closed(), return_exceptions=True)
     elapsed = time.monotonic() - started
-    assert reader.at_eof(), "the server closed the slow connection"
-    assert elapsed < SHORT + 1.0
+    assert closed, "the server closed the slow connection"
+    assert elapsed < SHORT + 2.0
     assert _status_and_body(answer)[0] == 408
     assert site.refused("header_timeout") == 1
 
@@ -220,7 +223,7 @@ async def _closed_after(site: Site, data: bytes, wait: float = 3.0) -> tuple[byt
 async def test_a_silent_connection_is_closed_within_the_header_timeout(site: Site) -> None:
     answer, elapsed = await _closed_after(site, b"")
     assert answer == b""  # nothing was asked, so nothing is answered
-    assert elapsed < SHORT + 1.0
+    assert elapsed < SHORT + 2.0
 
 
 async def test_a_head_trickled_on_a_kept_alive_connection_is_timed_out(site: Site) -> None:
@@ -238,7 +241,7 @@ async def test_a_head_trickled_on_a_kept_alive_connection_is_timed_out(site: Sit
         writer.write(b"GET /health HTTP/1.1\r\n")  # the second head, never finished
         await writer.drain()
         rest = await asyncio.wait_for(reader.read(), 3)
-        assert time.monotonic() - started < SHORT + 1.0
+        assert time.monotonic() - started < SHORT + 2.0
         assert _status_and_body(rest)[0] == 408
     finally:
         writer.close()
@@ -258,7 +261,7 @@ async def test_idle_keep_alive_is_bounded() -> None:
             started = time.monotonic()
             answer = await asyncio.wait_for(reader.read(), 4)
             assert answer.startswith(b"HTTP/1.1 200")
-            assert time.monotonic() - started < SHORT + 1.5
+            assert time.monotonic() - started < SHORT + 2.0
         finally:
             writer.close()
             await asyncio.gather(writer.wait_closed(), return_exceptions=True)
@@ -281,7 +284,7 @@ async def test_a_partial_body_gets_408_and_nothing_is_done(site: Site) -> None:
     status, body = _status_and_body(answer)
     assert status == 408
     assert body == {"error": "request body not complete within 0.5 s"}
-    assert SHORT - 0.1 < elapsed < SHORT + 1.0
+    assert SHORT - 0.1 < elapsed < SHORT + 2.0
     assert site.actions == []
     assert site.refused("body_timeout") == 1
 
@@ -314,7 +317,6 @@ async def test_a_body_over_the_limit_gets_413(site: Site) -> None:
 async def test_writes_are_rate_limited_per_client(site: Site) -> None:
     statuses: list[int] = []
     retry_after: set[str] = set()
-    started = time.monotonic()
     async with aiohttp.ClientSession(timeout=TIMEOUT, connector=aiohttp.TCPConnector(limit=20)) as http:
 
         async def post() -> None:
@@ -324,8 +326,9 @@ async def test_writes_are_rate_limited_per_client(site: Site) -> None:
                     assert (await resp.json())["error"] == "too many write requests"
                     retry_after.add(resp.headers["Retry-After"])
 
+        # 300 writes as fast as one client can (the defect report had them in 2 s); at 0.01 tokens
+        # a second the bucket earns nothing meanwhile, so exactly the burst gets through.
         await asyncio.gather(*(post() for _ in range(300)))
-        assert time.monotonic() - started < 2.0  # 300 writes in under 2 s, as the defect report had it
         async with http.get(f"{site.base}/echo") as resp:
             assert resp.status == 200  # reads are not limited
     assert statuses.count(202) == LIMITS.write_burst
