@@ -124,8 +124,13 @@ async def test_nul_byte_in_query_is_a_json_400_logged_at_info(site: Site, caplog
 @pytest.mark.parametrize(
     ("request_bytes", "reason"),
     [
-        (b"GARBAGE\r\n\r\n", "Invalid method encountered"),
-        (b"GET /echo HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n", None),
+        (b"GARBAGE\r\n\r\n", "method"),
+        (b"GET /echo HTTP/1.1\r\nHost: t\r\nBearer aaaa-token\r\n\r\n", None),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+            "Too many headers",
+        ),
+        (b"POST /act HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "duplicate"),
         (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", "line is too long"),
         (b"GET /echo?x=%zz HTTP/1.1\r\nHost: t\r\n\r\n", "bad percent-encoding in the query"),
         (b"GET /echo%2 HTTP/1.1\r\nHost: t\r\n\r\n", "bad percent-encoding in the path"),
@@ -148,9 +153,10 @@ async def test_malformed_requests_get_a_json_4xx_and_one_info_line(
     raw, _ = await site.raw(request_bytes.replace(b"Host: t\r\n", b"Host: t\r\nConnection: close\r\n"))
     status, body = _status_and_body(raw)
     assert 400 <= status < 500
-    if reason is not None:
-        assert reason in body["error"]
+    if reason is not None:  # the words differ between aiohttp's C and Python parsers
+        assert reason.lower() in body["error"].lower()
     assert "aaaa" not in body["error"]  # the request's own bytes are never echoed (they may hold a token)
+    assert not [r for r in caplog.records if "aaaa" in r.getMessage()]
     _no_tracebacks(caplog)
     assert site.actions == []
 

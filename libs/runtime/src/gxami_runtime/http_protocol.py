@@ -37,10 +37,11 @@ def safe_reason(exc: BaseException | None, fallback: str) -> str:
         return "the request line or a header line is too long"
     if not isinstance(exc, HttpProcessingError) or not exc.message:
         return fallback
-    first = str(exc.message).splitlines()[0]
-    for marker in (": b'", ': b"', ":  b'"):
+    # aiohttp's messages read "what went wrong: the offending bytes"; keep only the first part.
+    first = str(exc.message).splitlines()[0] if str(exc.message).strip() else ""
+    for marker in (":", "'", '"'):
         first = first.split(marker, 1)[0]
-    first = first.strip().rstrip(":").strip()
+    first = first.strip()
     if not first or not first.isprintable():
         return fallback
     return first[:200]
