@@ -295,6 +295,23 @@ async def test_a_partial_body_gets_408_and_nothing_is_done(site: Site) -> None:
     assert site.refused("body_timeout") == 1
 
 
+async def test_a_client_gone_mid_body_is_not_an_error(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    writer.write(b"POST /act HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the handler is waiting for the rest of the body
+    writer.close()
+    await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+    for _ in range(100):  # until the server has noticed
+        if site.refused("client_gone"):
+            break
+        await asyncio.sleep(0.02)
+    assert site.refused("client_gone") == 1
+    assert site.actions == []
+    _no_tracebacks(caplog)
+
+
 async def test_a_complete_body_is_acted_on(site: Site) -> None:
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as http,

@@ -263,6 +263,11 @@ class OpsServer:
                 return _ClosingResponse(request, 408, reason)
             except web.HTTPRequestEntityTooLarge:
                 return self._refuse(413, f"request body larger than {limit} bytes", "body_too_large", request)
+            except ConnectionError:
+                # Nobody is left to answer; aiohttp drops the connection quietly when this fails to send.
+                log.info("HTTP client went away before its request body arrived", extra={"remote": request.remote})
+                self._metrics.refused.labels("client_gone").inc()
+                return json_error(400, "request body not complete")
             except RequestPayloadError:
                 resp = self._refuse(400, "malformed request body", "malformed", request)
                 resp.force_close()
