@@ -8,14 +8,17 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from pydantic import ValidationError
 
 from gxami_runtime.logs import configure_logging
 
 log = logging.getLogger(__name__)
+S = TypeVar("S")
 
 
 class StartupError(Exception):
@@ -67,6 +70,20 @@ def run_service(name: str, level: str, main: Callable[[asyncio.Event], Awaitable
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def load_settings(name: str, settings: Callable[[], S]) -> S:
+    """Build a service's settings; a bad GXAMI_* value is one line on stderr and exit code 2."""
+    try:
+        return settings()
+    except ValidationError as exc:
+        # Field names and pydantic's reasons only: the rejected input may be a secret.
+        reasons = "; ".join(
+            f"GXAMI_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        print(f"gxami {name}: bad setting {reasons}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def check_database(dsn: str, what: str = "database") -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from gxami_collector.app import main
 from gxami_collector.settings import CollectorSettings
-from gxami_runtime.service import run_service
+from gxami_runtime.service import load_settings, run_service
 
 
 def run() -> int:
-    return run_service("collector", CollectorSettings().log_level, main)
+    settings = load_settings("collector", CollectorSettings)  # a bad setting: one line, exit 2
+
+    async def collector(stop: asyncio.Event) -> None:
+        await main(stop, settings)
+
+    return run_service("collector", settings.log_level, collector)
 
 
 if __name__ == "__main__":

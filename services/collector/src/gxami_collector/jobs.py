@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from gxami_collector.networks import MeterNetworks
 from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadingValue, ReadJob
 from gxami_runtime.kafka import describe_validation_error
@@ -107,7 +108,9 @@ class MeterReader:
         exchange_timeout: float,
         session_timeout: float,
         invocation_counters: Path | None = None,
+        networks: MeterNetworks | None = None,
     ) -> None:
+        self._networks = networks if networks is not None else MeterNetworks.of()  # loopback-only default
         self._profiles = profiles
         self._secrets = secrets
         self._drivers: dict[str, Driver] = {}
@@ -140,6 +143,7 @@ class MeterReader:
             late = f"meter {job.meter_id}: job expired before it ran (deadline {job.deadline.isoformat()})"
             return self._failed(job, started, "expired", late)
         try:
+            await self._networks.check(job.url)  # before anything connects: a job names any URL it likes
             profile = self._profiles.get(job.profile)
             driver = self.driver(job.protocol)
             target = MeterTarget(job.meter_id, job.url, job.options, self._secrets.for_meter(job.meter_id))

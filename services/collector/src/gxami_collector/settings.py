@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
+from gxami_collector.networks import (
+    DEFAULT_NETWORKS,
+    DEFAULT_RESOLVE_TIMEOUT_S,
+    DEFAULT_SCHEMES,
+    DEFAULT_SERIAL_DEVICES,
+    MeterNetworks,
+    NetworkRule,
+    parse_schemes,
+    parse_serial_device,
+)
 from gxami_runtime.settings import ServiceSettings
 
-
-def _state_file() -> Path:
-    """``$XDG_STATE_HOME/gxami/invocation-counters.json`` (``~/.local/state`` without XDG_STATE_HOME)."""
-    state = os.environ.get("XDG_STATE_HOME")
-    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
-    return base / "gxami" / "invocation-counters.json"
+# Comma-separated in the environment (GXAMI_ALLOWED_NETWORKS=10.20.0.0/16:4059,10.30.0.0/16); empty: none.
+CommaList = Annotated[list[str], NoDecode]
 
 
 class CollectorSettings(ServiceSettings):
@@ -25,9 +32,51 @@ class CollectorSettings(ServiceSettings):
     session_timeout_s: float = 120.0
     profiles_dir: Path | None = None
     secrets_file: Path | None = None
-    # DLMS security suite 0: the invocation counter of each meter must never be reused (GCM nonce).
-    # Reserved in this file before use, so a restart or a crash never repeats one; it must be on a
-    # persistent volume (see deploy/k8s/collector.yaml). Processes sharing it (replicas on one
-    # volume, `gxami read --counters-file`) are safe: it is locked across processes.
-    # Default: the user's XDG state dir (local runs); deployments set GXAMI_INVOCATION_COUNTERS_FILE.
-    invocation_counters_file: Path = Field(default_factory=_state_file)
+    # DLMS security suite 0: the invocation counter of each meter must never be reused. Kept in this
+    # file (one per collector replica, on a persistent volume) so a restart does not cost an extra
+    # association per meter to read the frame counter again.
+    invocation_counters_file: Path | None = None
+    # Where read jobs may send the collector (see gxami_collector.networks). The default network
+    # is loopback only, for a local run and the tests: a deployment lists its meter networks.
+    allowed_schemes: CommaList = Field(default_factory=lambda: list(DEFAULT_SCHEMES))
+    allowed_networks: CommaList = Field(default_factory=lambda: list(DEFAULT_NETWORKS))
+    allowed_serial_devices: CommaList = Field(default_factory=lambda: list(DEFAULT_SERIAL_DEVICES))
+    resolve_timeout_s: float = DEFAULT_RESOLVE_TIMEOUT_S
+
+    @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_schemes")
+    @classmethod
+    def _schemes(cls, value: list[str]) -> list[str]:
+        return sorted(parse_schemes(value))
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [str(NetworkRule.parse(v)) for v in value]
+
+    @field_validator("allowed_serial_devices")
+    @classmethod
+    def _serial(cls, value: list[str]) -> list[str]:
+        return [parse_serial_device(v) for v in value]
+
+    @field_validator("resolve_timeout_s")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not 0 < value <= 60:
+            raise ValueError("must lie in (0, 60] seconds")
+        return value
+
+    def meter_networks(self) -> MeterNetworks:
+        """The allow-list these settings describe."""
+        return MeterNetworks.of(
+            self.allowed_schemes,
+            self.allowed_networks,
+            self.allowed_serial_devices,
+            resolve_timeout=self.resolve_timeout_s,
+        )
