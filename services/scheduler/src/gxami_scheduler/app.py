@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from gxami_contracts import DEAD_LETTER, JobResult, Message
 from gxami_contracts.topics import JOB_RESULTS, READ_JOBS
 from gxami_runtime.http import OpsServer
+from gxami_runtime.isolation import database_refusal
 from gxami_runtime.kafka import (
     DeadLetters,
     Decoded,
@@ -139,7 +140,16 @@ class Scheduler:
                 if rewind:
                     await rewind_to_committed(consumer)
                     rewind = False
-                await consume_batches(consumer, JobResult, self.handle_results, dead_letters, stop=stop.is_set)
+                # A result the database refuses for its data is split out and dead-lettered, not
+                # re-read forever: the results behind it must still move their meters' schedules.
+                await consume_batches(
+                    consumer,
+                    JobResult,
+                    self.handle_results,
+                    dead_letters,
+                    stop=stop.is_set,
+                    refusal=database_refusal,
+                )
             except (*DB_ERRORS, KafkaError) as exc:
                 # getmany() has moved past the failed batch: go back to the last commit before
                 # fetching again, or the next commit would skip it.
