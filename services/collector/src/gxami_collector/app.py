@@ -77,7 +77,7 @@ class Collector:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         producer, consumer = await start_clients(s, s.consumer_group, s.topic(READ_JOBS.name))
-        ops = OpsServer(s.http_host, s.http_port, ready=lambda: self.ready)
+        ops = OpsServer.from_settings(s, ready=lambda: self.ready)
         port = await ops.start()
         publisher = Publisher(producer, s)
         dead = DeadLetters(publisher, "collector")
