@@ -136,6 +136,13 @@ async def test_the_default_allows_loopback_and_usual_serial_devices_only() -> No
         assert await check(default, url) is not None, url
 
 
+async def test_link_local_ipv6_with_a_zone_is_checked_without_the_zone() -> None:
+    policy = MeterNetworks.of(["tcp"], ["[fe80::/10]:4059"], [])
+    assert await check(policy, "tcp://[fe80::1%eth0]:4059") is None
+    message = await check(policy, "tcp://[fe80::1%eth0]:4060")
+    assert message is not None and "tcp://[fe80::1%eth0]:4060 is outside" in message
+
+
 async def test_listen_binds_are_checked_like_addresses() -> None:
     policy = MeterNetworks.of(["listen"], ["0.0.0.0/32:4059"], [])
     assert await check(policy, "listen://0.0.0.0:4059") is None

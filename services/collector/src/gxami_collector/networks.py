@@ -207,7 +207,7 @@ class MeterNetworks:
         addresses = await self._addresses(endpoint.host, endpoint.port, where)
         for address in addresses:
             if not any(rule.allows(address, endpoint.port) for rule in self.networks):
-                via = "" if str(address) == endpoint.host else f" ({endpoint.host} resolves to {address})"
+                via = "" if _literal(endpoint.host) is not None else f" ({endpoint.host} resolves to {address})"
                 raise JobRefusedError(f"{where}{via} is outside the allowed meter networks", "network")
 
     def _check_serial(self, endpoint: Endpoint) -> None:
