@@ -202,6 +202,6 @@ class MeterReader:
                 finished_at=datetime.now(UTC),
                 readings_count=0,
                 error_kind=kind,
-                error_message=message[:2000],
+                error_message=message.replace("\x00", "\\0")[:2000],  # the contract (a text column) refuses NUL
             ),
         )
