@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,14 @@ from gxami_collector.networks import (
 )
 from gxami_runtime.settings import ServiceSettings
 
+
+def _state_file() -> Path:
+    """``$XDG_STATE_HOME/gxami/invocation-counters.json`` (``~/.local/state`` without XDG_STATE_HOME)."""
+    state = os.environ.get("XDG_STATE_HOME")
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "gxami" / "invocation-counters.json"
+
+
 # Comma-separated in the environment (GXAMI_ALLOWED_NETWORKS=10.20.0.0/16:4059,10.30.0.0/16); empty: none.
 CommaList = Annotated[list[str], NoDecode]
 
@@ -32,10 +41,12 @@ class CollectorSettings(ServiceSettings):
     session_timeout_s: float = 120.0
     profiles_dir: Path | None = None
     secrets_file: Path | None = None
-    # DLMS security suite 0: the invocation counter of each meter must never be reused. Kept in this
-    # file (one per collector replica, on a persistent volume) so a restart does not cost an extra
-    # association per meter to read the frame counter again.
-    invocation_counters_file: Path | None = None
+    # DLMS security suite 0: the invocation counter of each meter must never be reused (GCM nonce).
+    # Reserved in this file before use, so a restart or a crash never repeats one; it must be on a
+    # persistent volume (see deploy/k8s/collector.yaml). Processes sharing it (replicas on one
+    # volume, `gxami read --counters-file`) are safe: it is locked across processes.
+    # Default: the user's XDG state dir (local runs); deployments set GXAMI_INVOCATION_COUNTERS_FILE.
+    invocation_counters_file: Path = Field(default_factory=_state_file)
     # Where read jobs may send the collector (see gxami_collector.networks). The default network
     # is loopback only, for a local run and the tests: a deployment lists its meter networks.
     allowed_schemes: CommaList = Field(default_factory=lambda: list(DEFAULT_SCHEMES))
