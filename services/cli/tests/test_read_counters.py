@@ -178,3 +178,38 @@ async def test_read_keeps_counters_in_the_default_state_file(tmp_path: Path) -> 
     assert code == 0, err
     store = JsonInvocationCounters(tmp_path / "gxami" / "invocation-counters.json")
     assert [k for k in store._load() if k.startswith(f"tcp://127.0.0.1:{port}/1/")]
+
+
+async def test_profile_discover_and_read_share_one_counter_sequence(tmp_path: Path) -> None:
+    counters = tmp_path / "counters.json"
+    keys = meter_secrets(SEED, 0)
+    env = {**os.environ, "GX_K": keys["key"], "GX_A": keys["auth_key"]}
+    async with fleet() as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        discover = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gxami_cli", "profile", "discover", url, "--client", "1"),
+            *("--authentication", "high-gmac", "--key-env", "GX_K", "--auth-key-env", "GX_A"),
+            *("--timeout", "5", "--counters-file", str(counters)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        code, _out, err = await finished(discover)
+        assert code == 0, err
+        store = JsonInvocationCounters(counters)
+        (key,) = store._load()
+        assert key.startswith(f"{url}/1/")
+        after_discover = store.get(key)
+        read = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gxami_cli", "read", url, "--protocol", "dlms", "--option"),
+            *("authentication=high-gmac", "--option", "client=1", "--key-env", "GX_K"),
+            *("--secret-env", "auth_key=GX_A", "--timeout", "5", "--counters-file", str(counters)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        code, _out, err = await finished(read)
+        assert code == 0, err
+        assert list(store._load()) == [key]  # the same meter key: one sequence, one lock
+        assert (store.get(key) or 0) > (after_discover or 0)
+        assert sim.repeats == []

@@ -332,3 +332,19 @@ def test_keys_are_not_in_the_state_file(tmp_path: Path) -> None:
     text = (tmp_path / "counters.json").read_text().lower()
     assert not [s for s in secrets() if s in text]
     assert Secret(bytes(16)) != client_security(SEED, 0).block_cipher_key  # the keys above are real ones
+
+
+async def test_commands_reserve_counters_in_the_store_they_are_given(tmp_path: Path) -> None:
+    from gxcore.dlms.control import run_dlms_command_url
+
+    store = JsonInvocationCounters(tmp_path / "counters.json")
+    async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        with pytest.raises(ConfigurationError, match="invocation counter store"):
+            await run_dlms_command_url(url, params(), "read-supply", timeout=5, meter_key="SIM-0")
+        for command in ("disconnect", "reconnect"):
+            await run_dlms_command_url(url, params(), command, timeout=5, counters=store, meter_key="SIM-0")
+        assert sim.repeats == []
+    key = "SIM-0/1/" + client_security(SEED, 0).system_title.hex()
+    mark = store.get(key)
+    assert mark is not None and mark > METER_COUNTER_MARGIN
