@@ -142,6 +142,10 @@ class DlmsSession(CosemReads):
         if self.params.security is not None:
             await self._take_hold()
         try:
+            if self._hold is not None:
+                # The store as it is now that no one else talks to the meter (another session may
+                # have reserved counters since this one was made).
+                self.core = self._new_core()
             await self._start()
         except BaseException:
             self._let_go()
