@@ -7,7 +7,7 @@ UV := $(BOOT)/bin/uv
 VENV := .venv
 MEMBERS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: install demo test lint typecheck unit bench clean dev-up dev-down
+.PHONY: install demo test lint typecheck unit bench soak clean dev-up dev-down
 
 # uv itself comes from PyPI into a private venv, so nothing is installed system-wide.
 $(UV):
@@ -24,7 +24,12 @@ PGLITE := deploy/pglite/node_modules/.package-lock.json
 $(PGLITE): $(VENV)/.synced deploy/pglite/package.json deploy/pglite/package-lock.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/npm ci --prefix deploy/pglite --no-audit --no-fund --loglevel=error
 
-install: $(VENV)/.synced $(PGLITE)
+# s3rver: a local S3 endpoint (files on disk) where the fault harness's broker keeps its data.
+S3RVER := deploy/s3rver/node_modules/.package-lock.json
+$(S3RVER): $(VENV)/.synced deploy/s3rver/package.json deploy/s3rver/package-lock.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/npm ci --prefix deploy/s3rver --no-audit --no-fund --loglevel=error
+
+install: $(VENV)/.synced $(PGLITE) $(S3RVER)
 
 demo: install
 	$(VENV)/bin/gxami demo
@@ -45,6 +50,11 @@ unit: install
 
 bench: install
 	$(VENV)/bin/python -m bench
+
+# Kill every service, restart the broker, stop the database, for SOAK_SECONDS; one JSON line on stdout.
+SOAK_SECONDS ?= 600
+soak: install
+	$(VENV)/bin/python -m bench.fault_harness --seconds $(SOAK_SECONDS)
 
 dev-up: install
 	$(VENV)/bin/gxami dev up
