@@ -6,7 +6,9 @@ committed group offsets writes them to this store. s3rver keeps every object as 
 `<folder>/data`, so the data also outlives a restart of the store itself. It is a separate process
 from PostgreSQL: stopping the readings database leaves the broker alone.
 
-The package lives in ``deploy/s3rver`` (``npm ci --prefix deploy/s3rver``, done by ``make install``).
+The package lives in ``deploy/s3rver`` (``npm ci --prefix deploy/s3rver``, done by ``make install``);
+its ``server.mjs`` adds the conditional writes (If-None-Match / If-Match, 412) that Tansu relies on
+and s3rver alone ignores.
 Credentials are s3rver's fixed development pair; nothing here is a secret.
 """
 
@@ -94,12 +96,14 @@ class S3Store:
             "AWS_ACCESS_KEY_ID": _DEV_KEY,
             "AWS_SECRET_ACCESS_KEY": _DEV_KEY,
             "AWS_DEFAULT_REGION": "us-east-1",
+            # Tansu keeps watermarks and group state consistent with conditional PUTs (server.mjs).
+            "AWS_CONDITIONAL_PUT": "etag",
         }
 
     def start(self, timeout: float, port: int = 0) -> ProcessRef:
         """Start s3rver on `port` (0: a free one, chosen again if taken meanwhile) with bucket ``tansu``."""
-        script = self.package_dir / "node_modules" / "s3rver" / "bin" / "s3rver.js"
-        if not script.is_file():
+        script = self.package_dir / "server.mjs"
+        if not (self.package_dir / "node_modules" / "s3rver").is_dir():
             raise DevStackError(f"s3rver is not installed in {self.package_dir}; run make install")
         self.data.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
@@ -112,7 +116,11 @@ class S3Store:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _start(self, script: Path, port: int, timeout: float) -> ProcessRef:
-        argv = [_node(), str(script), "-d", str(self.data), "-a", HOST, "-p", str(port), "--configure-bucket", BUCKET]
+        argv = [
+            _node(),
+            str(script),
+            *("--directory", str(self.data), "--address", HOST, "--port", str(port), "--bucket", BUCKET),
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with self.log.open("a") as fh:
             fh.write(f"--- gxami devstack: starting s3rver on {HOST}:{port} ---\n")
