@@ -44,3 +44,32 @@ def test_unreachable_dependency_is_one_line_and_exit_2(service: str, env: dict[s
     assert lines[0].startswith(f"gxami {service}: {message}")
     assert "Traceback" not in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
+
+
+# A setting that does not parse, for every service: the variable named, its value never echoed.
+BAD_SETTINGS = [
+    ("collector", {"GXAMI_HTTP_PORT": "hunter2"}),
+    ("ingest", {"GXAMI_BATCH_MAX_READINGS": "hunter2"}),
+    ("scheduler", {"GXAMI_TICK_SECONDS": "hunter2"}),
+    ("reports", {"GXAMI_HTTP_PORT": "hunter2"}),
+]
+
+
+@pytest.mark.parametrize(("service", "env"), BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
+def test_bad_setting_is_one_line_and_exit_2(service: str, env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gxami_cli", service],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    (name,) = env
+    assert lines[0].startswith(f"gxami {service}: bad setting"), lines[0]
+    assert name in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from gxami_ingest.app import main
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.service import run_service
+from gxami_runtime.service import load_settings, run_service
 
 
 def run() -> int:
-    return run_service("ingest", IngestSettings().log_level, main)
+    settings = load_settings("ingest", IngestSettings)  # a bad setting: one line, exit 2
+
+    async def ingest(stop: asyncio.Event) -> None:
+        await main(stop, settings)
+
+    return run_service("ingest", settings.log_level, ingest)
 
 
 if __name__ == "__main__":

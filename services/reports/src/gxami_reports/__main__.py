@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from gxami_reports.app import main
 from gxami_reports.settings import ReportsSettings
-from gxami_runtime.service import run_service
+from gxami_runtime.service import load_settings, run_service
 
 
 def run() -> int:
-    return run_service("reports", ReportsSettings().log_level, main)
+    settings = load_settings("reports", ReportsSettings)  # a bad setting: one line, exit 2
+
+    async def reports(stop: asyncio.Event) -> None:
+        await main(stop, settings)
+
+    return run_service("reports", settings.log_level, reports)
 
 
 if __name__ == "__main__":

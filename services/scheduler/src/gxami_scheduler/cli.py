@@ -14,9 +14,9 @@ from typing import Annotated, Any, NoReturn
 
 import asyncpg
 import typer
-from pydantic import ValidationError
 
 from gxami_runtime.service import StartupError, check_database, redact_dsn, run_service
+from gxami_runtime.service import load_settings as load_service_settings
 from gxami_scheduler.app import serve, utc_now
 from gxami_scheduler.fleet import FleetFileError, read_fleet_file
 from gxami_scheduler.registry import ImportSummary, import_fleet, list_meters
@@ -39,14 +39,9 @@ def _fail(code: int, message: str) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_settings() -> SchedulerSettings:
-    """Settings from the environment, or one line on stderr and exit code 2."""
-    try:
-        return SchedulerSettings()
-    except ValidationError as exc:
-        first = exc.errors(include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        _fail(2, f"gxami scheduler: bad setting {where}: {first['msg']} ({exc.error_count()} problem(s))")
+def load_settings(name: str = "scheduler") -> SchedulerSettings:
+    """Settings from the environment, or one line on stderr (naming the variable) and exit code 2."""
+    return load_service_settings(name, SchedulerSettings)
 
 
 def run_scheduler() -> int:
@@ -88,7 +83,7 @@ def import_command(
     file: Annotated[Path, typer.Argument(help="fleet file: .yaml/.yml with a 'meters:' list, or .csv with a header")],
 ) -> None:
     """Validate a fleet file and upsert its meters; a bad row refuses the whole file."""
-    settings = load_settings()
+    settings = load_settings("fleet")
     try:
         profiles = ProfileCatalog(*settings.profile_dirs)
         summary = asyncio.run(_import(settings, file, profiles))
@@ -145,7 +140,7 @@ def list_command(
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many meters")] = None,
 ) -> None:
     """List meters with their schedule state."""
-    settings = load_settings()
+    settings = load_settings("fleet")
     try:
         meters = asyncio.run(_all_meters(settings, group, limit))
     except StartupError as exc:
