@@ -16,7 +16,9 @@ from gxami_collector.settings import CollectorSettings
 from gxami_contracts import DeadLetter, JobResult, JobStatus, ReadingBatch, ReadJob
 from gxami_runtime.devstack import StackEndpoints
 from gxami_runtime.kafka import ensure_topics, make_consumer, make_producer
+from gxcore.drivers import ReadResult
 from gxcore.profiles import ProfileCatalog
+from gxcore.readings import Reading
 from gxcore.secrets import Secret
 from gxcore.simulators.dlms import DlmsFleetSimulator
 
@@ -165,3 +167,28 @@ async def test_ciphered_meter_counters_survive_a_collector_restart(tmp_path) -> 
             assert saved, "the counter store was written"
     assert all(r.result.status is JobStatus.OK for r in results), [r.result.error_message for r in results]
     assert keys["key"] not in counters.read_text()
+
+
+class _FarFutureClockDriver:
+    """A driver whose meter reports a clock beyond what the contract carries (9999-12-31)."""
+
+    name = "far-future-clock"
+
+    def validate_profile(self, profile: object) -> None:
+        return None
+
+    async def read(self, target: object, profile: object, request: object, *, timeout: float) -> ReadResult:
+        now = datetime.now(UTC)
+        return ReadResult(
+            readings=[Reading(quantity="1-0:1.8.0", timestamp=now, value=1.5, unit="kWh")],
+            meter_time=datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
+        )
+
+
+async def test_a_meter_clock_outside_the_contract_keeps_the_readings_and_the_result() -> None:
+    reader = _reader()
+    reader._drivers["dlms"] = _FarFutureClockDriver()  # type: ignore[assignment]  # a stand-in meter
+    outcome = await reader.run(_job("FAR0001", 1))
+    assert outcome.result.status is JobStatus.OK, outcome.result.error_message
+    assert outcome.result.meter_time is None
+    assert outcome.batch is not None and outcome.batch.count == 1

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gxami_collector.networks import MeterNetworks
 from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadingValue, ReadJob
+from gxami_contracts.messages import FIRST_INSTANT, LAST_INSTANT
 from gxami_runtime.kafka import describe_validation_error
 from gxcore.dlms.invocation import JsonInvocationCounters
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
@@ -95,6 +96,18 @@ def _events(job: ReadJob, records: list[MeterEventRecord]) -> tuple[MeterEvent, 
                 extra={"meter_id": job.meter_id, "protocol": job.protocol, "error": describe_validation_error(exc)},
             )
     return tuple(out)
+
+
+def _meter_time(job: ReadJob, meter_time: datetime | None) -> datetime | None:
+    """The meter's clock for the job result, or None when it lies outside what the contract carries
+    (a meter set to 9999-12-31): the readings still go out, and the odd clock is logged."""
+    if meter_time is None or FIRST_INSTANT <= meter_time <= LAST_INSTANT:
+        return meter_time
+    log.warning(
+        "meter clock outside the contract's range; left out of the job result",
+        extra={"meter_id": job.meter_id, "meter_time": meter_time.isoformat()},
+    )
+    return None
 
 
 class MeterReader:
@@ -183,7 +196,7 @@ class MeterReader:
                 finished_at=finished,
                 readings_count=len(readings),
                 events_count=len(events),
-                meter_time=result.meter_time,
+                meter_time=_meter_time(job, result.meter_time),
             ),
             events,
         )
