@@ -26,7 +26,9 @@ from its own model (not from anything gxami decoded). A value counts as required
 
 ``lost``: a required value missing from ``readings``, or stored with another value, plus any stored
 row whose value the model does not give for its (meter, quantity, ts) (DLMS) or that matches no
-served value within 2 s (Modbus). ``doubled``: rows beyond one per natural key in ``readings``,
+served value within 2 s (Modbus); VEE estimates (``vee_flags`` bit 1, interpolated by ingest over
+gaps of a cumulative register) are not served values and are only counted (``estimates``).
+``doubled``: rows beyond one per natural key in ``readings``,
 ``reading_revisions`` or ``events``. ``revised``: rows in ``reading_revisions``. Jobs: every failed
 attempt must be followed by another job for that meter (``unretried``), and after the faults every
 meter must be read and none left in flight (``stuck``). ``unexpected_exits``: a service that died
@@ -116,6 +118,7 @@ class FaultReport:
     unexpected_exits: int = 0
     startup_retries: int = 0
     dead_letters: int = 0
+    estimates: int = 0
     protocols: dict[str, int] = field(default_factory=dict)
     first_lost: tuple[str, datetime] | None = None
     spoiled: dict[str, int] = field(default_factory=dict)  # what the comparison found in spoiled data
@@ -518,7 +521,7 @@ def _dlms_model(seed: int, meter: str, quantity: str, ts: datetime) -> float | N
 def _compare(
     plan: FaultPlan, dsn: str, served_file: Path, meters: list[str], quiet: datetime, settled: bool, report: FaultReport
 ) -> None:
-    rows = _fetch(dsn, "SELECT meter_id, quantity, ts, value FROM readings") or []
+    rows = _fetch(dsn, "SELECT meter_id, quantity, ts, value, (vee_flags & 1) <> 0 AS estimated FROM readings") or []
     counts = _fetch(
         dsn,
         "SELECT (SELECT count(*) - count(DISTINCT (meter_id, quantity, ts)) FROM readings)"
@@ -561,6 +564,10 @@ def _compare(
 
     # values
     stored: dict[tuple[str, str, datetime], float] = {(r["meter_id"], r["quantity"], r["ts"]): r["value"] for r in rows}
+    # VEE estimates (ingest interpolates cumulative registers over gaps, flag 1) are made, not served;
+    # they count as lost only where a served value is required under their key.
+    estimated = {(r["meter_id"], r["quantity"], r["ts"]) for r in rows if r["estimated"]}
+    report.estimates = len(estimated)
     modbus_rows: dict[tuple[str, str], list[tuple[datetime, float]]] = defaultdict(list)
     for (m, q, ts), v in stored.items():
         if m.startswith("MB"):
@@ -600,6 +607,8 @@ def _compare(
         series.sort()
     # every stored value is one that was served (Modbus) or that the model gives (DLMS)
     for (m, q, ts), v in stored.items():
+        if (m, q, ts) in estimated:
+            continue
         if m.startswith("MB"):
             ok = _modbus_match(modbus_served.get((m, q), []), ts, v)
         else:
