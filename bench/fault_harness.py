@@ -275,6 +275,8 @@ def run(plan: FaultPlan, root: Path) -> FaultReport:
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     fleet_file, served_file = root / "fleet.yaml", root / "served.jsonl"
+    for leftover in (fleet_file, served_file, *logs.glob("*.log")):  # a run compares only what it served
+        leftover.unlink(missing_ok=True)
     prefix = f"f{plan.seed}."
     with DevStack(root / "stack", fresh=True, keep_data=False, persistent_broker=True) as stack:
         dsn = stack.database_url
