@@ -2,6 +2,22 @@
 
 Secrets never travel in these messages: jobs name meters and profiles, and the
 collector resolves passwords and keys from its own secret store.
+
+Compatibility. ``schema_version`` is the *major* version of a topic's message. Within one
+major version a producer may add optional fields (and nothing else: the snapshot check in
+:mod:`gxami_contracts.snapshots` refuses any other change without a bump), so producers and
+consumers can be upgraded in any order:
+
+- Where a message is *made* (``Model(...)``, ``model_validate``, ``model_validate_json``) the
+  models are strict: an unknown field is refused (``extra="forbid"``), so a misspelt field in
+  producer code or a test fails at once instead of vanishing from the wire.
+- Where a message is *read off the wire* (:meth:`Message.from_wire`, which the runtime's
+  ``decode_batch`` and every other consumer use) unknown fields are dropped: a consumer reads a
+  message from a newer producer of its major version. This is pydantic's per-call ``extra``
+  override, applied inside pydantic-core to nested models too: no Python work per reading.
+- A ``schema_version`` the model does not list (a newer major version) is refused on both paths
+  with a reason that says so; the consumer dead-letters the message. A model that reads more
+  than one major version lists them (``DeadLetter`` writes 2 and reads 1).
 """
 
 from __future__ import annotations
@@ -9,9 +25,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # What the database columns hold, once for every message. PostgreSQL ``text`` cannot hold NUL,
 # ``integer`` is int4, and ``timestamptz`` is fine but Python's datetime overflows converting a
@@ -56,13 +82,40 @@ MAX_READINGS = 100_000  # per series
 
 
 class Message(BaseModel):
-    """Base of every message: strict, immutable, and unknown fields refused."""
+    """Base of every message: immutable; unknown fields refused where made, dropped where read (:meth:`from_wire`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The major version; a compatible change (an optional field added) keeps it.
     schema_version: Literal[1] = 1
     # The largest message a consumer parses; a bigger one is dead-lettered unread.
     max_wire_bytes: ClassVar[int] = 1 << 20
+
+    @classmethod
+    def from_wire(cls, data: str | bytes | bytearray) -> Self:
+        """A message read off the wire: fields a newer producer added are dropped, anything else is checked."""
+        return cls.model_validate_json(data, extra="ignore")
+
+    @classmethod
+    def schema_versions(cls) -> tuple[int, ...]:
+        """The major versions this model reads."""
+        versions: tuple[int, ...] = get_args(cls.model_fields["schema_version"].annotation)
+        return versions
+
+    @field_validator("schema_version", mode="wrap")
+    @classmethod
+    def _a_version_this_model_reads(cls, value: object, handler: ValidatorFunctionWrapHandler) -> int:
+        # One Python call per message (not per reading), and the reason names both versions.
+        try:
+            version: int = handler(value)
+        except ValidationError:
+            seen = str(value) if type(value) is int else f"a {type(value).__name__}"
+            raise PydanticCustomError(
+                "schema_version",
+                "{model} reads schema version {known}, not {seen}: a newer major version needs an upgraded consumer",
+                {"seen": seen[:20], "model": cls.__name__, "known": ", ".join(map(str, cls.schema_versions()))},
+            ) from None
+        return version
 
 
 class ReadJob(Message):

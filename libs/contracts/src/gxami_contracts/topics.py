@@ -24,7 +24,13 @@ DEAD_LETTER = "ami.dead-letter"
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """One topic: what flows on it and who touches it."""
+    """One topic: what flows on it and who touches it.
+
+    ``producers`` and ``consumers`` are the services whose code publishes to or reads the topic
+    today (``tests/test_topic_catalog.py`` scans the services and compares); ``planned_producers``
+    and ``planned_consumers`` are the design's intentions that no code does yet, kept apart so the
+    catalog never claims a flow that does not exist.
+    """
 
     name: str
     model: type[Message]
@@ -34,22 +40,52 @@ class TopicSpec:
     consumers: tuple[str, ...]
     dead_letter: str | None = DEAD_LETTER
     retention_ms: int | None = None
+    planned_producers: tuple[str, ...] = ()
+    planned_consumers: tuple[str, ...] = ()
+
+    @property
+    def planned(self) -> bool:
+        """True while no code produces to or consumes the topic (it exists for a coming feature)."""
+        return not self.producers and not self.consumers
 
 
 READ_JOBS = TopicSpec("ami.read-jobs", ReadJob, "link_id", 12, ("scheduler",), ("collector",))
-READINGS = TopicSpec("ami.readings", ReadingBatch, "meter_id", 12, ("collector",), ("ingest", "reports"))
-JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler", "ingest"))
-EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest", "reports"))
-COMMANDS = TopicSpec("ami.commands", MeterCommand, "link_id", 6, ("scheduler",), ("collector",))
-COMMAND_RESULTS = TopicSpec("ami.command-results", CommandResult, "meter_id", 6, ("collector",), ("scheduler",))
+# reports will read readings and events for streaming aggregates and alarms; today it reads the database.
+READINGS = TopicSpec(
+    "ami.readings", ReadingBatch, "meter_id", 12, ("collector",), ("ingest",), planned_consumers=("reports",)
+)
+JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler",))
+EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest",), planned_consumers=("reports",))
+# Commands come with the command API (issue 9): nothing sends or reads them yet.
+COMMANDS = TopicSpec(
+    "ami.commands",
+    MeterCommand,
+    "link_id",
+    6,
+    (),
+    (),
+    planned_producers=("scheduler",),
+    planned_consumers=("collector",),
+)
+COMMAND_RESULTS = TopicSpec(
+    "ami.command-results",
+    CommandResult,
+    "meter_id",
+    6,
+    (),
+    (),
+    planned_producers=("collector",),
+    planned_consumers=("scheduler",),
+)
 DEAD_LETTERS = TopicSpec(
     DEAD_LETTER,
     DeadLetter,
     "source key",
     3,
-    ("ingest", "collector", "scheduler", "reports"),
-    ("operators",),
+    ("ingest", "collector", "scheduler"),
+    ("ingest",),  # `gxami dlq list|replay`, which operators run, lives in the ingest package
     dead_letter=None,
+    planned_producers=("reports",),
 )
 
 CATALOG: dict[str, TopicSpec] = {

@@ -325,7 +325,7 @@ def decode_batch(
             bad.append((rec, f"too large: {len(rec.value)} bytes, over the {limit}-byte bound of {model.__name__}"))
             continue
         try:
-            good.append(Decoded(rec, model.model_validate_json(rec.value)))
+            good.append(Decoded(rec, model.from_wire(rec.value)))
         except ValidationError as exc:
             bad.append((rec, describe_validation_error(exc)))
     return good, bad
