@@ -114,7 +114,7 @@ def _decode(partition: int, offset: int, timestamp_ms: int, value: bytes | None)
     if value is None:
         return StoredLetter(partition, offset, written, None, "empty record")
     try:
-        return StoredLetter(partition, offset, written, DeadLetter.model_validate_json(value))
+        return StoredLetter(partition, offset, written, DeadLetter.from_wire(value))
     except ValidationError as exc:
         return StoredLetter(partition, offset, written, None, f"not a dead letter: {exc.error_count()} problem(s)")
 
