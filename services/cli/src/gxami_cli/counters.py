@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from gxcore.dlms.invocation import JsonInvocationCounters
 from gxcore.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the store loads the DLMS stack: imported when a command needs it (fast `gxami --help`)
+    from gxcore.dlms.invocation import JsonInvocationCounters
 
 COUNTERS_ENV: Final = "GXAMI_INVOCATION_COUNTERS_FILE"
 COUNTERS_HELP: Final = (
@@ -35,6 +37,8 @@ def default_counters_file() -> Path:
 
 def counter_store(path: Path | None) -> JsonInvocationCounters:
     """The durable store at ``path`` (or the default), its folder created private if missing."""
+    from gxcore.dlms.invocation import JsonInvocationCounters
+
     chosen = path if path is not None else default_counters_file()
     try:
         chosen.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 app = typer.Typer(help="Database schema.", no_args_is_help=True, add_completion=False)
@@ -12,6 +10,8 @@ app = typer.Typer(help="Database schema.", no_args_is_help=True, add_completion=
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply pending migrations to GXAMI_DATABASE_URL (safe to run twice, and from several pods)."""
+    import asyncio
+
     import asyncpg
 
     from gxami_runtime.service import redact_dsn

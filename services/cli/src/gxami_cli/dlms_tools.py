@@ -11,15 +11,12 @@ on stdout, one line on stderr and exit code 2 (bad input) or 1 (meter, link) on 
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import yaml
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxami_cli.field import (
@@ -33,10 +30,11 @@ from gxami_cli.field import (
     read_secrets,
     run_guarded,
 )
-from gxcore.drivers import Endpoint
 from gxcore.errors import GxError, MeterTimeoutError
-from gxcore.profiles import DeviceProfile, load_profile
 from gxcore.secrets import Secret
+
+if TYPE_CHECKING:  # the DLMS stack, profiles (pydantic) and YAML load inside the commands: a fast CLI start
+    from gxcore.profiles import DeviceProfile
 
 HEX_PARTS = typer.Argument(..., metavar="HEX", help="the push in hex (spaces allowed), or - for stdin")
 
@@ -63,9 +61,12 @@ def profile_discover(
     counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
     """Read a meter's association view and print (or write) a device profile for it."""
+    import asyncio
+
     from gxcore.dlms.association import association_parameters
     from gxcore.dlms.discovery import discover_profile
     from gxcore.dlms.reader import DlmsSession
+    from gxcore.drivers import Endpoint
 
     def action() -> None:
         endpoint = Endpoint.parse(url)
@@ -128,6 +129,8 @@ def _guarded(command: str, action: Callable[[], None]) -> None:
 
 def profile_yaml(profile: DeviceProfile, notes: tuple[str, ...], url: str) -> str:
     """The profile as YAML, with the discovery's notes as comments at the top."""
+    import yaml
+
     head = [f"# Discovered from {url} on {datetime.now().astimezone().isoformat(timespec='seconds')}."]
     head += [f"# left out: {note}" for note in notes]
     body = yaml.safe_dump(profile.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True)
@@ -136,7 +139,10 @@ def profile_yaml(profile: DeviceProfile, notes: tuple[str, ...], url: str) -> st
 
 def _validated(text: str) -> DeviceProfile:
     """Load the YAML back as a file (the way an operator will) and let the DLMS driver check it."""
+    import tempfile
+
     from gxcore.dlms.driver import DlmsDriver
+    from gxcore.profiles import load_profile
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "profile.yaml"
@@ -156,6 +162,8 @@ def _write(path: Path, text: str) -> None:
 
 
 async def _bounded(work: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    import asyncio
+
     limit = max(30.0, 40 * timeout)
     try:
         async with asyncio.timeout(limit):

@@ -11,22 +11,26 @@ history and `ps`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn, get_args
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
-from gxcore.drivers import MeterTarget, ReadRequest, ReadResult, load_driver
 from gxcore.errors import ConfigurationError, GxError, KeyMissingError, MeterTimeoutError
-from gxcore.profiles import DeviceProfile, ProfileCatalog, json_schema, load_profile
-from gxcore.profiles.model import Purpose
 from gxcore.secrets import Secret
+
+if TYPE_CHECKING:
+    from gxcore.drivers import ReadResult
+    from gxcore.profiles import DeviceProfile
+
+# Only light modules above (typer, gxcore.errors, gxcore.secrets): a field command starts fast.
+# Drivers, profiles (pydantic, YAML) and asyncio are imported inside the commands that use them;
+# tests/test_cli_start.py checks that building the CLI leaves them unloaded.
 
 MAX_INPUT = 1 << 20  # bytes read from a file or stdin: far above any telegram or readout
 DEFAULT_PROFILES = {
@@ -37,7 +41,8 @@ DEFAULT_PROFILES = {
     "iec62056-21": "generic-iec62056-21",
     "dsmr": "dsmr5",
 }
-PURPOSES: tuple[str, ...] = get_args(Purpose)
+# gxcore.profiles.model.Purpose, spelled out so the option's help needs no pydantic (a test keeps them equal).
+PURPOSES: tuple[str, ...] = ("billing", "diagnostics", "load-profile", "events", "instantaneous")
 PURPOSE_HELP = f"points to read, repeatable: {', '.join(PURPOSES)}"
 
 decode_app = typer.Typer(
@@ -222,6 +227,8 @@ def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
 
 def resolve_profile(protocol: str, name_or_file: str | None, folders: list[Path]) -> DeviceProfile:
     """A profile file, else a catalog name, else the protocol's default profile."""
+    from gxcore.profiles import ProfileCatalog, load_profile
+
     if name_or_file is not None and (name_or_file.endswith((".yaml", ".yml")) or Path(name_or_file).is_file()):
         return load_profile(Path(name_or_file))
     name = name_or_file or DEFAULT_PROFILES.get(protocol)
@@ -250,6 +257,10 @@ def read_command(
     counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
     """Read one meter once through its protocol driver and print the readings."""
+    import asyncio
+
+    from gxcore.drivers import MeterTarget, ReadRequest, load_driver
+
     meter = meter_id or url
 
     def action() -> object:
@@ -296,6 +307,8 @@ def read_command(
 
 async def _bounded(read: Awaitable[ReadResult], timeout: float) -> ReadResult:
     """The whole session bounded too: a driver that keeps a trickling meter talking still ends."""
+    import asyncio
+
     limit = max(30.0, 20 * timeout)
     try:
         async with asyncio.timeout(limit):
@@ -310,6 +323,8 @@ async def _bounded(read: Awaitable[ReadResult], timeout: float) -> ReadResult:
 @profile_app.command("validate")
 def profile_validate(file: Path = typer.Argument(..., help="the profile YAML file")) -> None:
     """Check a profile file against the model and, when installed, its protocol's driver."""
+    from gxcore.drivers import load_driver
+    from gxcore.profiles import load_profile
 
     def action() -> object:
         checked = load_profile(file)
@@ -334,6 +349,8 @@ def profile_validate(file: Path = typer.Argument(..., help="the profile YAML fil
 @profile_app.command("schema")
 def profile_schema() -> None:
     """Print the JSON Schema of profile files (for editors)."""
+    from gxcore.profiles import json_schema
+
     typer.echo(json_schema())
 
 
@@ -342,6 +359,7 @@ def profile_list(
     profile_dir: list[Path] = typer.Option([], "--profile-dir", help="extra profile folder, repeatable"),
 ) -> None:
     """List the known profiles (built in, then extra folders)."""
+    from gxcore.profiles import ProfileCatalog
 
     def action() -> object:
         catalog = ProfileCatalog(*profile_dir)

@@ -2,22 +2,83 @@
 
 Service commands come from the entry-point group ``gxami.cli`` so this package never
 imports a service; each service registers its own typer app.
+
+Start-up is kept short (a field command answers in a fraction of a second): this module
+and the command modules it imports hold only typer declarations and light helpers; the
+heavy parts (gxcore's drivers and profiles, pydantic, asyncio, asyncpg, aiokafka, YAML)
+are imported inside the command bodies. Service plug-ins are loaded only when their
+command is invoked or the top-level help lists them, and help is plain text (typer's
+rich help would import rich and markdown-it: half a second). ``tests/test_cli_start.py``
+(beside this package) checks which modules stay unloaded.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperGroup
 
 from gxami_cli import db, dev, dlms_tools, field, simulate
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    from typer._click import Command, Context  # typer's vendored click: what TyperGroup is typed with
+
+PLUGIN_GROUP = "gxami.cli"
+
+
+def _plugin_entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+class GxamiGroup(TyperGroup):
+    """The top-level group: built-in commands, plus each ``gxami.cli`` plug-in once it is asked for.
+
+    A plug-in module is imported (and turned into a click group, exactly as ``add_typer``
+    would) the first time its name is resolved or the command list is shown, never for a
+    built-in command such as ``gxami decode``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._plugins: dict[str, EntryPoint] | None = None
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self._plugins is None:
+            self._plugins = {n: ep for n, ep in _plugin_entry_points().items() if n not in self.commands}
+        return self._plugins
+
+    def _mount(self, name: str) -> Command | None:
+        ep = self._entry_points().pop(name, None)
+        if ep is None:
+            return None
+        holder = typer.Typer(add_completion=False, rich_markup_mode=self.rich_markup_mode)
+        holder.add_typer(ep.load(), name=name)
+        command = typer.main.get_group(holder).commands[name]
+        self.commands[name] = command
+        return command
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        return self.commands.get(cmd_name) or self._mount(cmd_name)
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        for name in list(self._entry_points()):
+            self._mount(name)
+        return super().list_commands(ctx)
+
+
 app = typer.Typer(
+    cls=GxamiGroup,
     name="gxami",
     help="gxami: an open Advanced Metering Infrastructure platform.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich's renderer alone costs more than the rest of the start-up
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(simulate.app, name="simulate")
@@ -42,13 +103,7 @@ def demo_command(
     raise typer.Exit(run_demo(meters=meters, seed=seed, keep_running=keep_running, timeout=timeout))
 
 
-def _mount_plugins() -> None:
-    for ep in entry_points(group="gxami.cli"):
-        app.add_typer(ep.load(), name=ep.name)
-
-
 def main() -> None:
-    _mount_plugins()
     app(prog_name="gxami")
 
 

@@ -6,22 +6,23 @@ secrets file; both are written atomically, so a reader never sees half a file.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import secrets
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import yaml
+
+if TYPE_CHECKING:  # asyncio and YAML load when a simulator runs, not when the CLI starts
+    import asyncio
 
 app = typer.Typer(help="Simulated meters speaking real protocols.", no_args_is_help=True, add_completion=False)
 
 
 def _write_atomic(path: Path, data: Any) -> None:
+    import yaml
+
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     os.chmod(tmp, 0o600)
@@ -29,6 +30,9 @@ def _write_atomic(path: Path, data: Any) -> None:
 
 
 async def _until_signalled(stop: asyncio.Event) -> None:
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -48,6 +52,9 @@ def dlms(
     secrets_out: Path | None = typer.Option(None, help="write the collector's secrets file here"),
 ) -> None:
     """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM."""
+    import asyncio
+    import secrets
+
     from gxcore.simulators.dlms import SimulatedMeter, meter_secrets, meter_system_title, run_simulator
 
     if authentication not in {"none", "low", "high-gmac"}:
@@ -123,6 +130,8 @@ def modbus(
     port: int = typer.Option(0, help="port (0: a free one)"),
 ) -> None:
     """Serve Modbus TCP meters built from a device profile's register map."""
+    import asyncio
+
     from gxcore.profiles import ProfileCatalog
     from gxcore.simulators.modbus import ModbusMeterSimulator
 
@@ -142,6 +151,8 @@ def modbus(
 
 
 async def _serve_until_stopped(start: Any, stop_server: Any, banner: Any) -> None:
+    import asyncio
+
     stop = asyncio.Event()
     await _until_signalled(stop)
     await start()
@@ -164,6 +175,8 @@ def mbus(
     port: int = typer.Option(0, help="port of the M-Bus TCP gateway (0: a free one)"),
 ) -> None:
     """Serve a wired M-Bus bus behind a TCP gateway (raw EN 13757-2 frames)."""
+    import asyncio
+
     from gxcore.simulators.mbus import MBusBus, MBusTcpGateway
 
     bus = MBusBus(seed, meters, clock=_now)
@@ -187,6 +200,8 @@ def wmbus(
     keys_out: Path | None = typer.Option(None, help="write the meters' AES keys here (a secrets file)"),
 ) -> None:
     """Serve a TCP feed of raw wireless M-Bus telegrams (one hex line each), as a receiver would."""
+    import asyncio
+
     from gxcore.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator
 
     gen = WMBusTelegramGenerator(seed, meters)
@@ -211,6 +226,8 @@ def dsmr(
     interval: float = typer.Option(10.0, help="seconds between telegrams (DSMR 5 meters send every 1 s)"),
 ) -> None:
     """Serve a P1 port over TCP (as ser2net would): a telegram to every client every interval."""
+    import asyncio
+
     from gxcore.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
 
     server = DsmrTcpServer(SimulatedP1Meter(seed, 0, variant=variant), host=host, port=port, interval=interval)
@@ -230,6 +247,8 @@ def iec62056_21(
     address: str = typer.Option("", help="device address the meter answers to (empty: any)"),
 ) -> None:
     """Serve an IEC 62056-21 meter (mode C sign-on, option select, readout with BCC) over TCP."""
+    import asyncio
+
     from gxcore.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
 
     server = Iec62056TcpServer(lambda: SimulatedIecMeter(seed, 0, address=address), host=host, port=port)

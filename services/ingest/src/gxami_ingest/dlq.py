@@ -17,16 +17,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
-from gxami_contracts import DEAD_LETTER, DeadLetter
-from gxami_runtime.kafka import consumer_options, make_producer
-from gxami_runtime.settings import ServiceSettings
+if TYPE_CHECKING:  # `gxami --help` imports this module: aiokafka, pydantic and contracts load in the commands
+    from gxami_contracts import DeadLetter
+    from gxami_runtime.settings import ServiceSettings
 
 dlq_app = typer.Typer(
     help="Dead letters (ami.dead-letter): list them, replay them after fixing the cause.",
@@ -110,6 +107,10 @@ class LetterFilter:
 
 
 def _decode(partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> StoredLetter:
+    from pydantic import ValidationError
+
+    from gxami_contracts import DeadLetter
+
     written = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
     if value is None:
         return StoredLetter(partition, offset, written, None, "empty record")
@@ -123,6 +124,11 @@ async def read_dead_letters(
     settings: ServiceSettings, flt: LetterFilter, *, timeout_s: float = 30.0, limit: int | None = None
 ) -> list[StoredLetter]:
     """The dead letters matching ``flt``, in partition and offset order; TimeoutError if reading stalls."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from gxami_contracts import DEAD_LETTER
+    from gxami_runtime.kafka import consumer_options
+
     topic = settings.topic(DEAD_LETTER)
     # No group: partitions are assigned by hand, nothing is committed (no join, no rebalance).
     consumer = AIOKafkaConsumer(**{**consumer_options(settings, "gxami-dlq"), "group_id": None})
@@ -179,6 +185,9 @@ async def replay_dead_letters(
     settings: ServiceSettings, letters: Sequence[StoredLetter], *, dry_run: bool = False
 ) -> list[Replayed]:
     """Send each letter's original bytes and key to its source topic, waiting for every acknowledgement."""
+    from gxami_contracts import DEAD_LETTER
+    from gxami_runtime.kafka import make_producer
+
     dead_topic = settings.topic(DEAD_LETTER)
     plan: list[tuple[StoredLetter, bytes | None, str]] = []
     for s in letters:
@@ -268,6 +277,10 @@ def list_command(
     timeout: float = TIMEOUT,
 ) -> None:
     """Show dead letters: offset, time, source, consumer, reason."""
+    from aiokafka.errors import KafkaError
+
+    from gxami_contracts import DEAD_LETTER
+
     settings = _settings()
     flt = _filter(source, consumer, reason, partition, from_offset, to_offset)
     try:
@@ -297,6 +310,8 @@ def replay_command(
     timeout: float = TIMEOUT,
 ) -> None:
     """Re-publish the original bytes of the matching letters to their source topics."""
+    from aiokafka.errors import KafkaError
+
     flt = _filter(source, consumer, reason, partition, from_offset, to_offset)
     if flt.is_empty() and not replay_all:
         typer.echo("gxami dlq replay: give a filter (--source, --reason, --from-offset, ...) or --all", err=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from datetime import date
 
 import typer
 
@@ -28,6 +26,9 @@ def daily(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
 ) -> None:
     """Energy imported per meter and day (kWh), from the daily_consumption view."""
+    import asyncio
+    from datetime import date
+
     import asyncpg
     from rich.console import Console
     from rich.table import Table

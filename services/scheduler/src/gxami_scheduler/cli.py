@@ -6,24 +6,22 @@ Exit codes: 0 done, 1 the input was refused (fleet file), 2 a dependency or sett
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import asyncpg
 import typer
 
-from gxami_runtime.service import StartupError, check_database, redact_dsn, run_service
-from gxami_runtime.service import load_settings as load_service_settings
-from gxami_scheduler.app import serve, utc_now
-from gxami_scheduler.fleet import FleetFileError, read_fleet_file
-from gxami_scheduler.registry import ImportSummary, import_fleet, list_meters
-from gxami_scheduler.settings import SchedulerSettings
-from gxami_store import migrate
-from gxcore.errors import ConfigurationError
-from gxcore.profiles import ProfileCatalog
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gxami_scheduler.registry import ImportSummary
+    from gxami_scheduler.settings import SchedulerSettings
+    from gxcore.profiles import ProfileCatalog
+
+# The `gxami` CLI imports this module to list its commands: only typer above; the service,
+# pydantic settings, asyncpg and the profiles are imported inside the commands (a fast `gxami --help`).
 
 service_app = typer.Typer(
     help="Run the scheduler service: emits read jobs when meters are due, applies job results"
@@ -41,11 +39,17 @@ def _fail(code: int, message: str) -> NoReturn:
 
 def load_settings(name: str = "scheduler") -> SchedulerSettings:
     """Settings from the environment, or one line on stderr (naming the variable) and exit code 2."""
+    from gxami_runtime.service import load_settings as load_service_settings
+    from gxami_scheduler.settings import SchedulerSettings
+
     return load_service_settings(name, SchedulerSettings)
 
 
 def run_scheduler() -> int:
     """Run the service until SIGTERM/SIGINT; the process exit code."""
+    from gxami_runtime.service import run_service
+    from gxami_scheduler.app import serve
+
     settings = load_settings()
     return run_service("scheduler", settings.log_level, lambda stop: serve(settings, stop))
 
@@ -58,6 +62,11 @@ def service(ctx: typer.Context) -> None:
 
 
 async def _connect(settings: SchedulerSettings) -> asyncpg.Connection:
+    import asyncpg
+
+    from gxami_runtime.service import StartupError, check_database, redact_dsn
+    from gxami_store import migrate
+
     dsn = settings.database_url.get_secret_value()
     await check_database(dsn)
     try:
@@ -69,6 +78,10 @@ async def _connect(settings: SchedulerSettings) -> asyncpg.Connection:
 
 
 async def _import(settings: SchedulerSettings, path: Path, profiles: ProfileCatalog) -> ImportSummary:
+    from gxami_scheduler.app import utc_now
+    from gxami_scheduler.fleet import read_fleet_file
+    from gxami_scheduler.registry import import_fleet
+
     meters = read_fleet_file(path, profiles)
     conn = await _connect(settings)
     try:
@@ -83,6 +96,13 @@ def import_command(
     file: Annotated[Path, typer.Argument(help="fleet file: .yaml/.yml with a 'meters:' list, or .csv with a header")],
 ) -> None:
     """Validate a fleet file and upsert its meters; a bad row refuses the whole file."""
+    import asyncio
+
+    from gxami_runtime.service import StartupError
+    from gxami_scheduler.fleet import FleetFileError
+    from gxcore.errors import ConfigurationError
+    from gxcore.profiles import ProfileCatalog
+
     settings = load_settings("fleet")
     try:
         profiles = ProfileCatalog(*settings.profile_dirs)
@@ -97,6 +117,8 @@ def import_command(
 
 
 async def _all_meters(settings: SchedulerSettings, group: str | None, limit: int | None) -> list[dict[str, Any]]:
+    from gxami_scheduler.registry import list_meters
+
     conn = await _connect(settings)
     out: list[dict[str, Any]] = []
     try:
@@ -140,6 +162,10 @@ def list_command(
     limit: Annotated[int | None, typer.Option(min=1, help="at most this many meters")] = None,
 ) -> None:
     """List meters with their schedule state."""
+    import asyncio
+
+    from gxami_runtime.service import StartupError
+
     settings = load_settings("fleet")
     try:
         meters = asyncio.run(_all_meters(settings, group, limit))
