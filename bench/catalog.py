@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from bench import ciphering, decoding, dlms_frames, ingest, sessions, storage
+from bench import ciphering, cli_start, decoding, dlms_frames, ingest, sessions, storage
 from bench.figures import Benchmark
 
 _ALL = (
+    Benchmark(
+        "cli_start_help",
+        '`gxami --help` start-up, median wall time vs `python -c "import typer"`',
+        cli_start.run_help,
+    ),
+    Benchmark(
+        "cli_start_decode_mbus",
+        '`gxami decode mbus HEX` start-up, median wall time vs `python -c "import typer"`',
+        cli_start.run_decode,
+    ),
     Benchmark(
         "decode_mbus",
         "M-Bus RSP_UD long frames decoded/s vs a bare checksum + record walker",
