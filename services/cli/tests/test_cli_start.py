@@ -109,3 +109,15 @@ def test_each_plugin_app_imports_without_its_service(name: str) -> None:
 
 def test_the_purpose_help_names_the_profile_models_purposes() -> None:
     assert get_args(Purpose) == field.PURPOSES  # spelled out in field.py so that its help needs no pydantic
+
+
+def test_plugins_answer_through_the_lazy_group_and_typos_still_get_a_suggestion() -> None:
+    from typer.testing import CliRunner
+
+    from gxami_cli.main import app
+
+    runner = CliRunner()
+    fleet = runner.invoke(app, ["fleet", "--help"])
+    assert fleet.exit_code == 0 and "import" in fleet.stdout and "list" in fleet.stdout
+    typo = runner.invoke(app, ["fleeet"])
+    assert typo.exit_code == 2 and "Did you mean 'fleet'?" in typo.stderr

@@ -63,7 +63,10 @@ class GxamiGroup(TyperGroup):
         return command
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
-        return self.commands.get(cmd_name) or self._mount(cmd_name)
+        found = self.commands.get(cmd_name) or self._mount(cmd_name)
+        if found is None:
+            self.list_commands(ctx)  # a typo: mount them all, so "Did you mean ...?" knows the plug-ins too
+        return found
 
     def list_commands(self, ctx: Context) -> list[str]:
         for name in list(self._entry_points()):
