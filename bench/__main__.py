@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for figure in bench.run(ctx):
                     print(figure.to_json(), file=out, flush=True)
-            except Exception:  # one failing benchmark must not hide the others' figures
+            except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others' figures
                 failed.append(bench.name)
                 traceback.print_exc(file=sys.stderr)
             ctx.note(f"{bench.name} took {time.monotonic() - started:.1f} s")

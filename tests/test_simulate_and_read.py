@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_simulator_is_read_through_gxami_read(protocol: str) -> None:
         assert any(r["quantity"].endswith(must_have) for r in readings), readings
 
 
-def test_dlms_high_gmac_meter_is_read_with_keys_from_the_environment(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dlms_high_gmac_meter_is_read_with_keys_from_the_environment(tmp_path: Path) -> None:
     import yaml
 
     fleet, secrets = tmp_path / "fleet.yaml", tmp_path / "secrets.yaml"

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -146,7 +147,7 @@ async def test_collector_service_publishes_readings_results_and_dead_letters(
     assert "job_id" in letters[0].reason
 
 
-async def test_ciphered_meter_counters_survive_a_collector_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_ciphered_meter_counters_survive_a_collector_restart(tmp_path: Path) -> None:
     import json
 
     from gxcore.simulators.dlms import meter_secrets, meter_system_title

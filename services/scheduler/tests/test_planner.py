@@ -69,7 +69,8 @@ def test_next_slot(now: datetime, interval: int, expected: datetime) -> None:
 
 
 @given(
-    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    # hypothesis takes naive bounds and applies ``timezones`` itself
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),  # noqa: DTZ001
     st.integers(min_value=60, max_value=7 * 86400),
 )
 def test_next_slot_properties(now: datetime, interval: int) -> None:

@@ -65,7 +65,7 @@ def run_service(name: str, level: str, main: Callable[[asyncio.Event], Awaitable
     try:
         asyncio.run(runner())
     except StartupError as exc:
-        print(f"gxami {name}: {exc}", file=sys.stderr)
+        print(f"gxami {name}: {exc}", file=sys.stderr)  # noqa: T201 - the process's last word, after logging stopped
         return 2
     except KeyboardInterrupt:
         return 130
@@ -82,7 +82,7 @@ def load_settings(name: str, settings: Callable[[], S]) -> S:
             f"GXAMI_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
-        print(f"gxami {name}: bad setting {reasons}", file=sys.stderr)
+        print(f"gxami {name}: bad setting {reasons}", file=sys.stderr)  # noqa: T201 - before logging is configured
         raise SystemExit(2) from None
 
 

@@ -71,8 +71,8 @@ class Partition:
         if rest == name or len(rest) != 17 or rest[8] != "_" or not (rest[:8] + rest[9:]).isdigit():
             return None
         try:
-            lo = datetime.strptime(rest[:8], "%Y%m%d").date()
-            hi = datetime.strptime(rest[9:], "%Y%m%d").date()
+            lo = date.fromisoformat(rest[:8])  # YYYYMMDD, the basic ISO form (digits checked above)
+            hi = date.fromisoformat(rest[9:])
         except ValueError:
             return None
         return cls(lo, hi) if lo < hi else None

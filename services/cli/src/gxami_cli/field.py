@@ -88,7 +88,7 @@ def run_guarded(command: str, action: Callable[[], object], *, decoding: bool = 
         fail(command, str(exc), 2 if decoding else exit_code(exc))
     except typer.Exit:
         raise
-    except Exception as exc:  # the CLI's boundary: a bug must not print a traceback or a secret
+    except Exception as exc:  # noqa: BLE001 - the CLI's boundary: a bug must not print a traceback or a secret
         fail(command, f"internal error ({type(exc).__name__}); please report it", 1)
 
 

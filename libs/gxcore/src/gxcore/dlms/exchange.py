@@ -217,7 +217,7 @@ class ReplyReader:
                 # GXDLMSClient.getData minus its XML-translator branch (we never set a translator):
                 # the same GXDLMS.getData underneath, pinned gurux 1.0.203.
                 whole = _get_data(self._settings, wire, reply, notify)
-        except Exception as exc:  # gurux decodes with bare exceptions; every one becomes a gxcore error
+        except Exception as exc:  # noqa: BLE001 - gurux decodes with bare exceptions; every one becomes a gxcore error
             raise translate(exc, what=exchange.what, frame=raw) from None
         untouched = notify.command == Command.NONE and not notify.complete and not notify.data.size
         if self._reuse_notify and whole and untouched:

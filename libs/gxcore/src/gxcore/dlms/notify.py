@@ -104,7 +104,7 @@ def encode_push(
                     cipher.dedicatedKey = bytearray(dedicated_key.reveal())
                     notify.settings.connected = ConnectionState.DLMS
             frames = notify.generateDataNotificationMessages(at, GXByteBuffer(body))
-    except Exception as exc:  # gurux raises bare exceptions; a body that does not fit is one
+    except Exception as exc:  # noqa: BLE001 - gurux raises bare exceptions; a body that does not fit is one
         raise translate(exc, what="push encoding") from None
     if len(frames) != 1:
         raise ValueError("push body does not fit one frame")

@@ -165,7 +165,7 @@ class CosemMeterCore:
             try:
                 with quiet():
                     self._server.handleRequest(reply)
-            except Exception as exc:  # gurux's own error paths can raise; one request must not kill the core
+            except Exception as exc:  # noqa: BLE001 - gurux's own error paths can raise; one request must not kill the core
                 raise translate(exc, what="meter request", frame=frame.raw) from None
             finally:
                 self._keep_counter()

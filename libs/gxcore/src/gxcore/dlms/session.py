@@ -163,7 +163,7 @@ class DlmsClientCore(ReplyReader):
         try:
             with quiet():
                 self._client.parseUAResponse(exchange.reply.data)
-        except Exception as exc:  # gurux raises bare exceptions; translate() narrows them
+        except Exception as exc:  # noqa: BLE001 - gurux raises bare exceptions; translate() narrows them
             raise translate(exc, what="SNRM") from None
         self.link_open = True
 
@@ -198,7 +198,7 @@ class DlmsClientCore(ReplyReader):
         try:
             with quiet():
                 self._client.parseAareResponse(reply.data)
-        except Exception as exc:  # gurux raises bare Exception subclasses; translate() narrows them
+        except Exception as exc:  # noqa: BLE001 - gurux raises bare Exception subclasses; translate() narrows them
             if self._cipher_failure is not None:
                 # gurux turned our failure to decipher the AARE into "rejected, no reason": say what it was.
                 failure, self._cipher_failure = self._cipher_failure, None
@@ -233,7 +233,7 @@ class DlmsClientCore(ReplyReader):
         try:
             with quiet():
                 self._client.parseApplicationAssociationResponse(exchange.reply.data)
-        except Exception:  # gurux raises a bare Exception when f(CtoS) differs
+        except Exception:  # noqa: BLE001 - gurux raises a bare Exception when f(CtoS) differs
             raise AccessDeniedError("HLS authentication: the meter's answer does not check (wrong keys?)") from None
         self.associated = True
 

@@ -13,7 +13,7 @@ does not depend on the host's tz database.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 CET = timezone(timedelta(hours=1), "CET")
 CEST = timezone(timedelta(hours=2), "CEST")
@@ -27,7 +27,7 @@ _UNSPECIFIED = "632525252525"
 
 def _last_sunday(year: int, month: int) -> int:
     """Day of month of the last Sunday of ``month`` (March or October)."""
-    last = datetime(year, month, 31)  # both months have 31 days
+    last = date(year, month, 31)  # both months have 31 days
     return 31 - (last.weekday() + 1) % 7
 
 
@@ -74,7 +74,8 @@ def parse_dsmr_timestamp(text: str) -> datetime | None:
     if text[:12] == _UNSPECIFIED:
         return None
     yy, mo, dd, hh, mi, ss, flag = match.groups()
-    naive = datetime(2000 + int(yy), int(mo), int(dd), int(hh), int(mi), int(ss))
+    # The meter's wall clock: local_to_utc gives it its zone, from the S/W flag or the EU rules.
+    naive = datetime(2000 + int(yy), int(mo), int(dd), int(hh), int(mi), int(ss))  # noqa: DTZ001
     return local_to_utc(naive, {"S": True, "W": False}.get(flag))
 
 

@@ -112,7 +112,8 @@ def decode_datetime_f(raw: bytes) -> datetime | None:
     minute, hour = raw[0] & 0x3F, raw[1] & 0x1F
     day, month = raw[2] & 0x1F, raw[3] & 0x0F
     try:
-        return datetime(_year(raw[2], raw[3]), month, day, hour, minute)
+        # EN 13757-3 type F is the meter's clock with no zone: naive by spec, the caller knows the site.
+        return datetime(_year(raw[2], raw[3]), month, day, hour, minute)  # noqa: DTZ001
     except ValueError:
         return None
 
@@ -124,7 +125,8 @@ def decode_datetime_i(raw: bytes) -> datetime | None:
     second, minute, hour = raw[0] & 0x3F, raw[1] & 0x3F, raw[2] & 0x1F
     day, month = raw[3] & 0x1F, raw[4] & 0x0F
     try:
-        return datetime(_year(raw[3], raw[4]), month, day, hour, minute, second)
+        # Type I, like type F, carries no zone: naive by spec.
+        return datetime(_year(raw[3], raw[4]), month, day, hour, minute, second)  # noqa: DTZ001
     except ValueError:
         return None
 

@@ -191,7 +191,7 @@ class TcpListener:
             event = ListenerEvent("done", connection.peer)
         except TimeoutError as exc:
             event = ListenerEvent("idle", connection.peer) if watchdog.expired() else _failed(connection, exc)
-        except Exception as exc:  # any handler fault ends this connection only
+        except Exception as exc:  # noqa: BLE001 - any handler fault ends this connection only
             event = _failed(connection, exc)
         finally:
             connection.on_activity = None

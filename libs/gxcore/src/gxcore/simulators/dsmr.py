@@ -67,7 +67,7 @@ def _month_start(instant: datetime, months_back: int = 0) -> datetime:
     """Start (local midnight, as UTC) of the month ``months_back`` before the one holding ``instant``."""
     local = instant.astimezone(CEST if is_eu_summer_time(instant) else CET)
     index = local.year * 12 + local.month - 1 - months_back
-    return local_to_utc(datetime(index // 12, index % 12 + 1, 1))
+    return local_to_utc(datetime(index // 12, index % 12 + 1, 1))  # noqa: DTZ001 - local wall clock, zoned right here
 
 
 class SimulatedP1Meter:
