@@ -3,6 +3,7 @@ offsets across a SIGKILL and restart, and the store refuses conditional writes t
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 from pathlib import Path
 
@@ -36,7 +37,10 @@ async def _consume(bootstrap: str, topic: str, want: int, *, commit: bool) -> li
 
 
 async def test_broker_restart_keeps_records_and_committed_offsets(tmp_path: Path) -> None:
-    with DevStack(tmp_path / "stack", fresh=True, keep_data=False, persistent_broker=True) as stack:
+    # DevStack starts and kills processes synchronously: in a thread, so the test's loop is never blocked.
+    stack = DevStack(tmp_path / "stack", fresh=True, keep_data=False, persistent_broker=True)
+    await asyncio.to_thread(stack.start)
+    try:
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
         await producer.start()
         try:
@@ -47,10 +51,12 @@ async def test_broker_restart_keeps_records_and_committed_offsets(tmp_path: Path
         first = await _consume(stack.kafka_bootstrap, "p.t", 10, commit=True)
         port = stack.endpoints.kafka_bootstrap
 
-        stack.restart_broker(kill=True)
+        await asyncio.to_thread(stack.restart_broker, kill=True)
 
         assert stack.endpoints.kafka_bootstrap == port
         rest = await _consume(stack.kafka_bootstrap, "p.t", 10, commit=False)
+    finally:
+        await asyncio.to_thread(stack.stop)
     assert first == [f"m{i}".encode() for i in range(10)]
     assert rest == [f"m{i}".encode() for i in range(10, 20)], "the group resumes at its committed offset"
 

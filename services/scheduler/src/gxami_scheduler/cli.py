@@ -78,11 +78,14 @@ async def _connect(settings: SchedulerSettings) -> asyncpg.Connection:
 
 
 async def _import(settings: SchedulerSettings, path: Path, profiles: ProfileCatalog) -> ImportSummary:
+    import asyncio
+
     from gxami_scheduler.app import utc_now
     from gxami_scheduler.fleet import read_fleet_file
     from gxami_scheduler.registry import import_fleet
 
-    meters = read_fleet_file(path, profiles)
+    # Reading and validating a large fleet file is blocking work: in a thread, not on the event loop.
+    meters = await asyncio.to_thread(read_fleet_file, path, profiles)
     conn = await _connect(settings)
     try:
         used = [profiles.get(name) for name in sorted({m.profile for m in meters})]
