@@ -2,13 +2,15 @@
 
 A session is what the collector runs for a 15-minute read: associate, read the clock,
 scaler/unit and value of five registers, the last hour of the load profile, release
-(:func:`gxcore.dlms.read_dlms`, the DLMS wrapper over TCP, no authentication).
+(:class:`gxcore.dlms.driver.DlmsDriver` with the built-in ``generic-dlms`` profile, the DLMS
+wrapper over TCP, no authentication).
 
 ``value``: sessions per second when this process (one core) reads 50 simulated meters
 concurrently, served by ``gxami simulate dlms`` in its own process (the other core).
 
 ``limit``: the simulator's own ceiling, measured in the same run: the same sessions run
-in memory (our client core and the simulator's meter core back to back, no sockets),
+in memory (the same driver over :mod:`gxcore.simulators.dlms_memory`: our client and
+the simulator's meter core back to back, no sockets),
 counting only the time spent inside the meter core, a fresh one per session as the
 simulator makes per connection. The simulator cannot answer faster than that, so the
 ratio says how much of its capacity the TCP path and our client reach. Beside it:
@@ -25,19 +27,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from unittest import mock
 
 import yaml
 
 from bench.figures import Figure, RunContext
-from gxcore.dlms import reader
-from gxcore.dlms.parameters import DlmsParameters, DlmsReadRequest, ProfileRange
+from gxcore.dlms.driver import DlmsDriver
 from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import Exchange
-from gxcore.simulators.dlms import LOAD_PROFILE, PROFILES, REGISTERS, _MeterValues
+from gxcore.drivers import MeterTarget, ReadRequest, ReadResult
+from gxcore.profiles.model import BUILTIN_DIR, load_profile
+from gxcore.simulators.dlms import PROFILES, REGISTERS, _MeterValues
+from gxcore.simulators.dlms_memory import memory_media
 
 SEED = 1
 METERS = 50
@@ -45,12 +47,21 @@ FLEET_TARGET = 1_100  # design.md: a million meters read every 15 minutes
 TIMEOUT_S = 10.0
 
 
-def request(now: datetime) -> DlmsReadRequest:
+PROFILE = load_profile(Path(BUILTIN_DIR) / "generic-dlms.yaml")
+# The generic profile's points for these purposes: the five registers and the load profile's two columns.
+PURPOSES = frozenset({"billing", "instantaneous", "load-profile"})
+
+
+def request(now: datetime) -> ReadRequest:
     """Clock, five registers and the last hour of the load profile."""
-    return DlmsReadRequest(
-        registers=tuple(r.obis for r in REGISTERS),
-        profile=ProfileRange(LOAD_PROFILE, now - timedelta(hours=1), now),
-    )
+    return ReadRequest(purposes=PURPOSES, profile_from=now - timedelta(hours=1))
+
+
+def check(result: ReadResult, where: str) -> None:
+    """Every register and at least one load-profile row, or the figure would time a failure."""
+    quantities = {r.quantity for r in result.readings}
+    if len(quantities) != len(REGISTERS) or len(result.readings) <= len(REGISTERS):
+        raise RuntimeError(f"{where}: read {len(result.readings)} readings of {sorted(quantities)}")
 
 
 @dataclass(slots=True)
@@ -59,53 +70,42 @@ class MeterClock:
 
     seconds: float = 0.0
     exchanges: int = 0
-    meters: dict[int, int] = field(default_factory=dict)
 
 
-class MemoryLink:
-    """Stands in for gxcore.dlms.transport.TcpLink: exchanges go straight to a meter core."""
+@dataclass(slots=True)
+class TimedMeter:
+    """The simulator's per-connection meter core, timed."""
 
-    clock = MeterClock()
-
-    def __init__(self, meter: CosemMeterCore) -> None:
-        self.meter = meter
-        self.broken = False
+    core: CosemMeterCore
+    clock: MeterClock
 
     @classmethod
-    async def open(cls, host: str, port: int, *, timeout: float) -> MemoryLink:
+    def make(cls, index: int, clock: MeterClock) -> TimedMeter:
         start = time.perf_counter()
-        meter = CosemMeterCore(_MeterValues(SEED, port), REGISTERS, PROFILES)  # the simulator's per-connection core
-        cls.clock.seconds += time.perf_counter() - start
-        return cls(meter)
+        core = CosemMeterCore(_MeterValues(SEED, index), REGISTERS, PROFILES)  # the simulator's per-connection core
+        clock.seconds += time.perf_counter() - start
+        return cls(core, clock)
 
-    async def run(self, exchange: Exchange, *, timeout: float) -> Exchange:
-        while not exchange.complete:
-            out = exchange.data_to_send()
-            start = time.perf_counter()
-            reply = self.meter.receive_data(out, datetime.now(UTC))
-            self.clock.seconds += time.perf_counter() - start
-            self.clock.exchanges += 1
-            exchange.receive_data(reply)
-        return exchange
-
-    async def close(self) -> None:
-        return None
+    def receive_data(self, data: bytes, now: datetime) -> bytes:
+        start = time.perf_counter()
+        reply = self.core.receive_data(data, now)
+        self.clock.seconds += time.perf_counter() - start
+        self.clock.exchanges += 1
+        return reply
 
 
 async def _in_memory(sessions: int) -> tuple[float, float]:
     """(meter-core sessions/s, client-core sessions/s) of ``sessions`` sequential in-memory reads."""
-    MemoryLink.clock = MeterClock()
-    params = DlmsParameters()
-    # The reader opens its link through its module global TcpLink; the in-memory peer stands in for it.
-    with mock.patch.object(reader, "TcpLink", MemoryLink):
-        start = time.perf_counter()
-        for n in range(sessions):
-            result = await reader.read_dlms("memory", n % METERS, params, request(datetime.now(UTC)), timeout=TIMEOUT_S)
-            if result.failures or len(result.registers) != len(REGISTERS):
-                raise RuntimeError(f"in-memory session {n} failed: {result.failures}")
-        total = time.perf_counter() - start
-    meter = MemoryLink.clock.seconds
-    return sessions / meter, sessions / (total - meter)
+    clock = MeterClock()
+    # tcp://memory:N is simulated meter N - 1 (a port is never 0).
+    driver = DlmsDriver(media=memory_media(lambda url: TimedMeter.make(int(url.rsplit(":", 1)[1]) - 1, clock)))
+    start = time.perf_counter()
+    for n in range(sessions):
+        target = MeterTarget(f"SIM-{n % METERS}", f"tcp://memory:{n % METERS + 1}")
+        result = await driver.read(target, PROFILE, request(datetime.now(UTC)), timeout=TIMEOUT_S)
+        check(result, f"in-memory session {n}")
+    total = time.perf_counter() - start
+    return sessions / clock.seconds, sessions / (total - clock.seconds)
 
 
 class FleetProcess:
@@ -158,13 +158,13 @@ class FleetProcess:
 
 async def _over_tcp(ports: list[int], per_meter: int) -> float:
     """Sessions per second with one worker per meter, each reading its meter ``per_meter`` times."""
-    params = DlmsParameters()
+    driver = DlmsDriver()
 
     async def worker(port: int) -> None:
+        target = MeterTarget(f"SIM-{port}", f"tcp://127.0.0.1:{port}")
         for _ in range(per_meter):
-            result = await reader.read_dlms("127.0.0.1", port, params, request(datetime.now(UTC)), timeout=TIMEOUT_S)
-            if result.failures:
-                raise RuntimeError(f"meter at port {port}: {result.failures}")
+            result = await driver.read(target, PROFILE, request(datetime.now(UTC)), timeout=TIMEOUT_S)
+            check(result, f"meter at port {port}")
 
     await asyncio.gather(*(worker(p) for p in ports[:1]))  # one warm-up read: imports and first-call costs
     start = time.perf_counter()

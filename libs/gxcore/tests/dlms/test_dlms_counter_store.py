@@ -11,10 +11,11 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gxcore.dlms import DlmsParameters, DlmsReadRequest, read_dlms
+from gxcore.dlms import CosemValue, DlmsParameters
 from gxcore.dlms.driver import DlmsDriver
 from gxcore.dlms.invocation import (
     COUNTER_WINDOW,
@@ -40,6 +41,7 @@ from gxcore.simulators.dlms import (
     NonceReuseError,
     _MeterValues,
     client_security,
+    expected_register,
     meter_security,
 )
 
@@ -55,6 +57,13 @@ def params(**kwargs: object) -> DlmsParameters:
         security=client_security(SEED, 0),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+async def read_energy(port: int, p: DlmsParameters, **session: Any) -> float:
+    """One association over TCP, as the collector's read makes: the clock, then 1-0:1.8.0's value."""
+    async with DlmsSession(f"tcp://127.0.0.1:{port}", p, **session) as s:
+        await s.read_clock()
+        return (await s.read_value(CosemValue("1.0.1.8.0.255")))[0]
 
 
 def core(store: InvocationCounterStore) -> DlmsClientCore:
@@ -200,7 +209,7 @@ async def test_ciphered_sessions_need_a_store_and_say_so_without_secrets() -> No
     with pytest.raises(ConfigurationError, match="invocation counter store") as missing:
         DlmsClientCore(params(), meter_key="SIM-0")
     with pytest.raises(ConfigurationError, match="invocation counter store"):
-        DlmsSession("127.0.0.1", 1, params(), timeout=1)
+        DlmsSession("tcp://127.0.0.1:1", params(), timeout=1)
     profile = load_profile(Path(BUILTIN_DIR) / "generic-dlms.yaml")
     hgmac = profile.model_copy(
         update={"parameters": {**profile.parameters, "authentication": "high-gmac", "client_address": 1}}
@@ -225,18 +234,17 @@ async def test_ciphered_sessions_need_a_store_and_say_so_without_secrets() -> No
 
 async def test_sessions_with_one_meter_wait_for_each_other(tmp_path: Path) -> None:
     store = JsonInvocationCounters(tmp_path / "counters.json")
-    request = DlmsReadRequest(("1.0.1.8.0.255",))
     async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:
         port = sim.meters[0].port
         # Two stores on one file (two processes' view), four sessions at once: all serialised.
         other = JsonInvocationCounters(tmp_path / "counters.json")
         results = await asyncio.gather(
             *(
-                read_dlms("127.0.0.1", port, params(), request, timeout=5, counters=s, meter_key="SIM-0")
+                read_energy(port, params(), timeout=5, counters=s, meter_key="SIM-0")
                 for s in (store, other, store, other)
             )
         )
-        assert all(r.registers for r in results)
+        assert results == [expected_register(SEED, 0, "1.0.1.8.0.255", NOW)] * 4
         assert sim.repeats == []
 
 
@@ -247,16 +255,15 @@ async def test_a_second_session_gives_up_with_a_typed_error(
     store = JsonInvocationCounters(tmp_path / "counters.json")
     async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:
         port = sim.meters[0].port
-        async with DlmsSession("127.0.0.1", port, params(), timeout=5, counters=store, meter_key="SIM-0") as first:
-            waiting = DlmsSession(
-                "127.0.0.1", port, params(), timeout=5, counters=store, meter_key="SIM-0", hold_timeout=0.3
-            )
+        url = f"tcp://127.0.0.1:{port}"
+        async with DlmsSession(url, params(), timeout=5, counters=store, meter_key="SIM-0") as first:
+            waiting = DlmsSession(url, params(), timeout=5, counters=store, meter_key="SIM-0", hold_timeout=0.3)
             started = asyncio.get_running_loop().time()
             with pytest.raises(MeterBusyError) as busy:
                 await waiting.__aenter__()
             assert 0.3 <= asyncio.get_running_loop().time() - started < 3
             assert await first.get(3, "1.0.1.8.0.255", 2)  # the first session is untouched
-        async with DlmsSession("127.0.0.1", port, params(), timeout=5, counters=store, meter_key="SIM-0") as after:
+        async with DlmsSession(url, params(), timeout=5, counters=store, meter_key="SIM-0") as after:
             assert await after.get(3, "1.0.1.8.0.255", 2)  # released on exit
     assert busy.value.kind == "meter-busy" and not busy.value.remote
     out, err = capsys.readouterr()
@@ -308,15 +315,14 @@ def test_a_client_that_lost_its_store_is_caught_reusing_a_nonce() -> None:
 
 
 async def test_the_simulator_fails_a_test_that_reuses_a_nonce() -> None:
-    request = DlmsReadRequest(("1.0.1.8.0.255",))
     no_floor = params(frame_counter_obis=None)  # both start from counter 0, as a lost store would
     sim = DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac")
     await sim.__aenter__()
     try:
         port = sim.meters[0].port
-        await read_dlms("127.0.0.1", port, no_floor, request, timeout=5, counters=MemoryInvocationCounters())
+        await read_energy(port, no_floor, timeout=5, counters=MemoryInvocationCounters())
         with pytest.raises(AccessDeniedError):  # refused as a replay, but the nonce went out again
-            await read_dlms("127.0.0.1", port, no_floor, request, timeout=5, counters=MemoryInvocationCounters())
+            await read_energy(port, no_floor, timeout=5, counters=MemoryInvocationCounters())
         assert [r.invocation_counter for r in sim.repeats] == [0]
     finally:
         with pytest.raises(NonceReuseError, match="used twice") as reused:
@@ -335,15 +341,15 @@ def test_keys_are_not_in_the_state_file(tmp_path: Path) -> None:
 
 
 async def test_commands_reserve_counters_in_the_store_they_are_given(tmp_path: Path) -> None:
-    from gxcore.dlms.control import run_dlms_command_url
+    from gxcore.dlms.control import run_dlms_command
 
     store = JsonInvocationCounters(tmp_path / "counters.json")
     async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"
         with pytest.raises(ConfigurationError, match="invocation counter store"):
-            await run_dlms_command_url(url, params(), "read-supply", timeout=5, meter_key="SIM-0")
+            await run_dlms_command(url, params(), "read-supply", timeout=5, meter_key="SIM-0")
         for command in ("disconnect", "reconnect"):
-            await run_dlms_command_url(url, params(), command, timeout=5, counters=store, meter_key="SIM-0")
+            await run_dlms_command(url, params(), command, timeout=5, counters=store, meter_key="SIM-0")
         assert sim.repeats == []
     key = "SIM-0/1/" + client_security(SEED, 0).system_title.hex()
     mark = store.get(key)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import DlmsParameters, DlmsReadRequest, ProfileRange, read_dlms
+from gxcore.dlms import CosemValue, DlmsParameters, DlmsSession, ProfileRange
 from gxcore.dlms.hdlc import address_value, decode, encode_address, fcs16
 from gxcore.dlms.server import CosemMeterCore
 from gxcore.dlms.session import DlmsClientCore, Exchange
@@ -115,15 +115,19 @@ def test_any_bytes_make_progress_or_raise_checksum_error(buf: bytes) -> None:
 
 async def test_read_over_hdlc_through_tcp() -> None:
     start = NOW - timedelta(days=2)
-    request = DlmsReadRequest(tuple(r.obis for r in REGISTERS), profile=ProfileRange(LOAD_PROFILE, start, NOW))
     async with DlmsFleetSimulator(2, seed=8, clock=lambda: NOW, interface="hdlc") as sim:
-        result = await read_dlms("127.0.0.1", sim.meters[1].port, DlmsParameters(interface="hdlc"), request, timeout=2)
-    assert result.meter_time == NOW
-    assert {r.quantity: r.value for r in result.registers} == {
-        r.quantity: expected_register(8, 1, r.quantity, NOW) for r in result.registers
-    }
+        url = f"tcp://127.0.0.1:{sim.meters[1].port}"
+        async with DlmsSession(url, DlmsParameters(interface="hdlc"), timeout=2) as session:
+            meter_time = await session.read_clock()
+            registers = {
+                CosemValue(r.obis).quantity: (await session.read_value(CosemValue(r.obis)))[0] for r in REGISTERS
+            }
+            profile = await session.read_profile(ProfileRange(LOAD_PROFILE, start, NOW))
+    assert meter_time == NOW
+    assert len(registers) == len(REGISTERS)
+    assert registers == {q: expected_register(8, 1, q, NOW) for q in registers}
     rows: dict[datetime, dict[str, float]] = {}
-    for r in result.profile:
+    for r in profile:
         rows.setdefault(r.timestamp, {})[r.quantity] = r.value
     assert sorted(rows.items()) == expected_profile(8, 1, start, NOW)
 
@@ -132,18 +136,16 @@ async def test_hdlc_wrong_password_and_wrong_framing() -> None:
     async with DlmsFleetSimulator(
         1, clock=lambda: NOW, interface="hdlc", authentication="low", password="abcdefgh"
     ) as sim:
-        port = sim.meters[0].port
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
         with pytest.raises(AccessDeniedError):
-            await read_dlms(
-                "127.0.0.1",
-                port,
-                DlmsParameters(interface="hdlc", authentication="low", password="x"),
-                DlmsReadRequest(),
-                timeout=2,
-            )
+            async with DlmsSession(
+                url, DlmsParameters(interface="hdlc", authentication="low", password="x"), timeout=2
+            ):
+                pass
         # A wrapper client against an HDLC meter: garbage to the meter, which never answers.
         with pytest.raises(GxError):
-            await read_dlms("127.0.0.1", port, DlmsParameters(), DlmsReadRequest(), timeout=0.3)
+            async with DlmsSession(url, DlmsParameters(), timeout=0.3):
+                pass
 
 
 def _hdlc_get() -> Exchange:

@@ -18,10 +18,10 @@ from typing import cast
 
 import pytest
 
-from gxcore.dlms.control import run_dlms_command_url
+from gxcore.dlms.control import run_dlms_command
 from gxcore.dlms.driver import DlmsDriver
-from gxcore.dlms.parameters import DlmsParameters, DlmsReadRequest, Interface, ProfileRange
-from gxcore.dlms.reader import DlmsSession, read_dlms_url
+from gxcore.dlms.parameters import CosemValue, DlmsParameters, Interface, ProfileRange
+from gxcore.dlms.reader import DlmsSession
 from gxcore.dlms.server import CosemMeterCore
 from gxcore.drivers import MeterTarget, ReadRequest
 from gxcore.errors import ConfigurationError, GxError, MediaError, MeterTimeoutError
@@ -37,6 +37,7 @@ from gxcore.simulators.dlms import (
     expected_profile,
     expected_register,
 )
+from gxcore.simulators.dlms_memory import memory_media
 
 NOW = datetime(2025, 3, 4, 10, 17, 45, tzinfo=UTC)
 SEED, INDEX = 5, 2
@@ -44,7 +45,6 @@ HDLC = DlmsParameters(interface="hdlc")
 WRAPPER = DlmsParameters()
 PROFILE = load_profile(Path(BUILTIN_DIR) / "generic-dlms.yaml")
 START = NOW - timedelta(hours=2)
-REQUEST = DlmsReadRequest(tuple(r.obis for r in REGISTERS), profile=ProfileRange(LOAD_PROFILE, START, NOW))
 
 
 def meter_core(interface: Interface) -> CosemMeterCore:
@@ -147,14 +147,18 @@ def check_result_values(registers: dict[str, float], profile_rows: dict[datetime
 
 @pytest.mark.parametrize("kind", ["serial", "udp"])
 async def test_registers_clock_and_load_profile(kind: str) -> None:
-    async with meter(kind) as (url, _front):
-        result = await read_dlms_url(url, HDLC if kind == "serial" else WRAPPER, REQUEST, timeout=2)
-    assert result.meter_time == NOW
-    assert result.failures == ()
+    async with (
+        meter(kind) as (url, _front),
+        DlmsSession(url, HDLC if kind == "serial" else WRAPPER, timeout=2) as session,
+    ):
+        meter_time = await session.read_clock()
+        registers = {CosemValue(r.obis).quantity: (await session.read_value(CosemValue(r.obis)))[0] for r in REGISTERS}
+        profile = await session.read_profile(ProfileRange(LOAD_PROFILE, START, NOW))
+    assert meter_time == NOW
     rows: dict[datetime, dict[str, float]] = {}
-    for r in result.profile:
+    for r in profile:
         rows.setdefault(r.timestamp, {})[r.quantity] = r.value
-    check_result_values({r.quantity: r.value for r in result.registers}, rows)
+    check_result_values(registers, rows)
 
 
 @pytest.mark.parametrize("kind", ["serial", "udp"])
@@ -162,7 +166,8 @@ async def test_silent_meter_times_out_within_the_timeout(kind: str) -> None:
     async with meter(kind, silent=True) as (url, front):
         began = time.monotonic()
         with pytest.raises(MeterTimeoutError, match=r"no reply within 0\.3 s"):
-            await read_dlms_url(url, HDLC if kind == "serial" else WRAPPER, DlmsReadRequest(), timeout=0.3)
+            async with DlmsSession(url, HDLC if kind == "serial" else WRAPPER, timeout=0.3):
+                pass
         elapsed = time.monotonic() - began
     assert front.received > 0  # the request went out over the medium
     assert 0.25 <= elapsed < 1.5
@@ -172,7 +177,7 @@ async def test_silent_meter_times_out_within_the_timeout(kind: str) -> None:
 async def test_a_timeout_breaks_the_session(kind: str) -> None:
     async with meter(kind) as (url, front):
         params = HDLC if kind == "serial" else WRAPPER
-        async with DlmsSession.for_url(url, params, timeout=0.3) as session:
+        async with DlmsSession(url, params, timeout=0.3) as session:
             assert await session.read_clock() == NOW
             front.silent = True
             with pytest.raises(MeterTimeoutError):
@@ -204,23 +209,24 @@ async def test_driver_still_reads_tcp_urls() -> None:
     async with DlmsFleetSimulator(3, seed=SEED, clock=lambda: NOW) as sim:
         url = f"tcp://127.0.0.1:{sim.meters[INDEX].port}"
         result = await DlmsDriver().read(MeterTarget("M-tcp", url), PROFILE, request, timeout=2)
-        session_result = await read_dlms_url(url, WRAPPER, DlmsReadRequest(("1.0.1.8.0.255",)), timeout=2)
+        async with DlmsSession(url, WRAPPER, timeout=2) as session:
+            energy, unit = await session.read_value(CosemValue("1.0.1.8.0.255"))
     got = {r.quantity: r.value for r in result.readings}
     assert got["1-0:1.8.0"] == pytest.approx(expected_register(SEED, INDEX, "1-0:1.8.0", NOW) / 1000)
-    assert session_result.registers[0].value == expected_register(SEED, INDEX, "1-0:1.8.0", NOW)
+    assert (energy, unit) == (expected_register(SEED, INDEX, "1-0:1.8.0", NOW), "Wh")
 
 
 async def test_clock_sync_over_serial() -> None:
     later = NOW + timedelta(minutes=3)
     async with meter("serial") as (url, _front):
-        result = await run_dlms_command_url(url, HDLC, "clock-sync", timeout=2, clock=lambda: later)
+        result = await run_dlms_command(url, HDLC, "clock-sync", timeout=2, clock=lambda: later)
     assert result.meter_time_before == NOW
     assert result.meter_time_after == later
 
 
 async def test_read_supply_over_udp() -> None:
     async with meter("udp") as (url, _front):
-        result = await run_dlms_command_url(url, WRAPPER, "read-supply", timeout=2)
+        result = await run_dlms_command(url, WRAPPER, "read-supply", timeout=2)
     assert result.supply is not None and result.supply.output_state
 
 
@@ -235,7 +241,7 @@ async def test_read_supply_over_udp() -> None:
 )
 def test_unusable_url_or_framing_fails_before_any_io(url: str, params: DlmsParameters, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
-        DlmsSession.for_url(url, params, timeout=1)
+        DlmsSession(url, params, timeout=1)
 
 
 async def test_driver_rejects_a_meter_option_contradicting_the_medium() -> None:
@@ -248,12 +254,45 @@ async def test_driver_rejects_a_meter_option_contradicting_the_medium() -> None:
 
 async def test_missing_serial_device_is_a_media_error() -> None:
     with pytest.raises(MediaError):
-        await read_dlms_url("serial:///dev/gxami-no-such-port", HDLC, DlmsReadRequest(), timeout=1)
+        async with DlmsSession("serial:///dev/gxami-no-such-port", HDLC, timeout=1):
+            pass
 
 
 def test_meter_keys_name_the_medium() -> None:
-    assert DlmsSession.for_url("tcp://10.0.0.5:4059", WRAPPER, timeout=1).meter_key == "10.0.0.5:4059"
-    assert DlmsSession("10.0.0.5", 4059, WRAPPER, timeout=1).meter_key == "10.0.0.5:4059"
-    serial = DlmsSession.for_url("serial:///dev/ttyUSB0?baud=9600", HDLC, timeout=1)
+    # TCP keys by host:port, as sessions always have, so stored invocation counters keep their meter.
+    assert DlmsSession("tcp://10.0.0.5:4059", WRAPPER, timeout=1).meter_key == "10.0.0.5:4059"
+    serial = DlmsSession("serial:///dev/ttyUSB0?baud=9600", HDLC, timeout=1)
     assert serial.meter_key == "serial:///dev/ttyUSB0"
-    assert DlmsSession.for_url("udp://h:4059", WRAPPER, timeout=1, meter_key="SIM-1").meter_key == "SIM-1"
+    assert DlmsSession("udp://h:4059", WRAPPER, timeout=1, meter_key="SIM-1").meter_key == "SIM-1"
+
+
+async def test_driver_and_commands_run_over_a_handed_in_medium() -> None:
+    """The ``media`` seam: the driver and commands reach an in-process meter core, no sockets."""
+    urls: list[str] = []
+
+    def meter_for(url: str) -> CosemMeterCore:
+        urls.append(url)
+        return meter_core("wrapper")
+
+    media = memory_media(meter_for, clock=lambda: NOW)
+    request = ReadRequest(purposes=frozenset({"billing", "load-profile"}), profile_from=START, profile_to=NOW)
+    url = "tcp://meter.invalid:4059"  # never resolved: the medium is in memory
+    result = await DlmsDriver(media=media).read(MeterTarget("M-mem", url), PROFILE, request, timeout=2)
+    assert result.meter_time == NOW
+    billing = {r.quantity: r.value for r in result.readings if "profile" not in r.extra}
+    assert billing["1-0:1.8.0"] == pytest.approx(expected_register(SEED, INDEX, "1-0:1.8.0", NOW) / 1000)
+    stamps = {r.timestamp for r in result.readings if "profile" in r.extra}
+    assert sorted(stamps) == [at for at, _ in expected_profile(SEED, INDEX, START, NOW)]
+    supply = await run_dlms_command(url, WRAPPER, "read-supply", timeout=2, media=media)
+    assert supply.supply is not None and supply.supply.output_state
+    assert urls == [url, url]  # one medium opened per association, for the meter's URL
+
+
+async def test_a_silent_in_memory_meter_times_out() -> None:
+    class Silent:
+        def receive_data(self, data: bytes, now: datetime) -> bytes:
+            return b""
+
+    with pytest.raises(MeterTimeoutError, match="no reply"):
+        async with DlmsSession("tcp://m:1", WRAPPER, timeout=0.5, media=memory_media(lambda url: Silent())):
+            pass

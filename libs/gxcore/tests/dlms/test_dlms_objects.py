@@ -45,7 +45,10 @@ def fleet(**kwargs: object) -> DlmsFleetSimulator:
 
 
 async def test_extended_and_demand_registers_carry_status_and_capture_time() -> None:
-    async with fleet() as sim, DlmsSession("127.0.0.1", sim.meters[1].port, DlmsParameters(), timeout=2) as session:
+    async with (
+        fleet() as sim,
+        DlmsSession(f"tcp://127.0.0.1:{sim.meters[1].port}", DlmsParameters(), timeout=2) as session,
+    ):
         maximum = await session.read_register(CosemValue(MAXIMUM_DEMAND, 4))
         last = await session.read_register(CosemValue(AVERAGE_DEMAND, 5))
         current = await session.read_register(CosemValue(AVERAGE_DEMAND, 5, 2))
@@ -61,7 +64,10 @@ async def test_extended_and_demand_registers_carry_status_and_capture_time() -> 
 
 async def test_event_log_by_range_and_by_entry() -> None:
     start = NOW - timedelta(days=20)
-    async with fleet() as sim, DlmsSession("127.0.0.1", sim.meters[0].port, DlmsParameters(), timeout=2) as session:
+    async with (
+        fleet() as sim,
+        DlmsSession(f"tcp://127.0.0.1:{sim.meters[0].port}", DlmsParameters(), timeout=2) as session,
+    ):
         ranged = await read_event_log(session, start=start, end=NOW)
         newest = await read_event_log(session, newest=3)
         everything = await session.read_profile_entries(ProfileEntries(EVENT_LOG))
@@ -77,7 +83,10 @@ async def test_event_log_by_range_and_by_entry() -> None:
 
 
 async def test_load_profile_by_entry_equals_the_model() -> None:
-    async with fleet() as sim, DlmsSession("127.0.0.1", sim.meters[0].port, DlmsParameters(), timeout=2) as session:
+    async with (
+        fleet() as sim,
+        DlmsSession(f"tcp://127.0.0.1:{sim.meters[0].port}", DlmsParameters(), timeout=2) as session,
+    ):
         newest = await session.read_profile_entries(ProfileEntries(LOAD_PROFILE, newest=4))
         oldest = await session.read_profile_entries(ProfileEntries(LOAD_PROFILE, first=1, last=2))
     rows = expected_profile(SEED, 0, NOW - timedelta(hours=1), NOW)
@@ -135,7 +144,10 @@ async def test_driver_reads_extended_demand_and_events() -> None:
 
 
 async def test_the_association_view_lists_every_object_with_access_rights() -> None:
-    async with fleet() as sim, DlmsSession("127.0.0.1", sim.meters[0].port, DlmsParameters(), timeout=2) as session:
+    async with (
+        fleet() as sim,
+        DlmsSession(f"tcp://127.0.0.1:{sim.meters[0].port}", DlmsParameters(), timeout=2) as session,
+    ):
         objects = await read_object_list(session)
     by_obis = {o.obis: o for o in objects}
     assert {(o.class_id, o.obis) for o in objects} >= {
@@ -157,7 +169,7 @@ async def test_the_association_view_lists_every_object_with_access_rights() -> N
 async def test_the_public_client_of_a_secured_meter_sees_only_public_objects() -> None:
     async with (
         fleet(authentication="high-gmac") as sim,
-        DlmsSession("127.0.0.1", sim.meters[0].port, DlmsParameters(), timeout=2) as session,
+        DlmsSession(f"tcp://127.0.0.1:{sim.meters[0].port}", DlmsParameters(), timeout=2) as session,
     ):
         public = {o.obis for o in await read_object_list(session)}
     assert public == {"0.0.1.0.0.255", "0.0.40.0.0.255", "0.0.42.0.0.255", "0.0.43.1.0.255"}
@@ -168,7 +180,9 @@ async def test_discovered_profile_validates_and_reads_the_model(tmp_path: Path) 
     async with fleet(authentication="high-gmac") as sim:
         port = sim.meters[0].port
         counters = MemoryInvocationCounters()
-        async with DlmsSession("127.0.0.1", port, params, timeout=2, counters=counters, meter_key="m0") as session:
+        async with DlmsSession(
+            f"tcp://127.0.0.1:{port}", params, timeout=2, counters=counters, meter_key="m0"
+        ) as session:
             found = await discover_profile(session, parameters={"client_address": 1, "authentication": "high-gmac"})
         path = tmp_path / "found.yaml"
         path.write_text(yaml.safe_dump(found.profile.model_dump(mode="json")))

@@ -7,13 +7,14 @@ import logging
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gurux_dlms import GXDLMSChipperingStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dlms import DlmsParameters, DlmsReadRequest, ProfileRange, ciphering, read_dlms, wrapper
+from gxcore.dlms import CosemValue, DlmsParameters, DlmsSession, ProfileRange, ciphering, wrapper
 from gxcore.dlms.ciphering import parse_ciphered_apdu
 from gxcore.dlms.driver import DlmsDriver
 from gxcore.dlms.invocation import JsonInvocationCounters, MemoryInvocationCounters
@@ -61,6 +62,13 @@ def params(security: DlmsSecurity | None = None, **kwargs: object) -> DlmsParame
         security=security or client_security(SEED, 3),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+async def read_energy(port: int, p: DlmsParameters, **session: Any) -> float:
+    """One association over TCP, as the collector's read makes: the clock, then 1-0:1.8.0's value."""
+    async with DlmsSession(f"tcp://127.0.0.1:{port}", p, **session) as s:
+        await s.read_clock()
+        return (await s.read_value(CosemValue("1.0.1.8.0.255")))[0]
 
 
 def run(exchange: Exchange, peer: CosemMeterCore) -> Exchange:
@@ -275,56 +283,46 @@ async def test_ciphered_read_over_tcp_equals_the_model(
 
     monkeypatch.setattr(GXDLMSChipperingStream, "__init__", refuse)
     start = NOW - timedelta(days=2)
-    request = DlmsReadRequest(tuple(r.obis for r in REGISTERS), profile=ProfileRange(LOAD_PROFILE, start, NOW))
     fleet = DlmsFleetSimulator(4, seed=SEED, clock=lambda: NOW, authentication="high-gmac", interface=interface)  # type: ignore[arg-type]
     async with fleet as sim:
         p = params(max_pdu=512, interface=interface)
         store = JsonInvocationCounters(tmp_path / "counters.json")
-        result = await read_dlms(
-            "127.0.0.1", sim.meters[3].port, p, request, timeout=2, counters=store, meter_key="SIM-3"
-        )
+        url = f"tcp://127.0.0.1:{sim.meters[3].port}"
+        async with DlmsSession(url, p, timeout=2, counters=store, meter_key="SIM-3") as session:
+            meter_time = await session.read_clock()
+            registers = {r.obis: (await session.read_value(CosemValue(r.obis)))[0] for r in REGISTERS}
+            profile = await session.read_profile(ProfileRange(LOAD_PROFILE, start, NOW))
     assert sim.repeats == []
-    assert result.failures == ()
-    assert {r.quantity: r.value for r in result.registers}["1-0:1.8.0"] == expected_register(
-        SEED, 3, "1.0.1.8.0.255", NOW
-    )
+    assert meter_time == NOW
+    assert registers == {r.obis: expected_register(SEED, 3, r.obis, NOW) for r in REGISTERS}
     rows: dict[datetime, dict[str, float]] = {}
-    for r in result.profile:
+    for r in profile:
         rows.setdefault(r.timestamp, {})[r.quantity] = r.value
     assert sorted(rows.items()) == expected_profile(SEED, 3, start, NOW)
 
 
 async def test_counters_survive_sessions_and_a_lost_store_recovers(tmp_path: Path) -> None:
     store = JsonInvocationCounters(tmp_path / "counters.json")
-    request = DlmsReadRequest(("1.0.1.8.0.255",))
     async with DlmsFleetSimulator(4, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:
         port, state = sim.meters[3].port, sim.states[3]
         for _ in range(2):
-            await read_dlms("127.0.0.1", port, params(), request, timeout=2, counters=store, meter_key="SIM-3")
+            await read_energy(port, params(), timeout=2, counters=store, meter_key="SIM-3")
         after_two = state.counters.highest_accepted()
         # A fresh (lost) store: the frame counter is read by the public client first.
         fresh = MemoryInvocationCounters()
-        await read_dlms("127.0.0.1", port, params(), request, timeout=2, counters=fresh, meter_key="SIM-3")
+        await read_energy(port, params(), timeout=2, counters=fresh, meter_key="SIM-3")
         assert state.counters.highest_accepted() > after_two
         # A stale store (restored from an old backup): refused once, recovered from the meter's counter.
         stale = MemoryInvocationCounters()
         key = f"SIM-3/1/{client_security(SEED, 3).system_title.hex()}"
         stale.advance(key, 3)
-        result = await read_dlms("127.0.0.1", port, params(), request, timeout=2, counters=stale, meter_key="SIM-3")
-        assert result.registers
+        energy = await read_energy(port, params(), timeout=2, counters=stale, meter_key="SIM-3")
+        assert energy == expected_register(SEED, 3, "1.0.1.8.0.255", NOW)
         # Without the frame counter object to fall back on, a stale store fails loudly.
         stale2 = MemoryInvocationCounters()
         stale2.advance(key, 5)  # below the meter's counter, but never used (3 was, just above)
         with pytest.raises(AccessDeniedError):
-            await read_dlms(
-                "127.0.0.1",
-                port,
-                params(frame_counter_obis=None),
-                request,
-                timeout=2,
-                counters=stale2,
-                meter_key="SIM-3",
-            )
+            await read_energy(port, params(frame_counter_obis=None), timeout=2, counters=stale2, meter_key="SIM-3")
     assert sim.repeats == []
 
 

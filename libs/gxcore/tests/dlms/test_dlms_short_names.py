@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gxcore.dlms import DlmsParameters, DlmsReadRequest, ProfileRange, read_dlms
+from gxcore.dlms import CosemValue, DlmsParameters, ProfileRange
 from gxcore.dlms import wrapper as wrapper_frames
 from gxcore.dlms.cosem_time import encode_datetime
 from gxcore.dlms.driver import dlms_parameters
@@ -109,15 +109,16 @@ SN = DlmsParameters(logical_name_referencing=False)
 
 
 async def test_short_name_read_of_clock_and_registers() -> None:
-    request = DlmsReadRequest(("1.0.1.8.0.255", "1.0.32.7.0.255", "1.0.2.8.0.255"))
-    async with recorded_meter() as (meter, port):
-        result = await read_dlms("127.0.0.1", port, SN, request, timeout=2)
-    assert result.meter_time == NOW
-    assert {r.quantity: (r.value, r.unit) for r in result.registers} == {
-        "1-0:1.8.0": (12345678.0, "Wh"),
-        "1-0:32.7.0": (230.1, "V"),
-    }
-    assert [f.quantity for f in result.failures] == ["1-0:2.8.0"]  # not in the object list: never asked
+    async with recorded_meter() as (meter, port), DlmsSession(f"tcp://127.0.0.1:{port}", SN, timeout=2) as session:
+        meter_time = await session.read_clock()
+        energy = await session.read_value(CosemValue("1.0.1.8.0.255"))
+        voltage = await session.read_value(CosemValue("1.0.32.7.0.255"))
+        asked = len(meter.requests)
+        with pytest.raises(ProtocolError):  # not in the object list: never asked
+            await session.read_value(CosemValue("1.0.2.8.0.255"))
+        assert len(meter.requests) == asked
+    assert meter_time == NOW
+    assert (energy, voltage) == ((12345678.0, "Wh"), (230.1, "V"))
     # AARQ: short names proposed (context 2), InitiateRequest with the SN conformance block.
     assert meter.requests[0] == "601da109060760857405080102be10040e01000000065f1f04001c03200400"
     assert meter.requests[1:] == [
@@ -133,9 +134,10 @@ async def test_short_name_read_of_clock_and_registers() -> None:
 
 async def test_short_name_profile_by_range_uses_parameterized_access() -> None:
     window = ProfileRange("1.0.99.1.0.255", ROW_1, ROW_2)
-    async with recorded_meter() as (meter, port):
-        result = await read_dlms("127.0.0.1", port, SN, DlmsReadRequest(profile=window), timeout=2)
-    assert [(r.timestamp, r.value) for r in result.profile] == [(ROW_1, 4096.0), (ROW_2, 4100.0)]
+    async with recorded_meter() as (meter, port), DlmsSession(f"tcp://127.0.0.1:{port}", SN, timeout=2) as session:
+        await session.read_clock()
+        profile = await session.read_profile(window)
+    assert [(r.timestamp, r.value) for r in profile] == [(ROW_1, 4096.0), (ROW_2, 4100.0)]
     ranged = next(r for r in meter.requests if r.startswith("050104"))
     # ReadRequest, 1 item, parameterized-access, base 0400 + 8, selector 1 and the range descriptor.
     assert ranged.startswith("0501040408" + "01" + "0204" + "0204" + "120008" + "0906" + "0000010000ff")
@@ -143,7 +145,7 @@ async def test_short_name_profile_by_range_uses_parameterized_access() -> None:
 
 
 async def test_an_object_of_another_class_is_refused_before_asking() -> None:
-    async with recorded_meter() as (meter, port), DlmsSession("127.0.0.1", port, SN, timeout=2) as session:
+    async with recorded_meter() as (meter, port), DlmsSession(f"tcp://127.0.0.1:{port}", SN, timeout=2) as session:
         asked = len(meter.requests)
         with pytest.raises(ProtocolError, match="class 3"):
             await session.get(4, "1.0.1.8.0.255", 2)

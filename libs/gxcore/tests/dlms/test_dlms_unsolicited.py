@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import DlmsParameters, DlmsReadRequest, ProfileRange, hdlc, read_dlms, wrapper
+from gxcore.dlms import CosemValue, DlmsParameters, ProfileRange, hdlc, wrapper
 from gxcore.dlms.invocation import MemoryInvocationCounters
 from gxcore.dlms.notify import PushRegister, encode_push, push_body
 from gxcore.dlms.parameters import DlmsSecurity, Interface
@@ -330,7 +330,7 @@ async def pushing_meter(push: Callable[[], bytes], *, glued: bool) -> AsyncItera
 
 
 @pytest.mark.parametrize("glued", [False, True])
-async def test_read_dlms_over_tcp_with_a_meter_that_pushes_all_the_time(glued: bool) -> None:
+async def test_session_over_tcp_with_a_meter_that_pushes_all_the_time(glued: bool) -> None:
     pushed: list[bytes] = []
 
     def push() -> bytes:
@@ -340,19 +340,18 @@ async def test_read_dlms_over_tcp_with_a_meter_that_pushes_all_the_time(glued: b
 
     received: list[bytes] = []
     start = NOW.replace(microsecond=0) - timedelta(hours=6)
-    request = DlmsReadRequest(
-        tuple(r.obis for r in REGISTERS), profile=ProfileRange(LOAD_PROFILE, start, NOW.replace(microsecond=0))
-    )
-    async with pushing_meter(push, glued=glued) as port:
-        result = await read_dlms(
-            "127.0.0.1", port, DlmsParameters(max_pdu=512), request, timeout=2, on_push=received.append
-        )
-    assert result.failures == ()
-    assert result.meter_time == NOW.replace(microsecond=0)
-    for reading in result.registers:
-        assert reading.value == expected_register(SEED, INDEX, reading.quantity, NOW)
+    async with (
+        pushing_meter(push, glued=glued) as port,
+        DlmsSession(f"tcp://127.0.0.1:{port}", DlmsParameters(max_pdu=512), timeout=2, on_push=received.append) as s,
+    ):
+        meter_time = await s.read_clock()
+        registers = {CosemValue(r.obis).quantity: (await s.read_value(CosemValue(r.obis)))[0] for r in REGISTERS}
+        profile = await s.read_profile(ProfileRange(LOAD_PROFILE, start, NOW.replace(microsecond=0)))
+    assert meter_time == NOW.replace(microsecond=0)
+    assert registers == {q: expected_register(SEED, INDEX, q, NOW) for q in registers}
+    assert len(registers) == len(REGISTERS)
     rows: dict[datetime, dict[str, float]] = {}
-    for r in result.profile:
+    for r in profile:
         rows.setdefault(r.timestamp, {})[r.quantity] = r.value
     assert sorted(rows.items()) == expected_profile(SEED, INDEX, start, NOW.replace(microsecond=0))
     assert received == pushed  # every push handed on, in order, none lost or doubled
@@ -362,7 +361,7 @@ async def test_read_dlms_over_tcp_with_a_meter_that_pushes_all_the_time(glued: b
 async def test_a_session_without_a_handler_counts_the_pushes() -> None:
     async with (
         pushing_meter(lambda: meter_push(16), glued=True) as port,
-        DlmsSession("127.0.0.1", port, DlmsParameters(), timeout=2) as session,
+        DlmsSession(f"tcp://127.0.0.1:{port}", DlmsParameters(), timeout=2) as session,
     ):
         first = await session.get(3, IMPORT, 2)
         second = await session.get(3, IMPORT, 2)

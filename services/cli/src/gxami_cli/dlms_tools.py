@@ -95,9 +95,7 @@ def profile_discover(
         counters = counter_store(counters_file) if params.security is not None else None
 
         async def discover() -> Any:
-            session = DlmsSession(
-                endpoint.host, endpoint.port or 0, params, timeout=timeout, counters=counters, meter_key=url
-            )
+            session = DlmsSession(url, params, timeout=timeout, counters=counters, meter_key=url)
             async with session:
                 return await discover_profile(session, name=name, parameters=parameters)
 

@@ -1,7 +1,7 @@
 """Meter control over DLMS/COSEM: remote disconnect/reconnect (class 70) and clock synchronisation.
 
-Each command is one association (over TCP, or any DLMS medium with
-:func:`run_dlms_command_url`); the result reports the state read back from the meter
+Each command is one association over any DLMS medium (:func:`run_dlms_command` takes the
+meter's URL); the result reports the state read back from the meter
 after acting, so the caller audits what the meter says, not what was asked.
 """
 
@@ -15,6 +15,7 @@ from typing import Final, Literal
 from gxcore.dlms.invocation import InvocationCounterStore
 from gxcore.dlms.parameters import CLASS_DISCONNECT_CONTROL, DlmsParameters
 from gxcore.dlms.reader import DlmsSession, utc_now
+from gxcore.dlms.transport import MediumFactory, medium_for
 from gxcore.errors import ConfigurationError, ProtocolError
 
 DISCONNECT_CONTROL: Final = "0.0.96.3.10.255"
@@ -56,29 +57,6 @@ async def read_supply(session: DlmsSession, obis: str = DISCONNECT_CONTROL) -> S
 
 
 async def run_dlms_command(
-    host: str,
-    port: int,
-    params: DlmsParameters,
-    command: DlmsCommand,
-    *,
-    timeout: float,
-    clock: Callable[[], datetime] = utc_now,
-    disconnect_control: str = DISCONNECT_CONTROL,
-    counters: InvocationCounterStore | None = None,
-    meter_key: str | None = None,
-) -> DlmsCommandResult:
-    """Run one control command in its own association and read back its effect.
-
-    ``disconnect``/``reconnect`` invoke remote_disconnect/remote_reconnect and fail with
-    ProtocolError if the meter's control state does not follow; ``clock-sync`` sets the
-    meter clock to ``clock()`` and reads it back; ``read-supply`` only reads. A ciphered
-    meter needs ``counters``, a durable invocation counter store (ConfigurationError without).
-    """
-    session = DlmsSession(host, port, params, timeout=timeout, counters=counters, meter_key=meter_key)
-    return await _run_command(session, command, clock, disconnect_control)
-
-
-async def run_dlms_command_url(
     url: str,
     params: DlmsParameters,
     command: DlmsCommand,
@@ -88,9 +66,20 @@ async def run_dlms_command_url(
     disconnect_control: str = DISCONNECT_CONTROL,
     counters: InvocationCounterStore | None = None,
     meter_key: str | None = None,
+    media: MediumFactory = medium_for,
 ) -> DlmsCommandResult:
-    """:func:`run_dlms_command` over ``tcp://``, ``udp://`` (wrapper) or ``serial://`` (HDLC) URL ``url``."""
-    session = DlmsSession.for_url(url, params, timeout=timeout, counters=counters, meter_key=meter_key)
+    """Run one control command in its own association over ``url`` and read back its effect.
+
+    ``url`` is ``tcp://``, ``udp://`` (wrapper) or ``serial://`` (HDLC), as for
+    :class:`~gxcore.dlms.reader.DlmsSession`. ``disconnect``/``reconnect`` invoke
+    remote_disconnect/remote_reconnect and fail with ProtocolError if the meter's control
+    state does not follow; ``clock-sync`` sets the meter clock to ``clock()`` and reads it
+    back; ``read-supply`` only reads. A ciphered meter needs ``counters``, a durable
+    invocation counter store (ConfigurationError without).
+    """
+    if command not in ("disconnect", "reconnect", "clock-sync", "read-supply"):
+        raise ConfigurationError(f"unknown DLMS command {command!r}")
+    session = DlmsSession(url, params, timeout=timeout, counters=counters, meter_key=meter_key, media=media)
     return await _run_command(session, command, clock, disconnect_control)
 
 
@@ -98,8 +87,6 @@ async def _run_command(
     session: DlmsSession, command: DlmsCommand, clock: Callable[[], datetime], disconnect_control: str
 ) -> DlmsCommandResult:
     """Open ``session``, act, read the effect back and check it."""
-    if command not in ("disconnect", "reconnect", "clock-sync", "read-supply"):
-        raise ConfigurationError(f"unknown DLMS command {command!r}")
     async with session:
         if command == "clock-sync":
             before = await session.read_clock()

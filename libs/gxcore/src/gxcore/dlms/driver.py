@@ -64,7 +64,7 @@ from gxcore.dlms.parameters import (
     ProfileRange,
 )
 from gxcore.dlms.reader import DlmsSession
-from gxcore.dlms.transport import check_framing, dlms_endpoint
+from gxcore.dlms.transport import MediumFactory, check_framing, dlms_endpoint, medium_for
 from gxcore.drivers import MeterEventRecord, MeterTarget, ReadRequest, ReadResult
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
 from gxcore.profiles.model import DeviceProfile, OptionValue, ProfilePoint
@@ -150,8 +150,9 @@ class DlmsDriver:
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, counters: InvocationCounterStore | None = None) -> None:
+    def __init__(self, counters: InvocationCounterStore | None = None, *, media: MediumFactory = medium_for) -> None:
         self.counters = counters  # required for ciphered meters; set by whoever loads the driver
+        self.media = media  # the medium for a meter URL; tests and bench hand in an in-memory peer
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         if profile.protocol != PROTOCOL:
@@ -184,8 +185,8 @@ class DlmsDriver:
         readings: list[Reading] = []
         events: list[MeterEventRecord] = []
         failures: list[GxError] = []
-        async with DlmsSession.for_url(
-            target.url, params, timeout=deadline, counters=self.counters, meter_key=target.meter_id
+        async with DlmsSession(
+            target.url, params, timeout=deadline, counters=self.counters, meter_key=target.meter_id, media=self.media
         ) as session:
             meter_time = await session.read_clock()
             for vp in values:

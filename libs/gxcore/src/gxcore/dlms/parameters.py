@@ -9,7 +9,6 @@ from typing import Literal
 from gxcore.dlms.ciphering import SECURITY_CONTROL, SYSTEM_TITLE_LENGTH, SecurityPolicy
 from gxcore.dlms.obis import dotted, reduced
 from gxcore.errors import ConfigurationError
-from gxcore.readings import Reading
 from gxcore.secrets import Secret
 
 Authentication = Literal["none", "low", "high-gmac"]
@@ -212,47 +211,3 @@ class ProfileEntries:
             raise ConfigurationError("profile entries run from 1 upward, last >= first (0: to the newest)")
         if max(self.first, self.last, self.newest) > 0xFFFFFFFF:
             raise ConfigurationError("profile entry numbers are 32-bit")
-
-
-@dataclass(frozen=True, slots=True)
-class DlmsReadRequest:
-    """What to read in one association: value objects, the clock, and optionally one profile range.
-
-    ``registers`` takes OBIS strings (class 3 assumed) or :class:`CosemValue` items.
-    """
-
-    registers: tuple[str | CosemValue, ...] = ()
-    read_clock: bool = True
-    profile: ProfileRange | None = None
-
-    def __post_init__(self) -> None:
-        items = tuple(r if isinstance(r, CosemValue) else CosemValue(r) for r in self.registers)
-        object.__setattr__(self, "registers", items)
-
-    def values(self) -> tuple[CosemValue, ...]:
-        """The register items, normalised."""
-        return tuple(r for r in self.registers if isinstance(r, CosemValue))
-
-
-@dataclass(frozen=True, slots=True)
-class ReadFailure:
-    """One object the meter would not give (the session itself went on)."""
-
-    quantity: str
-    kind: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class DlmsReadResult:
-    """Readings of one association; register readings carry ``meter_time`` as their timestamp."""
-
-    meter_time: datetime | None
-    registers: tuple[Reading, ...] = ()
-    profile: tuple[Reading, ...] = ()
-    failures: tuple[ReadFailure, ...] = ()
-
-    @property
-    def readings(self) -> list[Reading]:
-        """Register readings first, then load-profile readings in capture order."""
-        return [*self.registers, *self.profile]

@@ -1,10 +1,10 @@
 """Reading a DLMS/COSEM meter over TCP, UDP or a serial line: one association, clock, registers, load profile.
 
-:func:`read_dlms` (host and TCP port) and :func:`read_dlms_url` (``tcp://``, ``udp://``
-wrapper or ``serial://`` HDLC) are what the collector calls. :class:`DlmsSession` is the
-async context manager underneath them (open + associate on enter, release + close on
-exit) for callers that need other services in the same association; what it makes of
-registers and load profiles is in :mod:`gxcore.dlms.cosem_reads`.
+:class:`DlmsSession` is the async context manager under the driver
+(:class:`gxcore.dlms.driver.DlmsDriver`, what the collector calls), commands and discovery:
+open + associate on enter, release + close on exit, over ``tcp://``, ``udp://`` (wrapper)
+or ``serial://`` (HDLC). What it makes of registers and load profiles is in
+:mod:`gxcore.dlms.cosem_reads`.
 
 A meter may push on the link while the session waits for a reply. Such a frame is set
 aside and the reply still read (see :mod:`gxcore.dlms.unsolicited`); ``on_push`` gets it,
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -34,22 +33,17 @@ from gxcore.dlms.cosem_reads import CosemReads
 from gxcore.dlms.cosem_time import decode_datetime
 from gxcore.dlms.exchange import Exchange
 from gxcore.dlms.invocation import InvocationCounterStore, MeterBusyError, MeterHold
-from gxcore.dlms.obis import reduced
 from gxcore.dlms.parameters import (
     CLASS_CLOCK,
     CLASS_DATA,
     CLOCK_OBIS,
     PUBLIC_CLIENT,
     DlmsParameters,
-    DlmsReadRequest,
-    DlmsReadResult,
-    ReadFailure,
 )
 from gxcore.dlms.session import DlmsClientCore
-from gxcore.dlms.transport import MediumLink, TcpLink, check_framing, dlms_endpoint
+from gxcore.dlms.transport import MediumFactory, MediumLink, check_framing, dlms_endpoint, medium_for
 from gxcore.dlms.unsolicited import PushHandler
 from gxcore.errors import AccessDeniedError, GxError, ProtocolError
-from gxcore.readings import Reading
 
 
 def utc_now() -> datetime:
@@ -59,45 +53,20 @@ def utc_now() -> datetime:
 class DlmsSession(CosemReads):
     """One association with one meter; every exchange bounded by ``timeout`` seconds.
 
+    ``url`` is ``tcp://host:port``, ``udp://host:port`` (wrapper) or ``serial:///dev/...``
+    (HDLC); ConfigurationError, before any I/O, for another scheme or a framing the medium
+    cannot carry. ``media`` makes the (unopened) medium for the URL: the real one by
+    default, an in-memory peer in tests and bench.
+
     With ciphering, ``counters`` (a durable store) is required, and the session holds the
     meter's lock from entry to exit (waiting at most ``hold_timeout`` seconds for it).
-
-    ``DlmsSession(host, port, ...)`` connects over TCP; :meth:`for_url` over any DLMS
-    medium. ``meter_key`` names the meter in the invocation counter store (the meter id;
-    by default ``host:port``, or the URL without its query for serial/UDP). ``on_push``
-    gets every unsolicited frame that arrives inside an exchange.
+    ``meter_key`` names the meter in the invocation counter store (the meter id; by default
+    ``host:port`` for TCP, else the URL without its query). ``on_push`` gets every
+    unsolicited frame that arrives inside an exchange.
     """
 
     def __init__(
         self,
-        host: str,
-        port: int,
-        params: DlmsParameters,
-        *,
-        timeout: float,
-        counters: InvocationCounterStore | None = None,
-        meter_key: str | None = None,
-        on_push: PushHandler | None = None,
-        hold_timeout: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.host = host
-        self.port = port
-        self.params = params
-        self.timeout = timeout
-        self.counters = counters
-        self.meter_key = meter_key or f"{host}:{port}"
-        self.url: str | None = None  # set by for_url: the link opens this medium instead of TCP
-        self.on_push = on_push
-        # Long enough for another session with the meter to finish, short of callers' own bounds.
-        self.hold_timeout = hold_timeout if hold_timeout is not None else max(10.0, 5 * timeout)
-        self.core = self._new_core()
-        self._link: MediumLink | None = None
-        self._hold: MeterHold | None = None
-
-    @classmethod
-    def for_url(
-        cls,
         url: str,
         params: DlmsParameters,
         *,
@@ -106,34 +75,31 @@ class DlmsSession(CosemReads):
         meter_key: str | None = None,
         on_push: PushHandler | None = None,
         hold_timeout: float | None = None,
-    ) -> DlmsSession:
-        """A session over ``tcp://host:port``, ``udp://host:port`` (wrapper) or ``serial:///dev/...`` (HDLC).
-
-        ConfigurationError, before any I/O, for another scheme or a framing the medium cannot carry.
-        """
+        media: MediumFactory = medium_for,
+    ) -> None:
+        super().__init__()
         endpoint = dlms_endpoint(url)
         check_framing(url, params.interface)
-        # TCP keeps the key DlmsSession(host, port) gives, so counters survive a switch to URLs.
+        self.url = url
+        self.host = endpoint.host
+        self.port = endpoint.port or 0
+        self.params = params
+        self.timeout = timeout
+        self.counters = counters
+        # TCP keys by host:port, as sessions always have, so stored counters keep their meter.
         default = f"{endpoint.host}:{endpoint.port}" if endpoint.scheme == "tcp" else url.partition("?")[0]
-        key = meter_key or default
-        session = cls(
-            endpoint.host,
-            endpoint.port or 0,
-            params,
-            timeout=timeout,
-            counters=counters,
-            meter_key=key,
-            on_push=on_push,
-            hold_timeout=hold_timeout,
-        )
-        session.url = url
-        return session
+        self.meter_key = meter_key or default
+        self.on_push = on_push
+        self.media = media
+        # Long enough for another session with the meter to finish, short of callers' own bounds.
+        self.hold_timeout = hold_timeout if hold_timeout is not None else max(10.0, 5 * timeout)
+        self.core = self._new_core()
+        self._link: MediumLink | None = None
+        self._hold: MeterHold | None = None
 
     def _sibling(self, params: DlmsParameters) -> DlmsSession:
         """Another session to the same meter over the same kind of medium."""
-        if self.url is not None:
-            return DlmsSession.for_url(self.url, params, timeout=self.timeout)
-        return DlmsSession(self.host, self.port, params, timeout=self.timeout)
+        return DlmsSession(self.url, params, timeout=self.timeout, media=self.media)
 
     def _new_core(self) -> DlmsClientCore:
         return DlmsClientCore(self.params, counters=self.counters, meter_key=self.meter_key, on_push=self.on_push)
@@ -191,11 +157,7 @@ class DlmsSession(CosemReads):
             hold.release()
 
     async def _open(self) -> None:
-        if self.url is not None:
-            self._link = await MediumLink.for_url(self.url, timeout=self.timeout)
-        else:
-            # Through the module's TcpLink name: bench/sessions.py stands an in-memory link in for it.
-            self._link = await TcpLink.open(self.host, self.port, timeout=self.timeout)
+        self._link = await MediumLink.over(self.media(self.url, self.timeout))
         try:
             snrm = self.core.open_link()
             if snrm is not None:
@@ -278,74 +240,3 @@ class DlmsSession(CosemReads):
         if not isinstance(raw, bytes | bytearray):
             raise ProtocolError("clock time is not an octet string")
         return decode_datetime(raw)
-
-
-async def read_dlms(
-    url_host: str,
-    port: int,
-    params: DlmsParameters,
-    request: DlmsReadRequest,
-    *,
-    timeout: float,
-    clock: Callable[[], datetime] = utc_now,
-    counters: InvocationCounterStore | None = None,
-    meter_key: str | None = None,
-    on_push: PushHandler | None = None,
-) -> DlmsReadResult:
-    """Associate over TCP, read the clock, the registers and the profile range of ``request``, release.
-
-    Register readings are stamped with the meter clock read in the same association (or
-    ``clock()`` when the clock is not read). An object the meter refuses is a ReadFailure in
-    the result; a refused association, a timeout or a broken link raises. ``on_push`` gets
-    what the meter pushes meanwhile.
-    """
-    session = DlmsSession(
-        url_host, port, params, timeout=timeout, counters=counters, meter_key=meter_key, on_push=on_push
-    )
-    return await _read_session(session, request, clock)
-
-
-async def read_dlms_url(
-    url: str,
-    params: DlmsParameters,
-    request: DlmsReadRequest,
-    *,
-    timeout: float,
-    clock: Callable[[], datetime] = utc_now,
-    counters: InvocationCounterStore | None = None,
-    meter_key: str | None = None,
-    on_push: PushHandler | None = None,
-) -> DlmsReadResult:
-    """:func:`read_dlms` over ``tcp://``, ``udp://`` (wrapper) or ``serial://`` (HDLC) URL ``url``."""
-    session = DlmsSession.for_url(url, params, timeout=timeout, counters=counters, meter_key=meter_key, on_push=on_push)
-    return await _read_session(session, request, clock)
-
-
-async def _read_session(
-    session: DlmsSession, request: DlmsReadRequest, clock: Callable[[], datetime]
-) -> DlmsReadResult:
-    """One association on ``session``: clock, registers, profile; refused objects become ReadFailures."""
-    failures: list[ReadFailure] = []
-    registers: list[Reading] = []
-    profile: list[Reading] = []
-    async with session:
-        meter_time = await session.read_clock() if request.read_clock else None
-        stamp = meter_time if meter_time is not None else clock()
-        for item in request.values():
-            try:
-                value, unit = await session.read_value(item)
-            except ProtocolError as exc:
-                if session.broken:
-                    raise
-                # The meter refused this object or sent a value of the wrong kind; go on.
-                failures.append(ReadFailure(item.quantity, exc.kind, exc.reason))
-                continue
-            registers.append(Reading(item.quantity, value, unit, stamp))
-        if request.profile is not None:
-            try:
-                profile = await session.read_profile(request.profile)
-            except ProtocolError as exc:
-                if session.broken:
-                    raise
-                failures.append(ReadFailure(reduced(request.profile.obis), exc.kind, exc.reason))
-    return DlmsReadResult(meter_time, tuple(registers), tuple(profile), tuple(failures))

@@ -13,18 +13,23 @@ wrapper, TCP either (wrapper to a meter, HDLC through a TCP-to-serial converter)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from gxcore.dlms.exchange import Exchange
 from gxcore.dlms.parameters import Interface
 from gxcore.drivers import Endpoint
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError
-from gxcore.media import Medium, TcpClient, TcpSettings, open_medium
+from gxcore.media import Medium, open_medium
 
 READ_CHUNK: Final = 65536
 DLMS_SCHEMES: Final = frozenset({"tcp", "udp", "serial"})
 # The framing a scheme forces; TCP carries either.
 _FRAMING: Final[dict[str, Interface]] = {"udp": "wrapper", "serial": "hdlc"}
+
+MediumFactory = Callable[[str, float], Medium]
+"""``(url, timeout) -> unopened medium``: how a session reaches its meter (:func:`medium_for`,
+or an in-memory peer in tests and bench)."""
 
 
 def framing_for(url: str) -> Interface | None:
@@ -48,7 +53,7 @@ def check_framing(url: str, interface: Interface) -> None:
         raise ConfigurationError(f"DLMS over {scheme}:// uses interface {forced!r}, not {interface!r}")
 
 
-def medium_for(url: str, *, timeout: float) -> Medium:
+def medium_for(url: str, timeout: float) -> Medium:
     """The (unopened) medium of a DLMS URL; connecting is bounded by ``timeout`` unless the URL says."""
     endpoint = dlms_endpoint(url)
     if endpoint.scheme == "tcp" and "connect_timeout" not in endpoint.query:
@@ -75,11 +80,6 @@ class MediumLink:
             await medium.close()
             raise
         return cls(medium)
-
-    @classmethod
-    async def for_url(cls, url: str, *, timeout: float) -> MediumLink:
-        """Open the medium of ``tcp://``, ``udp://`` or ``serial://`` URL ``url``."""
-        return await cls.over(medium_for(url, timeout=timeout))
 
     async def run(self, exchange: Exchange, *, timeout: float) -> Exchange:
         """Drive ``exchange`` to completion; each read waits at most ``timeout`` seconds."""
@@ -109,12 +109,3 @@ class MediumLink:
     async def close(self) -> None:
         """Close the medium; never raises."""
         await self.medium.close()
-
-
-class TcpLink(MediumLink):
-    """A link over one TCP connection (DLMS wrapper, or HDLC through a converter)."""
-
-    @classmethod
-    async def open(cls, host: str, port: int, *, timeout: float) -> MediumLink:
-        """Connect, bounded by ``timeout``."""
-        return await cls.over(TcpClient(TcpSettings(host, port, connect_timeout=timeout)))
