@@ -296,3 +296,23 @@ async def test_a_silent_in_memory_meter_times_out() -> None:
     with pytest.raises(MeterTimeoutError, match="no reply"):
         async with DlmsSession("tcp://m:1", WRAPPER, timeout=0.5, media=memory_media(lambda url: Silent())):
             pass
+
+
+def test_one_read_path_and_one_url_form() -> None:
+    """Issue 7: the second read API, the host/port twins and TcpLink stay gone."""
+    import gxcore.dlms
+    from gxcore.dlms import control, parameters, reader, transport
+
+    gone = {
+        gxcore.dlms: ("read_dlms", "read_dlms_url", "DlmsReadRequest", "DlmsReadResult", "run_dlms_command_url"),
+        reader: ("read_dlms", "read_dlms_url"),
+        control: ("run_dlms_command_url",),
+        parameters: ("DlmsReadRequest", "DlmsReadResult", "ReadFailure"),
+        transport: ("TcpLink",),
+    }
+    assert {m.__name__: [n for n in names if hasattr(m, n)] for m, names in gone.items()} == {
+        m.__name__: [] for m in gone
+    }
+    assert not hasattr(DlmsSession, "for_url")
+    with pytest.raises(ConfigurationError, match="scheme must be one of"):
+        DlmsSession("127.0.0.1", WRAPPER, timeout=1)  # a host is not a meter URL
