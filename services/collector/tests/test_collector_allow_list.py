@@ -39,9 +39,13 @@ def job(url: str, meter_id: str = "m-allow-1") -> ReadJob:
     )
 
 
+# Built once, at import: loading and validating every profile takes ~0.1 s, too long to repeat on the loop.
+PROFILES = ProfileCatalog()
+
+
 def reader(networks: MeterNetworks | None) -> MeterReader:
     return MeterReader(
-        ProfileCatalog(),
+        PROFILES,
         SecretStore(default={"password": Secret(PASSWORD)}),
         exchange_timeout=1.0,
         session_timeout=10,

@@ -14,6 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from gxami_reports.app import main
 from gxami_reports.cli import report_app
 from gxami_reports.settings import ReportsSettings
 from gxami_store import PartitionKeeper, migrate, storage_kind
@@ -73,8 +74,6 @@ async def test_daily_report_with_no_database_is_one_line(monkeypatch: pytest.Mon
 async def test_report_api_serves_json_and_refuses_bad_dates(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from gxami_reports.app import main
-
     await _seed(database_url)
     stop = asyncio.Event()
     with socket.socket() as s:
