@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
+from gxami_collector.batches import fitting_batches
 from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
@@ -62,7 +63,8 @@ class Collector:
         SESSION_SECONDS.observe((r.finished_at - r.started_at).total_seconds())
         # Readings and events before the result: a scheduler that saw "ok" knows they are on the broker.
         if outcome.batch is not None:
-            await publisher.send(READINGS.name, outcome.batch.meter_id, outcome.batch)
+            parts = fitting_batches(outcome.batch)  # a long back-fill goes as several messages
+            await publisher.send_many(READINGS.name, [(p.meter_id, p) for p in parts])
             READINGS_OUT.inc(outcome.batch.count)
         if outcome.events:
             await publisher.send_many(EVENTS.name, [(e.meter_id, e) for e in outcome.events])
