@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from gxcore.dlms.transport import MediumFactory, dlms_endpoint
 from gxcore.errors import MediaError, MeterTimeoutError
-from gxcore.media import Medium, Parity
-from gxcore.media.medium import SEND_TIMEOUT, check_max_bytes
+from gxcore.media import Medium
+from gxcore.media.medium import SEND_TIMEOUT, BaseMedium, check_max_bytes
 
 
 class MeterSide(Protocol):
@@ -31,21 +30,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class MeterCoreMedium:
+class MeterCoreMedium(BaseMedium):
     """One connection to an in-process meter core; a fresh core per open, as the simulator does."""
 
     def __init__(
         self, meter: Callable[[], MeterSide], *, name: str = "memory", clock: Callable[[], datetime] = _utc_now
     ) -> None:
+        super().__init__()
         self._make_meter = meter
         self._name = name
         self._clock = clock
         self._meter: MeterSide | None = None
         self._pending = bytearray()
-
-    @property
-    def can_set_line(self) -> bool:
-        return False
 
     async def open(self) -> None:
         if self._meter is None:
@@ -83,17 +79,6 @@ class MeterCoreMedium:
         self._pending.clear()
         return dropped
 
-    async def set_line(
-        self,
-        *,
-        baudrate: int | None = None,
-        bytesize: int | None = None,
-        parity: Parity | None = None,
-        stopbits: float | None = None,
-        timeout: float = 5.0,
-    ) -> None:
-        raise MediaError(f"{self.describe()}: not a serial line")
-
     def describe(self) -> str:
         return self._name
 
@@ -101,15 +86,6 @@ class MeterCoreMedium:
         if self._meter is None:
             raise MediaError(f"{self.describe()}: not open")
         return self._meter
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 def memory_media(meter_for: Callable[[str], MeterSide], *, clock: Callable[[], datetime] = _utc_now) -> MediumFactory:
