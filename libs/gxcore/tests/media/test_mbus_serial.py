@@ -113,7 +113,8 @@ async def test_multi_telegram_and_secondary_reads_over_serial(line: tuple[MBusBu
 async def test_search_and_silence_over_serial(line: tuple[MBusBus, Medium, list[bytes]]) -> None:
     bus, medium, _ = line
     clock = asyncio.get_running_loop().time
-    master = MBusMaster(MasterConfig(reply_timeout=0.03, transfer_time=0.5))
+    # 30 ms was too short for a pseudo-terminal on a busy 2-core machine with the loop in debug mode
+    master = MBusMaster(MasterConfig(reply_timeout=0.3, transfer_time=0.5))
     master.search(now=clock())
     event = await run(master, medium)
     assert isinstance(event, SearchComplete), event
