@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from gxami_runtime.devstack import StackEndpoints
-from gxami_runtime.devstack_session import session_stack
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_session import session_stack
 
 # Hypothesis: a bounded, reproducible budget in CI; more with HYPOTHESIS_PROFILE=fuzz (make bench).
 try:

@@ -12,10 +12,10 @@ so the ``Cipher(AES, GCM(iv, tag, min_tag_length=12))`` form that DLMS needs). A
 
 * gxcore: :func:`gxcore_unseal`, the one place that knows gxcore's decrypt path;
 * gxcore inside gurux: ``GXCiphering.decrypt`` (with a fresh AesGcmParameter per APDU, as
-  gurux's client does for every ciphered reply) once gxcore.dlms.gurux has handed gurux's
+  gurux's client does for every ciphered reply) once gxcore.protocols.dlms.gurux has handed gurux's
   AES-GCM over to gxcore: what a DLMS session pays per ciphered reply;
 * gurux-dlms alone: the same call with gurux's own pure-Python AES-GCM, timed in a fresh
-  interpreter (bench.gurux_pure) because importing gxcore.dlms replaces it process-wide;
+  interpreter (bench.gurux_pure) because importing gxcore.protocols.dlms replaces it process-wide;
   the gap is around a thousandfold.
 """
 
@@ -108,7 +108,7 @@ def gxcore_unseal() -> Decrypt | None:
     ``apdu -> plaintext`` for a glo-ciphered reply whose sender is ``SYSTEM_TITLE``.
     """
     try:
-        from gxcore.dlms.ciphering import parse_ciphered_apdu, unseal
+        from gxcore.protocols.dlms.ciphering import parse_ciphered_apdu, unseal
     except ImportError:
         return None
 
@@ -145,7 +145,7 @@ def _check(name: str, decrypt: Decrypt, apdu_set: ApduSet) -> None:
 
 
 def gurux_is_handed_over() -> bool:
-    """True once gxcore has routed gurux's AES-GCM to its own `cryptography` path (gxcore.dlms.gurux)."""
+    """True once gxcore has routed gurux's AES-GCM to its own `cryptography` path (gxcore.protocols.dlms.gurux)."""
     return not GXDLMSChippering.decryptAesGcm.__func__.__module__.startswith("gurux_dlms")
 
 
@@ -168,9 +168,12 @@ def pure_gurux_rate(kind: str, count: int) -> float:
 def run(ctx: RunContext) -> Iterator[Figure]:
     ours = gxcore_unseal()
     if ours is None:
-        ctx.note("TODO: gxcore has no DLMS decrypt path (gxcore.dlms.ciphering); only gurux vs cryptography measured")
+        ctx.note(
+            "TODO: gxcore has no DLMS decrypt path (gxcore.protocols.dlms.ciphering);"
+            " only gurux vs cryptography measured"
+        )
     with contextlib.suppress(ImportError):
-        import gxcore.dlms.gurux  # noqa: F401  # importing it hands gurux's AES-GCM over to gxcore
+        import gxcore.protocols.dlms.gurux  # noqa: F401  # importing it hands gurux's AES-GCM over to gxcore
     in_gurux = gurux_decryptor() if ours is not None and gurux_is_handed_over() else None
     for kind, fast_passes, gurux_count in (
         ("register", ctx.size.pick(1, 200, 800), ctx.size.pick(2, 40, APDUS)),
@@ -194,7 +197,7 @@ def run(ctx: RunContext) -> Iterator[Figure]:
                 "APDUs/s",
                 fast["cryptography"],
                 "higher",
-                {"peer": peer, "path": "gxcore.dlms.ciphering parse_ciphered_apdu + unseal", "apdu": apdu},
+                {"peer": peer, "path": "gxcore.protocols.dlms.ciphering parse_ciphered_apdu + unseal", "apdu": apdu},
             )
         if "gxcore_in_gurux" in fast:
             yield Figure(

@@ -17,20 +17,20 @@ from typing import Any
 from bench.figures import Figure, RunContext
 from bench.timing import Contender, over, race
 from bench.walkers import RegisterBlockWalker, walk_dsmr, walk_iec62056_21, walk_mbus, walk_wmbus
-from gxcore.dsmr import decode_dsmr_telegram
-from gxcore.iec62056_21 import decode_iec62056_21_readout
-from gxcore.mbus import LongFrame, decode_mbus_telegram, encode_frame
-from gxcore.modbus import ReadBlock, engineering_value, plan_reads, register_points
-from gxcore.modbus.codec import encode_value
-from gxcore.modbus.planner import split_block
-from gxcore.modbus.profile import modbus_parameters
+from gxami_meterlab.simulators.dsmr import SimulatedP1Meter
+from gxami_meterlab.simulators.iec62056_21 import SimulatedIecMeter
+from gxami_meterlab.simulators.mbus import MBusBus
+from gxami_meterlab.simulators.modbus import raw_value
+from gxami_meterlab.simulators.wmbus import WMBusTelegramGenerator
 from gxcore.profiles.model import ProfileCatalog
-from gxcore.simulators.dsmr import SimulatedP1Meter
-from gxcore.simulators.iec62056_21 import SimulatedIecMeter
-from gxcore.simulators.mbus import MBusBus
-from gxcore.simulators.modbus import raw_value
-from gxcore.simulators.wmbus import WMBusTelegramGenerator
-from gxcore.wmbus import decode_wmbus_telegram
+from gxcore.protocols.dsmr import decode_dsmr_telegram
+from gxcore.protocols.iec62056_21 import decode_iec62056_21_readout
+from gxcore.protocols.mbus import LongFrame, decode_mbus_telegram, encode_frame
+from gxcore.protocols.modbus import ReadBlock, engineering_value, plan_reads, register_points
+from gxcore.protocols.modbus.codec import encode_value
+from gxcore.protocols.modbus.planner import split_block
+from gxcore.protocols.modbus.profile import modbus_parameters
+from gxcore.protocols.wmbus import decode_wmbus_telegram
 
 SEED = 1
 INSTANT = datetime(2024, 3, 14, 9, 26, 53, tzinfo=UTC)

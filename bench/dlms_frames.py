@@ -4,7 +4,7 @@ The reply frames are recorded once from gxcore's meter core (the simulator's hou
 model, fixed instants) answering our client core in memory. Then the same frames are
 parsed two ways:
 
-* ours: a fresh :class:`gxcore.dlms.session.Exchange` per reply (our wrapper framer, the
+* ours: a fresh :class:`gxcore.protocols.dlms.session.Exchange` per reply (our wrapper framer, the
   unsolicited-push check, address check, gurux's ``getData`` inside ``quiet()``, block
   follow-up with ``receiverReady``, error mapping), then what the reader does with the value:
   ``apply_scaler`` for a register, ``decode_rows`` (timestamps as aware datetimes) for a
@@ -28,12 +28,18 @@ from gurux_dlms.objects import GXDLMSProfileGeneric, GXDLMSRegister
 
 from bench.figures import Figure, RunContext
 from bench.timing import Contender, over, race
-from gxcore.dlms.obis import apply_scaler
-from gxcore.dlms.parameters import DlmsParameters
-from gxcore.dlms.profile import CaptureObject, clock_column, decode_rows, encode_range_selection, parse_capture_objects
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import DlmsClientCore, Exchange
-from gxcore.simulators.dlms import CURRENT, IMPORT, LOAD_PROFILE, PROFILES, REGISTERS, VOLTAGE, _MeterValues
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import CURRENT, IMPORT, LOAD_PROFILE, PROFILES, REGISTERS, VOLTAGE, _MeterValues
+from gxcore.protocols.dlms.obis import apply_scaler
+from gxcore.protocols.dlms.parameters import DlmsParameters
+from gxcore.protocols.dlms.profile import (
+    CaptureObject,
+    clock_column,
+    decode_rows,
+    encode_range_selection,
+    parse_capture_objects,
+)
+from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
 
 SEED = 1
 MAX_PDU = 1024  # a common meter setting: a day of 15-minute rows then comes in three blocks

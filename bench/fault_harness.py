@@ -4,7 +4,7 @@ One run (``run(plan, root)``):
 
 1. Starts its own stack: PostgreSQL, a local S3 store and a Tansu broker keeping its data in it
    (``DevStack(persistent_broker=True)``: the wheel's Tansu has no PostgreSQL engine, see
-   gxami_runtime.devstack_s3), so a broker restart keeps topics, records and committed offsets.
+   gxami_meterlab.devstack_s3), so a broker restart keeps topics, records and committed offsets.
 2. Starts the meters (``python -m bench.fault_sim``: DLMS/COSEM meters, one port each, and Modbus
    TCP meters behind one gateway), imports their fleet (read every minute), and runs the scheduler,
    the collector and ingest as separate processes.
@@ -62,10 +62,10 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.fault_sim import DLMS_QUANTITIES, modbus_meter_id
-from gxami_cli.procs import ServiceProcess, gxami_argv, service_env
-from gxami_runtime.devstack import DevStack
-from gxami_runtime.devstack_procs import free_port
-from gxcore.simulators.dlms import expected_register
+from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
+from gxami_meterlab.devstack import DevStack
+from gxami_meterlab.devstack_procs import free_port
+from gxami_meterlab.simulators.dlms import expected_register
 
 SERVICES = ("collector", "scheduler", "ingest")
 TOPICS = (

@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import yaml
 
-from gxcore.modbus.profile import Table
+from gxami_meterlab.simulators import dlms as dlms_sim
+from gxami_meterlab.simulators.modbus import ModbusMeterSimulator, expected_value
 from gxcore.profiles import ProfileCatalog
-from gxcore.simulators import dlms as dlms_sim
-from gxcore.simulators.modbus import ModbusMeterSimulator, expected_value
+from gxcore.protocols.modbus.profile import Table
 
 MODBUS_PROFILE = "eastron-sdm630"
 DLMS_PROFILE = "generic-dlms"

@@ -1,6 +1,6 @@
 """``python -m bench.gurux_pure KIND COUNT``: gurux's own AES-GCM decrypt rate, in an interpreter without gxcore.
 
-Importing gxcore.dlms hands gurux's AES-GCM over to gxcore's `cryptography` path for the
+Importing gxcore.protocols.dlms hands gurux's AES-GCM over to gxcore's `cryptography` path for the
 whole process, so gurux's pure-Python cipher can only be timed where gxcore was never
 imported. Prints one JSON object ``{"rate": APDUs per second}`` on stdout.
 """

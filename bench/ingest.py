@@ -31,8 +31,8 @@ from bench.figures import Figure, RunContext, Size
 from bench.stack import BenchStack, ServiceProcess
 from gxami_contracts import ReadingBatch, ReadingValue
 from gxami_ingest.writer import STAGING_COLUMNS, ReadingRow
-from gxami_runtime.devstack import StackEndpoints
-from gxami_runtime.devstack_procs import free_port
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_procs import free_port
 from gxami_runtime.kafka import ensure_topics, make_producer
 from gxami_runtime.settings import ServiceSettings
 from gxami_store import PartitionKeeper, migrate, storage_kind

@@ -2,14 +2,14 @@
 
 A session is what the collector runs for a 15-minute read: associate, read the clock,
 scaler/unit and value of five registers, the last hour of the load profile, release
-(:class:`gxcore.dlms.driver.DlmsDriver` with the built-in ``generic-dlms`` profile, the DLMS
+(:class:`gxcore.drivers.dlms.driver.DlmsDriver` with the built-in ``generic-dlms`` profile, the DLMS
 wrapper over TCP, no authentication).
 
 ``value``: sessions per second when this process (one core) reads 50 simulated meters
 concurrently, served by ``gxami simulate dlms`` in its own process (the other core).
 
 ``limit``: the simulator's own ceiling, measured in the same run: the same sessions run
-in memory (the same driver over :mod:`gxcore.simulators.dlms_memory`: our client and
+in memory (the same driver over :mod:`gxami_meterlab.simulators.dlms_memory`: our client and
 the simulator's meter core back to back, no sockets),
 counting only the time spent inside the meter core, a fresh one per session as the
 simulator makes per connection. The simulator cannot answer faster than that, so the
@@ -34,12 +34,12 @@ from pathlib import Path
 import yaml
 
 from bench.figures import Figure, RunContext
-from gxcore.dlms.driver import DlmsDriver
-from gxcore.dlms.server import CosemMeterCore
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import PROFILES, REGISTERS, _MeterValues
+from gxami_meterlab.simulators.dlms_memory import memory_media
 from gxcore.drivers import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.dlms.driver import DlmsDriver
 from gxcore.profiles.model import BUILTIN_DIR, load_profile
-from gxcore.simulators.dlms import PROFILES, REGISTERS, _MeterValues
-from gxcore.simulators.dlms_memory import memory_media
 
 SEED = 1
 METERS = 50

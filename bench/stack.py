@@ -2,7 +2,7 @@
 
 The stack is the test suite's: Apache Kafka and TimescaleDB under Docker when an engine
 answers (``GXAMI_TEST_STACK=docker|local`` forces the choice), else the local dev stack
-(Tansu + PostgreSQL, :class:`gxami_runtime.devstack.DevStack`) in a temporary folder.
+(Tansu + PostgreSQL, :class:`gxami_meterlab.devstack.DevStack`) in a temporary folder.
 It is started on first use and stopped, with its folder removed, when the run ends.
 Each benchmark works in a database of its own, dropped afterwards.
 """
@@ -22,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gxami_runtime.devstack import StackEndpoints
-from gxami_runtime.devstack_session import session_stack
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_session import session_stack
 
 # shared_buffers for the benchmark database: a quarter of a small server's memory is the usual
 # rule; the dev stack's 32MB would measure buffer thrashing, not gxami.

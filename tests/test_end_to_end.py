@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 import yaml
 
-from gxami_cli.procs import ServiceProcess, gxami_argv, service_env
-from gxami_runtime.devstack import StackEndpoints
-from gxami_runtime.devstack_procs import free_port
-from gxcore.simulators.dlms import expected_register
+from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_procs import free_port
+from gxami_meterlab.simulators.dlms import expected_register
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 

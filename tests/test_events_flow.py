@@ -25,12 +25,12 @@ from gxami_collector.settings import CollectorSettings
 from gxami_contracts import CATALOG, DeadLetter, JobResult, JobStatus, MeterEvent, ReadJob
 from gxami_ingest.app import Ingest
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_events
 from gxami_runtime.kafka import ensure_topics, make_consumer, make_producer
 from gxami_store import migrate
 from gxcore.drivers import stable_event_id
 from gxcore.profiles import ProfileCatalog
-from gxcore.simulators.dlms import DlmsFleetSimulator, expected_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

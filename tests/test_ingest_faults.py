@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gxami_cli.procs import ServiceProcess, gxami_argv, service_env
 from gxami_contracts import ReadingBatch, ReadingValue
-from gxami_runtime.devstack import DevStack, StackEndpoints
-from gxami_runtime.devstack_procs import free_port
+from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
+from gxami_meterlab.devstack import DevStack, StackEndpoints
+from gxami_meterlab.devstack_procs import free_port
 from gxami_runtime.kafka import ensure_topics, make_producer
 from gxami_runtime.settings import ServiceSettings
 from gxami_store import migrate

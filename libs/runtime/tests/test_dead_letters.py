@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from gxami_contracts import DeadLetter, ReadJob
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.isolation import database_refusal, store_isolating
 from gxami_runtime.kafka import (
     DEAD_LETTER_ORIGINAL_BYTES,

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_store import MIGRATIONS, PartitionInterval, PartitionKeeper, migrate, storage_kind
 from gxami_store.partitions import Partition, existing_partitions
 from gxami_store.timescale import StoragePolicy, apply_storage_policy

@@ -25,7 +25,7 @@ HEAVY = (
     "asyncpg",
     "aiohttp",
     "gurux_dlms",
-    "gxcore.dlms",
+    "gxcore.protocols.dlms",
     "gxcore.drivers",
     "gxcore.profiles",
     "gxami_contracts",

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner, Result
 
-import gxcore.dlms.server
+import gxami_meterlab.dlms.server
 from gxami_cli.main import app
-from gxcore.dlms import hdlc
-from gxcore.simulators.dlms import DlmsFleetSimulator
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
+from gxcore.protocols.dlms import hdlc
 
 runner = CliRunner()
 EMPTY_WRAPPER_PUSH = "0001000100660000"
@@ -49,7 +49,7 @@ def test_undecodable_pushes_are_bad_input_with_a_reason(frame: str, says: str) -
 
 async def test_a_meter_clock_past_9999_fails_the_read_as_the_meters_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     # The simulated meter answers its clock with the date-time of the defect report.
-    monkeypatch.setattr(gxcore.dlms.server, "encode_time", lambda at: b"\x09" + bytes.fromhex(LATE_DATETIME))
+    monkeypatch.setattr(gxami_meterlab.dlms.server, "encode_time", lambda at: b"\x09" + bytes.fromhex(LATE_DATETIME))
     async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT) as sim:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"
         result = await asyncio.to_thread(runner.invoke, app, ["read", url, "-p", "dlms", "--timeout", "2"])

@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from gxami_cli.dlms_tools import decode_dlms_push, profile_discover
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, meter_security, push_message
 from gxcore.profiles import load_profile
-from gxcore.simulators.dlms import DlmsFleetSimulator, meter_security, push_message
 
 NOW = datetime(2024, 6, 1, 12, 3, 7, tzinfo=UTC)
 profile_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -22,15 +22,15 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from gxami_cli import field
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_register
+from gxami_meterlab.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
+from gxami_meterlab.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
+from gxami_meterlab.simulators.mbus import MBusBus, MBusTcpGateway, register_value
+from gxami_meterlab.simulators.modbus import ModbusMeterSimulator
+from gxami_meterlab.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator, volume_litres
 from gxcore.drivers import available_drivers
-from gxcore.iec62056_21 import encode_data_message
 from gxcore.profiles import ProfileCatalog, json_schema
-from gxcore.simulators.dlms import DlmsFleetSimulator, expected_register
-from gxcore.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
-from gxcore.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
-from gxcore.simulators.mbus import MBusBus, MBusTcpGateway, register_value
-from gxcore.simulators.modbus import ModbusMeterSimulator
-from gxcore.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator, volume_litres
+from gxcore.protocols.iec62056_21 import encode_data_message
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(field.decode_app, name="decode")
@@ -65,10 +65,10 @@ TELEGRAM_V5 = (
 # pwitab/iec62056-21 tests/test_data.py: a readout data message with its BCC.
 IEC_READOUT = b'\x023:14(314*kWh)4:15(415*kWh)\r\n!\r\n\x03"'
 GXCORE_DRIVERS = {
-    "mbus": "gxcore.mbus.driver:MBusDriver",
-    "wmbus": "gxcore.wmbus.driver:WMBusDriver",
-    "dsmr": "gxcore.dsmr.driver:DsmrDriver",
-    "iec62056-21": "gxcore.iec62056_21.driver:Iec62056Driver",
+    "mbus": "gxcore.drivers.mbus:MBusDriver",
+    "wmbus": "gxcore.drivers.wmbus:WMBusDriver",
+    "dsmr": "gxcore.drivers.dsmr:DsmrDriver",
+    "iec62056-21": "gxcore.drivers.iec62056_21:Iec62056Driver",
 }
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from gxami_cli.counters import default_counters_file
-from gxcore.dlms.invocation import JsonInvocationCounters
-from gxcore.simulators.dlms import DlmsFleetSimulator, meter_secrets, meter_system_title
-from gxcore.simulators.dlms_tap import DlmsWireTap, carried_nonces
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, meter_secrets, meter_system_title
+from gxami_meterlab.simulators.dlms_tap import DlmsWireTap, carried_nonces
+from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 
 SEED = 11
 NOW = datetime(2024, 9, 14, 8, 30, 12, tzinfo=UTC)

@@ -15,13 +15,13 @@ from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_contracts import DeadLetter, JobResult, JobStatus, ReadingBatch, ReadJob
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
 from gxami_runtime.kafka import ensure_topics, make_consumer, make_producer
 from gxcore.drivers import ReadResult
 from gxcore.profiles import ProfileCatalog
 from gxcore.readings import Reading
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import DlmsFleetSimulator
 
 PASSWORD = "s3cret-Pw"
 
@@ -150,7 +150,7 @@ async def test_collector_service_publishes_readings_results_and_dead_letters(
 async def test_ciphered_meter_counters_survive_a_collector_restart(tmp_path: Path) -> None:
     import json
 
-    from gxcore.simulators.dlms import meter_secrets, meter_system_title
+    from gxami_meterlab.simulators.dlms import meter_secrets, meter_system_title
 
     counters = tmp_path / "counters.json"
     async with DlmsFleetSimulator(1, seed=4, authentication="high-gmac") as sim:

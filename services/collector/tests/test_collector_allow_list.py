@@ -14,9 +14,9 @@ from gxami_collector.jobs import MeterReader
 from gxami_collector.networks import MeterNetworks
 from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobStatus, ReadJob
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
 from gxcore.profiles import ProfileCatalog
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import DlmsFleetSimulator
 
 PASSWORD = "s3cret-Pw"
 

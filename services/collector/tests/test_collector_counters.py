@@ -12,10 +12,10 @@ from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_contracts import JobStatus, ReadJob
-from gxcore.dlms.invocation import JsonInvocationCounters
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, meter_secrets, meter_system_title
+from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.profiles import ProfileCatalog
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import DlmsFleetSimulator, meter_secrets, meter_system_title
 
 SEED = 6
 

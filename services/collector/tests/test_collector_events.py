@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY
 from gxami_collector.jobs import MeterReader, _readings, meter_event
 from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobStatus, ReadJob
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_events
 from gxcore.drivers import MeterEventRecord
 from gxcore.profiles import ProfileCatalog
 from gxcore.readings import Reading
-from gxcore.simulators.dlms import DlmsFleetSimulator, expected_events
 
 NOW = datetime(2024, 6, 1, 19, 41, 7, tzinfo=UTC)
 PROFILE = """

@@ -16,11 +16,11 @@ from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_contracts import DeadLetter, JobResult, JobStatus, ReadJob
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
 from gxami_runtime.kafka import DEAD_LETTER_ORIGINAL_BYTES, ensure_topics, make_consumer, make_producer
 from gxcore.profiles import ProfileCatalog
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import DlmsFleetSimulator
 
 pytestmark = pytest.mark.integration
 

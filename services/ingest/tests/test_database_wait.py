@@ -15,7 +15,7 @@ from gxami_contracts import ReadingBatch, ReadingValue
 from gxami_ingest.app import Ingest
 from gxami_ingest.database import retryable
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.kafka import DeadLetters, Decoded, Publisher, make_consumer, make_producer
 from gxami_store import migrate
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from gxami_contracts import DEAD_LETTER, DeadLetter
 from gxami_ingest.dlq import LetterFilter, dlq_app, read_dead_letters, replay_dead_letters
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.kafka import Publisher, consumer_options, ensure_topics, make_producer
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from gxami_contracts import ReadingBatch
 from gxami_contracts.messages import INT4_MAX, INT4_MIN
 from gxami_ingest.app import Ingest
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.kafka import DeadLetters, Publisher, decode_batch, ensure_topics, make_consumer, make_producer
 from gxami_store import migrate
 

@@ -13,7 +13,7 @@ import pytest
 from gxami_contracts import DeadLetter, ReadingBatch, ReadingValue
 from gxami_ingest.app import Ingest
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.kafka import ensure_topics, make_consumer, make_producer
 from gxami_store import migrate
 

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from gxami_contracts import DeadLetter, MeterEvent, ReadingBatch, ReadingValue
 from gxami_ingest.app import Ingest
 from gxami_ingest.settings import IngestSettings
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.kafka import DEAD_LETTER_ORIGINAL_BYTES, MAX_REQUEST_BYTES, ensure_topics, make_consumer
 from gxami_store import migrate
 

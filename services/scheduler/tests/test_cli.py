@@ -16,8 +16,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from gxami_runtime.devstack import StackEndpoints
-from gxami_runtime.devstack_procs import free_port
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_procs import free_port
 from gxami_scheduler.cli import fleet_app, format_table, service_app
 from gxami_store import migrate
 

@@ -16,7 +16,7 @@ import pytest
 
 from gxami_contracts import DEAD_LETTER, DeadLetter, JobResult, JobStatus
 from gxami_contracts.topics import JOB_RESULTS, READ_JOBS
-from gxami_runtime.devstack import StackEndpoints
+from gxami_meterlab.devstack import StackEndpoints
 from gxami_runtime.kafka import DeadLetters, Publisher, ensure_topics, make_consumer, make_producer
 from gxami_scheduler.app import Scheduler
 from gxami_scheduler.metrics import SchedulerMetrics

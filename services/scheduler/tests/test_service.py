@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer
 
 from gxami_contracts import DEAD_LETTER, DeadLetter, JobResult, JobStatus, ReadJob
 from gxami_contracts.topics import JOB_RESULTS, READ_JOBS
-from gxami_runtime.devstack import StackEndpoints
-from gxami_runtime.devstack_procs import free_port
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_procs import free_port
 from gxami_runtime.http import OpsServer
 from gxami_runtime.kafka import DeadLetters, Publisher, ensure_topics, make_consumer, make_producer
 from gxami_scheduler.api import FleetApi

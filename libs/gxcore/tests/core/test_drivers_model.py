@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from gxcore.drivers import Endpoint, available_drivers, load_driver
+from gxcore.drivers import available_drivers, load_driver
 from gxcore.errors import ConfigurationError, GxError, MeterTimeoutError
+from gxcore.media.endpoint import Endpoint
 from gxcore.profiles import ProfileCatalog
 from gxcore.secrets import Secret
 

@@ -14,9 +14,9 @@ from gurux_dlms.enums import Security
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dlms import ciphering
-from gxcore.dlms.gurux import GURUX_DECRYPT_AES_GCM, GURUX_ENCRYPT_AES_GCM, quiet
 from gxcore.errors import DecryptionError, FramingError, GxError, KeyMissingError
+from gxcore.protocols.dlms import ciphering
+from gxcore.protocols.dlms.gurux import GURUX_DECRYPT_AES_GCM, GURUX_ENCRYPT_AES_GCM, quiet
 
 # Green Book (DLMS UA 1000-2) worked examples: keys, titles and the expected bytes.
 EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")

@@ -13,11 +13,11 @@ from gurux_dlms.internal._GXCommon import _GXCommon
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import wrapper
-from gxcore.dlms.cosem_time import decode_datetime, encode_datetime
-from gxcore.dlms.gurux import quiet
-from gxcore.dlms.obis import apply_scaler, dotted, obis_from_bytes, reduced, unit_symbol
 from gxcore.errors import ConfigurationError, FramingError, ProtocolError
+from gxcore.protocols.dlms import wrapper
+from gxcore.protocols.dlms.cosem_time import decode_datetime, encode_datetime
+from gxcore.protocols.dlms.gurux import quiet
+from gxcore.protocols.dlms.obis import apply_scaler, dotted, obis_from_bytes, reduced, unit_symbol
 
 
 @pytest.mark.parametrize(

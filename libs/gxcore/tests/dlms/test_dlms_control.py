@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gxcore.dlms import CosemValue, DlmsParameters, run_dlms_command
-from gxcore.dlms.reader import DlmsSession
+from gxami_meterlab.simulators.dlms import POWER, DlmsFleetSimulator, expected_register
+from gxcore.drivers.dlms import run_dlms_command
+from gxcore.drivers.dlms.reader import DlmsSession
 from gxcore.errors import AccessDeniedError, ConfigurationError, ProtocolError
-from gxcore.simulators.dlms import POWER, DlmsFleetSimulator, expected_register
+from gxcore.protocols.dlms import CosemValue, DlmsParameters
 
 NOW = datetime(2024, 7, 8, 9, 10, 11, tzinfo=UTC)
 

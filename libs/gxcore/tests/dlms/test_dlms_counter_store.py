@@ -15,26 +15,9 @@ from typing import Any
 
 import pytest
 
-from gxcore.dlms import CosemValue, DlmsParameters
-from gxcore.dlms.driver import DlmsDriver
-from gxcore.dlms.invocation import (
-    COUNTER_WINDOW,
-    MAX_COUNTER,
-    METER_COUNTER_MARGIN,
-    InvocationCounterStore,
-    JsonInvocationCounters,
-    MemoryInvocationCounters,
-    MeterBusyError,
-)
-from gxcore.dlms.meter_security import MeterCounters
-from gxcore.dlms.reader import DlmsSession
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import DlmsClientCore, Exchange
-from gxcore.drivers import MeterTarget, ReadRequest
-from gxcore.errors import AccessDeniedError, ConfigurationError
-from gxcore.profiles.model import BUILTIN_DIR, load_profile
-from gxcore.secrets import Secret
-from gxcore.simulators.dlms import (
+from gxami_meterlab.dlms.meter_security import MeterCounters
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import (
     PROFILES,
     REGISTERS,
     DlmsFleetSimulator,
@@ -44,6 +27,23 @@ from gxcore.simulators.dlms import (
     expected_register,
     meter_security,
 )
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
+from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.drivers.dlms.reader import DlmsSession
+from gxcore.errors import AccessDeniedError, ConfigurationError
+from gxcore.profiles.model import BUILTIN_DIR, load_profile
+from gxcore.protocols.dlms import CosemValue, DlmsParameters
+from gxcore.protocols.dlms.invocation import (
+    COUNTER_WINDOW,
+    MAX_COUNTER,
+    METER_COUNTER_MARGIN,
+    InvocationCounterStore,
+    MemoryInvocationCounters,
+    MeterBusyError,
+)
+from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
+from gxcore.secrets import Secret
 
 SEED = 5
 NOW = datetime(2024, 9, 14, 8, 30, 12, tzinfo=UTC)
@@ -129,7 +129,7 @@ def test_reservations_from_several_processes_at_once_are_disjoint(tmp_path: Path
         f"""
         import sys
         sys.path.insert(0, {GXCORE_SRC!r})
-        from gxcore.dlms.invocation import JsonInvocationCounters
+        from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
         store = JsonInvocationCounters(__import__("pathlib").Path({str(path)!r}))
         print(" ".join(str(store.reserve("m", 0, 10)) for _ in range(40)))
         """
@@ -179,7 +179,7 @@ def test_a_meter_lock_dies_with_the_process_that_held_it(tmp_path: Path) -> None
         f"""
         import sys, time
         sys.path.insert(0, {GXCORE_SRC!r})
-        from gxcore.dlms.invocation import JsonInvocationCounters
+        from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
         hold = JsonInvocationCounters(__import__("pathlib").Path({str(path)!r})).try_hold("SIM-0")
         print("held" if hold is not None else "busy", flush=True)
         time.sleep(60)
@@ -341,7 +341,7 @@ def test_keys_are_not_in_the_state_file(tmp_path: Path) -> None:
 
 
 async def test_commands_reserve_counters_in_the_store_they_are_given(tmp_path: Path) -> None:
-    from gxcore.dlms.control import run_dlms_command
+    from gxcore.drivers.dlms.control import run_dlms_command
 
     store = JsonInvocationCounters(tmp_path / "counters.json")
     async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import ciphering, hdlc, wrapper
-from gxcore.dlms.cosem_reads import CosemReads
-from gxcore.dlms.cosem_time import decode_datetime
-from gxcore.dlms.parameters import CosemValue, DlmsParameters, ProfileEntries, ProfileRange
-from gxcore.dlms.profile import CaptureObject, decode_rows, parse_capture_objects
-from gxcore.dlms.push import DlmsPush, decode_dlms_push
-from gxcore.dlms.session import DlmsClientCore
 from gxcore.errors import GxError, ProtocolError
+from gxcore.protocols.dlms import ciphering, hdlc, wrapper
+from gxcore.protocols.dlms.cosem_reads import CosemReads
+from gxcore.protocols.dlms.cosem_time import decode_datetime
+from gxcore.protocols.dlms.parameters import CosemValue, DlmsParameters, ProfileEntries, ProfileRange
+from gxcore.protocols.dlms.profile import CaptureObject, decode_rows, parse_capture_objects
+from gxcore.protocols.dlms.push import DlmsPush, decode_dlms_push
+from gxcore.protocols.dlms.session import DlmsClientCore
 from gxcore.secrets import Secret
 
 KEY = Secret(bytes(range(16)))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gxcore.dlms.driver import DlmsDriver, dlms_point
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_profile, expected_register
 from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dlms.driver import DlmsDriver, dlms_point
 from gxcore.errors import AccessDeniedError, ConfigurationError, MediaError, ProtocolError
 from gxcore.profiles.model import BUILTIN_DIR, DeviceProfile, ProfilePoint, load_profile
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import DlmsFleetSimulator, expected_profile, expected_register
 
 NOW = datetime(2025, 1, 15, 13, 7, 30, tzinfo=UTC)
 PROFILE = load_profile(Path(BUILTIN_DIR) / "generic-dlms.yaml")

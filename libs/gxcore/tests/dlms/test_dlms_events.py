@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from gxcore.dlms.driver import DlmsDriver, _profile_values, dlms_point
-from gxcore.dlms.events import DlmsEvent, events_from_readings
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_events
 from gxcore.drivers import MeterEventRecord, MeterTarget, ReadRequest, stable_event_id
+from gxcore.drivers.dlms.driver import DlmsDriver, _profile_values, dlms_point
 from gxcore.errors import ProtocolError
 from gxcore.profiles.model import DeviceProfile, ProfilePoint
+from gxcore.protocols.dlms.events import DlmsEvent, events_from_readings
 from gxcore.readings import Reading
-from gxcore.simulators.dlms import DlmsFleetSimulator, expected_events
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 STANDARD = "0.0.99.98.0.255"

@@ -9,12 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import CosemValue, DlmsParameters, DlmsSession, ProfileRange
-from gxcore.dlms.hdlc import address_value, decode, encode_address, fcs16
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import DlmsClientCore, Exchange
-from gxcore.errors import AccessDeniedError, ChecksumError, GxError
-from gxcore.simulators.dlms import (
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import (
     LOAD_PROFILE,
     PROFILES,
     REGISTERS,
@@ -23,6 +19,11 @@ from gxcore.simulators.dlms import (
     expected_profile,
     expected_register,
 )
+from gxcore.drivers.dlms import DlmsSession
+from gxcore.errors import AccessDeniedError, ChecksumError, GxError
+from gxcore.protocols.dlms import CosemValue, DlmsParameters, ProfileRange
+from gxcore.protocols.dlms.hdlc import address_value, decode, encode_address, fcs16
+from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
 
 # The SNRM every DLMS document shows: client 0x21 (SAP 16) to server 0x03 (logical 1).
 SNRM = bytes.fromhex("7EA00703219 30F017E".replace(" ", ""))

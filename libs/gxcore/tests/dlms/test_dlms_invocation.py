@@ -9,18 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dlms.invocation import (
+from gxami_meterlab.simulators.dlms import client_security
+from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
+from gxcore.errors import ConfigurationError
+from gxcore.protocols.dlms.invocation import (
     COUNTER_WINDOW,
     MAX_COUNTER,
     METER_COUNTER_MARGIN,
     InvocationCounterStore,
-    JsonInvocationCounters,
     MemoryInvocationCounters,
 )
-from gxcore.dlms.parameters import DlmsParameters
-from gxcore.dlms.session import DlmsClientCore
-from gxcore.errors import ConfigurationError
-from gxcore.simulators.dlms import client_security
+from gxcore.protocols.dlms.parameters import DlmsParameters
+from gxcore.protocols.dlms.session import DlmsClientCore
 
 
 def test_memory_store_only_moves_forward() -> None:

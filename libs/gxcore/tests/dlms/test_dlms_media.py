@@ -18,15 +18,8 @@ from typing import cast
 
 import pytest
 
-from gxcore.dlms.control import run_dlms_command
-from gxcore.dlms.driver import DlmsDriver
-from gxcore.dlms.parameters import CosemValue, DlmsParameters, Interface, ProfileRange
-from gxcore.dlms.reader import DlmsSession
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.drivers import MeterTarget, ReadRequest
-from gxcore.errors import ConfigurationError, GxError, MediaError, MeterTimeoutError
-from gxcore.profiles.model import BUILTIN_DIR, load_profile
-from gxcore.simulators.dlms import (
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import (
     EVENT_LOGS,
     LOAD_PROFILE,
     OBJECTS,
@@ -37,7 +30,14 @@ from gxcore.simulators.dlms import (
     expected_profile,
     expected_register,
 )
-from gxcore.simulators.dlms_memory import memory_media
+from gxami_meterlab.simulators.dlms_memory import memory_media
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dlms.control import run_dlms_command
+from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.drivers.dlms.reader import DlmsSession
+from gxcore.errors import ConfigurationError, GxError, MediaError, MeterTimeoutError
+from gxcore.profiles.model import BUILTIN_DIR, load_profile
+from gxcore.protocols.dlms.parameters import CosemValue, DlmsParameters, Interface, ProfileRange
 
 NOW = datetime(2025, 3, 4, 10, 17, 45, tzinfo=UTC)
 SEED, INDEX = 5, 2
@@ -300,11 +300,18 @@ async def test_a_silent_in_memory_meter_times_out() -> None:
 
 def test_one_read_path_and_one_url_form() -> None:
     """Issue 7: the second read API, the host/port twins and TcpLink stay gone."""
-    import gxcore.dlms
-    from gxcore.dlms import control, parameters, reader, transport
+    import gxcore.protocols.dlms
+    from gxcore.drivers.dlms import control, reader, transport
+    from gxcore.protocols.dlms import parameters
 
     gone = {
-        gxcore.dlms: ("read_dlms", "read_dlms_url", "DlmsReadRequest", "DlmsReadResult", "run_dlms_command_url"),
+        gxcore.protocols.dlms: (
+            "read_dlms",
+            "read_dlms_url",
+            "DlmsReadRequest",
+            "DlmsReadResult",
+            "run_dlms_command_url",
+        ),
         reader: ("read_dlms", "read_dlms_url"),
         control: ("run_dlms_command_url",),
         parameters: ("DlmsReadRequest", "DlmsReadResult", "ReadFailure"),

@@ -11,18 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dlms import CosemValue, DlmsParameters
-from gxcore.dlms.discovery import discover_profile, parse_object_list, point_unit, purpose_of, read_object_list
-from gxcore.dlms.driver import DlmsDriver
-from gxcore.dlms.events import read_event_log
-from gxcore.dlms.invocation import MemoryInvocationCounters
-from gxcore.dlms.meter_objects import ListedObject, encode_object_list
-from gxcore.dlms.parameters import ProfileEntries
-from gxcore.dlms.reader import DlmsSession
-from gxcore.drivers import MeterTarget, ReadRequest
-from gxcore.errors import GxError
-from gxcore.profiles.model import load_profile
-from gxcore.simulators.dlms import (
+from gxami_meterlab.dlms.meter_objects import ListedObject, encode_object_list
+from gxami_meterlab.simulators.dlms import (
     AVERAGE_DEMAND,
     EVENT_LOG,
     LOAD_PROFILE,
@@ -35,6 +25,16 @@ from gxcore.simulators.dlms import (
     expected_profile,
     expected_register,
 )
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dlms.discovery import discover_profile, parse_object_list, point_unit, purpose_of, read_object_list
+from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.drivers.dlms.event_log import read_event_log
+from gxcore.drivers.dlms.reader import DlmsSession
+from gxcore.errors import GxError
+from gxcore.profiles.model import load_profile
+from gxcore.protocols.dlms import CosemValue, DlmsParameters
+from gxcore.protocols.dlms.invocation import MemoryInvocationCounters
+from gxcore.protocols.dlms.parameters import ProfileEntries
 
 SEED = 5
 NOW = datetime(2024, 6, 1, 19, 41, 7, tzinfo=UTC)
@@ -234,7 +234,7 @@ LISTED = st.builds(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(LISTED, max_size=6))
 def test_object_list_encoding_round_trips(items: list[ListedObject]) -> None:
-    from gxcore.dlms import axdr
+    from gxcore.protocols.dlms import axdr
 
     parsed = parse_object_list(axdr.decode_all(encode_object_list(items)))
     assert [(o.class_id, o.version, o.obis) for o in parsed] == [(i.class_id, i.version, i.obis) for i in items]

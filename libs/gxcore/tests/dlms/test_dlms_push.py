@@ -13,14 +13,14 @@ from gurux_dlms.internal._GXCommon import _GXCommon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dlms import axdr
-from gxcore.dlms.gurux import quiet
-from gxcore.dlms.notify import PushRegister, encode_push, push_body
-from gxcore.dlms.push import DlmsPush, PushColumn, decode_dlms_push
+from gxami_meterlab.dlms.notify import PushRegister, encode_push, push_body
+from gxami_meterlab.simulators.dlms import REGISTERS, expected_register, meter_id, meter_security, push_message
 from gxcore.errors import DecryptionError, GxError, KeyMissingError
+from gxcore.protocols.dlms import axdr
+from gxcore.protocols.dlms.gurux import quiet
+from gxcore.protocols.dlms.push import DlmsPush, PushColumn, decode_dlms_push
 from gxcore.readings import Reading
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import REGISTERS, expected_register, meter_id, meter_security, push_message
 
 # Published example of a Tiroler smart meter customer interface push (fneur/smart-meter-tirol,
 # doc/EXAMPLE.md): general-glo-ciphering, encryption only (SC 0x21), key 10 11 .. 1F.

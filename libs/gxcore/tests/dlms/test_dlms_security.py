@@ -14,19 +14,9 @@ from gurux_dlms import GXDLMSChipperingStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dlms import CosemValue, DlmsParameters, DlmsSession, ProfileRange, ciphering, wrapper
-from gxcore.dlms.ciphering import parse_ciphered_apdu
-from gxcore.dlms.driver import DlmsDriver
-from gxcore.dlms.invocation import JsonInvocationCounters, MemoryInvocationCounters
-from gxcore.dlms.meter_security import MeterCounters
-from gxcore.dlms.parameters import DlmsSecurity
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import DlmsClientCore, Exchange
-from gxcore.drivers import MeterTarget, ReadRequest
-from gxcore.errors import AccessDeniedError, ConfigurationError, DecryptionError, GxError, KeyMissingError
-from gxcore.profiles.model import BUILTIN_DIR, load_profile
-from gxcore.secrets import Secret
-from gxcore.simulators.dlms import (
+from gxami_meterlab.dlms.meter_security import MeterCounters
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import (
     LOAD_PROFILE,
     PROFILES,
     REGISTERS,
@@ -38,6 +28,18 @@ from gxcore.simulators.dlms import (
     expected_register,
     meter_security,
 )
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dlms import DlmsSession
+from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
+from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.errors import AccessDeniedError, ConfigurationError, DecryptionError, GxError, KeyMissingError
+from gxcore.profiles.model import BUILTIN_DIR, load_profile
+from gxcore.protocols.dlms import CosemValue, DlmsParameters, ProfileRange, ciphering, wrapper
+from gxcore.protocols.dlms.ciphering import parse_ciphered_apdu
+from gxcore.protocols.dlms.invocation import MemoryInvocationCounters
+from gxcore.protocols.dlms.parameters import DlmsSecurity
+from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
+from gxcore.secrets import Secret
 
 SEED = 7
 NOW = datetime(2024, 9, 14, 8, 30, 12, tzinfo=UTC)

@@ -14,16 +14,16 @@ from gurux_dlms.enums import InterfaceType
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import wrapper
-from gxcore.dlms.cosem_time import decode_datetime
-from gxcore.dlms.gurux import quiet
-from gxcore.dlms.parameters import DlmsParameters
-from gxcore.dlms.profile import CaptureObject, decode_rows, encode_range_selection, parse_capture_objects
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import DlmsClientCore, Exchange
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import PROFILES, REGISTERS, Household, _MeterValues, expected_profile
 from gxcore.errors import AccessDeniedError, GxError, ProtocolError
+from gxcore.protocols.dlms import wrapper
+from gxcore.protocols.dlms.cosem_time import decode_datetime
+from gxcore.protocols.dlms.gurux import quiet
+from gxcore.protocols.dlms.parameters import DlmsParameters
+from gxcore.protocols.dlms.profile import CaptureObject, decode_rows, encode_range_selection, parse_capture_objects
+from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
 from gxcore.secrets import Secret
-from gxcore.simulators.dlms import PROFILES, REGISTERS, Household, _MeterValues, expected_profile
 
 NOW = datetime(2024, 6, 1, 12, 34, 56, 700_000, tzinfo=UTC)
 FROZEN = NOW.replace(microsecond=0)

@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gxcore.dlms import CosemValue, DlmsParameters, ProfileRange
-from gxcore.dlms import wrapper as wrapper_frames
-from gxcore.dlms.cosem_time import encode_datetime
-from gxcore.dlms.driver import dlms_parameters
-from gxcore.dlms.reader import DlmsSession
 from gxcore.drivers import MeterTarget
+from gxcore.drivers.dlms.driver import dlms_parameters
+from gxcore.drivers.dlms.reader import DlmsSession
 from gxcore.errors import ProtocolError
 from gxcore.profiles.model import DeviceProfile, ProfilePoint
+from gxcore.protocols.dlms import CosemValue, DlmsParameters, ProfileRange
+from gxcore.protocols.dlms import wrapper as wrapper_frames
+from gxcore.protocols.dlms.cosem_time import encode_datetime
 
 NOW = datetime(2024, 2, 29, 23, 45, tzinfo=UTC)
 T = encode_datetime(NOW).hex()

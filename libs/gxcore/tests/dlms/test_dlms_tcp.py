@@ -9,12 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gxcore.dlms import CosemValue, DlmsParameters, DlmsSession, ProfileRange
-from gxcore.dlms.driver import DlmsDriver
-from gxcore.drivers import MeterTarget, ReadRequest
-from gxcore.errors import AccessDeniedError, MediaError, MeterTimeoutError, ProtocolError
-from gxcore.profiles.model import BUILTIN_DIR, DeviceProfile, ProfilePoint, load_profile
-from gxcore.simulators.dlms import (
+from gxami_meterlab.simulators.dlms import (
     LOAD_PROFILE,
     REGISTERS,
     DlmsFleetSimulator,
@@ -22,6 +17,12 @@ from gxcore.simulators.dlms import (
     expected_register,
     run_simulator,
 )
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dlms import DlmsSession
+from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.errors import AccessDeniedError, MediaError, MeterTimeoutError, ProtocolError
+from gxcore.profiles.model import BUILTIN_DIR, DeviceProfile, ProfilePoint, load_profile
+from gxcore.protocols.dlms import CosemValue, DlmsParameters, ProfileRange
 
 SEED = 11
 NOW = datetime(2024, 11, 3, 9, 41, 27, 450_000, tzinfo=UTC)

@@ -22,19 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gxcore.dlms import CosemValue, DlmsParameters, ProfileRange, hdlc, wrapper
-from gxcore.dlms.invocation import MemoryInvocationCounters
-from gxcore.dlms.notify import PushRegister, encode_push, push_body
-from gxcore.dlms.parameters import DlmsSecurity, Interface
-from gxcore.dlms.profile import decode_rows, encode_range_selection, parse_capture_objects
-from gxcore.dlms.push import decode_dlms_push
-from gxcore.dlms.reader import DlmsSession
-from gxcore.dlms.server import CosemMeterCore
-from gxcore.dlms.session import DlmsClientCore, Exchange
-from gxcore.dlms.unsolicited import PushHandler
-from gxcore.errors import GxError, ProtocolError
-from gxcore.secrets import Secret
-from gxcore.simulators.dlms import (
+from gxami_meterlab.dlms.notify import PushRegister, encode_push, push_body
+from gxami_meterlab.dlms.server import CosemMeterCore
+from gxami_meterlab.simulators.dlms import (
     EPOCH,
     IMPORT,
     LOAD_PROFILE,
@@ -49,6 +39,16 @@ from gxcore.simulators.dlms import (
     meter_security,
     push_message,
 )
+from gxcore.drivers.dlms.reader import DlmsSession
+from gxcore.errors import GxError, ProtocolError
+from gxcore.protocols.dlms import CosemValue, DlmsParameters, ProfileRange, hdlc, wrapper
+from gxcore.protocols.dlms.invocation import MemoryInvocationCounters
+from gxcore.protocols.dlms.parameters import DlmsSecurity, Interface
+from gxcore.protocols.dlms.profile import decode_rows, encode_range_selection, parse_capture_objects
+from gxcore.protocols.dlms.push import decode_dlms_push
+from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
+from gxcore.protocols.dlms.unsolicited import PushHandler
+from gxcore.secrets import Secret
 
 SEED, INDEX = 5, 2
 NOW = datetime(2024, 6, 1, 12, 34, 56, tzinfo=UTC)
@@ -278,7 +278,7 @@ def test_a_stray_reply_after_the_reply_is_still_refused() -> None:
 
 
 def test_without_a_handler_a_push_is_counted_and_logged_without_its_content(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="gxcore.dlms")
+    caplog.set_level(logging.DEBUG, logger="gxcore.protocols.dlms")
     meter = CosemMeterCore(
         _MeterValues(SEED, INDEX), REGISTERS, PROFILES, authentication="high-gmac", security=meter_security(SEED, INDEX)
     )

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from gxami_meterlab.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
-from gxcore.dsmr import decode_dsmr_telegram
-from gxcore.dsmr.driver import DsmrDriver, dsmr_readings, obis_point
+from gxcore.drivers.dsmr import DsmrDriver, dsmr_readings, obis_point
 from gxcore.errors import ConfigurationError, DecryptionError, KeyMissingError, MeterTimeoutError, ProtocolError
 from gxcore.profiles import DeviceProfile, ProfileCatalog, ProfilePoint
+from gxcore.protocols.dsmr import decode_dsmr_telegram
 from gxcore.secrets import Secret
-from gxcore.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
 
 AT = datetime(2024, 3, 5, 14, 7, 30, tzinfo=UTC)
 RECEIVED = datetime(2024, 3, 5, 14, 7, 31, tzinfo=UTC)

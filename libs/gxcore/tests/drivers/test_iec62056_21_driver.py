@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from gxami_meterlab.simulators.dsmr import DailyCurve
+from gxami_meterlab.simulators.iec62056_21 import Iec62056TcpServer, MeterSend, SimulatedIecMeter, readout_lines
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
+from gxcore.drivers.iec62056_21 import Iec62056Driver, data_set_point, iec_readings
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError, ProtocolError
-from gxcore.iec62056_21 import decode_iec62056_21_readout, encode_data_message
-from gxcore.iec62056_21.driver import Iec62056Driver, data_set_point, iec_readings
 from gxcore.profiles import DeviceProfile, ProfileCatalog, ProfilePoint
-from gxcore.simulators.dsmr import DailyCurve
-from gxcore.simulators.iec62056_21 import Iec62056TcpServer, MeterSend, SimulatedIecMeter, readout_lines
+from gxcore.protocols.iec62056_21 import decode_iec62056_21_readout, encode_data_message
 
 AT = datetime(2024, 3, 5, 14, 7, 30, tzinfo=UTC)
 RECEIVED = datetime(2024, 3, 5, 14, 7, 33, tzinfo=UTC)

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from gxami_meterlab.simulators.mbus import MBusBus, MBusTcpGateway, register_value
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
+from gxcore.drivers.mbus import MBusDriver, readings_from, record_point, record_points
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError, ProtocolError
-from gxcore.mbus import decode_mbus_telegram
-from gxcore.mbus.driver import MBusDriver, readings_from, record_point, record_points
-from gxcore.mbus.frame import decode_frame
 from gxcore.profiles import DeviceProfile, ProfileCatalog, ProfilePoint
-from gxcore.simulators.mbus import MBusBus, MBusTcpGateway, register_value
+from gxcore.protocols.mbus import decode_mbus_telegram
+from gxcore.protocols.mbus.frame import decode_frame
 
 AT = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)  # the simulated bus's clock
 READ_AT = datetime(2024, 1, 15, 12, 0, 30, tzinfo=UTC)  # the driver's clock

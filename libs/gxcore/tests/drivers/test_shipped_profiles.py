@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 import gxcore.profiles
-from gxcore.dlms.driver import DlmsDriver
 from gxcore.drivers import Driver
-from gxcore.dsmr.driver import DsmrDriver
-from gxcore.iec62056_21.driver import Iec62056Driver
-from gxcore.mbus.driver import MBusDriver
-from gxcore.modbus.driver import ModbusDriver
+from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.drivers.dsmr import DsmrDriver
+from gxcore.drivers.iec62056_21 import Iec62056Driver
+from gxcore.drivers.mbus import MBusDriver
+from gxcore.drivers.modbus import ModbusDriver
+from gxcore.drivers.wmbus import WMBusDriver
 from gxcore.profiles import ProfileCatalog, json_schema, load_profile
-from gxcore.wmbus.driver import WMBusDriver
 
 PROFILES = Path(gxcore.profiles.__file__).parent
 SCHEMA_FILE = PROFILES / "device-profile.schema.json"

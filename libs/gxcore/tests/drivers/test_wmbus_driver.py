@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gxami_meterlab.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator, volume_litres
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
+from gxcore.drivers.wmbus import TelegramFeed, WMBusDriver, aes_key, telegram_ids
 from gxcore.errors import ConfigurationError, DecryptionError, KeyMissingError, MeterTimeoutError
 from gxcore.profiles import ProfileCatalog
+from gxcore.protocols.wmbus.frame import MAX_TELEGRAM
 from gxcore.secrets import Secret
-from gxcore.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator, volume_litres
-from gxcore.wmbus.driver import TelegramFeed, WMBusDriver, aes_key, telegram_ids
-from gxcore.wmbus.frame import MAX_TELEGRAM
 
 START = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)  # the feed's first instant
 READ_AT = datetime(2024, 1, 15, 12, 0, 5, tzinfo=UTC)

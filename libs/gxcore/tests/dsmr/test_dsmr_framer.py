@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gxcore.dsmr import P1Reader, crc16_arc, decode_dsmr_telegram, encode_telegram, next_telegram
+from gxami_meterlab.simulators.dsmr import VARIANTS, SimulatedP1Meter
 from gxcore.errors import ChecksumError, FramingError, GxError
-from gxcore.simulators.dsmr import VARIANTS, SimulatedP1Meter
+from gxcore.protocols.dsmr import P1Reader, crc16_arc, decode_dsmr_telegram, encode_telegram, next_telegram
 
 AT = datetime(2024, 3, 31, 0, 45, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from gxcore.dsmr import DsmrTelegram, decode_dsmr_telegram
 from gxcore.errors import ChecksumError
+from gxcore.protocols.dsmr import DsmrTelegram, decode_dsmr_telegram
 
 
 def utc(*args: int) -> datetime:

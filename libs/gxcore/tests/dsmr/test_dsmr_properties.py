@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gxcore.dsmr import P1Reader, crc16_arc, decode_dsmr_telegram, encode_telegram, next_telegram
+from gxami_meterlab.simulators.dsmr import VARIANTS, SimulatedP1Meter
 from gxcore.errors import GxError
-from gxcore.simulators.dsmr import VARIANTS, SimulatedP1Meter
+from gxcore.protocols.dsmr import P1Reader, crc16_arc, decode_dsmr_telegram, encode_telegram, next_telegram
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dsmr import SmartyReader, decrypt_smarty_frame, encrypt_smarty_frame, next_smarty_frame
+from gxami_meterlab.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
 from gxcore.errors import DecryptionError, FramingError, GxError, KeyMissingError
+from gxcore.protocols.dsmr import SmartyReader, decrypt_smarty_frame, encrypt_smarty_frame, next_smarty_frame
 from gxcore.secrets import Secret
-from gxcore.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
 
 # A real 647-byte Smarty frame and its published test key (NEXXTLAB go-smarty-reader test vector, as
 # reused in yottabytesolutions/meterlogger internal/adapters/source/gridmeter tests, which expect

@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.dsmr.timestamps import format_dsmr_timestamp, is_eu_summer_time, local_to_utc, parse_dsmr_timestamp
+from gxcore.protocols.dsmr.timestamps import (
+    format_dsmr_timestamp,
+    is_eu_summer_time,
+    local_to_utc,
+    parse_dsmr_timestamp,
+)
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 instants = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 30), timezones=st.just(UTC))

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from gxcore.errors import ChecksumError, ConfigurationError, FramingError
-from gxcore.iec62056_21 import (
+from gxcore.protocols.iec62056_21 import (
     bcc,
     decode_iec62056_21_readout,
     encode_data_message,
@@ -19,7 +19,7 @@ from gxcore.iec62056_21 import (
     parse_data_lines,
     parse_identification,
 )
-from gxcore.iec62056_21.frames import find_option_select, find_request
+from gxcore.protocols.iec62056_21.frames import find_option_select, find_request
 
 
 @pytest.mark.parametrize(

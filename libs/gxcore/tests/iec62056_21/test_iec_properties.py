@@ -9,8 +9,9 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gxami_meterlab.simulators.iec62056_21 import SimulatedIecMeter
 from gxcore.errors import GxError
-from gxcore.iec62056_21 import (
+from gxcore.protocols.iec62056_21 import (
     Iec62056Session,
     SessionFailed,
     SessionState,
@@ -19,7 +20,6 @@ from gxcore.iec62056_21 import (
     encode_data_message,
     parse_identification,
 )
-from gxcore.simulators.iec62056_21 import SimulatedIecMeter
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 READOUT_ALPHABET = list(b"\x02\x03\x06/?!()*.:-0123456789ABCFkWhV\r\n ")

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gxami_meterlab.simulators.iec62056_21 import MeterBaudChange, MeterSend, SimulatedIecMeter
 from gxcore.errors import ChecksumError, FramingError, MeterTimeoutError, ProtocolError
-from gxcore.iec62056_21 import (
+from gxcore.protocols.iec62056_21 import (
     IdentificationReceived,
     Iec62056Readout,
     Iec62056Session,
@@ -22,7 +23,6 @@ from gxcore.iec62056_21 import (
     decode_iec62056_21_readout,
     encode_data_message,
 )
-from gxcore.simulators.iec62056_21 import MeterBaudChange, MeterSend, SimulatedIecMeter
 
 AT = datetime(2024, 6, 1, 8, 30, tzinfo=UTC)
 LATENCY = 0.05  # seconds between a message leaving one side and arriving at the other

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gxami_meterlab.iec_streams import run_session
+from gxami_meterlab.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
 from gxcore.errors import MeterTimeoutError
-from gxcore.iec62056_21 import Iec62056Session, SessionTimings, decode_iec62056_21_readout
-from gxcore.iec62056_21.streams import run_session
-from gxcore.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
+from gxcore.protocols.iec62056_21 import Iec62056Session, SessionTimings, decode_iec62056_21_readout
 
 AT = datetime(2024, 6, 1, 8, 30, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.errors import ChecksumError, FramingError, GxError
-from gxcore.mbus.frame import (
+from gxcore.protocols.mbus.frame import (
     Ack,
     ControlFrame,
     Frame,

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
+from gxami_meterlab.simulators.mbus import MBusBus
 from gxcore.errors import MeterTimeoutError, ProtocolError
-from gxcore.mbus.frame import FCB, SecondaryAddress, ShortFrame, decode_frame, snd_nke
-from gxcore.mbus.master import (
+from gxcore.protocols.mbus.frame import FCB, SecondaryAddress, ShortFrame, decode_frame, snd_nke
+from gxcore.protocols.mbus.master import (
     Event,
     Failed,
     MasterConfig,
@@ -17,7 +18,6 @@ from gxcore.mbus.master import (
     SearchComplete,
     State,
 )
-from gxcore.simulators.mbus import MBusBus
 
 Peer = Callable[[bytes], bytes | None]
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.errors import GxError, ProtocolError
-from gxcore.mbus import decode_mbus_telegram
-from gxcore.mbus.frame import LongFrame, encode_frame
-from gxcore.mbus.records import MBusRecord, parse_records
-from gxcore.mbus.telegram import MBusTelegram, decode_user_data
+from gxcore.protocols.mbus import decode_mbus_telegram
+from gxcore.protocols.mbus.frame import LongFrame, encode_frame
+from gxcore.protocols.mbus.records import MBusRecord, parse_records
+from gxcore.protocols.mbus.telegram import MBusTelegram, decode_user_data
 
 
 def h(text: str) -> bytes:

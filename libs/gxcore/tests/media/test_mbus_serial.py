@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gxami_meterlab.simulators.mbus import MBusBus
 from gxcore.errors import MeterTimeoutError
-from gxcore.mbus.frame import MAX_FRAME, decode_frame
-from gxcore.mbus.master import Event, Failed, MasterConfig, MBusMaster, ReadComplete, SearchComplete
 from gxcore.media import Medium, open_medium
-from gxcore.simulators.mbus import MBusBus
+from gxcore.protocols.mbus.frame import MAX_FRAME, decode_frame
+from gxcore.protocols.mbus.master import Event, Failed, MasterConfig, MBusMaster, ReadComplete, SearchComplete
 
 from .conftest import PtyPeer
 

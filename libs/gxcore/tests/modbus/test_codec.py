@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
-from gxcore.modbus.codec import decode_value, encode_value, engineering_value, is_unavailable, raw_for
-from gxcore.modbus.profile import RegisterPoint, ValueType, register_point
 from gxcore.profiles import ProfilePoint
+from gxcore.protocols.modbus.codec import decode_value, encode_value, engineering_value, is_unavailable, raw_for
+from gxcore.protocols.modbus.profile import RegisterPoint, ValueType, register_point
 
 ORDERS = [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")]
 NUMERIC = [t.label for t in ValueType if t.is_integer or t.is_float]

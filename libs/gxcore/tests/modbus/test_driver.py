@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from gxami_meterlab.simulators.modbus import ModbusMeterSimulator
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
+from gxcore.drivers import modbus_link as link
+from gxcore.drivers.modbus import ModbusDriver
 from gxcore.errors import ConfigurationError, MeterTimeoutError, ProtocolError
-from gxcore.modbus import ModbusDriver, link
-from gxcore.modbus.planner import plan_reads
-from gxcore.modbus.profile import modbus_parameters, register_points
 from gxcore.profiles import DeviceProfile, ProfilePoint
-from gxcore.simulators.modbus import ModbusMeterSimulator
+from gxcore.protocols.modbus.planner import plan_reads
+from gxcore.protocols.modbus.profile import modbus_parameters, register_points
 
 BILLING = ReadRequest(purposes=frozenset({"billing"}))
 EVERYTHING = ReadRequest(purposes=frozenset({"billing", "diagnostics", "instantaneous"}))

@@ -13,13 +13,13 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse
 from pymodbus.pdu.register_message import ReadInputRegistersResponse
 
-from gxcore.drivers import Endpoint, MeterTarget, ReadRequest
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.modbus import ModbusDriver, exchange_timeout, unit_id_for
+from gxcore.drivers.modbus_link import LinkSettings, ModbusLink, check_reply, reply_values
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError, ProtocolError
-from gxcore.modbus import ModbusDriver
-from gxcore.modbus.driver import exchange_timeout, unit_id_for
-from gxcore.modbus.link import LinkSettings, ModbusLink, check_reply, reply_values
-from gxcore.modbus.profile import ModbusParameters
+from gxcore.media.endpoint import Endpoint
 from gxcore.profiles import DeviceProfile
+from gxcore.protocols.modbus.profile import ModbusParameters
 
 
 def settings(url: str) -> LinkSettings:

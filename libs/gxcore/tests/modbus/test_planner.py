@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.errors import ProtocolError
-from gxcore.modbus.planner import plan_reads, split_block
-from gxcore.modbus.profile import (
+from gxcore.profiles import DeviceProfile, ProfilePoint
+from gxcore.protocols.modbus.planner import plan_reads, split_block
+from gxcore.protocols.modbus.profile import (
     ModbusParameters,
     RegisterPoint,
     Table,
@@ -18,7 +19,6 @@ from gxcore.modbus.profile import (
     register_point,
     register_points,
 )
-from gxcore.profiles import DeviceProfile, ProfilePoint
 
 
 def rp(source: str, type_: str = "uint16", **options: Any) -> RegisterPoint:

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from gxcore.drivers.modbus import ModbusDriver
 from gxcore.errors import ConfigurationError
-from gxcore.modbus import ModbusDriver
-from gxcore.modbus.profile import (
+from gxcore.profiles import DeviceProfile, ProfilePoint
+from gxcore.protocols.modbus.profile import (
     ModbusParameters,
     Table,
     ValueType,
@@ -18,7 +19,6 @@ from gxcore.modbus.profile import (
     register_points,
     validate_modbus_profile,
 )
-from gxcore.profiles import DeviceProfile, ProfilePoint
 
 
 def profile(parameters: dict[str, Any] | None = None, **point: Any) -> DeviceProfile:

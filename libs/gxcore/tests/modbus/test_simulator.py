@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gxami_meterlab.simulators.modbus import ModbusMeterSimulator, expected_value, ideal_value
 from gxcore.errors import ConfigurationError
 from gxcore.profiles import DeviceProfile, ProfilePoint
-from gxcore.simulators.modbus import ModbusMeterSimulator, expected_value, ideal_value
 
 
 def point(profile: DeviceProfile, quantity: str) -> ProfilePoint:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from gxcore.drivers import Driver, MeterTarget, ReadRequest, available_drivers, load_driver
+from gxcore.drivers.api import ReadOnlyDriver
 from gxcore.errors import ConfigurationError, MeterTimeoutError
 from gxcore.profiles import ProfileCatalog
 
@@ -148,7 +149,9 @@ def test_load_driver_instantiates_the_plugin(tmp_path: Path) -> None:
     with installed_acme(tmp_path):
         driver = load_driver("acme")
         assert isinstance(driver, Driver)
-        assert type(driver).__module__ == "acme_meter.driver"
+        # A read-only plug-in (no execute/serve) is wrapped, so the collector sees one driver API.
+        assert isinstance(driver, ReadOnlyDriver)
+        assert type(driver.inner).__module__ == "acme_meter.driver"
         assert driver.name == "acme"
         # The built-in drivers are still there beside it.
         assert {"acme", "dlms", "modbus"} <= set(available_drivers())

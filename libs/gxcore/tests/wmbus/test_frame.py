@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.errors import ChecksumError, FramingError, GxError
-from gxcore.wmbus.frame import add_crcs, crc16, parse_link_header, strip_crcs
+from gxcore.protocols.wmbus.frame import add_crcs, crc16, parse_link_header, strip_crcs
 
 # wmbusmeters simulations/simulation_dll_crcs.txt: "These telegrams have their dll crc:s still inside."
 SONTEX_WITH_CRC = bytes.fromhex(

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gxcore.errors import ConfigurationError, DecryptionError, GxError, KeyMissingError, ProtocolError
-from gxcore.mbus.records import MBusRecord
-from gxcore.mbus.telegram import MBusTelegram
-from gxcore.wmbus import decode_wmbus_telegram
-from gxcore.wmbus.frame import add_crcs, crc16
-from gxcore.wmbus.security import ctr_crypt, ell_counter_block
+from gxcore.protocols.mbus.records import MBusRecord
+from gxcore.protocols.mbus.telegram import MBusTelegram
+from gxcore.protocols.wmbus import decode_wmbus_telegram
+from gxcore.protocols.wmbus.frame import add_crcs, crc16
+from gxcore.protocols.wmbus.security import ctr_crypt, ell_counter_block
 
 
 def h(text: str) -> bytes:

@@ -4,7 +4,7 @@ The CLI, not gxcore, chooses the path: ``--counters-file``, else
 ``GXAMI_INVOCATION_COUNTERS_FILE``, else ``$XDG_STATE_HOME/gxami/invocation-counters.json``
 (``~/.local/state/gxami/...`` without XDG_STATE_HOME). The file is shared safely with
 other processes (another `gxami read`, a collector on the same host pointed at it): see
-:class:`gxcore.dlms.invocation.JsonInvocationCounters`.
+:class:`gxcore.protocols.dlms.invocation.JsonInvocationCounters`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 from gxcore.errors import ConfigurationError
 
 if TYPE_CHECKING:  # the store loads the DLMS stack: imported when a command needs it (fast `gxami --help`)
-    from gxcore.dlms.invocation import JsonInvocationCounters
+    from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 
 COUNTERS_ENV: Final = "GXAMI_INVOCATION_COUNTERS_FILE"
 COUNTERS_HELP: Final = (
@@ -37,7 +37,7 @@ def default_counters_file() -> Path:
 
 def counter_store(path: Path | None) -> JsonInvocationCounters:
     """The durable store at ``path`` (or the default), its folder created private if missing."""
-    from gxcore.dlms.invocation import JsonInvocationCounters
+    from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 
     chosen = path if path is not None else default_counters_file()
     try:

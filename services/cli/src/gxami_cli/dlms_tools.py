@@ -63,10 +63,10 @@ def profile_discover(
     """Read a meter's association view and print (or write) a device profile for it."""
     import asyncio
 
-    from gxcore.dlms.association import association_parameters
-    from gxcore.dlms.discovery import discover_profile
-    from gxcore.dlms.reader import DlmsSession
-    from gxcore.drivers import Endpoint
+    from gxcore.drivers.dlms.discovery import discover_profile
+    from gxcore.drivers.dlms.reader import DlmsSession
+    from gxcore.media.endpoint import Endpoint
+    from gxcore.protocols.dlms.association import association_parameters
 
     def action() -> None:
         endpoint = Endpoint.parse(url)
@@ -139,7 +139,7 @@ def _validated(text: str) -> DeviceProfile:
     """Load the YAML back as a file (the way an operator will) and let the DLMS driver check it."""
     import tempfile
 
-    from gxcore.dlms.driver import DlmsDriver
+    from gxcore.drivers.dlms.driver import DlmsDriver
     from gxcore.profiles import load_profile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -180,7 +180,7 @@ def decode_dlms_push(
     ),
 ) -> None:
     """A DLMS DataNotification (push): plain, or general-glo/ded-ciphered with the given keys."""
-    from gxcore.dlms.push import decode_dlms_push as decode
+    from gxcore.protocols.dlms.push import decode_dlms_push as decode
 
     def action() -> object:
         ek, ak = parse_key(key, key_env), parse_key(auth_key, auth_key_env)

@@ -163,7 +163,7 @@ KEY_ENV = typer.Option(None, "--key-env", metavar="VAR", help="environment varia
 @decode_app.command("mbus")
 def decode_mbus(hex_parts: list[str] = HEX_PARTS) -> None:
     """A wired M-Bus RSP_UD long frame (68 L L 68 ... 16)."""
-    from gxcore.mbus import decode_mbus_telegram
+    from gxcore.protocols.mbus import decode_mbus_telegram
 
     run_guarded("decode mbus", lambda: decode_mbus_telegram(hex_argument(hex_parts)).to_json_dict(), decoding=True)
 
@@ -171,7 +171,7 @@ def decode_mbus(hex_parts: list[str] = HEX_PARTS) -> None:
 @decode_app.command("wmbus")
 def decode_wmbus(hex_parts: list[str] = HEX_PARTS, key: str | None = KEY, key_env: str | None = KEY_ENV) -> None:
     """A wireless M-Bus telegram (L field first, data-link CRCs in or out)."""
-    from gxcore.wmbus import decode_wmbus_telegram
+    from gxcore.protocols.wmbus import decode_wmbus_telegram
 
     def action() -> object:
         aes = parse_key(key, key_env)
@@ -190,7 +190,7 @@ def decode_dsmr(
     key_env: str | None = KEY_ENV,
 ) -> None:
     """A DSMR P1 telegram ('/' ... '!' CRC); a Luxembourg Smarty frame with --key/--key-env."""
-    from gxcore.dsmr import decode_dsmr_telegram, decrypt_smarty_frame
+    from gxcore.protocols.dsmr import decode_dsmr_telegram, decrypt_smarty_frame
 
     def action() -> object:
         data = read_input(source)
@@ -205,7 +205,7 @@ def decode_dsmr(
 @decode_app.command("iec62056-21")
 def decode_iec(source: str = typer.Argument(..., metavar="FILE|-", help="a readout file, or - for stdin")) -> None:
     """An IEC 62056-21 readout: [identification] STX data lines ! ETX BCC, or the bare data lines."""
-    from gxcore.iec62056_21 import decode_iec62056_21_readout
+    from gxcore.protocols.iec62056_21 import decode_iec62056_21_readout
 
     run_guarded(
         "decode iec62056-21", lambda: decode_iec62056_21_readout(read_input(source)).to_json_dict(), decoding=True

@@ -1,7 +1,8 @@
 """The `gxami` command: one CLI for services, the local stack, simulators and field tools.
 
 Service commands come from the entry-point group ``gxami.cli`` so this package never
-imports a service; each service registers its own typer app.
+imports a service; each service registers its own typer app. ``demo``, ``dev`` and
+``simulate`` come the same way from the dev-only ``gxami-meterlab`` package.
 
 Start-up is kept short (a field command answers in a fraction of a second): this module
 and the command modules it imports hold only typer declarations and light helpers; the
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from gxami_cli import db, dev, dlms_tools, field, simulate
+from gxami_cli import db, dlms_tools, field
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -83,27 +84,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's renderer alone costs more than the rest of the start-up
 )
-app.add_typer(dev.app, name="dev")
-app.add_typer(simulate.app, name="simulate")
 app.add_typer(db.app, name="db")
 field.profile_app.command("discover")(dlms_tools.profile_discover)
 field.decode_app.command("dlms-push")(dlms_tools.decode_dlms_push)
 app.add_typer(field.decode_app, name="decode")
 app.add_typer(field.profile_app, name="profile")
 app.command("read")(field.read_command)
-
-
-@app.command("demo")
-def demo_command(
-    meters: int = typer.Option(50, min=1, help="how many simulated DLMS meters"),
-    seed: int = typer.Option(1, help="simulator seed (values are deterministic from it)"),
-    keep_running: bool = typer.Option(False, "--keep-running", help="leave the stack up until Ctrl-C"),
-    timeout: float = typer.Option(600, help="give up collecting after this many seconds"),
-) -> None:
-    """Bring the stack up, read a simulated fleet, print the report, shut down."""
-    from gxami_cli.demo import run_demo
-
-    raise typer.Exit(run_demo(meters=meters, seed=seed, keep_running=keep_running, timeout=timeout))
 
 
 def main() -> None:

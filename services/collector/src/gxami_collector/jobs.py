@@ -19,8 +19,8 @@ from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadingValue, ReadJob
 from gxami_contracts.messages import FIRST_INSTANT, LAST_INSTANT
 from gxami_runtime.kafka import describe_validation_error
-from gxcore.dlms.invocation import JsonInvocationCounters
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
+from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
 from gxcore.profiles import ProfileCatalog
 from gxcore.readings import Reading

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client import Counter
 
-from gxcore.drivers import Endpoint
 from gxcore.errors import ConfigurationError
+from gxcore.media.endpoint import Endpoint
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -19,8 +19,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from gxami_contracts.messages import MeterId
-from gxcore.drivers import Endpoint
 from gxcore.errors import ConfigurationError
+from gxcore.media.endpoint import Endpoint
 from gxcore.profiles import ProfileCatalog
 from gxcore.profiles.model import Purpose
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gxcore.drivers import Endpoint
 from gxcore.errors import ConfigurationError
+from gxcore.media.endpoint import Endpoint
 from gxcore.media.listener import ConnectionHandler, ListenerHook, ListenerSettings, TcpListener
 from gxcore.media.medium import Medium, TrafficHook
 from gxcore.media.serialport import PARITIES, RS485Direction, SerialPort, SerialSettings

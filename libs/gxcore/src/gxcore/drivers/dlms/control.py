@@ -1,0 +1,102 @@
+"""Meter control over DLMS/COSEM: remote disconnect/reconnect (class 70) and clock synchronisation.
+
+Each command is one association over any DLMS medium (:func:`run_dlms_command` takes the
+meter's URL); the result reports the state read back from the meter
+after acting, so the caller audits what the meter says, not what was asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+from gxcore.drivers.dlms.reader import DlmsSession, utc_now
+from gxcore.drivers.dlms.transport import MediumFactory, medium_for
+from gxcore.errors import ConfigurationError, ProtocolError
+from gxcore.protocols.dlms.invocation import InvocationCounterStore
+from gxcore.protocols.dlms.parameters import CLASS_DISCONNECT_CONTROL, DlmsParameters
+
+DISCONNECT_CONTROL: Final = "0.0.96.3.10.255"
+DlmsCommand = Literal["disconnect", "reconnect", "clock-sync", "read-supply"]
+# Blue Book class 70 control_state.
+CONTROL_STATES: Final = {0: "disconnected", 1: "connected", 2: "ready-for-reconnection"}
+_REMOTE_DISCONNECT, _REMOTE_RECONNECT = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class SupplyState:
+    """Disconnect control attributes 2 and 3: is the supply on, and the control state."""
+
+    output_state: bool
+    control_state: int
+
+    @property
+    def name(self) -> str:
+        return CONTROL_STATES.get(self.control_state, f"state-{self.control_state}")
+
+
+@dataclass(frozen=True, slots=True)
+class DlmsCommandResult:
+    """What the meter reported after the command: supply state and/or clock before and after."""
+
+    command: DlmsCommand
+    supply: SupplyState | None = None
+    meter_time_before: datetime | None = None
+    meter_time_after: datetime | None = None
+
+
+async def read_supply(session: DlmsSession, obis: str = DISCONNECT_CONTROL) -> SupplyState:
+    """Read output_state and control_state of a disconnect control object."""
+    output = await session.get(CLASS_DISCONNECT_CONTROL, obis, 2)
+    state = await session.get(CLASS_DISCONNECT_CONTROL, obis, 3)
+    if not isinstance(output, bool) or isinstance(state, bool) or not isinstance(state, int):
+        raise ProtocolError(f"disconnect control {obis}: output/control state of unexpected types")
+    return SupplyState(output, state)
+
+
+async def run_dlms_command(
+    url: str,
+    params: DlmsParameters,
+    command: DlmsCommand,
+    *,
+    timeout: float,
+    clock: Callable[[], datetime] = utc_now,
+    disconnect_control: str = DISCONNECT_CONTROL,
+    counters: InvocationCounterStore | None = None,
+    meter_key: str | None = None,
+    media: MediumFactory = medium_for,
+) -> DlmsCommandResult:
+    """Run one control command in its own association over ``url`` and read back its effect.
+
+    ``url`` is ``tcp://``, ``udp://`` (wrapper) or ``serial://`` (HDLC), as for
+    :class:`~gxcore.drivers.dlms.reader.DlmsSession`. ``disconnect``/``reconnect`` invoke
+    remote_disconnect/remote_reconnect and fail with ProtocolError if the meter's control
+    state does not follow; ``clock-sync`` sets the meter clock to ``clock()`` and reads it
+    back; ``read-supply`` only reads. A ciphered meter needs ``counters``, a durable
+    invocation counter store (ConfigurationError without).
+    """
+    if command not in ("disconnect", "reconnect", "clock-sync", "read-supply"):
+        raise ConfigurationError(f"unknown DLMS command {command!r}")
+    session = DlmsSession(url, params, timeout=timeout, counters=counters, meter_key=meter_key, media=media)
+    return await _run_command(session, command, clock, disconnect_control)
+
+
+async def _run_command(
+    session: DlmsSession, command: DlmsCommand, clock: Callable[[], datetime], disconnect_control: str
+) -> DlmsCommandResult:
+    """Open ``session``, act, read the effect back and check it."""
+    async with session:
+        if command == "clock-sync":
+            before = await session.read_clock()
+            await session.set_clock(clock())
+            return DlmsCommandResult(command, meter_time_before=before, meter_time_after=await session.read_clock())
+        if command != "read-supply":
+            method = _REMOTE_DISCONNECT if command == "disconnect" else _REMOTE_RECONNECT
+            await session.action(CLASS_DISCONNECT_CONTROL, disconnect_control, method)
+        supply = await read_supply(session, disconnect_control)
+    wanted = {"disconnect": {0}, "reconnect": {1, 2}}.get(command)
+    if wanted is not None and supply.control_state not in wanted:
+        raise ProtocolError(f"meter accepted {command} but its control state is {supply.name}")
+    return DlmsCommandResult(command, supply=supply)

@@ -1,0 +1,237 @@
+"""DLMS/COSEM push: decoding DataNotification messages, plain or general-glo/ded-ciphered.
+
+Accepted input: a wrapper frame (``00 01 ...``), one whole HDLC frame (``7E ... 7E``), or
+the bare APDU. The APDU is a data-notification, or one wrapped in general-glo-ciphering
+(``DB``) / general-ded-ciphering (``DC``), which carry the sender's system title::
+
+    0F  long-invoke-id-and-priority (4)  date-time (00 absent | 0C + 12 bytes)  notification-body (A-XDR Data)
+
+Values: the body is usually a structure. Its elements become :class:`Reading` where they
+describe themselves — ``{logical name, value, {scaler, unit}}`` (a register), or
+``{logical name, number}`` — or where ``columns`` names them (element ``i`` is column
+``i``). ``{0.0.1.0.0.255, date-time}`` (or the pair flattened into the structure) is the
+capture time; ``{0.0.96.1.0.255 | 0.0.42.0.0.255, text}`` (serial number, else logical device name)
+names the meter. Everything
+else stays a raw value in ``values``. A reading needs a time: the notification's own, the
+clock element's, else ``received_at``; with none, numbers stay raw.
+
+A missing key is KeyMissingError, a wrong one DecryptionError; neither message holds a
+key or a tag. Anything else that does not decode is a FramingError/ProtocolError.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from gxcore.errors import FramingError, GxError, KeyMissingError, ProtocolError
+from gxcore.protocols.dlms import axdr, ciphering, hdlc, wrapper
+from gxcore.protocols.dlms.cosem_time import decode_datetime
+from gxcore.protocols.dlms.obis import apply_scaler, obis_from_bytes, reduced, unit_symbol
+from gxcore.readings import Reading
+from gxcore.secrets import Secret
+
+DATA_NOTIFICATION: Final = 0x0F
+CLOCK: Final = "0.0.1.0.0.255"
+NAMES: Final = ("0.0.96.1.0.255", "0.0.42.0.0.255")  # serial number first, then logical device name
+_LLC: Final = (b"\xe6\xe7\x00", b"\xe6\xe6\x00")
+MAX_PUSH: Final = 65_535 + 8
+_POLICY_NAMES: Final = {0: "none", 0x10: "authenticated", 0x20: "encrypted", 0x30: "authenticated-encrypted"}
+
+
+@dataclass(frozen=True, slots=True)
+class PushColumn:
+    """What element ``i`` of a push body is: an OBIS code, and the scaler/unit a register would have."""
+
+    obis: str
+    scaler: int = 0
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DlmsPush:
+    """One decoded DataNotification.
+
+    ``system_title`` is the sender's (ciphered pushes); ``meter_id`` its name from the body
+    (logical device name or serial number), else the system title as text or hex.
+    ``values`` holds :class:`Reading` items and raw A-XDR values in body order.
+    """
+
+    system_title: bytes | None
+    meter_id: str | None
+    timestamp: datetime | None
+    long_invoke_id: int
+    security: str
+    invocation_counter: int | None
+    values: tuple[Reading | axdr.AxdrValue, ...]
+    body: axdr.AxdrValue = field(repr=False)
+
+    @property
+    def readings(self) -> list[Reading]:
+        return [v for v in self.values if isinstance(v, Reading)]
+
+
+def unwrap(data: bytes) -> bytes:
+    """The APDU inside a wrapper or HDLC frame (or ``data`` itself when it is one)."""
+    if len(data) > MAX_PUSH:
+        raise FramingError(f"push of {len(data)} bytes exceeds {MAX_PUSH}")
+    if not data:
+        raise FramingError("empty push")
+    if data[0] == hdlc.FLAG:
+        consumed, frame = hdlc.decode(data)
+        if frame is None or data[consumed:].strip(b"~"):
+            raise FramingError("push is not one whole HDLC frame", frame=data)
+        if frame.segmented:
+            raise FramingError("segmented HDLC pushes are not supported", frame=data)
+        info = frame.info
+        return info[3:] if info[:3] in _LLC else info
+    if data[:2] == b"\x00\x01":
+        consumed, wframe = wrapper.decode(data)
+        if wframe is None or consumed != len(data):
+            raise FramingError("push is not one whole wrapper frame", frame=data)
+        return wframe.apdu
+    return data
+
+
+def decode_dlms_push(
+    data: bytes,
+    *,
+    key: Secret | None = None,
+    auth_key: Secret | None = None,
+    columns: Sequence[PushColumn] | None = None,
+    received_at: datetime | None = None,
+) -> DlmsPush:
+    """Decode one push (see the module doc for framing, deciphering and value rules)."""
+    try:
+        return _decode(bytes(data), key, auth_key, columns, received_at)
+    except GxError:
+        raise
+    except (IndexError, KeyError, ValueError, TypeError, OverflowError, struct.error) as exc:
+        # The contract is GxError only; a slip of ours on hostile bytes must not become a crash
+        # of the listener or an "internal error". The type names the slip; the bytes stay out.
+        raise ProtocolError(f"push could not be decoded ({type(exc).__name__})") from None
+
+
+def _decode(
+    data: bytes,
+    key: Secret | None,
+    auth_key: Secret | None,
+    columns: Sequence[PushColumn] | None,
+    received_at: datetime | None,
+) -> DlmsPush:
+    apdu = unwrap(data)
+    if not apdu:
+        raise ProtocolError("push carries an empty APDU (no data-notification)", offset=len(data), frame=data)
+    title: bytes | None = None
+    security, counter = 0, None
+    if apdu[0] in (ciphering.GENERAL_GLO_CIPHERING, ciphering.GENERAL_DED_CIPHERING):
+        head = ciphering.parse_ciphered_apdu(apdu)
+        if head.end != len(apdu):
+            raise FramingError("bytes after the ciphered APDU", offset=head.end, frame=apdu)
+        title, security, counter = head.system_title, head.security_control & 0x30, head.invocation_counter
+        if key is None:
+            raise KeyMissingError("push is ciphered and no block cipher key was given")
+        if security & ciphering.AUTHENTICATED and auth_key is None:
+            raise KeyMissingError("push is authenticated and no authentication key was given")
+        apdu = ciphering.unseal(
+            head.security_control,
+            title or b"",
+            counter,
+            key.reveal(),
+            auth_key.reveal() if auth_key is not None else None,
+            head.payload,
+        )
+    if not apdu or apdu[0] != DATA_NOTIFICATION:
+        raise ProtocolError(f"APDU {apdu[:1].hex() or 'empty'} is not a data-notification", frame=apdu[:16])
+    if len(apdu) < 6:
+        raise ProtocolError("data-notification header is cut short", frame=apdu)
+    invoke = int.from_bytes(apdu[1:5], "big")
+    size = apdu[5]
+    if size not in (0, 12):
+        raise ProtocolError(f"data-notification date-time has {size} bytes, expected 0 or 12", offset=5, frame=apdu)
+    stamp = decode_datetime(apdu[6:18]) if size == 12 and len(apdu) >= 18 else None
+    if size == 12 and stamp is None:
+        raise ProtocolError("data-notification date-time is cut short", offset=6, frame=apdu)
+    body = axdr.decode_all(apdu[6 + size :])
+    values, meter_name, body_time = _values(body, columns, stamp or received_at)
+    meter_id = meter_name or _title_text(title)
+    return DlmsPush(title, meter_id, stamp or body_time, invoke, _POLICY_NAMES[security], counter, tuple(values), body)
+
+
+def _values(
+    body: axdr.AxdrValue, columns: Sequence[PushColumn] | None, at: datetime | None
+) -> tuple[list[Reading | axdr.AxdrValue], str | None, datetime | None]:
+    items: list[axdr.AxdrValue] = body if isinstance(body, list) else [body]
+    names: dict[str, str] = {}
+    clock: datetime | None = None
+    # First pass: find the meter's name and the capture time wherever they are.
+    for pos, item in enumerate(items):
+        named = _named(item) or _pair(items, pos)
+        if named is None:
+            continue
+        obis, value = named
+        if obis == CLOCK and isinstance(value, bytes) and len(value) == 12:
+            clock = clock or decode_datetime(value)
+        elif obis in NAMES and isinstance(value, bytes | str):
+            names.setdefault(obis, value if isinstance(value, str) else value.decode("ascii", "replace"))
+    name = next((names[n] for n in NAMES if n in names), None)
+    at = at or clock
+    out: list[Reading | axdr.AxdrValue] = []
+    for pos, item in enumerate(items):
+        out.append(_reading(item, columns[pos] if columns and pos < len(columns) else None, at) or item)
+    return out, name, clock
+
+
+def _named(item: axdr.AxdrValue) -> tuple[str, axdr.AxdrValue] | None:
+    """``{logical name, value, ...}`` -> (dotted OBIS, value)."""
+    if isinstance(item, list) and len(item) in (2, 3) and isinstance(item[0], bytes) and len(item[0]) == 6:
+        return obis_from_bytes(item[0]), item[1]
+    return None
+
+
+def _pair(items: list[axdr.AxdrValue], pos: int) -> tuple[str, axdr.AxdrValue] | None:
+    """A logical name followed, in the same structure, by its value."""
+    head = items[pos]
+    if isinstance(head, bytes) and len(head) == 6 and pos + 1 < len(items) and head[5] == 0xFF:
+        return obis_from_bytes(head), items[pos + 1]
+    return None
+
+
+def _reading(item: axdr.AxdrValue, column: PushColumn | None, at: datetime | None) -> Reading | None:
+    if at is None:
+        return None
+    if column is not None:
+        if isinstance(item, bool) or not isinstance(item, int | float) or column.obis == CLOCK:
+            return None
+        return Reading(reduced(column.obis), apply_scaler(item, column.scaler), column.unit, at)
+    named = _named(item)
+    if named is None or named[0] == CLOCK or named[0] in NAMES:
+        return None
+    obis, value = named
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    scaler, unit = 0, ""
+    assert isinstance(item, list)  # _named matched a structure
+    if len(item) == 3:
+        su = item[2]
+        if not (isinstance(su, list) and len(su) == 2):
+            return None
+        raw_scaler, code = su
+        if not isinstance(raw_scaler, int) or not isinstance(code, int) or isinstance(raw_scaler, bool):
+            return None
+        if not -128 <= raw_scaler <= 127:
+            return None
+        scaler, unit = raw_scaler, unit_symbol(code)
+    return Reading(reduced(obis), apply_scaler(value, scaler), unit, at, extra={"source": obis})
+
+
+def _title_text(title: bytes | None) -> str | None:
+    """A system title as its manufacturer letters and the rest in hex (``KFM-1010000023``), or hex."""
+    if title is None:
+        return None
+    if len(title) == 8 and title[:3].isalpha() and title[:3].isascii():
+        return f"{title[:3].decode()}-{title[3:].hex()}"
+    return title.hex()

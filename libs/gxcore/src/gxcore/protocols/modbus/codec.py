@@ -1,0 +1,142 @@
+"""Register words <-> point values, pure: no I/O, no clock.
+
+A value of N registers is first put into "big/big" order (swap the two bytes of each
+register when ``byte_order`` is little, reverse the registers when ``word_order`` is
+little), then read as one big-endian number with pymodbus's own
+``convert_from_registers``. So float32 230.0 is ``0x4366 0x0000`` big/big,
+``0x0000 0x4366`` with little word order and ``0x6643 0x0000`` with little byte order.
+
+Strings are the register bytes in order (after the same reordering), ASCII, cut at the
+first NUL; bytes outside ASCII become U+FFFD rather than failing the whole read.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+from pymodbus.client.mixin import ModbusClientMixin
+
+from gxcore.errors import ConfigurationError, ProtocolError
+from gxcore.protocols.modbus.profile import Order, RegisterPoint, ValueType
+
+RawValue = int | float | str
+
+_DATATYPE = ModbusClientMixin.DATATYPE
+_PYMODBUS_TYPES = {
+    ValueType.INT16: _DATATYPE.INT16,
+    ValueType.UINT16: _DATATYPE.UINT16,
+    ValueType.INT32: _DATATYPE.INT32,
+    ValueType.UINT32: _DATATYPE.UINT32,
+    ValueType.INT64: _DATATYPE.INT64,
+    ValueType.UINT64: _DATATYPE.UINT64,
+    ValueType.FLOAT32: _DATATYPE.FLOAT32,
+    ValueType.FLOAT64: _DATATYPE.FLOAT64,
+}
+
+
+def _swap_bytes(words: Sequence[int]) -> list[int]:
+    return [((w & 0xFF) << 8) | (w >> 8) for w in words]
+
+
+def _to_big_big(words: Sequence[int], byte_order: Order, word_order: Order) -> list[int]:
+    ordered = _swap_bytes(words) if byte_order == "little" else list(words)
+    return ordered[::-1] if word_order == "little" else ordered
+
+
+def _from_big_big(words: Sequence[int], byte_order: Order, word_order: Order) -> list[int]:
+    # Both steps are involutions and commute, so the inverse is the same reordering.
+    return _to_big_big(words, byte_order, word_order)
+
+
+def decode_value(rp: RegisterPoint, words: Sequence[int]) -> RawValue:
+    """Raw value of ``rp`` from exactly its registers (or its one bit as 0/1)."""
+    if rp.value_type is ValueType.BIT:
+        if len(words) != 1 or words[0] not in (0, 1):
+            raise ProtocolError(f"{rp.describe()}: expected one bit, got {list(words)[:4]}")
+        return words[0]
+    if len(words) != rp.count or any(not 0 <= w <= 0xFFFF for w in words):
+        raise ProtocolError(f"{rp.describe()}: expected {rp.count} 16-bit registers, got {len(words)}")
+    ordered = _to_big_big(words, rp.byte_order, rp.word_order)
+    if rp.value_type is ValueType.STRING:
+        raw = b"".join(w.to_bytes(2, "big") for w in ordered)
+        return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace")
+    value = ModbusClientMixin.convert_from_registers(ordered, _PYMODBUS_TYPES[rp.value_type])
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{rp.describe()}: registers did not decode to a number")
+    return value
+
+
+def encode_value(rp: RegisterPoint, raw: RawValue) -> list[int]:
+    """Registers (or the one bit) that carry ``raw``; ConfigurationError if it does not fit."""
+    vt = rp.value_type
+    if vt is ValueType.BIT:
+        if raw not in (0, 1) or isinstance(raw, str):
+            raise ConfigurationError(f"{rp.describe()}: a bit is 0 or 1, not {raw!r}")
+        return [int(raw)]
+    if vt is ValueType.STRING:
+        if not isinstance(raw, str):
+            raise ConfigurationError(f"{rp.describe()}: expects text")
+        try:
+            data = raw.encode("ascii")
+        except UnicodeEncodeError:
+            raise ConfigurationError(f"{rp.describe()}: text must be ASCII") from None
+        if len(data) > 2 * rp.count or b"\x00" in data:
+            raise ConfigurationError(f"{rp.describe()}: text longer than {2 * rp.count} bytes or has NUL")
+        data = data.ljust(2 * rp.count, b"\x00")
+        words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+        return _from_big_big(words, rp.byte_order, rp.word_order)
+    if isinstance(raw, str):
+        raise ConfigurationError(f"{rp.describe()}: expects a number, not text")
+    if vt.is_integer:
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise ConfigurationError(f"{rp.describe()}: {vt.label} needs an integer raw value, not {raw}")
+            raw = int(raw)
+        low, high = vt.integer_range()
+        if not low <= raw <= high:
+            raise ConfigurationError(f"{rp.describe()}: raw value {raw} outside {vt.label} range {low}..{high}")
+    else:
+        raw = float(raw)
+        if vt is ValueType.FLOAT32 and math.isfinite(raw):
+            try:
+                struct.pack(">f", raw)
+            except OverflowError:
+                raise ConfigurationError(f"{rp.describe()}: {raw} does not fit a float32") from None
+    words = ModbusClientMixin.convert_to_registers(raw, _PYMODBUS_TYPES[vt])
+    return _from_big_big(words, rp.byte_order, rp.word_order)
+
+
+def engineering_value(rp: RegisterPoint, raw: int | float) -> float:
+    """The reported value: ``raw * scale + offset`` (the one formula drivers and simulators share)."""
+    return float(raw) * rp.point.scale + rp.point.offset
+
+
+def raw_for(rp: RegisterPoint, value: float | str | bool) -> RawValue:
+    """Inverse of ``engineering_value``: the raw value to write for ``value``.
+
+    Integers are rounded to the nearest raw step; out-of-range values raise
+    ConfigurationError (a local fault: the caller asked for something unwritable).
+    """
+    if isinstance(value, str):
+        if rp.value_type is not ValueType.STRING:
+            raise ConfigurationError(f"{rp.describe()}: expects a number, not text")
+        return value
+    if rp.value_type is ValueType.STRING:
+        raise ConfigurationError(f"{rp.describe()}: expects text")
+    if not math.isfinite(float(value)):
+        raise ConfigurationError(f"{rp.describe()}: cannot write {value}")
+    if rp.point.scale == 0:
+        raise ConfigurationError(f"{rp.describe()}: scale 0 cannot be inverted for a write")
+    raw = (float(value) - rp.point.offset) / rp.point.scale
+    if rp.value_type is ValueType.BIT or rp.value_type.is_integer:
+        return round(raw)
+    return raw
+
+
+def is_unavailable(rp: RegisterPoint, raw: RawValue) -> bool:
+    """True when the device says "no value": the point's ``invalid`` raw value, or a NaN."""
+    if isinstance(raw, float) and math.isnan(raw):
+        return True
+    return rp.invalid is not None and isinstance(raw, int) and raw == rp.invalid

@@ -1,0 +1,260 @@
+"""`gxami simulate ...`: deterministic meter simulators for demos, tests and benchmarks.
+
+``--fleet-out`` writes a fleet file the scheduler imports, ``--secrets-out`` the collector's
+secrets file; both are written atomically, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:  # asyncio and YAML load when a simulator runs, not when the CLI starts
+    import asyncio
+
+app = typer.Typer(help="Simulated meters speaking real protocols.", no_args_is_help=True, add_completion=False)
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    import yaml
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+async def _until_signalled(stop: asyncio.Event) -> None:
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+@app.command("dlms")
+def dlms(
+    meters: int = typer.Option(50, min=1, help="how many meters (one TCP port each)"),
+    seed: int = typer.Option(1, help="values are deterministic from this"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    base_port: int = typer.Option(0, help="first port (0: free ports)"),
+    advertise_host: str | None = typer.Option(None, help="host name written into the fleet file"),
+    authentication: str = typer.Option("low", help="none, low (password) or high-gmac (security suite 0)"),
+    security_policy: str = typer.Option("authenticated-encrypted", help="with high-gmac: the security policy"),
+    schedule: str = typer.Option("15m", help="read interval written into the fleet file"),
+    fleet_out: Path | None = typer.Option(None, help="write a fleet file here"),
+    secrets_out: Path | None = typer.Option(None, help="write the collector's secrets file here"),
+) -> None:
+    """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM."""
+    import asyncio
+    import secrets
+
+    from gxami_meterlab.simulators.dlms import SimulatedMeter, meter_secrets, meter_system_title, run_simulator
+
+    if authentication not in {"none", "low", "high-gmac"}:
+        typer.echo("gxami simulate dlms: --authentication must be none, low or high-gmac", err=True)
+        raise typer.Exit(2)
+    password = secrets.token_urlsafe(12) if authentication == "low" else None
+
+    def options(m: SimulatedMeter) -> dict[str, str | int]:
+        if authentication != "high-gmac":
+            return {"authentication": authentication}
+        return {
+            "authentication": "high-gmac",
+            "client": 1,
+            "security_policy": security_policy,
+            "server_system_title": meter_system_title(seed, m.index).hex(),
+        }
+
+    def started(fleet: list[SimulatedMeter]) -> None:
+        where = advertise_host or host
+        if secrets_out is not None:
+            secured = authentication == "high-gmac"
+            per_meter = {m.meter_id: meter_secrets(seed, m.index) for m in fleet} if secured else {}
+            _write_atomic(secrets_out, {"default": {"password": password} if password else {}, "meters": per_meter})
+        if fleet_out is not None:
+            _write_atomic(
+                fleet_out,
+                {
+                    "meters": [
+                        {
+                            "meter_id": m.meter_id,
+                            "protocol": "dlms",
+                            "address": f"tcp://{where}:{m.port}",
+                            "profile": "generic-dlms",
+                            "group": f"sim-{seed}",
+                            "schedule": schedule,
+                            "options": options(m),
+                        }
+                        for m in fleet
+                    ]
+                },
+            )
+        typer.echo(
+            f"serving {len(fleet)} DLMS meters on {host}, ports {fleet[0].port}..{fleet[-1].port}"
+            if fleet
+            else "serving no meters"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        await _until_signalled(stop)
+        await run_simulator(
+            meters,
+            seed,
+            host,
+            base_port,
+            authentication,  # type: ignore[arg-type]  # typer gives str; the Choice option bounds it
+            password,
+            stop,
+            on_started=started,
+            security_policy=security_policy,  # type: ignore[arg-type]  # as above
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+@app.command("modbus")
+def modbus(
+    profile: str = typer.Option("eastron-sdm630", help="device profile whose register map is simulated"),
+    meters: int = typer.Option(1, min=1, max=247, help="device ids 1..N on one port (an RS-485 bus behind a gateway)"),
+    seed: int = typer.Option(1, help="values are deterministic from this"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(0, help="port (0: a free one)"),
+) -> None:
+    """Serve Modbus TCP meters built from a device profile's register map."""
+    import asyncio
+
+    from gxami_meterlab.simulators.modbus import ModbusMeterSimulator
+    from gxcore.profiles import ProfileCatalog
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        await _until_signalled(stop)
+        sim = ModbusMeterSimulator(ProfileCatalog().get(profile), meters=meters, seed=seed, host=host, port=port)
+        await sim.start()
+        typer.echo(f"serving {meters} Modbus meters ({profile}) at {sim.url()} (device ids 1..{meters})")
+        try:
+            await stop.wait()
+        finally:
+            await sim.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+async def _serve_until_stopped(start: Any, stop_server: Any, banner: Any) -> None:
+    import asyncio
+
+    stop = asyncio.Event()
+    await _until_signalled(stop)
+    await start()
+    typer.echo(banner())
+    try:
+        await stop.wait()
+    finally:
+        await stop_server()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@app.command("mbus")
+def mbus(
+    meters: int = typer.Option(5, min=1, max=250, help="slaves on the simulated bus"),
+    seed: int = typer.Option(1, help="values and addresses are deterministic from this"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(0, help="port of the M-Bus TCP gateway (0: a free one)"),
+) -> None:
+    """Serve a wired M-Bus bus behind a TCP gateway (raw EN 13757-2 frames)."""
+    import asyncio
+
+    from gxami_meterlab.simulators.mbus import MBusBus, MBusTcpGateway
+
+    bus = MBusBus(seed, meters, clock=_now)
+    gw = MBusTcpGateway(bus, host, port)
+
+    def banner() -> str:
+        addrs = ", ".join(f"{m.primary_address}/{m.secondary}" for m in bus.meters)
+        return f"M-Bus gateway at tcp://{host}:{gw.port}; meters (primary/secondary): {addrs}"
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_stopped(gw.start, gw.stop, banner))
+
+
+@app.command("wmbus")
+def wmbus(
+    meters: int = typer.Option(5, min=1, max=10_000, help="simulated water meters (even ones encrypted, mode 5)"),
+    seed: int = typer.Option(1, help="values, ids and keys are deterministic from this"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(0, help="port of the telegram feed (0: a free one)"),
+    interval: float = typer.Option(1.0, help="seconds between rounds of telegrams"),
+    keys_out: Path | None = typer.Option(None, help="write the meters' AES keys here (a secrets file)"),
+) -> None:
+    """Serve a TCP feed of raw wireless M-Bus telegrams (one hex line each), as a receiver would."""
+    import asyncio
+
+    from gxami_meterlab.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator
+
+    gen = WMBusTelegramGenerator(seed, meters)
+    feed = WMBusFeedServer(gen, host=host, port=port, interval=interval, start=_now())
+    if keys_out is not None:
+        keys = {str(k): v.hex() for k, v in gen.keys().items() if v is not None}
+        _write_atomic(keys_out, {"meters": {m: {"key": k} for m, k in keys.items()}})
+
+    def banner() -> str:
+        return f"wM-Bus feed at tcp://{host}:{feed.port}: {meters} meters, hex lines every {interval} s"
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_stopped(feed.start, feed.stop, banner))
+
+
+@app.command("dsmr")
+def dsmr(
+    seed: int = typer.Option(1, help="values are deterministic from this"),
+    variant: str = typer.Option("5.0", help="DSMR version or variant (2.2, 3.0, 4.2, 5.0, e-mucs, smarty)"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(0, help="port of the P1-to-TCP bridge (0: a free one)"),
+    interval: float = typer.Option(10.0, help="seconds between telegrams (DSMR 5 meters send every 1 s)"),
+) -> None:
+    """Serve a P1 port over TCP (as ser2net would): a telegram to every client every interval."""
+    import asyncio
+
+    from gxami_meterlab.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
+
+    server = DsmrTcpServer(SimulatedP1Meter(seed, 0, variant=variant), host=host, port=port, interval=interval)
+
+    def banner() -> str:
+        return f"DSMR {variant} P1 bridge at tcp://{host}:{server.port}, a telegram every {interval} s"
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_stopped(server.start, server.stop, banner))
+
+
+@app.command("iec62056-21")
+def iec62056_21(
+    seed: int = typer.Option(1, help="values are deterministic from this"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(0, help="port of the optical-probe bridge (0: a free one)"),
+    address: str = typer.Option("", help="device address the meter answers to (empty: any)"),
+) -> None:
+    """Serve an IEC 62056-21 meter (mode C sign-on, option select, readout with BCC) over TCP."""
+    import asyncio
+
+    from gxami_meterlab.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
+
+    server = Iec62056TcpServer(lambda: SimulatedIecMeter(seed, 0, address=address), host=host, port=port)
+
+    def banner() -> str:
+        return f"IEC 62056-21 meter at tcp://{host}:{server.port}" + (f", address {address}" if address else "")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_stopped(server.start, server.stop, banner))
