@@ -6,7 +6,9 @@ WORKDIR /app
 COPY pyproject.toml uv.lock ./
 COPY libs libs
 COPY services services
-RUN uv sync --frozen --all-packages --no-dev && useradd --system --uid 10001 gxami \
+# The services and the CLI only: the dev-only gxami-meterlab (simulators, local stack) stays out of the image.
+RUN uv sync --frozen --no-dev --package gxami-collector --package gxami-ingest --package gxami-scheduler \
+      --package gxami-reports --package gxami-cli && useradd --system --uid 10001 gxami \
     && install -d -o 10001 -m 700 /var/lib/gxami
 # /var/lib/gxami: the collector's DLMS invocation counter state (a volume; see docker-compose.yml)
 ENV PATH=/app/.venv/bin:$PATH
