@@ -4,8 +4,10 @@ An exchange is a :class:`~gxcore.drivers.loop.SansIoCore`: the adapter calls :me
 with ``now`` and the reply timeout, sends ``data_to_send()``, feeds whatever arrives to
 ``receive_data(data, now)``, and repeats until ``done``; when ``next_deadline()`` passes with
 nothing received it calls ``handle_timeout(now)``, which records a MeterTimeoutError in
-``failure`` and ends the exchange. Time is only ever passed in. Frames are cut with the core's framer (:mod:`gxcore.protocols.dlms.wrapper`
-or :mod:`gxcore.protocols.dlms.hdlc`) and handed whole, one at a time, to :meth:`ReplyReader.accept`:
+``failure`` and ends the exchange. Time is only ever passed in.
+
+Frames are cut with the core's framer (:mod:`gxcore.protocols.dlms.wrapper` or
+:mod:`gxcore.protocols.dlms.hdlc`) and handed whole, one at a time, to :meth:`ReplyReader.accept`:
 our address check, gurux's ``getData`` into the exchange's ``GXReplyData``, the invoke-id
 and command checks, and the next request of the same exchange when the reply has more to
 come (a next-block request, an HDLC RR). An unsolicited notification is set aside before
@@ -55,9 +57,9 @@ class Exchange:
     __slots__ = (
         "_buffer",
         "_core",
+        "_deadline",
         "_frames",
         "_outgoing",
-        "_deadline",
         "access_result",
         "done",
         "expect",
@@ -165,6 +167,11 @@ class Exchange:
         if self.access_result:
             raise data_access_error(self.access_result, self.what)
         return self.reply.value
+
+    @property
+    def value_type(self) -> int:
+        """The A-XDR type (gurux DataType) of the value a successful GET returned."""
+        return int(self.reply.valueType or 0)
 
     def send_next(self, frame: bytes) -> None:
         """Queue the next request of this exchange (a next-block request)."""
