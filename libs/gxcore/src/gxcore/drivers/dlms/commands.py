@@ -116,6 +116,8 @@ def writable_point(profile: DeviceProfile, points: list[DlmsPoint], key: str | N
     if not matches:
         wanted = _source_key(key)
         matches = [p for p in points if wanted is not None and _key_of(p) == wanted]
+    if len(matches) > 1:
+        matches = [p for p in matches if p.profile is None]  # a value point, not a profile's column of it
     if len(matches) != 1:
         found = "no point" if not matches else f"{len(matches)} points"
         raise ConfigurationError(f"meter {meter_id}: profile {profile.name} has {found} for {key!r}")
