@@ -57,8 +57,8 @@ class Exchange:
     __slots__ = (
         "_buffer",
         "_core",
-        "_deadline",
         "_frames",
+        "_last",
         "_outgoing",
         "access_result",
         "done",
@@ -77,8 +77,8 @@ class Exchange:
         self.expect = expect
         self.done = False
         self.failure: MeterTimeoutError | None = None
-        self.reply_timeout = 0.0
-        self._deadline: float | None = None
+        self.reply_timeout = 0.0  # 0 until started: no deadline
+        self._last = 0.0  # when bytes last moved (the start, or the last receive)
         self.access_result = 0
         self.invoke_id: int | None = None
         self.reply = GXReplyData()
@@ -94,7 +94,7 @@ class Exchange:
         if not reply_timeout > 0:
             raise ValueError(f"{self.what}: reply timeout must be positive, not {reply_timeout!r}")
         self.reply_timeout = reply_timeout
-        self._deadline = now + reply_timeout
+        self._last = now
         return self
 
     def data_to_send(self) -> bytes:
@@ -104,12 +104,14 @@ class Exchange:
 
     def next_deadline(self) -> float | None:
         """When the next reply frame is due (None before :meth:`start` or once done)."""
-        return None if self.done else self._deadline
+        if self.done or not self.reply_timeout:
+            return None
+        return self._last + self.reply_timeout
 
     def handle_timeout(self, now: float) -> None:
         """The deadline passed with nothing received: record the MeterTimeoutError and end the exchange."""
-        deadline = self._deadline
-        if self.done or deadline is None or now < deadline:
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
             return  # early or spurious: keep waiting
         self.failure = MeterTimeoutError(f"{self.what}: no reply within {self.reply_timeout:g} s")
         self.done = True
@@ -118,8 +120,7 @@ class Exchange:
         """Feed bytes from the meter that arrived at ``now``; may queue the next request (next block) or complete."""
         if self.done:
             raise ProtocolError(f"{self.what}: {len(data)} unexpected bytes after the reply", frame=data)
-        if self._deadline is not None:
-            self._deadline = now + self.reply_timeout
+        self._last = now
         core = self._core
         buffer = self._buffer
         if not buffer:
