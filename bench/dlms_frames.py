@@ -61,11 +61,11 @@ class Recording:
 
 
 def _run(exchange: Exchange, meter: CosemMeterCore, now: datetime, frames: list[bytes] | None = None) -> Exchange:
-    while not exchange.complete:
+    while not exchange.done:
         reply = meter.receive_data(exchange.data_to_send(), now)
         if frames is not None:
             frames.append(reply)
-        exchange.receive_data(reply)
+        exchange.receive_data(reply, 0.0)
     return exchange
 
 
@@ -106,7 +106,7 @@ class OurParser:
         exchange = Exchange(self.rec.core, [b"\x00"], _GET, what)
         exchange.data_to_send()
         for frame in frames:
-            exchange.receive_data(frame)
+            exchange.receive_data(frame, 0.0)
         return exchange.value()
 
     def register(self, item: tuple[str, list[bytes]]) -> float:

@@ -208,7 +208,7 @@ def get_reply(axdr: bytes) -> object:
     core.associated = True
     exchange = core.get(3, "1.0.1.8.0.255", 2)
     exchange.data_to_send()
-    exchange.receive_data(wrapper.encode(1, 16, b"\xc4\x01\xc1\x00" + axdr))
+    exchange.receive_data(wrapper.encode(1, 16, b"\xc4\x01\xc1\x00" + axdr), 0.0)
     return exchange.value()
 
 

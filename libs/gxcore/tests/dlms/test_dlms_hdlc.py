@@ -160,13 +160,13 @@ def _hdlc_get() -> Exchange:
 @given(st.binary(max_size=300))
 def test_any_bytes_to_an_hdlc_exchange_raise_only_gxcore_errors(data: bytes) -> None:
     with suppress(GxError):
-        _hdlc_get().receive_data(data)
+        _hdlc_get().receive_data(data, 0.0)
 
 
 @given(st.integers(0, 255), st.binary(max_size=200), st.booleans())
 def test_any_info_in_a_valid_hdlc_frame_raises_only_gxcore_errors(control: int, info: bytes, seg: bool) -> None:
     with suppress(GxError):
-        _hdlc_get().receive_data(frame(b"\x21", b"\x03", control, info, seg))
+        _hdlc_get().receive_data(frame(b"\x21", b"\x03", control, info, seg), 0.0)
 
 
 @given(st.binary(max_size=300))
@@ -183,8 +183,8 @@ def test_hdlc_session_in_memory_from_snrm_to_disc() -> None:
 
     def run(exchange: Exchange | None) -> Exchange:
         assert exchange is not None
-        while not exchange.complete:
-            exchange.receive_data(peer.receive_data(exchange.data_to_send(), NOW))
+        while not exchange.done:
+            exchange.receive_data(peer.receive_data(exchange.data_to_send(), NOW), 0.0)
         return exchange
 
     core.check_link(run(core.open_link()))

@@ -75,9 +75,9 @@ async def read_energy(port: int, p: DlmsParameters, **session: Any) -> float:
 
 def run(exchange: Exchange, peer: CosemMeterCore) -> Exchange:
     for _ in range(500):
-        if exchange.complete:
+        if exchange.done:
             return exchange
-        exchange.receive_data(peer.receive_data(exchange.data_to_send(), NOW))
+        exchange.receive_data(peer.receive_data(exchange.data_to_send(), NOW), 0.0)
     raise AssertionError("exchange did not complete")
 
 
@@ -108,7 +108,7 @@ def test_hls_gmac_association_reads_ciphered_values() -> None:
     apdu = frame[8:]
     assert apdu[0] in (0xC8, 0xDB)
     assert parse_ciphered_apdu(apdu).security_control == 0x30
-    exchange.receive_data(peer.receive_data(frame, NOW))
+    exchange.receive_data(peer.receive_data(frame, NOW), 0.0)
     assert exchange.value() == [0, 30]
 
 
@@ -173,7 +173,7 @@ def test_a_meter_answering_a_wrong_f_ctos_is_refused_silently(capsys: pytest.Cap
     )
     plain = plain[: -len(forged)] + forged
     apdu = ciphering.protect_apdu(reply[8], head.security_control, title, head.invocation_counter, ek, ak, plain)
-    exchange.receive_data(reply[:6] + len(apdu).to_bytes(2, "big") + apdu)
+    exchange.receive_data(reply[:6] + len(apdu).to_bytes(2, "big") + apdu, 0.0)
     with pytest.raises(AccessDeniedError, match="does not check"):
         core.check_authentication(exchange)
     assert capsys.readouterr().out == ""
@@ -189,7 +189,7 @@ def test_an_altered_reply_is_a_decryption_error_without_secrets(
     reply = bytearray(peer.receive_data(exchange.data_to_send(), NOW))
     reply[-3] ^= 0x40
     with pytest.raises(DecryptionError) as failed:
-        exchange.receive_data(bytes(reply))
+        exchange.receive_data(bytes(reply), 0.0)
     out, err = capsys.readouterr()
     shown = (out + err + caplog.text + str(failed.value)).lower().replace(" ", "")
     for secret in [*secrets_of(client_security(SEED, 3)), bytes(reply[-12:]).hex()]:
@@ -203,11 +203,11 @@ def test_replayed_replies_and_requests_are_refused() -> None:
     first = core.get(3, "1.0.1.8.0.255", 3)
     request = first.data_to_send()
     reply = peer.receive_data(request, NOW)
-    first.receive_data(reply)
+    first.receive_data(reply, 0.0)
     second = core.get(3, "1.0.1.8.0.255", 3)
     second.data_to_send()
     with pytest.raises(DecryptionError, match="does not grow"):
-        second.receive_data(reply)  # the meter's old reply, sent again
+        second.receive_data(reply, 0.0)  # the meter's old reply, sent again
     with pytest.raises(DecryptionError, match="replay"):
         peer.receive_data(request, NOW)  # our old request, sent again
 
@@ -232,7 +232,7 @@ def test_the_meter_never_reuses_its_own_counter() -> None:
             exchange = core.get(3, "1.0.1.8.0.255", 3)
             reply = peer.receive_data(exchange.data_to_send(), NOW)
             seen.append(parse_ciphered_apdu(reply[8:]).invocation_counter)
-            exchange.receive_data(reply)
+            exchange.receive_data(reply, 0.0)
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
     assert counters.highest_accepted() > 0
 

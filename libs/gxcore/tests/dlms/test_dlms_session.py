@@ -44,14 +44,14 @@ def meter(authentication: str = "none", max_pdu: int = 1024) -> CosemMeterCore:
 def run(exchange: Exchange, peer: CosemMeterCore, now: datetime = NOW) -> Exchange:
     """Null modem: shuttle bytes between the two cores until the exchange completes."""
     rounds = 0
-    while not exchange.complete:
+    while not exchange.done:
         out = exchange.data_to_send()
         assert out, "client has nothing to send but is not complete"
         reply = peer.receive_data(out, now)
         assert reply, "meter did not answer"
         # Deliver in two pieces to exercise reassembly across reads.
-        exchange.receive_data(reply[:5])
-        exchange.receive_data(reply[5:])
+        exchange.receive_data(reply[:5], 0.0)
+        exchange.receive_data(reply[5:], 0.0)
         rounds += 1
         assert rounds < 500
     return exchange
@@ -111,7 +111,7 @@ def test_unknown_object_is_a_data_access_error_not_a_broken_exchange() -> None:
     peer = meter()
     core = associated(DlmsParameters(), peer)
     exchange = run(core.get(3, "1.0.99.99.0.255", 2), peer)
-    assert exchange.complete
+    assert exchange.done
     assert exchange.access_result == 4
     with pytest.raises(ProtocolError, match="object-undefined"):
         exchange.value()
@@ -167,7 +167,7 @@ def test_reply_from_another_wport_is_refused() -> None:
     reply = peer.receive_data(exchange.data_to_send(), NOW)
     forged = reply[:2] + b"\x00\x07" + reply[4:]
     with pytest.raises(ProtocolError, match="reply from address"):
-        exchange.receive_data(forged)
+        exchange.receive_data(forged, 0.0)
 
 
 def test_stale_reply_of_an_earlier_get_is_refused() -> None:
@@ -177,7 +177,7 @@ def test_stale_reply_of_an_earlier_get_is_refused() -> None:
     stale = peer.receive_data(first.data_to_send(), NOW)
     second = core.get(3, "1.0.2.8.0.255", 2)
     with pytest.raises(ProtocolError, match="invoke-id"):
-        second.receive_data(stale)
+        second.receive_data(stale, 0.0)
 
 
 def test_gurux_prints_are_swallowed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,8 +205,8 @@ def _fresh_get() -> Exchange:
 def test_any_reply_bytes_raise_only_gxcore_errors(data: bytes) -> None:
     exchange = _fresh_get()
     try:
-        exchange.receive_data(data)
-        exchange.receive_data(data)
+        exchange.receive_data(data, 0.0)
+        exchange.receive_data(data, 0.0)
     except GxError:
         pass
 
@@ -215,7 +215,7 @@ def test_any_reply_bytes_raise_only_gxcore_errors(data: bytes) -> None:
 def test_any_apdu_in_a_valid_wrapper_raises_only_gxcore_errors(apdu: bytes) -> None:
     exchange = _fresh_get()
     with suppress(GxError):
-        exchange.receive_data(wrapper.encode(1, 16, apdu))
+        exchange.receive_data(wrapper.encode(1, 16, apdu), 0.0)
 
 
 @given(st.binary(max_size=120))
@@ -223,8 +223,8 @@ def test_any_get_response_body_raises_only_gxcore_errors(body: bytes) -> None:
     """Bias toward the deep decoder: a GET-response header followed by random data."""
     exchange = _fresh_get()
     try:
-        exchange.receive_data(wrapper.encode(1, 16, b"\xc4\x01\xc1\x00" + body))
-        if exchange.complete:
+        exchange.receive_data(wrapper.encode(1, 16, b"\xc4\x01\xc1\x00" + body), 0.0)
+        if exchange.done:
             exchange.value()
     except GxError:
         pass

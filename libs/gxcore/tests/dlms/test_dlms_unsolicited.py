@@ -124,10 +124,10 @@ class PushingLink:
 
 def run(exchange: Exchange, link: PushingLink) -> Exchange:
     for _ in range(500):
-        if exchange.complete:
+        if exchange.done:
             return exchange
         for data in link.reads(exchange.data_to_send()):
-            exchange.receive_data(data)
+            exchange.receive_data(data, 0.0)
     raise AssertionError("exchange did not complete")
 
 
@@ -247,11 +247,11 @@ def test_any_apdu_is_set_aside_or_raises_only_gxcore_errors(apdu: bytes) -> None
     exchange = core.get(3, IMPORT, 2)
     exchange.data_to_send()
     try:
-        exchange.receive_data(wrapper.encode(1, 1, apdu))
+        exchange.receive_data(wrapper.encode(1, 1, apdu), 0.0)
     except GxError:
         return
     # Set aside, or taken as (a block of) the reply: then complete, or asking for the next block.
-    assert core.pushes_set_aside == 1 or exchange.complete or exchange.data_to_send()
+    assert core.pushes_set_aside == 1 or exchange.done or exchange.data_to_send()
 
 
 @given(st.binary(max_size=120), st.sampled_from([0x03, 0x13]))
@@ -263,8 +263,8 @@ def test_any_hdlc_ui_frame_is_set_aside(info: bytes, control: int) -> None:
     length = 2 + len(dest) + len(src) + 1 + (2 + len(info) if info else 0) + 2
     head = bytes([0xA0 | (length >> 8), length & 0xFF]) + dest + src + bytes([control])
     body = head + (hdlc.fcs16(head).to_bytes(2, "little") + info if info else b"")
-    exchange.receive_data(b"\x7e" + body + hdlc.fcs16(body).to_bytes(2, "little") + b"\x7e")
-    assert core.pushes_set_aside == 1 and not exchange.complete
+    exchange.receive_data(b"\x7e" + body + hdlc.fcs16(body).to_bytes(2, "little") + b"\x7e", 0.0)
+    assert core.pushes_set_aside == 1 and not exchange.done
 
 
 def test_a_stray_reply_after_the_reply_is_still_refused() -> None:
@@ -274,7 +274,7 @@ def test_a_stray_reply_after_the_reply_is_still_refused() -> None:
     exchange = core.get(3, IMPORT, 3)
     reply = meter.receive_data(exchange.data_to_send(), NOW)
     with pytest.raises(ProtocolError, match="bytes after the last reply frame"):
-        exchange.receive_data(reply + reply)
+        exchange.receive_data(reply + reply, 0.0)
 
 
 def test_without_a_handler_a_push_is_counted_and_logged_without_its_content(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,6 +14,7 @@ import pytest_asyncio
 from gxami_meterlab.simulators.modbus import ModbusMeterSimulator
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
 from gxcore.drivers import modbus_link as link
+from gxcore.drivers.api import DriverCommand
 from gxcore.drivers.modbus import ModbusDriver
 from gxcore.errors import ConfigurationError, MeterTimeoutError, ProtocolError
 from gxcore.profiles import DeviceProfile, ProfilePoint
@@ -292,3 +293,38 @@ async def test_reads_on_one_medium_are_serialised(
         assert_matches(sim, index, sdm630, result, at)
     devices = [r.device_id for r in sim.requests]
     assert devices == sorted(devices)  # one meter's requests never interleave with another's
+
+
+async def test_execute_write_point_reads_the_point_back(start: Any, driver: ModbusDriver) -> None:
+    profile = DeviceProfile(
+        name="relay",
+        protocol="modbus",
+        parameters={"single_register_write": True},
+        points=[
+            ProfilePoint(quantity="0-0:96.3.10", unit="", source="coil:4"),
+            ProfilePoint(quantity="0-0:96.50.1", unit="", source="holding:9", scale=0.5),
+            ProfilePoint(quantity="1-0:1.8.0", unit="kWh", source="input:0x0156", options={"type": "float32"}),
+        ],
+    )
+    sim = await start(profile)
+    target = sim.target(1)
+    done = await driver.execute(
+        target, profile, DriverCommand("write-point", point="0-0:96.50.1", value=21.5), timeout=1
+    )
+    assert [(r.quantity, r.value) for r in done.readings] == [("0-0:96.50.1", 21.5)]
+    assert [r.function for r in sim.requests] == [0x06, 0x03]  # the write, then the read back
+    coil = await driver.execute(target, profile, DriverCommand("write-point", point="coil:4", value=True), timeout=1)
+    assert [(r.quantity, r.value) for r in coil.readings] == [("0-0:96.3.10", 1.0)]
+    assert "coil" in coil.detail
+    sent = len(sim.requests)
+    for command, message in [
+        (DriverCommand("write-point", point="1-0:1.8.0", value=1.0), "read-only"),
+        (DriverCommand("write-point", value=1.0), "needs a point"),
+        (DriverCommand("write-point", point="0-0:96.50.1", value=b"\x01"), "needs a number"),
+        (DriverCommand("disconnect"), "cannot run 'disconnect'"),
+    ]:
+        with pytest.raises(ConfigurationError, match=message):
+            await driver.execute(target, profile, command, timeout=1)
+    assert len(sim.requests) == sent  # refused before any traffic
+    with pytest.raises(ConfigurationError, match="connection the meter opened"):
+        await driver.read(target, profile, BILLING, timeout=1, medium=object())  # type: ignore[arg-type]

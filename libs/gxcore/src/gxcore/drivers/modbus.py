@@ -7,7 +7,10 @@ else the profile parameter ``unit_id``, else 1. Profile conventions: gxcore.prot
 
 Each ``read`` opens its own connection and closes it at the end; reads that share a
 medium (one serial port, one TCP gateway) are serialised inside a driver instance, as
-an RS-485 bus answers one request at a time.
+an RS-485 bus answers one request at a time. ``execute`` takes ``write-point`` (through
+:meth:`ModbusDriver.write_point`) and reads the written point back into the result.
+Modbus is a request/response protocol that meters never open: ``read`` over a connection
+a meter opened and ``serve`` are refused.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import ClassVar
 from weakref import WeakKeyDictionary
 
 from pymodbus.pdu import ModbusPDU
 
-from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.api import BaseDriver, CommandResult, DriverCommand, MeterTarget, ReadRequest, ReadResult
 from gxcore.drivers.modbus_link import LinkSettings, ModbusClient, ModbusLink, Request, reply_values
 from gxcore.errors import ConfigurationError, ProtocolError
-from gxcore.profiles.model import DeviceProfile
+from gxcore.media import Medium
+from gxcore.profiles.model import DeviceProfile, ProfilePoint
 from gxcore.protocols.modbus.codec import RawValue, encode_value, engineering_value, is_unavailable, raw_for
 from gxcore.protocols.modbus.planner import ReadBlock, plan_reads, split_block
 from gxcore.protocols.modbus.profile import (
@@ -80,11 +85,26 @@ class ModbusDriver(BaseDriver):
         return locks.setdefault(key, asyncio.Lock())
 
     async def read(
-        self, target: MeterTarget, profile: DeviceProfile, request: ReadRequest, *, timeout: float
+        self,
+        target: MeterTarget,
+        profile: DeviceProfile,
+        request: ReadRequest,
+        *,
+        timeout: float,
+        medium: Medium | None = None,
     ) -> ReadResult:
+        if medium is not None:
+            raise ConfigurationError(
+                f"meter {target.meter_id}: the modbus driver cannot read over a connection the meter opened"
+            )
         validate_modbus_profile(profile)
+        return await self._read_points(target, profile, profile.points_for(request.purposes), timeout)
+
+    async def _read_points(
+        self, target: MeterTarget, profile: DeviceProfile, selected: list[ProfilePoint], timeout: float
+    ) -> ReadResult:
         parameters = modbus_parameters(profile)
-        points = register_points(profile, profile.points_for(request.purposes))
+        points = register_points(profile, selected)
         settings = LinkSettings.from_endpoint(target.endpoint())
         unit = unit_id_for(target, parameters)
         deadline = exchange_timeout(timeout, parameters)
@@ -101,6 +121,25 @@ class ModbusDriver(BaseDriver):
             finally:
                 link.close()
         return ReadResult(readings=_readings(replies))
+
+    async def execute(
+        self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
+    ) -> CommandResult:
+        """``write-point``: write ``command.value`` to ``command.point`` (quantity or source), then read it back."""
+        if command.kind != "write-point":
+            return await super().execute(target, profile, command, timeout=timeout)
+        if not command.point:
+            raise ConfigurationError(f"meter {target.meter_id}: write-point needs a point (quantity or source)")
+        value = command.value
+        if isinstance(value, Decimal):
+            value = float(value)
+        if value is None or isinstance(value, bytes):
+            raise ConfigurationError(f"meter {target.meter_id}: write-point needs a number, a boolean or text")
+        validate_modbus_profile(profile)
+        written = _writable_point(profile, command.point)
+        await self.write_point(target, profile, command.point, value, timeout=timeout)
+        back = await self._read_points(target, profile, [written.point], timeout)
+        return CommandResult(command, readings=back.readings, detail=f"wrote {written.describe()}")
 
     async def _read_block(
         self, link: ModbusLink, block: ReadBlock, unit: int, timeout: float, retries: int

@@ -67,10 +67,13 @@ class DemandRegisterSpec:
 
 @dataclass(frozen=True, slots=True)
 class DataSpec:
-    """A Data object (class 1) with a value of one A-XDR type (an event code, a name, a counter)."""
+    """A Data object (class 1) with a value of one A-XDR type (an event code, a name, a counter).
+
+    A ``writable`` one takes a SET of its value (attribute 2, same type) and keeps it."""
 
     obis: str
     data_type: int
+    writable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,28 @@ def encode_value(data_type: int, value: object) -> bytes:
     out = GXByteBuffer()
     _GXCommon.setData(None, out, data_type, value)
     return bytes(out.array())
+
+
+# A-XDR integer tags: (bytes, signed).
+_INTEGERS: Final = {
+    15: (1, True),
+    16: (2, True),
+    5: (4, True),
+    20: (8, True),
+    17: (1, False),
+    18: (2, False),
+    6: (4, False),
+    21: (8, False),
+    22: (1, False),
+}
+
+
+def decode_value(encoded: bytes) -> int:
+    """An A-XDR integer (tag and fixed-size value, nothing after); ValueError for anything else."""
+    shape = _INTEGERS.get(encoded[0]) if encoded else None
+    if shape is None or len(encoded) != 1 + shape[0]:
+        raise ValueError("not one A-XDR integer")
+    return int.from_bytes(encoded[1:], "big", signed=shape[1])
 
 
 def encode_time(at: datetime) -> bytes:

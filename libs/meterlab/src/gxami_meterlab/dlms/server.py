@@ -47,6 +47,7 @@ from gxami_meterlab.dlms.meter_objects import (
     ProfileSpec,
     RegisterSpec,
     RicherMeterModel,
+    decode_value,
     encode_object_list,
     encode_time,
 )
@@ -245,7 +246,8 @@ class CosemMeterCore:
     def set_request(self, request: bytes) -> tuple[int, int]:
         """A SET-Request-Normal body after its tag: ``(invoke-id byte, DataAccessResult)``.
 
-        Only the clock's time (class 8, attribute 2) is writable; the new time holds from now on.
+        The clock's time (class 8, attribute 2) is writable, the new time holding from now on,
+        and the value of a Data object whose spec is ``writable`` (same A-XDR type, kept by the model).
         """
         if len(request) < 11:
             return (request[1] if len(request) > 1 else 0x81), int(ErrorCode.OTHER_REASON)
@@ -256,6 +258,9 @@ class CosemMeterCore:
             return invoke, int(ErrorCode.OTHER_REASON)  # no block transfer, no selective access
         if self._guard is not None and (not self._opened or self._guard.is_public()):
             return invoke, int(ErrorCode.READ_WRITE_DENIED)  # HLS still pending, or the public client
+        spec = self._specs.get(obis)
+        if class_id == 1 and isinstance(spec, DataSpec) and spec.writable:
+            return invoke, self._set_data(spec, attribute, value)
         if class_id != 8 or obis != "0.0.1.0.0.255":
             return invoke, int(
                 ErrorCode.READ_WRITE_DENIED if self._knows(class_id, obis) else ErrorCode.UNDEFINED_OBJECT
@@ -272,6 +277,22 @@ class CosemMeterCore:
             self.model.set_clock(meter_time, self._frame_now)
         self.session_now = meter_time.replace(microsecond=0)
         return invoke, int(ErrorCode.OK)
+
+    def _set_data(self, spec: DataSpec, attribute: int, value: bytes) -> int:
+        """SET of a writable Data object's value: the same A-XDR type, whole, kept by the model."""
+        if attribute != 2:
+            return int(ErrorCode.READ_WRITE_DENIED)
+        if not value or value[0] != spec.data_type:
+            return int(ErrorCode.UNMATCHED_TYPE)
+        try:
+            decoded = decode_value(value)
+        except ValueError:
+            return int(ErrorCode.UNMATCHED_TYPE)
+        setter = getattr(self.model, "set_data_value", None)
+        if setter is None:
+            return int(ErrorCode.READ_WRITE_DENIED)
+        setter(spec.obis, decoded)
+        return int(ErrorCode.OK)
 
     def _knows(self, class_id: int, obis: str) -> bool:
         try:
@@ -314,7 +335,8 @@ class CosemMeterCore:
             _answer_bytes(arg, encode_object_list(o for o in self._listed if self._lists(o.obis)))
         elif isinstance(target, GXDLMSDisconnectControl):
             target.outputState, target.controlState = self.model.supply()
-            target.controlMode = 1  # remote disconnect and reconnect both allowed (mode 1)
+            # Mode 1 (default): remote disconnect and reconnect; 2: remote reconnect arms, the button closes.
+            target.controlMode = getattr(self.model, "control_mode", lambda: 1)()
 
     def _lists(self, obis: str) -> bool:
         """The association view: the public client of a secured meter sees only the public objects."""

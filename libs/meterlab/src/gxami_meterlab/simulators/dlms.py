@@ -71,6 +71,8 @@ REGISTERS: Final = (
 )
 MAXIMUM_DEMAND, AVERAGE_DEMAND = "1.0.1.6.0.255", "1.0.1.4.0.255"
 EVENT_CODE, DEVICE_NAME, EVENT_LOG = "0.0.96.11.0.255", "0.0.42.0.0.255", "0.0.99.98.0.255"
+ACTIVE_TARIFF: Final = "0.0.96.14.0.255"  # currently active tariff: a writable Data object
+DEFAULT_TARIFF: Final = 1
 EVENT_LOG_ENTRIES: Final = 100
 # IDIS standard event log codes the model produces.
 POWER_DOWN, POWER_UP = 1, 2
@@ -79,6 +81,7 @@ OBJECTS: Final = (
     DemandRegisterSpec(AVERAGE_DEMAND, 0, UNIT_CODES["W"], ROW_PERIOD, DataType.UINT32),
     DataSpec(EVENT_CODE, DataType.UINT16),
     DataSpec(DEVICE_NAME, DataType.OCTET_STRING),
+    DataSpec(ACTIVE_TARIFF, DataType.UINT8, writable=True),
 )
 PROFILES: Final = (ProfileSpec(LOAD_PROFILE, (IMPORT, EXPORT), ROW_PERIOD),)
 EVENT_LOGS: Final = (ProfileSpec(EVENT_LOG, (EVENT_CODE,), 0, EVENT_LOG_ENTRIES),)
@@ -355,11 +358,24 @@ def push_message(
 
 @dataclass(slots=True)
 class MeterState:
-    """What a simulated meter remembers across associations: clock offset, supply switch, counters."""
+    """What a simulated meter remembers across associations: clock offset, supply switch, counters.
+
+    ``control_mode`` is the disconnect control's (Blue Book class 70): 1, remote reconnect
+    closes the relay; 2, it arms the meter (ready-for-reconnection, ``armed``) and the
+    customer's button (:meth:`press_button`) closes it. ``data`` holds written Data values.
+    """
 
     clock_offset: timedelta = timedelta(0)
     connected: bool = True
     counters: MeterCounters = field(default_factory=MeterCounters)
+    control_mode: int = 1
+    armed: bool = False
+    data: dict[str, int] = field(default_factory=dict)
+
+    def press_button(self) -> None:
+        """Manual reconnection: an armed meter closes its relay; otherwise nothing happens."""
+        if self.armed:
+            self.connected, self.armed = True, False
 
 
 class _MeterValues:
@@ -381,6 +397,8 @@ class _MeterValues:
     def data_value(self, obis: str, at: datetime) -> int | bytes:
         if obis == DEVICE_NAME:
             return meter_id(self.seed, self.index).encode()
+        if obis == ACTIVE_TARIFF:
+            return self.state.data.get(obis, DEFAULT_TARIFF)
         buffer = event_buffer(self.seed, self.index, _seconds(at))
         return buffer[-1][1] if buffer else 0
 
@@ -412,11 +430,26 @@ class _MeterValues:
     def set_clock(self, meter_time: datetime, now: datetime) -> None:
         self.state.clock_offset = meter_time - now
 
+    def set_data_value(self, obis: str, value: int) -> None:
+        self.state.data[obis] = value
+
     def supply(self) -> tuple[bool, int]:
-        return self.state.connected, 1 if self.state.connected else 0
+        state = self.state
+        return state.connected, 1 if state.connected else 2 if state.armed else 0
+
+    def control_mode(self) -> int:
+        return self.state.control_mode
 
     def switch_supply(self, connect: bool) -> None:
-        self.state.connected = connect
+        state = self.state
+        if not connect:
+            state.connected = state.armed = False
+        elif state.connected:
+            return
+        elif state.control_mode in (2, 4):
+            state.armed = True  # remote reconnect arms; the customer closes the relay
+        else:
+            state.connected, state.armed = True, False
 
     def profile_rows(
         self, obis: str, start: datetime, end: datetime, now: datetime

@@ -1,7 +1,8 @@
 """DLMS/COSEM sessions over gxcore.media (TCP or UDP wrapper, HDLC over serial or TCP).
 
-The collector reads through :class:`gxcore.drivers.dlms.driver.DlmsDriver` (the driver API) and
-controls with :func:`run_dlms_command` (disconnect, reconnect, clock sync);
+The collector reads, commands and serves pushes through :class:`gxcore.drivers.dlms.driver.DlmsDriver`
+(the driver API: ``read``, also over a connection the meter opened; ``execute``; ``serve``);
+:func:`run_dlms_command` runs one control command by URL (disconnect, reconnect, arm, clock);
 :class:`DlmsSession` gives one association for other services. Security: HLS-GMAC and
 ciphering with suite 0 (:class:`DlmsSecurity`), invocation counters in an
 :class:`InvocationCounterStore`. Push: :func:`decode_dlms_push`. Discovery:

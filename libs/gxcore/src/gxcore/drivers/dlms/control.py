@@ -1,8 +1,13 @@
-"""Meter control over DLMS/COSEM: remote disconnect/reconnect (class 70) and clock synchronisation.
+"""Meter control over DLMS/COSEM: remote disconnect/reconnect (class 70) and the clock.
 
 Each command is one association over any DLMS medium (:func:`run_dlms_command` takes the
-meter's URL); the result reports the state read back from the meter
-after acting, so the caller audits what the meter says, not what was asked.
+meter's URL, :func:`run_command` an unopened session); the result reports the state read
+back from the meter after acting, so the caller audits what the meter says, not what was asked.
+
+Class 70 control states: 0 disconnected, 1 connected, 2 ready-for-reconnection. ``reconnect``
+invokes remote_reconnect and accepts connected or ready-for-reconnection (a control mode
+that needs the customer's button, e.g. IDIS mode 2, arms instead of closing); ``arm-reconnect``
+invokes the same method and requires ready-for-reconnection.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from gxcore.protocols.dlms.invocation import InvocationCounterStore
 from gxcore.protocols.dlms.parameters import CLASS_DISCONNECT_CONTROL, DlmsParameters
 
 DISCONNECT_CONTROL: Final = "0.0.96.3.10.255"
-DlmsCommand = Literal["disconnect", "reconnect", "clock-sync", "read-supply"]
+DlmsCommand = Literal["disconnect", "reconnect", "arm-reconnect", "clock-sync", "clock-set", "read-supply"]
+COMMANDS: Final = frozenset({"disconnect", "reconnect", "arm-reconnect", "clock-sync", "clock-set", "read-supply"})
+# The control states each relay command must leave the meter in.
+_WANTED: Final = {"disconnect": {0}, "reconnect": {1, 2}, "arm-reconnect": {2}}
 # Blue Book class 70 control_state.
 CONTROL_STATES: Final = {0: "disconnected", 1: "connected", 2: "ready-for-reconnection"}
 _REMOTE_DISCONNECT, _REMOTE_RECONNECT = 1, 2
@@ -67,36 +75,45 @@ async def run_dlms_command(
     counters: InvocationCounterStore | None = None,
     meter_key: str | None = None,
     media: MediumFactory = medium_for,
+    at: datetime | None = None,
 ) -> DlmsCommandResult:
     """Run one control command in its own association over ``url`` and read back its effect.
 
     ``url`` is ``tcp://``, ``udp://`` (wrapper) or ``serial://`` (HDLC), as for
     :class:`~gxcore.drivers.dlms.reader.DlmsSession`. ``disconnect``/``reconnect`` invoke
     remote_disconnect/remote_reconnect and fail with ProtocolError if the meter's control
-    state does not follow; ``clock-sync`` sets the meter clock to ``clock()`` and reads it
-    back; ``read-supply`` only reads. A ciphered meter needs ``counters``, a durable
-    invocation counter store (ConfigurationError without).
+    state does not follow (see the module doc for ``arm-reconnect``); ``clock-sync`` sets the
+    meter clock to ``clock()``, ``clock-set`` to ``at``, and both read it before and after;
+    ``read-supply`` only reads. A ciphered meter needs ``counters``, a durable invocation
+    counter store (ConfigurationError without).
     """
-    if command not in ("disconnect", "reconnect", "clock-sync", "read-supply"):
-        raise ConfigurationError(f"unknown DLMS command {command!r}")
     session = DlmsSession(url, params, timeout=timeout, counters=counters, meter_key=meter_key, media=media)
-    return await _run_command(session, command, clock, disconnect_control)
+    return await run_command(session, command, clock=clock, at=at, disconnect_control=disconnect_control)
 
 
-async def _run_command(
-    session: DlmsSession, command: DlmsCommand, clock: Callable[[], datetime], disconnect_control: str
+async def run_command(
+    session: DlmsSession,
+    command: DlmsCommand,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    at: datetime | None = None,
+    disconnect_control: str = DISCONNECT_CONTROL,
 ) -> DlmsCommandResult:
-    """Open ``session``, act, read the effect back and check it."""
+    """Open ``session`` (not yet entered), act, read the effect back and check it (see :func:`run_dlms_command`)."""
+    if command not in COMMANDS:
+        raise ConfigurationError(f"unknown DLMS command {command!r}")
+    if command == "clock-set" and (at is None or at.tzinfo is None):
+        raise ConfigurationError("clock-set needs an aware time to set the meter clock to")
     async with session:
-        if command == "clock-sync":
+        if command in ("clock-sync", "clock-set"):
             before = await session.read_clock()
-            await session.set_clock(clock())
+            await session.set_clock(at if command == "clock-set" and at is not None else clock())
             return DlmsCommandResult(command, meter_time_before=before, meter_time_after=await session.read_clock())
         if command != "read-supply":
             method = _REMOTE_DISCONNECT if command == "disconnect" else _REMOTE_RECONNECT
             await session.action(CLASS_DISCONNECT_CONTROL, disconnect_control, method)
         supply = await read_supply(session, disconnect_control)
-    wanted = {"disconnect": {0}, "reconnect": {1, 2}}.get(command)
+    wanted = _WANTED.get(command)
     if wanted is not None and supply.control_state not in wanted:
         raise ProtocolError(f"meter accepted {command} but its control state is {supply.name}")
     return DlmsCommandResult(command, supply=supply)

@@ -39,6 +39,14 @@ no readings but one :class:`~gxcore.drivers.MeterEventRecord` per log entry in
 as kind where the standard log names the code (see :mod:`gxcore.protocols.dlms.events`), and an id
 stable over meter, log, time and code, so reading the same entry again is idempotent.
 
+``read(..., medium=...)`` runs the same session over a connection that is already open (a
+meter that dialled in) and leaves it open. ``execute`` runs a
+:class:`~gxcore.drivers.api.DriverCommand` in one association and reads its effect back (see
+:mod:`gxcore.drivers.dlms.commands`; a point is written only when the profile marks it
+``writable: true``). ``serve`` takes the DataNotifications a meter pushes over a connection
+it opened (see :mod:`gxcore.drivers.dlms.pushes`). Commands and reads share the counter store
+and the per-meter hold: a counter is never used twice.
+
 One read is one association: clock, value points, then each profile over
 ``[request.profile_from, request.profile_to or meter clock]`` (or by entry, see above).
 An object the meter refuses is skipped; if every selected point fails, the first failure
@@ -47,15 +55,27 @@ is raised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Final
 
-from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.dlms.reader import DlmsSession
+from gxcore.drivers.api import (
+    BaseDriver,
+    CommandResult,
+    DriverCommand,
+    MeterLookup,
+    MeterTarget,
+    ReadRequest,
+    ReadResult,
+    Served,
+)
+from gxcore.drivers.dlms.commands import execute_command
+from gxcore.drivers.dlms.pushes import serve_pushes
+from gxcore.drivers.dlms.reader import DlmsSession, utc_now
 from gxcore.drivers.dlms.transport import MediumFactory, check_framing, dlms_endpoint, medium_for
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
+from gxcore.media import Medium
 from gxcore.profiles.model import DeviceProfile, OptionValue, ProfilePoint
 from gxcore.protocols.dlms.association import ALIASES, PARAMETERS, association_parameters, integer
 from gxcore.protocols.dlms.events import events_from_readings, is_event_code
@@ -72,7 +92,7 @@ from gxcore.readings import MeterEventRecord, Reading
 from gxcore.units import meter_unit, point_value
 
 PROTOCOL: Final = "dlms"
-_OPTIONS: Final = frozenset({"class_id", "profile", "meter_unit", "attribute", "last_entries"})
+_OPTIONS: Final = frozenset({"class_id", "profile", "meter_unit", "attribute", "last_entries", "writable"})
 EVENT_ENTRIES: Final = 10  # newest event log rows read when no range is asked for
 
 
@@ -121,6 +141,8 @@ def dlms_point(point: ProfilePoint) -> DlmsPoint:
     if not 0 <= last <= 10_000:
         raise ConfigurationError(f"{where}: option last_entries must be in 0..10000")
     meter_unit(point)  # validates the option's type
+    if not isinstance(point.options.get("writable", False), bool):
+        raise ConfigurationError(f"{where}: option writable must be true or false")
     return DlmsPoint(point, value, dotted(profile) if profile else None, last)
 
 
@@ -150,9 +172,16 @@ class DlmsDriver(BaseDriver):
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, counters: InvocationCounterStore | None = None, *, media: MediumFactory = medium_for) -> None:
+    def __init__(
+        self,
+        counters: InvocationCounterStore | None = None,
+        *,
+        media: MediumFactory = medium_for,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.counters = counters  # required for ciphered meters; set by whoever loads the driver
         self.media = media  # the medium for a meter URL; tests and bench hand in an in-memory peer
+        self.clock = clock  # the time a clock-sync sets and relay readings carry
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         if profile.protocol != PROTOCOL:
@@ -161,9 +190,10 @@ class DlmsDriver(BaseDriver):
         for point in profile.points:
             dlms_point(point)
 
-    async def read(
-        self, target: MeterTarget, profile: DeviceProfile, request: ReadRequest, *, timeout: float
-    ) -> ReadResult:
+    def _session(
+        self, target: MeterTarget, profile: DeviceProfile, timeout: float, medium: Medium | None = None
+    ) -> DlmsSession:
+        """The (unopened) session with ``target``: URL, framing and parameters checked, before any I/O."""
         self.validate_profile(profile)
         try:
             dlms_endpoint(target.url)
@@ -176,6 +206,26 @@ class DlmsDriver(BaseDriver):
             raise ConfigurationError(f"meter {target.meter_id}: {exc.reason}") from None
         limit = profile.parameters.get("timeout")
         deadline = min(timeout, float(limit)) if isinstance(limit, int | float) else timeout
+        return DlmsSession(
+            target.url,
+            params,
+            timeout=deadline,
+            counters=self.counters,
+            meter_key=target.meter_id,
+            media=self.media,
+            medium=medium,
+        )
+
+    async def read(
+        self,
+        target: MeterTarget,
+        profile: DeviceProfile,
+        request: ReadRequest,
+        *,
+        timeout: float,
+        medium: Medium | None = None,
+    ) -> ReadResult:
+        session = self._session(target, profile, timeout, medium)
         points = [dlms_point(p) for p in profile.points_for(request.purposes)]
         values = [p for p in points if p.profile is None]
         profiled: dict[str, list[DlmsPoint]] = {}
@@ -185,9 +235,7 @@ class DlmsDriver(BaseDriver):
         readings: list[Reading] = []
         events: list[MeterEventRecord] = []
         failures: list[GxError] = []
-        async with DlmsSession(
-            target.url, params, timeout=deadline, counters=self.counters, meter_key=target.meter_id, media=self.media
-        ) as session:
+        async with session:
             meter_time = await session.read_clock()
             for vp in values:
                 try:
@@ -210,6 +258,24 @@ class DlmsDriver(BaseDriver):
         if failures and not readings and not events:
             raise failures[0]
         return ReadResult(readings=readings, meter_time=meter_time, events=events)
+
+    async def execute(
+        self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
+    ) -> CommandResult:
+        """Run ``command`` in one association and read its effect back (see :mod:`gxcore.drivers.dlms.commands`)."""
+        session = self._session(target, profile, timeout)
+        points = [dlms_point(p) for p in profile.points]
+        return await execute_command(session, profile, points, command, meter_id=target.meter_id, clock=self.clock)
+
+    def serve(self, connection: Medium, lookup: MeterLookup, *, idle_timeout: float) -> AsyncIterator[Served]:
+        """The pushes a meter sends over ``connection`` (see :mod:`gxcore.drivers.dlms.pushes` for identity)."""
+        if not idle_timeout > 0:
+            raise ConfigurationError(f"idle timeout must be positive, not {idle_timeout!r}")
+        return serve_pushes(connection, lookup, self._resolve, idle_timeout=idle_timeout)
+
+    def _resolve(self, target: MeterTarget, profile: DeviceProfile) -> tuple[DlmsParameters, list[DlmsPoint]]:
+        self.validate_profile(profile)
+        return dlms_parameters(profile, target), [dlms_point(p) for p in profile.points]
 
 
 async def _read_rows(

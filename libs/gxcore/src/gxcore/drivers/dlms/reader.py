@@ -31,6 +31,7 @@ from types import TracebackType
 
 from gxcore.drivers.dlms.transport import MediumFactory, MediumLink, check_framing, dlms_endpoint, medium_for
 from gxcore.errors import AccessDeniedError, GxError, ProtocolError
+from gxcore.media import Medium
 from gxcore.protocols.dlms.cosem_reads import CosemReads
 from gxcore.protocols.dlms.cosem_time import decode_datetime
 from gxcore.protocols.dlms.exchange import Exchange
@@ -63,6 +64,11 @@ class DlmsSession(CosemReads):
     ``meter_key`` names the meter in the invocation counter store (the meter id; by default
     ``host:port`` for TCP, else the URL without its query). ``on_push`` gets every
     unsolicited frame that arrives inside an exchange.
+
+    ``medium`` is a connection that is already open (a meter that dialled in): the session
+    runs over it instead of opening one from ``url`` (still the meter's address, for the
+    framing check and the counter key) and leaves it open on exit. A public-client session
+    for the frame counter then runs over the same connection, before the main one.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class DlmsSession(CosemReads):
         on_push: PushHandler | None = None,
         hold_timeout: float | None = None,
         media: MediumFactory = medium_for,
+        medium: Medium | None = None,
     ) -> None:
         super().__init__()
         endpoint = dlms_endpoint(url)
@@ -96,10 +103,15 @@ class DlmsSession(CosemReads):
         self.core = self._new_core()
         self._link: MediumLink | None = None
         self._hold: MeterHold | None = None
+        # One link over a borrowed connection for the whole session (and its sibling), so a
+        # failure that broke it is never forgotten by a retry.
+        self._borrowed = MediumLink(medium, owned=False) if medium is not None else None
 
     def _sibling(self, params: DlmsParameters) -> DlmsSession:
-        """Another session to the same meter over the same kind of medium."""
-        return DlmsSession(self.url, params, timeout=self.timeout, media=self.media)
+        """Another session to the same meter over the same kind of medium (the same one when borrowed)."""
+        sibling = DlmsSession(self.url, params, timeout=self.timeout, media=self.media)
+        sibling._borrowed = self._borrowed
+        return sibling
 
     def _new_core(self) -> DlmsClientCore:
         return DlmsClientCore(self.params, counters=self.counters, meter_key=self.meter_key, on_push=self.on_push)
@@ -157,7 +169,10 @@ class DlmsSession(CosemReads):
             hold.release()
 
     async def _open(self) -> None:
-        self._link = await MediumLink.over(self.media(self.url, self.timeout))
+        if self._borrowed is not None:
+            self._link = self._borrowed
+        else:
+            self._link = await MediumLink.over(self.media(self.url, self.timeout))
         try:
             snrm = self.core.open_link()
             if snrm is not None:
@@ -225,6 +240,15 @@ class DlmsSession(CosemReads):
         """GET one attribute's value; a refused access raises AccessDeniedError/ProtocolError."""
         exchange = await self._run(self.core.get(class_id, obis, attribute, selection))
         return exchange.value()
+
+    async def get_typed(self, class_id: int, obis: str, attribute: int) -> tuple[object, int]:
+        """GET one attribute: its value and its A-XDR type (gurux DataType), e.g. to write it back alike."""
+        exchange = await self._run(self.core.get(class_id, obis, attribute))
+        return exchange.value(), exchange.value_type
+
+    async def set(self, class_id: int, obis: str, attribute: int, value: object, data_type: int) -> None:
+        """SET one attribute to ``value`` as A-XDR ``data_type``; a refusal raises."""
+        (await self._run(self.core.set(class_id, obis, attribute, value, data_type))).value()
 
     async def set_clock(self, at: datetime) -> None:
         """SET the meter clock (class 8, attribute 2) to ``at``; a refusal raises."""

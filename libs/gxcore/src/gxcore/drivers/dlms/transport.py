@@ -1,8 +1,9 @@
 """Thin asyncio adapter: runs sans-IO :class:`~gxcore.protocols.dlms.session.Exchange` objects over a medium.
 
-The framing (wrapper or HDLC) is the exchange's business; this only moves bytes over a
-:class:`~gxcore.media.Medium` (TCP, UDP or a serial port), which bounds every read and
-maps OS errors to MeterTimeoutError/MediaError itself.
+The framing (wrapper or HDLC) is the exchange's business; bytes move between it and a
+:class:`~gxcore.media.Medium` (TCP, UDP or a serial port) through the one driver loop,
+:func:`gxcore.drivers.loop.drive`. The exchange keeps the reply deadline (``now`` passed
+in); the medium maps OS errors to MeterTimeoutError/MediaError itself.
 
 After a timeout, media error, bad frame or cancellation the link is marked broken: its
 byte stream may still hold a late reply, so it is never reused.
@@ -13,16 +14,17 @@ wrapper, TCP either (wrapper to a meter, HDLC through a TCP-to-serial converter)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Final
 
+from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError
 from gxcore.media import Medium, open_medium
 from gxcore.media.endpoint import Endpoint
 from gxcore.protocols.dlms.exchange import Exchange
 from gxcore.protocols.dlms.parameters import Interface
 
-READ_CHUNK: Final = 65536
 DLMS_SCHEMES: Final = frozenset({"tcp", "udp", "serial"})
 # The framing a scheme forces; TCP carries either.
 _FRAMING: Final[dict[str, Interface]] = {"udp": "wrapper", "serial": "hdlc"}
@@ -64,10 +66,15 @@ def medium_for(url: str, timeout: float) -> Medium:
 
 
 class MediumLink:
-    """One open medium to a meter (wrapper or HDLC), driving exchanges over it."""
+    """One open medium to a meter (wrapper or HDLC), driving exchanges over it.
 
-    def __init__(self, medium: Medium) -> None:
+    ``owned`` says whether :meth:`close` closes the medium: a link over a connection the
+    meter opened to us (``owned=False``) leaves it open for whoever handed it over.
+    """
+
+    def __init__(self, medium: Medium, *, owned: bool = True) -> None:
         self.medium = medium
+        self.owned = owned
         self.where = medium.describe()
         self.broken = False
 
@@ -82,30 +89,29 @@ class MediumLink:
         return cls(medium)
 
     async def run(self, exchange: Exchange, *, timeout: float) -> Exchange:
-        """Drive ``exchange`` to completion; each read waits at most ``timeout`` seconds."""
+        """Drive ``exchange`` to completion; each reply frame is due ``timeout`` s after the last send or receive."""
         if self.broken:
             # A late reply to the failed exchange may still arrive and would answer this one.
             raise MediaError(f"{self.where} {exchange.what}: link is out of step after an earlier failure")
         try:
-            while not exchange.complete:
-                out = exchange.data_to_send()
-                if out:
-                    await self.medium.send(out)
-                exchange.receive_data(await self._read(exchange.what, timeout))
-        except BaseException:
-            # Timeouts, bad frames, cancellation: the stream is out of step, never reuse it.
+            exchange.start(time.monotonic(), timeout)
+            await drive(exchange, self.medium, idle_timeout=timeout)
+        except MeterTimeoutError:
             self.broken = True
             raise
+        except MediaError as exc:
+            self.broken = True
+            raise MediaError(f"{exchange.what}: {exc.reason}") from None
+        except BaseException:
+            # Bad frames, cancellation: the stream is out of step, never reuse it.
+            self.broken = True
+            raise
+        if exchange.failure is not None:
+            self.broken = True  # the reply may still come, and would answer the next request
+            raise MeterTimeoutError(f"{self.where} {exchange.failure.reason}") from None
         return exchange
 
-    async def _read(self, what: str, timeout: float) -> bytes:
-        try:
-            return await self.medium.receive(READ_CHUNK, timeout=timeout)
-        except MeterTimeoutError:
-            raise MeterTimeoutError(f"{self.where} {what}: no reply within {timeout:g} s") from None
-        except MediaError as exc:
-            raise MediaError(f"{what}: {exc.reason}") from None
-
     async def close(self) -> None:
-        """Close the medium; never raises."""
-        await self.medium.close()
+        """Close the medium if this link owns it; never raises."""
+        if self.owned:
+            await self.medium.close()

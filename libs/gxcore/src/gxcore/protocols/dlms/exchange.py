@@ -1,8 +1,13 @@
 """The client's reply path, sans-IO: an :class:`Exchange` per confirmed service, a :class:`ReplyReader` to parse.
 
-The adapter sends ``data_to_send()``, feeds whatever arrives to ``receive_data()``, and
-repeats until ``complete``. Frames are cut with the core's framer (:mod:`gxcore.protocols.dlms.wrapper`
-or :mod:`gxcore.protocols.dlms.hdlc`) and handed whole, one at a time, to :meth:`ReplyReader.accept`:
+An exchange is a :class:`~gxcore.drivers.loop.SansIoCore`: the adapter calls :meth:`Exchange.start`
+with ``now`` and the reply timeout, sends ``data_to_send()``, feeds whatever arrives to
+``receive_data(data, now)``, and repeats until ``done``; when ``next_deadline()`` passes with
+nothing received it calls ``handle_timeout(now)``, which records a MeterTimeoutError in
+``failure`` and ends the exchange. Time is only ever passed in.
+
+Frames are cut with the core's framer (:mod:`gxcore.protocols.dlms.wrapper` or
+:mod:`gxcore.protocols.dlms.hdlc`) and handed whole, one at a time, to :meth:`ReplyReader.accept`:
 our address check, gurux's ``getData`` into the exchange's ``GXReplyData``, the invoke-id
 and command checks, and the next request of the same exchange when the reply has more to
 come (a next-block request, an HDLC RR). An unsolicited notification is set aside before
@@ -23,7 +28,7 @@ from typing import Final
 from gurux_dlms import GXDLMS, GXByteBuffer, GXReplyData
 from gurux_dlms.enums import Command
 
-from gxcore.errors import ProtocolError
+from gxcore.errors import MeterTimeoutError, ProtocolError
 from gxcore.protocols.dlms import hdlc, wrapper
 from gxcore.protocols.dlms.gurux import data_access_error, quiet, translate
 from gxcore.protocols.dlms.parameters import DlmsParameters
@@ -44,6 +49,8 @@ class Exchange:
 
     ``access_result`` is the meter's DataAccessResult for a GET/SET (0 = success); the
     exchange still completes when it is non-zero, so the caller decides per object.
+    ``failure`` is set (and ``done``) when no reply came within ``reply_timeout`` of the last
+    send or receive; :meth:`value` raises it.
     """
 
     # One exchange per reply read: slots make building and using it measurably cheaper.
@@ -51,12 +58,15 @@ class Exchange:
         "_buffer",
         "_core",
         "_frames",
+        "_last",
         "_outgoing",
         "access_result",
-        "complete",
+        "done",
         "expect",
+        "failure",
         "invoke_id",
         "reply",
+        "reply_timeout",
         "what",
     )
 
@@ -65,7 +75,10 @@ class Exchange:
             raise ValueError("an exchange needs at least one request frame")
         self.what = what
         self.expect = expect
-        self.complete = False
+        self.done = False
+        self.failure: MeterTimeoutError | None = None
+        self.reply_timeout = 0.0  # 0 until started: no deadline
+        self._last = 0.0  # when bytes last moved (the start, or the last receive)
         self.access_result = 0
         self.invoke_id: int | None = None
         self.reply = GXReplyData()
@@ -76,15 +89,38 @@ class Exchange:
         self._buffer = bytearray(core.carry)
         core.carry = _NO_BYTES
 
+    def start(self, now: float, reply_timeout: float) -> Exchange:
+        """Start the reply clock: each reply frame is due ``reply_timeout`` s after the last send or receive."""
+        if not reply_timeout > 0:
+            raise ValueError(f"{self.what}: reply timeout must be positive, not {reply_timeout!r}")
+        self.reply_timeout = reply_timeout
+        self._last = now
+        return self
+
     def data_to_send(self) -> bytes:
         """Bytes to write now (empty when waiting for the meter or done)."""
         out, self._outgoing = self._outgoing, b""
         return out
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the meter; may queue the next request (next block) or complete."""
-        if self.complete:
+    def next_deadline(self) -> float | None:
+        """When the next reply frame is due (None before :meth:`start` or once done)."""
+        if self.done or not self.reply_timeout:
+            return None
+        return self._last + self.reply_timeout
+
+    def handle_timeout(self, now: float) -> None:
+        """The deadline passed with nothing received: record the MeterTimeoutError and end the exchange."""
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return  # early or spurious: keep waiting
+        self.failure = MeterTimeoutError(f"{self.what}: no reply within {self.reply_timeout:g} s")
+        self.done = True
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes from the meter that arrived at ``now``; may queue the next request (next block) or complete."""
+        if self.done:
             raise ProtocolError(f"{self.what}: {len(data)} unexpected bytes after the reply", frame=data)
+        self._last = now
         core = self._core
         buffer = self._buffer
         if not buffer:
@@ -98,7 +134,7 @@ class Exchange:
                     return  # all taken: complete, or waiting for the next frame
                 data = data[consumed:]
         buffer += data
-        while not self.complete:
+        while not self.done:
             consumed, frame = core._decode(buffer)
             if not consumed:
                 return
@@ -125,11 +161,18 @@ class Exchange:
 
     def value(self) -> object:
         """The decoded value of a successful GET; raises the mapped error for a refused one."""
-        if not self.complete:
+        if self.failure is not None:
+            raise self.failure
+        if not self.done:
             raise ProtocolError(f"{self.what}: reply is not complete")
         if self.access_result:
             raise data_access_error(self.access_result, self.what)
         return self.reply.value
+
+    @property
+    def value_type(self) -> int:
+        """The A-XDR type (gurux DataType) of the value a successful GET returned."""
+        return int(self.reply.valueType or 0)
 
     def send_next(self, frame: bytes) -> None:
         """Queue the next request of this exchange (a next-block request)."""
@@ -252,7 +295,7 @@ class ReplyReader:
                 frame=raw,
             )
         exchange.access_result = int(reply.error or 0) if command in _CONFIRMED else 0
-        exchange.complete = True
+        exchange.done = True
 
     def _wrong_addresses(self, exchange: Exchange, frame: Frame) -> None:
         """Raise for a reply frame not from our server to our client."""

@@ -298,6 +298,23 @@ class DlmsClientCore(ReplyReader):
             return self._unconfirmed(lambda: self._client.write(clock, 2), Command.WRITE_RESPONSE, what)
         return self._confirmed(lambda: self._client.write(clock, 2), Command.SET_RESPONSE, what)
 
+    def set(self, class_id: int, obis: str, attribute: int, value: object, data_type: int) -> Exchange:
+        """SET one attribute to ``value`` encoded as A-XDR ``data_type`` (a gurux DataType)."""
+        ln = dotted(obis)
+        what = f"SET {class_id}/{ln}/{attribute}"
+        kind = DataType(data_type)
+        # GXDLMSClient.__write is the builder write() ends in, minus its object's value lookup:
+        # it takes the name, value and type as given; pinned gurux 1.0.203.
+        write = self._client._GXDLMSClient__write
+        if not self.params.logical_name_referencing:
+            base = self._short_name(class_id, ln, what)
+            return self._unconfirmed(
+                lambda: write(base, value, kind, ObjectType(class_id), attribute), Command.WRITE_RESPONSE, what
+            )
+        return self._confirmed(
+            lambda: write(ln, value, kind, ObjectType(class_id), attribute), Command.SET_RESPONSE, what
+        )
+
     def action(self, class_id: int, obis: str, method: int) -> Exchange:
         """ACTION ``method`` with the integer parameter 0 (e.g. disconnect control methods 1 and 2)."""
         target = GXDLMSObject(ObjectType(class_id), dotted(obis))

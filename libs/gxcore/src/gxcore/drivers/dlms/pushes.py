@@ -1,0 +1,144 @@
+"""Serving DLMS pushes: DataNotifications over a connection a meter opened to us (wrapper or HDLC).
+
+Frames are cut from the stream as they come: wrapper (``00 01 ...``) or HDLC (``7E ...``),
+told apart by each frame's first byte. Each is decoded with
+:func:`~gxcore.protocols.dlms.push.decode_dlms_push` and its meter looked up by identity:
+
+* a ciphered push (general-glo/ded-ciphering) by the sender's **system title**, as 16
+  lower-case hex digits; it is deciphered with the keys of the meter found (its profile's
+  ``security_policy`` and ``target.secrets`` ``key``/``auth_key``, as for reads);
+* a plain push by the name its body carries (serial number 0-0:96.1.0, else logical device
+  name 0-0:42.0.0), as text.
+
+Readings of objects the profile names as value points become the points' readings (unit,
+scale and offset as for a read); others stay as decoded (reduced OBIS, the meter's unit).
+
+Rule for bad input: a frame that does not decode (a bad checksum inside, a wrong key, an
+unknown meter, a body we cannot read) is logged as a warning naming its typed error and
+skipped; the pushes before and after it are served. A wrapper header that does not parse
+leaves the stream out of step: what was served stays served and the FramingError is raised.
+Serving ends, without error, when the peer closes the connection or nothing arrives for
+``idle_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+from gxcore.drivers.api import MeterLookup, MeterTarget, ReadResult, Served
+from gxcore.errors import GxError, MediaError, MeterTimeoutError
+from gxcore.media import Medium
+from gxcore.profiles.model import DeviceProfile
+from gxcore.protocols.dlms import hdlc, wrapper
+from gxcore.protocols.dlms.obis import dotted
+from gxcore.protocols.dlms.parameters import DlmsParameters
+from gxcore.protocols.dlms.push import DlmsPush, decode_dlms_push, unwrap
+from gxcore.readings import Reading
+
+if TYPE_CHECKING:
+    from gxcore.drivers.dlms.driver import DlmsPoint
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK: Final = 65536
+MAX_PENDING: Final = 2 * (65535 + 8)  # more than two of the largest frames unframed: the peer is not speaking DLMS
+_CIPHERED: Final = frozenset({0xDB, 0xDC})
+
+Resolve = Callable[[MeterTarget, DeviceProfile], "tuple[DlmsParameters, list[DlmsPoint]]"]
+
+
+async def serve_pushes(
+    connection: Medium, lookup: MeterLookup, resolve: Resolve, *, idle_timeout: float
+) -> AsyncIterator[Served]:
+    """Yield what each push on ``connection`` carried, until the peer closes or goes quiet (see the module doc)."""
+    where = connection.describe()
+    pending = bytearray()
+    while True:
+        try:
+            data = await connection.receive(READ_CHUNK, timeout=idle_timeout)
+        except MeterTimeoutError:
+            return
+        except MediaError as exc:
+            log.debug("push connection %s ended: %s", where, exc.reason)
+            return
+        pending += data
+        for frame in _frames(pending, where):
+            served = _serve_one(frame, lookup, resolve, where)
+            if served is not None:
+                yield served
+        if len(pending) > MAX_PENDING:
+            raise MediaError(f"{where}: {len(pending)} bytes without a whole DLMS frame")
+
+
+def _frames(pending: bytearray, where: str) -> list[bytes]:
+    """Cut every whole frame off ``pending`` (wrapper or HDLC by its first byte; HDLC resyncs a byte at a time)."""
+    frames: list[bytes] = []
+    while pending:
+        if pending[0] == hdlc.FLAG:
+            try:
+                consumed, frame = hdlc.decode(pending)
+            except GxError as exc:
+                log.warning("push on %s: bad HDLC frame skipped (%s: %s)", where, exc.kind, exc.reason)
+                del pending[:1]
+                continue
+            raw = frame.raw if frame is not None else None
+        else:
+            consumed, wframe = wrapper.decode(pending)  # a FramingError here: out of step, raised
+            raw = wframe.raw if wframe is not None else None
+        if not consumed:
+            break
+        del pending[:consumed]
+        if raw is not None:
+            frames.append(raw)
+    return frames
+
+
+def _serve_one(frame: bytes, lookup: MeterLookup, resolve: Resolve, where: str) -> Served | None:
+    """One push decoded and attributed, or None (logged) when it cannot be."""
+    try:
+        identity = _identity(frame)
+        found = lookup(identity) if identity is not None else None
+        if found is None:
+            log.warning("push on %s from %s: no such meter, skipped", where, identity or "an unnamed meter")
+            return None
+        target, profile = found
+        params, points = resolve(target, profile)
+        security = params.security
+        push = decode_dlms_push(
+            frame,
+            key=security.block_cipher_key if security is not None else None,
+            auth_key=security.authentication_key if security is not None else None,
+        )
+    except GxError as exc:
+        log.warning("push on %s skipped (%s: %s)", where, exc.kind, exc.reason)
+        return None
+    return Served(target.meter_id, ReadResult(readings=_readings(push, points), meter_time=push.timestamp))
+
+
+def _identity(frame: bytes) -> str | None:
+    """The ciphered APDU's system title as hex, else the name the plain body carries."""
+    apdu = unwrap(frame)
+    if apdu and apdu[0] in _CIPHERED and len(apdu) > 1:
+        size = apdu[1]
+        title = bytes(apdu[2 : 2 + size])
+        if size and len(title) == size:
+            return title.hex()
+    return decode_dlms_push(frame).meter_id
+
+
+def _readings(push: DlmsPush, points: Sequence[DlmsPoint]) -> list[Reading]:
+    by_obis: dict[str, list[DlmsPoint]] = {}
+    for p in points:
+        if p.profile is None:
+            by_obis.setdefault(p.value.obis, []).append(p)
+    out: list[Reading] = []
+    for reading in push.readings:
+        source = reading.extra.get("source")
+        matched = by_obis.get(dotted(str(source))) if source is not None else None
+        if not matched:
+            out.append(reading)
+            continue
+        out.extend(p.reading(reading.value, reading.unit, reading.timestamp) for p in matched)
+    return out
