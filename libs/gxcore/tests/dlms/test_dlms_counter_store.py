@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from gxcore.protocols.dlms.invocation import (
     InvocationCounterStore,
     MemoryInvocationCounters,
     MeterBusyError,
+    MeterHold,
 )
 from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
 from gxcore.secrets import Secret
@@ -354,3 +356,38 @@ async def test_commands_reserve_counters_in_the_store_they_are_given(tmp_path: P
     key = "SIM-0/1/" + client_security(SEED, 0).system_title.hex()
     mark = store.get(key)
     assert mark is not None and mark > METER_COUNTER_MARGIN
+
+
+class _ThreadRecordingStore(JsonInvocationCounters):
+    """The file store, noting which thread each store call ran on."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.threads: list[tuple[str, int]] = []
+
+    def get(self, key: str) -> int | None:
+        self.threads.append(("get", threading.get_ident()))
+        return super().get(key)
+
+    def reserve(self, key: str, floor: int, count: int) -> int:
+        self.threads.append(("reserve", threading.get_ident()))
+        return super().reserve(key, floor, count)
+
+    def try_hold(self, meter: str) -> MeterHold | None:
+        self.threads.append(("try_hold", threading.get_ident()))
+        return super().try_hold(meter)
+
+
+async def test_a_session_never_does_the_file_stores_io_on_the_event_loop(tmp_path: Path) -> None:
+    """File reads, flock and fsync of the counter file run in worker threads, not in the loop's thread."""
+    store = _ThreadRecordingStore(tmp_path / "c.json")
+    loop_thread = threading.get_ident()
+    async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, authentication="high-gmac") as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        for _ in range(2):  # the first session reads the meter's frame counter, the second starts from the store
+            async with DlmsSession(url, params(), timeout=5, counters=store, meter_key="SIM-0") as s:
+                for _ in range(COUNTER_WINDOW):  # past one reserved window
+                    await s.read_clock()
+    calls = {name for name, _ in store.threads}
+    assert {"get", "reserve", "try_hold"} <= calls
+    assert [name for name, thread in store.threads if thread == loop_thread] == []

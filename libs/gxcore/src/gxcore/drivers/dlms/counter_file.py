@@ -47,6 +47,8 @@ class JsonInvocationCounters:
     collector's meters (thousands), not a fleet (see the module doc).
     """
 
+    blocking = True  # file I/O and fsync: sessions call it in a worker thread
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -132,6 +133,7 @@ class DlmsSession(CosemReads):
 
     async def _start(self) -> None:
         counter_read = False
+        await self._counter_io(self.core.load_counters)
         if self.core.needs_meter_counter and self.params.frame_counter_obis is not None:
             self.core.use_meter_counter(await self.read_meter_counter())
             counter_read = True
@@ -142,6 +144,7 @@ class DlmsSession(CosemReads):
                 raise
             # Our counter may be below the meter's (a lost or restored store): take the meter's and retry once.
             self.core = self._new_core()
+            await self._counter_io(self.core.load_counters)
             self.core.use_meter_counter(await self.read_meter_counter())
             await self._open()
 
@@ -153,7 +156,12 @@ class DlmsSession(CosemReads):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold_timeout
         pause = 0.005
-        while (hold := store.try_hold(self.meter_key)) is None:
+        blocking = getattr(store, "blocking", True)
+        while (
+            hold := await asyncio.to_thread(store.try_hold, self.meter_key)
+            if blocking
+            else store.try_hold(self.meter_key)
+        ) is None:
             if loop.time() >= deadline:
                 raise MeterBusyError(
                     f"another ciphered session with meter {self.meter_key} did not end within"
@@ -177,11 +185,14 @@ class DlmsSession(CosemReads):
             snrm = self.core.open_link()
             if snrm is not None:
                 self.core.check_link(await self._run(snrm))
+            await self._counters_ready()
             exchange = await self._run(self.core.associate())
             self.core.check_association(exchange)
             if self.core.authentication_pending:
+                await self._counters_ready()
                 self.core.check_authentication(await self._run(self.core.authenticate()))
             if not self.params.logical_name_referencing:
+                await self._counters_ready()
                 self.core.take_short_names(await self._run(self.core.read_short_names()))
         except BaseException:
             await self._link.close()
@@ -216,6 +227,9 @@ class DlmsSession(CosemReads):
             # Release and disconnect only over a healthy link, never while cancelling. The
             # readings are in hand; a meter that ignores RLRQ/DISC only loses its slot.
             for close in (self.core.release, self.core.close_link):
+                if not link.broken and not isinstance(exc, asyncio.CancelledError):
+                    with contextlib.suppress(GxError):
+                        await self._counters_ready()  # a ciphered RLRQ takes a counter too
                 closing = close()  # built only now: DISC resets gurux's HDLC state the RLRE needs
                 if closing is not None and not link.broken and not isinstance(exc, asyncio.CancelledError):
                     with contextlib.suppress(GxError):
@@ -231,6 +245,18 @@ class DlmsSession(CosemReads):
         """True once the link failed (timeout, bad frame, closed); nothing more can be read."""
         return self._link is None or self._link.broken
 
+    async def _counter_io(self, work: Callable[[], object]) -> None:
+        """Run the counter store's I/O (file reads, fsync) off the event loop, unless the store does none."""
+        if getattr(self.counters, "blocking", True):
+            await asyncio.to_thread(work)
+        else:
+            work()
+
+    async def _counters_ready(self) -> None:
+        """Reserve invocation counters before the next ciphered request is built, so building it does no I/O."""
+        if self.core.counters_due:
+            await self._counter_io(self.core.reserve_counters)
+
     async def _run(self, exchange: Exchange) -> Exchange:
         if self._link is None:
             raise ProtocolError("session is not open")
@@ -238,24 +264,29 @@ class DlmsSession(CosemReads):
 
     async def get(self, class_id: int, obis: str, attribute: int, selection: bytes | None = None) -> object:
         """GET one attribute's value; a refused access raises AccessDeniedError/ProtocolError."""
+        await self._counters_ready()
         exchange = await self._run(self.core.get(class_id, obis, attribute, selection))
         return exchange.value()
 
     async def get_typed(self, class_id: int, obis: str, attribute: int) -> tuple[object, int]:
         """GET one attribute: its value and its A-XDR type (gurux DataType), e.g. to write it back alike."""
+        await self._counters_ready()
         exchange = await self._run(self.core.get(class_id, obis, attribute))
         return exchange.value(), exchange.value_type
 
     async def set(self, class_id: int, obis: str, attribute: int, value: object, data_type: int) -> None:
         """SET one attribute to ``value`` as A-XDR ``data_type``; a refusal raises."""
+        await self._counters_ready()
         (await self._run(self.core.set(class_id, obis, attribute, value, data_type))).value()
 
     async def set_clock(self, at: datetime) -> None:
         """SET the meter clock (class 8, attribute 2) to ``at``; a refusal raises."""
+        await self._counters_ready()
         (await self._run(self.core.set_clock(at))).value()
 
     async def action(self, class_id: int, obis: str, method: int) -> None:
         """ACTION ``method`` (integer parameter 0) on an object; a refusal raises."""
+        await self._counters_ready()
         (await self._run(self.core.action(class_id, obis, method))).value()
 
     async def read_clock(self) -> datetime:

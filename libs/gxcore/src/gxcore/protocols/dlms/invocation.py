@@ -71,6 +71,9 @@ class InvocationCounterStore(Protocol):
     def try_hold(self, meter: str) -> MeterHold | None:
         """The session lock of ``meter`` if nobody holds it, else None (never blocks)."""
 
+    # A store may say ``blocking = False`` (it does no I/O); otherwise sessions call ``get``,
+    # ``reserve`` and ``try_hold`` in a worker thread, never on the event loop.
+
 
 def checked_counter(to: int) -> int:
     if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to <= MAX_COUNTER + 1:
@@ -105,6 +108,8 @@ class _HeldKey:
 
 class MemoryInvocationCounters:
     """Counters and meter locks in this process only. For tests: a restart forgets every counter."""
+
+    blocking = False  # no I/O: a session calls it on the event loop
 
     def __init__(self) -> None:
         self._next: dict[str, int] = {}
@@ -153,13 +158,30 @@ class CounterWindow:
         self.key = key
         self.cipher = cipher
         self.reserved_to = 0
-        self._mark = store.get(key)
-        cipher.invocationCounter = self._mark or 0
+        self._loaded = False
+        self._mark: int | None = None
+        cipher.invocationCounter = 0
+
+    def load(self) -> None:
+        """Read the store's mark for this key (once). A session calls it off the event loop
+        (:attr:`due` and :meth:`reserve` are the other two store accesses); anything that needs
+        the mark loads it on first use otherwise."""
+        if not self._loaded:
+            self._mark = self.store.get(self.key)
+            self._loaded = True
+            if self.reserved_to == 0 and int(self.cipher.invocationCounter) < (self._mark or 0):
+                self.cipher.invocationCounter = self._mark or 0
 
     @property
     def known(self) -> bool:
         """False when the store has never seen this meter (read its frame counter first)."""
+        self.load()
         return self._mark is not None or self.reserved_to > 0
+
+    @property
+    def due(self) -> bool:
+        """True when the next request would have to reserve counters in the store first (store I/O)."""
+        return not self._loaded or self.next + PER_BUILD > self.reserved_to
 
     @property
     def next(self) -> int:
@@ -172,6 +194,7 @@ class CounterWindow:
         When ``value`` is at or above the counter we would use, we start
         :data:`METER_COUNTER_MARGIN` past it (see there why); below ours, ours stands.
         """
+        self.load()
         ours = max(self.next, self._mark or 0)
         start = value + 1 + METER_COUNTER_MARGIN if value >= ours else ours
         if start > MAX_COUNTER:
@@ -181,6 +204,7 @@ class CounterWindow:
 
     def reserve(self) -> None:
         """Make sure the counter about to be used (and ``PER_BUILD`` after it) is recorded as spent."""
+        self.load()
         counter = self.next
         if counter + PER_BUILD <= self.reserved_to:
             return

@@ -111,9 +111,28 @@ class DlmsClientCore(ReplyReader):
         return self._window is not None and not self._window.known
 
     @property
+    def counters_due(self) -> bool:
+        """True when the next ciphered request needs the counter store first (see :meth:`reserve_counters`)."""
+        return self._window is not None and self._window.due
+
+    def load_counters(self) -> None:
+        """Read the counter store's mark for this meter (store I/O; see :meth:`reserve_counters`)."""
+        if self._window is not None:
+            self._window.load()
+
+    def reserve_counters(self) -> None:
+        """Load the store's mark and reserve the next window now: the store's I/O, done where the caller
+        chooses (a session does it in a worker thread), so building the request touches no file."""
+        if self._window is not None:
+            self._window.reserve()
+
+    @property
     def invocation_counter(self) -> int | None:
         """The counter the next protected APDU will carry (None without security)."""
-        return self._window.next if self._window is not None else None
+        if self._window is None:
+            return None
+        self._window.load()
+        return self._window.next
 
     def use_meter_counter(self, value: int) -> None:
         """Start above what the meter reported (its frame counter, or the counter it expects).
