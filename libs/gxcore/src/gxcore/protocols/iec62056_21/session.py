@@ -277,7 +277,9 @@ class SessionCore:
 
     The session's events become a queue: :meth:`data_to_send` gives the bytes up to the
     next speed change, and :meth:`take_baud` that change, once those bytes are out, so a
-    driver applies it (``drive(..., between=...)``) before anything sent at the new speed.
+    driver applies it (``drive(..., between=...)``, which must drain :meth:`take_baud`, also
+    over a line without speeds: bytes queued behind a change wait for it) before anything
+    sent at the new speed.
     ``done`` at the readout or the failure; :meth:`result` gives the one or raises the other.
     """
 
@@ -293,7 +295,9 @@ class SessionCore:
         if self._readout is None and self._error is None and not self._queue and self.session.next_deadline() is None:
             # Awaiting nothing but not finished: a bug here, never a wait forever.
             self._error = ProtocolError(f"IEC 62056-21 session stalled in state {self.session.state.value}")
-        return (self._readout is not None or self._error is not None) and not self._queue
+        # A failure ends it at once; a readout once what the session asked before it was taken
+        # (mode B: the speed change that came with the identification, as a line would see it).
+        return self._error is not None or (self._readout is not None and not self._queue)
 
     def data_to_send(self) -> bytes:
         out = bytearray()
