@@ -8,10 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from gxami_meterlab.dsmr_streams import read_telegram
 from gxami_meterlab.simulators.dsmr import VARIANTS, DsmrTcpServer, SimulatedP1Meter
+from gxcore.drivers import MeterTarget, ReadRequest
+from gxcore.drivers.dsmr import DsmrDriver, dsmr_readings, obis_point
+from gxcore.drivers.loop import drive
 from gxcore.errors import MeterTimeoutError
+from gxcore.media import open_medium
+from gxcore.profiles import ProfileCatalog
 from gxcore.protocols.dsmr import P1Reader, decode_dsmr_telegram
+from gxcore.protocols.dsmr.first import FirstTelegram
 
 AT = datetime(2024, 10, 27, 0, 40, tzinfo=UTC)  # inside the repeated hour of the autumn switch
 EXPECTED_VARIANT = {
@@ -78,29 +83,47 @@ def test_naive_instant_is_refused() -> None:
 
 async def test_tcp_bridge_pushes_telegrams() -> None:
     meter = SimulatedP1Meter(9, 1, variant="5.0")
+    async with (
+        DsmrTcpServer(meter, port=0, interval=0.05, clock=lambda: AT) as server,
+        open_medium(f"tcp://127.0.0.1:{server.port}") as medium,
+    ):
+        clock = asyncio.get_running_loop().time
+        p1 = P1Reader()
+        first = FirstTelegram(p1, now=clock(), wait=2.0)
+        await drive(first, medium, idle_timeout=2.0, clock=clock)
+        second = FirstTelegram(p1, now=clock(), wait=2.0)
+        await drive(second, medium, idle_timeout=2.0, clock=clock)
+    assert first.result().raw == meter.telegram_at(AT).rstrip(b"\r\n")
+    assert second.result().timestamp == AT
+
+
+async def test_the_driver_reads_the_bridge_twice_over_one_connection() -> None:
+    meter = SimulatedP1Meter(9, 1, variant="5.0")
+    dsmr5 = ProfileCatalog().get("dsmr5")
+    driver = DsmrDriver(clock=lambda: AT)
     async with DsmrTcpServer(meter, port=0, interval=0.05, clock=lambda: AT) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        try:
-            p1 = P1Reader()
-            first = await read_telegram(reader, timeout=2.0, p1=p1)
-            second = await read_telegram(reader, timeout=2.0, p1=p1)
-        finally:
-            writer.close()
-            await writer.wait_closed()
-    assert first.raw == meter.telegram_at(AT).rstrip(b"\r\n")
-    assert second.timestamp == AT
+        target = MeterTarget("p1", f"tcp://127.0.0.1:{server.port}")
+        async with open_medium(target.url) as medium:
+            first = await driver.read(target, dsmr5, ReadRequest(), timeout=2.0, medium=medium)
+            second = await driver.read(target, dsmr5, ReadRequest(), timeout=2.0, medium=medium)
+        assert server.connections == 1
+    points = [obis_point(p) for p in dsmr5.points_for(ReadRequest().purposes)]
+    assert first.readings == dsmr_readings(decode_dsmr_telegram(meter.telegram_at(AT)), points, AT)
+    assert second.readings == first.readings  # the simulator's clock stands still
+    assert first.meter_time == AT
 
 
-async def test_read_telegram_times_out_on_a_silent_bridge() -> None:
+async def test_read_times_out_on_a_silent_bridge() -> None:
     accepted: list[asyncio.StreamWriter] = []
     server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         with pytest.raises(MeterTimeoutError, match="no valid P1 telegram"):
-            await read_telegram(reader, timeout=0.1)
+            await DsmrDriver().read(
+                MeterTarget("p1", f"tcp://127.0.0.1:{port}"), ProfileCatalog().get("dsmr5"), ReadRequest(), timeout=0.1
+            )
     finally:
-        for w in [writer, *accepted]:
+        for w in accepted:
             w.close()
             await w.wait_closed()
         server.close()

@@ -15,11 +15,12 @@ import pytest
 
 from gxami_meterlab.simulators.mbus import MBusBus, MBusTcpGateway, register_value
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
-from gxcore.drivers.mbus import MBusDriver, readings_from, record_point, record_points
+from gxcore.drivers.mbus import MBusDriver
 from gxcore.errors import ConfigurationError, MediaError, MeterTimeoutError, ProtocolError
 from gxcore.profiles import DeviceProfile, ProfileCatalog, ProfilePoint
 from gxcore.protocols.mbus import decode_mbus_telegram
 from gxcore.protocols.mbus.frame import decode_frame
+from gxcore.protocols.mbus.points import readings_from, record_point, record_points
 
 AT = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)  # the simulated bus's clock
 READ_AT = datetime(2024, 1, 15, 12, 0, 30, tzinfo=UTC)  # the driver's clock

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from gxami_meterlab.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator, volume_litres
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
-from gxcore.drivers.wmbus import TelegramFeed, WMBusDriver, aes_key, telegram_ids
+from gxcore.drivers.common import aes_key
+from gxcore.drivers.wmbus import WMBusDriver
 from gxcore.errors import ConfigurationError, DecryptionError, KeyMissingError, MeterTimeoutError
 from gxcore.profiles import ProfileCatalog
+from gxcore.protocols.wmbus.feed import TelegramFeed, telegram_ids
 from gxcore.protocols.wmbus.frame import MAX_TELEGRAM
 from gxcore.secrets import Secret
 

@@ -10,10 +10,19 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gxami_meterlab.simulators.mbus import MBusBus
+from gxcore.drivers.loop import drive
 from gxcore.errors import MeterTimeoutError
 from gxcore.media import Medium, open_medium
 from gxcore.protocols.mbus.frame import MAX_FRAME, decode_frame
-from gxcore.protocols.mbus.master import Event, Failed, MasterConfig, MBusMaster, ReadComplete, SearchComplete
+from gxcore.protocols.mbus.master import (
+    Event,
+    Failed,
+    MasterConfig,
+    MasterOperation,
+    MBusMaster,
+    ReadComplete,
+    SearchComplete,
+)
 
 from .conftest import PtyPeer
 
@@ -41,25 +50,11 @@ async def serve_bus(bus: MBusBus, peer: PtyPeer, requests: list[bytes]) -> None:
 
 
 async def run(master: MBusMaster, medium: Medium) -> Event:
-    """Drive the sans-IO master over ``medium`` until it reports an event (the adapter under test)."""
-    clock = asyncio.get_running_loop().time
-    while (event := master.next_event()) is None:
-        out = master.data_to_send()
-        if out:
-            await medium.send(out)
-        deadline = master.next_deadline()
-        assert deadline is not None, "the master waits for nothing but has no event"
-        remaining = deadline - clock()
-        if remaining <= 0:
-            master.handle_timeout(clock())
-            continue
-        try:
-            data = await medium.receive(MAX_FRAME, timeout=remaining)
-        except MeterTimeoutError:
-            master.handle_timeout(clock())
-        else:
-            master.receive_data(data, clock())
-    return event
+    """Drive the started master over ``medium`` through the driver loop until it reports an event."""
+    operation = MasterOperation(master)
+    await drive(operation, medium, idle_timeout=5.0, clock=asyncio.get_running_loop().time)
+    assert operation.outcome is not None
+    return operation.outcome
 
 
 @pytest.fixture

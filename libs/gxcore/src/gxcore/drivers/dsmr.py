@@ -26,6 +26,10 @@ A reading is stamped with its own time (the capture time of an M-Bus value), els
 telegram clock 0-0:1.0.0, else the time of receipt; ``meter_time`` is the telegram clock.
 A point the telegram lacks yields no reading; a telegram with none is a ProtocolError.
 
+``read(..., medium=...)`` takes the telegram from a P1 stream that is already open (and
+leaves it open), e.g. one end of :func:`gxcore.media.memory_pair`. The constructor's
+``on_traffic`` hook goes to every medium the driver opens.
+
 Profile parameters: ``timeout`` (caps the caller's), ``smarty`` (true/false).
 """
 
@@ -35,23 +39,17 @@ import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.mbus import exchange_timeout
-from gxcore.drivers.streams import LineDefaults, open_stream
-from gxcore.drivers.wmbus import aes_key
-from gxcore.errors import (
-    ConfigurationError,
-    DecryptionError,
-    GxError,
-    KeyMissingError,
-    MeterTimeoutError,
-    ProtocolError,
-)
+from gxcore.drivers.common import LineDefaults, aes_key, exchange_timeout, read_medium, utc_now
+from gxcore.drivers.loop import drive
+from gxcore.errors import ConfigurationError, KeyMissingError, ProtocolError
+from gxcore.media import Medium, TrafficHook
 from gxcore.profiles.model import DeviceProfile, ProfilePoint
+from gxcore.protocols.dsmr.first import FirstTelegram, TelegramReader
 from gxcore.protocols.dsmr.reader import P1Reader
 from gxcore.protocols.dsmr.smarty import SmartyReader
 from gxcore.protocols.dsmr.telegram import DsmrRecord, DsmrTelegram
@@ -64,19 +62,6 @@ P1_SERIAL = LineDefaults(baud=115200, bytesize=8, parity="N", stopbits=1)
 _REFERENCE = re.compile(r"(\d{1,3})-(\d{1,3}|\*):(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
 _OPTIONS = frozenset({"medium", "meter_unit"})
 _PARAMETERS = frozenset({"timeout", "smarty"})
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class TelegramReader(Protocol):
-    """What P1Reader and SmartyReader have in common."""
-
-    last_error: GxError | None
-    rejected: int
-
-    def feed(self, data: bytes) -> list[DsmrTelegram]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,16 +159,24 @@ class DsmrDriver(BaseDriver):
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
         self._clock = clock
+        self.on_traffic = on_traffic
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_dsmr_profile(profile)
 
     async def read(
-        self, target: MeterTarget, profile: DeviceProfile, request: ReadRequest, *, timeout: float
+        self,
+        target: MeterTarget,
+        profile: DeviceProfile,
+        request: ReadRequest,
+        *,
+        timeout: float,
+        medium: Medium | None = None,
     ) -> ReadResult:
         validate_dsmr_profile(profile)
+        endpoint = target.endpoint()
         points = [obis_point(p) for p in profile.points_for(request.purposes)]
         wait = exchange_timeout(timeout, profile.parameters, profile.name)
         key = aes_key(target.secrets.get("key"), target.meter_id)
@@ -192,24 +185,13 @@ class DsmrDriver(BaseDriver):
         if not points:
             return ReadResult(readings=[])
         reader: TelegramReader = SmartyReader(Secret(key)) if key is not None else P1Reader()
-        telegram = await self._first_telegram(target, reader, wait)
+        clock = asyncio.get_running_loop().time
+        # The wait starts before the connect: ``timeout`` bounds the whole read.
+        core = FirstTelegram(reader, now=clock(), wait=wait, meter_id=target.meter_id)
+        async with read_medium(
+            endpoint, medium, timeout=wait, serial_defaults=P1_SERIAL, on_traffic=self.on_traffic
+        ) as port:
+            await drive(core, port, idle_timeout=wait, send_timeout=wait, clock=clock)
+        telegram = core.result()
         readings = dsmr_readings(telegram, points, self._clock(), meter_id=target.meter_id)
         return ReadResult(readings=readings, meter_time=telegram.timestamp)
-
-    async def _first_telegram(self, target: MeterTarget, reader: TelegramReader, wait: float) -> DsmrTelegram:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        stream = await open_stream(target.endpoint(), timeout=wait, meter_id=target.meter_id, serial_defaults=P1_SERIAL)
-        try:
-            while (remaining := deadline - loop.time()) > 0:
-                data = await stream.read_some(timeout=remaining)
-                telegrams = reader.feed(data) if data else []
-                if telegrams:
-                    return telegrams[0]
-                # Two frames failing authentication: the key is wrong (one may be a frame cut at connect).
-                if isinstance(reader.last_error, DecryptionError) and reader.rejected >= 2:
-                    raise reader.last_error
-        finally:
-            await stream.close()
-        detail = f"; last error: {reader.last_error.reason}" if reader.last_error is not None else ""
-        raise MeterTimeoutError(f"no valid P1 telegram within {wait:g} s{detail}", meter_id=target.meter_id)

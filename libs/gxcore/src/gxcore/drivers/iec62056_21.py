@@ -19,6 +19,12 @@ readout lacks yields no reading; a readout with none of them is a ProtocolError.
 
 Every wait (connect, identification, readout, each pause between characters) is bounded
 by ``timeout`` capped by the profile parameter ``timeout``; readouts are bounded in size.
+
+``read(..., medium=...)`` reads over a medium that is already open (and leaves it open),
+e.g. one end of :func:`gxcore.media.memory_pair` (``serial=True`` to see the speed
+changes). Speed changes go to the medium when it can set its line (serial ports), once
+the bytes before them have left. The constructor's ``on_traffic`` hook goes to every
+medium the driver opens.
 """
 
 from __future__ import annotations
@@ -26,26 +32,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 
 from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.mbus import exchange_timeout, meter_timezone
-from gxcore.drivers.streams import LineDefaults, MeterStream, open_stream
-from gxcore.errors import ConfigurationError, ProtocolError
+from gxcore.drivers.common import LineDefaults, exchange_timeout, meter_timezone, read_medium, utc_now
+from gxcore.drivers.loop import drive
+from gxcore.errors import ConfigurationError, GxError, ProtocolError
+from gxcore.media import Medium, TrafficHook
+from gxcore.media.endpoint import Endpoint
 from gxcore.profiles.model import DeviceProfile, ProfilePoint
 from gxcore.protocols.iec62056_21.frames import MODE_C_BAUD, encode_request
 from gxcore.protocols.iec62056_21.readout import Iec62056Readout, Iec62056Record
-from gxcore.protocols.iec62056_21.session import (
-    Iec62056Session,
-    ReadoutReceived,
-    SendBytes,
-    SessionEvent,
-    SessionFailed,
-    SessionTimings,
-    SwitchBaudRate,
-)
+from gxcore.protocols.iec62056_21.session import Iec62056Session, SessionCore, SessionTimings
 from gxcore.readings import Reading
 from gxcore.units import meter_unit, point_value
 
@@ -53,10 +53,6 @@ PROTOCOL = "iec62056-21"
 IEC_SERIAL = LineDefaults(baud=300, bytesize=7, parity="E", stopbits=1)
 _OPTIONS = frozenset({"index", "meter_unit"})
 _PARAMETERS = frozenset({"device_address", "timeout", "timezone", "max_baud"})
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _reduced(address: str) -> str:
@@ -110,11 +106,11 @@ def _address(value: object, where: str) -> str:
     return text
 
 
-def device_address(target: MeterTarget, profile: DeviceProfile) -> str:
+def device_address(target: MeterTarget, profile: DeviceProfile, endpoint: Endpoint) -> str:
     """The sign-on address (module doc for where it comes from)."""
     if "device_address" in target.options:
         return _address(target.options["device_address"], f"meter {target.meter_id}")
-    query = target.endpoint().query
+    query = endpoint.query
     if "address" in query:
         return _address(query["address"], f"meter {target.meter_id} URL")
     return _address(profile.parameters.get("device_address", ""), f"profile {profile.name}")
@@ -154,25 +150,24 @@ def iec_readings(
     return readings
 
 
-async def run_readout(session: Iec62056Session, stream: MeterStream, *, write_timeout: float) -> Iec62056Readout:
-    """Drive ``session`` over ``stream`` to its end; return the readout or raise the session's error."""
+async def run_readout(
+    session: Iec62056Session, medium: Medium, *, timeout: float, meter_id: str | None = None
+) -> Iec62056Readout:
+    """Drive ``session`` over the open ``medium`` to its end; return the readout or raise the session's error."""
     clock = asyncio.get_running_loop().time
-    events: list[SessionEvent] = session.start(clock())
-    while True:
-        for event in events:
-            if isinstance(event, SendBytes):
-                await stream.write(event.data, timeout=write_timeout)
-            elif isinstance(event, SwitchBaudRate):
-                await stream.set_baud(event.baud)
-            elif isinstance(event, ReadoutReceived):
-                return event.readout
-            elif isinstance(event, SessionFailed):
-                raise event.error
-        deadline = session.next_deadline()
-        if deadline is None:
-            raise ProtocolError(f"IEC 62056-21 session stalled in state {session.state.value}")
-        data = await stream.read_some(timeout=deadline - clock())
-        events = session.handle_timer(clock()) if data is None else session.receive_data(data, clock())
+    core = SessionCore(session, clock())
+
+    async def switch_speed() -> None:
+        while (baud := core.take_baud()) is not None:
+            if medium.can_set_line:  # over a TCP bridge the speed is the bridge's business
+                await medium.set_line(baudrate=baud)
+
+    await drive(core, medium, idle_timeout=timeout, send_timeout=timeout, clock=clock, between=switch_speed)
+    try:
+        return core.result()
+    except GxError as exc:
+        exc.meter_id = exc.meter_id or meter_id  # the session does not know which meter it read
+        raise
 
 
 class Iec62056Driver(BaseDriver):
@@ -180,32 +175,37 @@ class Iec62056Driver(BaseDriver):
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
         self._clock = clock
+        self.on_traffic = on_traffic
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_iec_profile(profile)
 
     async def read(
-        self, target: MeterTarget, profile: DeviceProfile, request: ReadRequest, *, timeout: float
+        self,
+        target: MeterTarget,
+        profile: DeviceProfile,
+        request: ReadRequest,
+        *,
+        timeout: float,
+        medium: Medium | None = None,
     ) -> ReadResult:
         validate_iec_profile(profile)
+        endpoint = target.endpoint()
         points = [data_set_point(p) for p in profile.points_for(request.purposes)]
         wait = exchange_timeout(timeout, profile.parameters, profile.name)
         session = Iec62056Session(
-            address=device_address(target, profile),
+            address=device_address(target, profile, endpoint),
             max_baud=_max_baud(profile),
             timings=SessionTimings(response_timeout=wait, inter_char_timeout=wait),
             meter_tz=meter_timezone(profile),
         )
         if not points:
             return ReadResult(readings=[])
-        stream = await open_stream(
-            target.endpoint(), timeout=wait, meter_id=target.meter_id, serial_defaults=IEC_SERIAL
-        )
-        try:
-            readout = await run_readout(session, stream, write_timeout=wait)
-        finally:
-            await stream.close()
+        async with read_medium(
+            endpoint, medium, timeout=wait, serial_defaults=IEC_SERIAL, on_traffic=self.on_traffic
+        ) as line:
+            readout = await run_readout(session, line, timeout=wait, meter_id=target.meter_id)
         readings = iec_readings(readout, points, self._clock(), meter_id=target.meter_id)
         return ReadResult(readings=readings, meter_time=readout.meter_time)

@@ -61,8 +61,9 @@ async def drive(
 ) -> None:
     """Run ``core`` over the open ``medium`` until ``core.done``.
 
-    ``between`` is awaited after each step that left the core not done (a driver applies
-    what the core asked for that is not bytes, such as a new baud rate, there). Media errors
+    ``between`` is awaited after each step that left the core not done and with nothing to
+    send (a driver applies what the core asked for that is not bytes, such as a new baud
+    rate, there); bytes the core queued behind that request are sent right after it. Media errors
     propagate as gxcore errors (MediaError, MeterTimeoutError for a send that would not go);
     a quiet line is the core's :meth:`~SansIoCore.handle_timeout`, never an exception here.
     """
@@ -77,6 +78,10 @@ async def drive(
             return
         if between is not None:
             await between()
+            out = core.data_to_send()  # what the core held back until ``between`` ran (bytes at a new speed)
+            if out:
+                await medium.send(out, timeout=send_timeout)
+                continue
             if core.done:
                 return
         now = clock()

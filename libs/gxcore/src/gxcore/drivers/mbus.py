@@ -1,4 +1,4 @@
-"""The wired M-Bus protocol driver, and the record-to-point rule it shares with wireless M-Bus.
+"""The wired M-Bus protocol driver: one read of one meter through the M-Bus master core.
 
 Media: ``tcp://gateway:port`` (an M-Bus TCP gateway: raw frames both ways) or
 ``serial:///dev/ttyUSB0`` (a level converter; 2400 8E1 unless the URL query says
@@ -7,22 +7,15 @@ Media: ``tcp://gateway:port`` (an M-Bus TCP gateway: raw frames both ways) or
 ``target.options["primary_address"]``, else by the URL query ``address=``, else by the
 profile parameter ``primary_address`` (0..250).
 
-Point ``source`` rule (M-Bus and wM-Bus):
+Point ``source`` rule and units: :mod:`gxcore.protocols.mbus.points` (shared with wM-Bus),
+e.g. ``6-0:1.0.0`` or ``record:On time``. A reply with none of the selected points is a
+ProtocolError. Readings are stamped with the time of the read; ``meter_time`` is the
+meter's clock record, read in the profile parameter ``timezone`` (IANA name, default UTC).
 
-* ``6-0:1.0.0``: the canonical quantity of the record exactly as the decoder names it
-  (:mod:`gxcore.protocols.mbus.quantities`: A from the medium, B the subunit, E the tariff, and
-  ``*F`` for storage F, e.g. ``6-0:1.0.0*1`` last month's heat energy);
-* ``record:<description>``: a record without a canonical name, by its description
-  (``record:On time``, ``record:Power`` with ``function: maximum``), narrowed by the
-  point options ``storage``, ``tariff``, ``subunit`` (default 0) and ``function``
-  (default ``instantaneous``).
-
-The first numeric, error-free record that matches gives the value; units follow
-:mod:`gxcore.units` (the record's unit is converted to ``meter_unit``, default the point's
-unit, then scale and offset apply). A point the meter does not send yields no reading;
-a reply with none of the selected points is a ProtocolError. Readings are stamped
-with the time of the read; ``meter_time`` is the meter's clock record, read in the
-profile parameter ``timezone`` (IANA name, default UTC).
+``read(..., medium=...)`` reads over a medium that is already open (a gateway
+connection, one end of :func:`gxcore.media.memory_pair`) and leaves it open; reads over
+one bus (URL without its query, or the given medium) wait for each other. The
+constructor's ``on_traffic`` hook goes to every medium the driver opens.
 
 Profile parameters: ``primary_address``, ``timeout`` (caps the per-exchange timeout),
 ``retries`` (0..5, default 2), ``reset_before_read`` (default true), ``max_telegrams``
@@ -32,167 +25,32 @@ Profile parameters: ``primary_address``, ``timeout`` (caps the per-exchange time
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from collections.abc import Callable
+from datetime import datetime
 from typing import ClassVar
 from weakref import WeakKeyDictionary
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.streams import LineDefaults, MeterStream, open_stream
-from gxcore.errors import ConfigurationError, ProtocolError
-from gxcore.profiles.model import DeviceProfile, OptionValue, ProfilePoint
+from gxcore.drivers.common import (
+    LineDefaults,
+    exchange_timeout,
+    int_parameter,
+    meter_timezone,
+    read_medium,
+    utc_now,
+)
+from gxcore.drivers.loop import drive
+from gxcore.errors import ConfigurationError, GxError, ProtocolError
+from gxcore.media import Medium, TrafficHook
+from gxcore.media.endpoint import Endpoint
+from gxcore.profiles.model import DeviceProfile
 from gxcore.protocols.mbus.frame import MAX_PRIMARY, SecondaryAddress
-from gxcore.protocols.mbus.master import Failed, MasterConfig, MBusMaster, ReadComplete
-from gxcore.protocols.mbus.records import FUNCTIONS, MBusRecord
-from gxcore.protocols.mbus.telegram import MBusTelegram
-from gxcore.readings import Reading
-from gxcore.units import meter_unit, point_value
+from gxcore.protocols.mbus.master import MasterConfig, MasterOperation, MBusMaster, ReadComplete
+from gxcore.protocols.mbus.points import meter_time_of, readings_from, record_points
 
 PROTOCOL = "mbus"
-RECORD_PREFIX = "record:"
 MBUS_SERIAL = LineDefaults(baud=2400, bytesize=8, parity="E", stopbits=1)
-_CANONICAL_SOURCE = re.compile(r"\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(\*\d{1,4})?")
-_RECORD_OPTIONS = frozenset({"storage", "tariff", "subunit", "function", "meter_unit"})
 _PARAMETERS = frozenset({"primary_address", "timeout", "retries", "reset_before_read", "max_telegrams", "timezone"})
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-# -- the record-to-point rule (shared with gxcore.drivers.wmbus) ------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RecordPoint:
-    """A profile point resolved to the M-Bus record that carries it."""
-
-    point: ProfilePoint
-    quantity: str | None  # canonical record quantity, or None for a ``record:`` source
-    description: str = ""
-    storage: int = 0
-    tariff: int = 0
-    subunit: int = 0
-    function: str = "instantaneous"
-
-    def matches(self, record: MBusRecord) -> bool:
-        if record.error is not None or isinstance(record.value, bool) or not isinstance(record.value, int | float):
-            return False
-        if self.quantity is not None:
-            return record.quantity == self.quantity
-        return (record.description, record.storage, record.tariff, record.subunit, record.function) == (
-            self.description, self.storage, self.tariff, self.subunit, self.function,
-        )  # fmt: skip
-
-
-def _small_int(point: ProfilePoint, key: str, top: int) -> int:
-    value = point.options.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
-        raise ConfigurationError(f"point {point.quantity}: option {key} must be an integer 0..{top}, not {value!r}")
-    return value
-
-
-def record_point(point: ProfilePoint) -> RecordPoint:
-    """Resolve one point's source and options (see the module doc); ConfigurationError names the point."""
-    meter_unit(point)  # checks the option's type
-    unknown = set(point.options) - _RECORD_OPTIONS
-    if unknown:
-        raise ConfigurationError(f"point {point.quantity}: unknown M-Bus options {sorted(unknown)}")
-    source = point.source.strip()
-    if source.startswith(RECORD_PREFIX):
-        description = source[len(RECORD_PREFIX) :].strip()
-        function = point.options.get("function", "instantaneous")
-        if not description or function not in FUNCTIONS:
-            raise ConfigurationError(
-                f"point {point.quantity}: 'record:' needs a description and function one of {list(FUNCTIONS)}"
-            )
-        return RecordPoint(
-            point, None, description, _small_int(point, "storage", 2**41 - 1), _small_int(point, "tariff", 2**20 - 1),
-            _small_int(point, "subunit", 2**10 - 1), str(function),
-        )  # fmt: skip
-    if not _CANONICAL_SOURCE.fullmatch(source):
-        raise ConfigurationError(
-            f"point {point.quantity}: M-Bus source {point.source!r} is neither a record quantity such as"
-            " '6-0:1.0.0' / '6-0:1.0.0*1' nor 'record:<description>'"
-        )
-    placed = set(point.options) & {"storage", "tariff", "subunit", "function"}
-    if placed:
-        raise ConfigurationError(
-            f"point {point.quantity}: {sorted(placed)} are part of a quantity source; use 'record:' to set them"
-        )
-    return RecordPoint(point, source)
-
-
-def record_points(points: Iterable[ProfilePoint]) -> list[RecordPoint]:
-    return [record_point(p) for p in points]
-
-
-def readings_from(
-    telegrams: Iterable[MBusTelegram], points: list[RecordPoint], at: datetime, *, meter_id: str | None = None
-) -> list[Reading]:
-    """One reading per point that a record of ``telegrams`` carries (first match wins)."""
-    records = [(t, r) for t in telegrams for r in t.records]
-    readings: list[Reading] = []
-    for rp in points:
-        found = next(((t, r) for t, r in records if rp.matches(r)), None)
-        if found is None:
-            continue
-        telegram, record = found
-        assert isinstance(record.value, int | float)  # matches() admits numbers only
-        value = point_value(rp.point, float(record.value), record.unit or None)
-        extra: dict[str, str | int] = {"source": rp.point.source, "meter": telegram.id}
-        readings.append(Reading(rp.point.quantity, value, rp.point.unit, at, telegram.status, extra))
-    if points and not readings:
-        wanted = ", ".join(sorted({rp.point.source for rp in points}))
-        raise ProtocolError(f"the meter sent none of the profile's records ({wanted})", meter_id=meter_id)
-    return readings
-
-
-def meter_timezone(profile: DeviceProfile) -> tzinfo:
-    """The zone of the meter's clock: profile parameter ``timezone`` (IANA name), default UTC."""
-    name = profile.parameters.get("timezone", "UTC")
-    if not isinstance(name, str):
-        raise ConfigurationError(f"profile {profile.name}: timezone must be an IANA zone name")
-    if name.upper() == "UTC":
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigurationError(f"profile {profile.name}: unknown timezone {name!r}") from None
-
-
-def meter_time_of(telegrams: Iterable[MBusTelegram], zone: tzinfo) -> datetime | None:
-    """The first clock record of ``telegrams``, as aware UTC."""
-    for telegram in telegrams:
-        local = telegram.meter_time()
-        if local is not None:
-            return local.replace(tzinfo=zone).astimezone(UTC)
-    return None
-
-
-def exchange_timeout(timeout: float, parameters: dict[str, OptionValue], profile_name: str) -> float:
-    """The caller's per-exchange timeout, capped by the profile parameter ``timeout``."""
-    if not timeout > 0:
-        raise ConfigurationError(f"timeout must be positive, not {timeout}")
-    cap = parameters.get("timeout")
-    if cap is None:
-        return timeout
-    if isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 < cap <= 600:
-        raise ConfigurationError(f"profile {profile_name}: timeout must be seconds in (0, 600]")
-    return min(timeout, float(cap))
-
-
-# -- wired M-Bus ------------------------------------------------------------------------
-
-
-def _int_parameter(profile: DeviceProfile, key: str, default: int, low: int, high: int) -> int:
-    value = profile.parameters.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigurationError(f"profile {profile.name}: {key} must be an integer {low}..{high}, not {value!r}")
-    return value
 
 
 def master_config(profile: DeviceProfile, reply_timeout: float) -> MasterConfig:
@@ -202,8 +60,8 @@ def master_config(profile: DeviceProfile, reply_timeout: float) -> MasterConfig:
         raise ConfigurationError(f"profile {profile.name}: reset_before_read must be true or false")
     return MasterConfig(
         reply_timeout=reply_timeout,
-        retries=_int_parameter(profile, "retries", 2, 0, 5),
-        max_telegrams=_int_parameter(profile, "max_telegrams", 16, 1, 64),
+        retries=int_parameter(profile, "retries", 2, 0, 5),
+        max_telegrams=int_parameter(profile, "max_telegrams", 16, 1, 64),
         reset_before_read=reset,
     )
 
@@ -233,7 +91,7 @@ def _primary(value: object, where: str) -> int:
     return address
 
 
-def meter_address(target: MeterTarget, profile: DeviceProfile) -> int | SecondaryAddress:
+def meter_address(target: MeterTarget, profile: DeviceProfile, endpoint: Endpoint) -> int | SecondaryAddress:
     """Secondary address, else primary from options, URL query ``address``, profile (module doc)."""
     where = f"meter {target.meter_id}"
     secondary = target.options.get("secondary_address")
@@ -244,36 +102,33 @@ def meter_address(target: MeterTarget, profile: DeviceProfile) -> int | Secondar
             raise ConfigurationError(f"{where}: secondary_address must be 16 hex characters (F = wildcard)") from None
     if "primary_address" in target.options:
         return _primary(target.options["primary_address"], where)
-    query = target.endpoint().query
-    if "address" in query:
-        return _primary(query["address"], f"{where} URL")
+    if "address" in endpoint.query:
+        return _primary(endpoint.query["address"], f"{where} URL")
     if "primary_address" in profile.parameters:
         return _primary(profile.parameters["primary_address"], f"profile {profile.name}")
     raise ConfigurationError(f"{where}: give options primary_address or secondary_address, or the URL query address=")
 
 
-async def run_master(master: MBusMaster, stream: MeterStream, *, write_timeout: float) -> ReadComplete:
-    """Drive a started ``master`` over ``stream`` until its operation ends; raise its error on failure."""
+async def read_meter(
+    medium: Medium, address: int | SecondaryAddress, config: MasterConfig, *, meter_id: str | None = None
+) -> ReadComplete:
+    """Read one meter over the open ``medium`` with a fresh master; raise the master's error on failure."""
     clock = asyncio.get_running_loop().time
-    while True:
-        out = master.data_to_send()
-        if out:
-            await stream.write(out, timeout=write_timeout)
-        event = master.next_event()
-        if isinstance(event, ReadComplete):
-            return event
-        if isinstance(event, Failed):
-            raise event.error
-        if event is not None:
-            raise ProtocolError(f"unexpected master event {type(event).__name__}", meter_id=stream.meter_id)
-        deadline = master.next_deadline()
-        if deadline is None:
-            raise ProtocolError(f"M-Bus master stalled in state {master.state.value}", meter_id=stream.meter_id)
-        data = await stream.read_some(timeout=deadline - clock())
-        if data is None:
-            master.handle_timeout(clock())
-        else:
-            master.receive_data(data, clock())
+    master = MBusMaster(config)
+    if isinstance(address, SecondaryAddress):
+        master.read_secondary(address, clock())
+    else:
+        master.read_primary(address, clock())
+    operation = MasterOperation(master)
+    await drive(operation, medium, idle_timeout=config.reply_timeout, send_timeout=config.reply_timeout, clock=clock)
+    try:
+        result = operation.result()
+    except GxError as exc:
+        exc.meter_id = exc.meter_id or meter_id  # the master does not know which meter it read
+        raise
+    if not isinstance(result, ReadComplete):
+        raise ProtocolError(f"unexpected master result {type(result).__name__}", meter_id=meter_id)
+    return result
 
 
 class MBusDriver(BaseDriver):
@@ -281,8 +136,9 @@ class MBusDriver(BaseDriver):
 
     name: ClassVar[str] = PROTOCOL
 
-    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
         self._clock = clock
+        self.on_traffic = on_traffic
         # One master per bus: reads through one gateway or port wait for each other.
         self._locks: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = WeakKeyDictionary()
 
@@ -293,30 +149,35 @@ class MBusDriver(BaseDriver):
         return self._locks.setdefault(asyncio.get_running_loop(), {}).setdefault(key, asyncio.Lock())
 
     async def read(
-        self, target: MeterTarget, profile: DeviceProfile, request: ReadRequest, *, timeout: float
+        self,
+        target: MeterTarget,
+        profile: DeviceProfile,
+        request: ReadRequest,
+        *,
+        timeout: float,
+        medium: Medium | None = None,
     ) -> ReadResult:
         validate_mbus_profile(profile)
+        endpoint = target.endpoint()
         points = record_points(profile.points_for(request.purposes))
-        address = meter_address(target, profile)
+        address = meter_address(target, profile, endpoint)
         reply_timeout = exchange_timeout(timeout, profile.parameters, profile.name)
         config = master_config(profile, reply_timeout)
-        endpoint = target.endpoint()
         if not points:
             return ReadResult(readings=[])
-        async with self._bus_lock(f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}"):
-            stream = await open_stream(
-                endpoint, timeout=reply_timeout, meter_id=target.meter_id, serial_defaults=MBUS_SERIAL
-            )
-            try:
-                master = MBusMaster(config)
-                now = asyncio.get_running_loop().time()
-                if isinstance(address, SecondaryAddress):
-                    master.read_secondary(address, now)
-                else:
-                    master.read_primary(address, now)
-                complete = await run_master(master, stream, write_timeout=reply_timeout)
-            finally:
-                await stream.close()
+        bus = medium.describe() if medium is not None else medium_key(endpoint)
+        async with (
+            self._bus_lock(bus),
+            read_medium(
+                endpoint, medium, timeout=reply_timeout, serial_defaults=MBUS_SERIAL, on_traffic=self.on_traffic
+            ) as line,
+        ):
+            complete = await read_meter(line, address, config, meter_id=target.meter_id)
         at = self._clock()
         readings = readings_from(complete.telegrams, points, at, meter_id=target.meter_id)
         return ReadResult(readings=readings, meter_time=meter_time_of(complete.telegrams, meter_timezone(profile)))
+
+
+def medium_key(endpoint: Endpoint) -> str:
+    """One bus per gateway or port: the URL without its query."""
+    return f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}"

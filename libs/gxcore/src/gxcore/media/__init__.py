@@ -3,7 +3,7 @@
 Protocol adapters talk to a :class:`Medium` and never know whether it is TCP, UDP,
 a serial port or a connection a meter dialled in on. Build one from a URL with
 :func:`open_medium` (or :func:`open_listener` for ``listen://``), or from typed
-settings directly.
+settings directly; :func:`memory_pair` gives two connected in-memory ends for tests.
 """
 
 from gxcore.media.listener import (
@@ -15,6 +15,7 @@ from gxcore.media.listener import (
     TcpListener,
 )
 from gxcore.media.medium import DEFAULT_BUFFER_LIMIT, SEND_TIMEOUT, Direction, Medium, Parity, TrafficHook
+from gxcore.media.memory import LineChange, MemoryMedium, memory_pair
 from gxcore.media.serialport import RS485Direction, SerialPort, SerialSettings, modbus_rtu_silence
 from gxcore.media.tcp import TcpClient, TcpSettings
 from gxcore.media.udp import UdpEndpoint, UdpSettings
@@ -27,11 +28,13 @@ __all__ = [
     "ConnectionHandler",
     "DialInConnection",
     "Direction",
+    "LineChange",
     "ListenerEvent",
     "ListenerHook",
     "ListenerSettings",
     "Medium",
     "MediumSettings",
+    "MemoryMedium",
     "Parity",
     "RS485Direction",
     "SerialPort",
@@ -43,6 +46,7 @@ __all__ = [
     "UdpEndpoint",
     "UdpSettings",
     "medium_settings",
+    "memory_pair",
     "modbus_rtu_silence",
     "open_listener",
     "open_medium",

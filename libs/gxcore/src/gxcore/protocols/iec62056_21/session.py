@@ -270,3 +270,73 @@ class Iec62056Session:
         self.readout = readout
         self._deadline = None
         return [ReadoutReceived(readout)]
+
+
+class SessionCore:
+    """A started :class:`Iec62056Session` in the driver loop's shape (:class:`gxcore.drivers.loop.SansIoCore`).
+
+    The session's events become a queue: :meth:`data_to_send` gives the bytes up to the
+    next speed change, and :meth:`take_baud` that change, once those bytes are out, so a
+    driver applies it (``drive(..., between=...)``, which must drain :meth:`take_baud`, also
+    over a line without speeds: bytes queued behind a change wait for it) before anything
+    sent at the new speed.
+    ``done`` at the readout or the failure; :meth:`result` gives the one or raises the other.
+    """
+
+    def __init__(self, session: Iec62056Session, now: float) -> None:
+        self.session = session
+        self._queue: list[bytes | int] = []  # bytes to send, and ints: baud rates to switch to
+        self._readout: Iec62056Readout | None = None
+        self._error: GxError | None = None
+        self._take(session.start(now))
+
+    @property
+    def done(self) -> bool:
+        if self._readout is None and self._error is None and not self._queue and self.session.next_deadline() is None:
+            # Awaiting nothing but not finished: a bug here, never a wait forever.
+            self._error = ProtocolError(f"IEC 62056-21 session stalled in state {self.session.state.value}")
+        # A failure ends it at once; a readout once what the session asked before it was taken
+        # (mode B: the speed change that came with the identification, as a line would see it).
+        return self._error is not None or (self._readout is not None and not self._queue)
+
+    def data_to_send(self) -> bytes:
+        out = bytearray()
+        while self._queue and isinstance(head := self._queue[0], bytes):
+            out += head
+            del self._queue[0]
+        return bytes(out)
+
+    def take_baud(self) -> int | None:
+        """The speed to switch the line to now (the bytes before it are sent), or None."""
+        if self._queue and isinstance(head := self._queue[0], int):
+            del self._queue[0]
+            return head
+        return None
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        self._take(self.session.receive_data(data, now))
+
+    def next_deadline(self) -> float | None:
+        return self.session.next_deadline()
+
+    def handle_timeout(self, now: float) -> None:
+        self._take(self.session.handle_timer(now))
+
+    def result(self) -> Iec62056Readout:
+        """The readout; the session's gxcore error if it failed; ProtocolError if it is not done."""
+        if self._error is not None:
+            raise self._error
+        if self._readout is None:
+            raise ProtocolError(f"IEC 62056-21 session not finished (state {self.session.state.value})")
+        return self._readout
+
+    def _take(self, events: list[SessionEvent]) -> None:
+        for event in events:
+            if isinstance(event, SendBytes):
+                self._queue.append(event.data)
+            elif isinstance(event, SwitchBaudRate):
+                self._queue.append(event.baud)
+            elif isinstance(event, ReadoutReceived):
+                self._readout = event.readout
+            elif isinstance(event, SessionFailed):
+                self._error = event.error

@@ -14,7 +14,14 @@ from gxcore.protocols.mbus.frame import (
     select_secondary,
     snd_nke,
 )
-from gxcore.protocols.mbus.master import Failed, MasterConfig, MBusMaster, ReadComplete, SearchComplete
+from gxcore.protocols.mbus.master import (
+    Failed,
+    MasterConfig,
+    MasterOperation,
+    MBusMaster,
+    ReadComplete,
+    SearchComplete,
+)
 from gxcore.protocols.mbus.records import MBusRecord, parse_records
 from gxcore.protocols.mbus.telegram import MBusTelegram, decode_mbus_telegram, decode_user_data
 
@@ -28,6 +35,7 @@ __all__ = [
     "MBusRecord",
     "MBusTelegram",
     "MasterConfig",
+    "MasterOperation",
     "ReadComplete",
     "SearchComplete",
     "SecondaryAddress",

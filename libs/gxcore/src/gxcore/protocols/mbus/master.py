@@ -330,3 +330,45 @@ class MBusMaster:
         if found not in self._found:
             self._found.append(found)
         self._probe_next(now)
+
+
+class MasterOperation:
+    """One started master operation in the driver loop's shape (:class:`gxcore.drivers.loop.SansIoCore`).
+
+    ``done`` once the operation completed or failed; :meth:`result` then gives the
+    :class:`ReadComplete` / :class:`SearchComplete` or raises the master's error.
+    """
+
+    def __init__(self, master: MBusMaster) -> None:
+        self.master = master
+        self.outcome: Event | None = None
+
+    @property
+    def done(self) -> bool:
+        if self.outcome is None:
+            self.outcome = self.master.next_event()
+            if self.outcome is None and self.master.next_deadline() is None:
+                # Not started, or a state that awaits nothing: a bug here, never a wait forever.
+                self.outcome = Failed(ProtocolError(f"M-Bus master stalled in state {self.master.state.value}"))
+        return self.outcome is not None
+
+    def data_to_send(self) -> bytes:
+        return self.master.data_to_send()
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        self.master.receive_data(data, now)
+
+    def next_deadline(self) -> float | None:
+        return self.master.next_deadline()
+
+    def handle_timeout(self, now: float) -> None:
+        self.master.handle_timeout(now)
+
+    def result(self) -> ReadComplete | SearchComplete:
+        """The operation's result; its gxcore error if it failed; ProtocolError if it is not done."""
+        if not self.done:
+            raise ProtocolError(f"M-Bus operation not finished (state {self.master.state.value})")
+        if isinstance(self.outcome, Failed):
+            raise self.outcome.error
+        assert self.outcome is not None  # done
+        return self.outcome
