@@ -215,6 +215,7 @@ class SecureKafkaFront:
         self.secrets = folder / "secrets"
         self.pki: Pki | None = None
         self.port = 0
+        self.backend_port = 0  # the plaintext broker behind it
         self.ref: ProcessRef | None = None
 
     def prepare(self) -> None:
@@ -287,7 +288,7 @@ class SecureKafkaFront:
                     f"kafka front not ready on {HOST}:{port} within {timeout:.0f} s; {log_tail(self.log)}"
                 )
             time.sleep(0.02)
-        self.port, self.ref = port, ref
+        self.port, self.backend_port, self.ref = port, backend_port, ref
         return ref
 
     def stop(self, timeout: float) -> None:

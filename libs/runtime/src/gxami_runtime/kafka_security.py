@@ -237,10 +237,13 @@ def _describe(exc: BaseException, sec: KafkaSecurity | None) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, (TimeoutError, KafkaTimeoutError)):
-        return "timed out"
+        # A plaintext Kafka listener reads a TLS ClientHello as the start of a huge frame and waits.
+        return "timed out during connect or TLS handshake (is it a plaintext listener?)" if tls else "timed out"
     if isinstance(exc, KafkaConnectionError) and "closed" in str(exc):
-        hint = "" if tls else " (does it expect TLS or SASL?)"
-        return f"the broker closed the connection{hint}"
+        # With TLS 1.3 a refused client certificate is only seen as a close after the handshake.
+        if tls:
+            return "the broker closed the connection after the TLS handshake (does it want a client certificate?)"
+        return "the broker closed the connection (does it expect TLS or SASL?)"
     if isinstance(exc, KafkaConnectionError):
         return "connection failed"
     if isinstance(exc, (KafkaError, OSError)):

@@ -14,7 +14,8 @@ from gxami_runtime.kafka_security import KafkaSecurity, SaslMechanism, SecurityP
 class ServiceSettings(BaseSettings):
     """Broker, database, observability. Services subclass this and add their own fields."""
 
-    model_config = SettingsConfigDict(env_prefix="GXAMI_", extra="ignore")
+    # hide_input_in_errors: a rejected value (a password, a DSN) never appears in a ValidationError.
+    model_config = SettingsConfigDict(env_prefix="GXAMI_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     # On for real Kafka; Tansu (the local broker) has no idempotent producer. Correctness does not
