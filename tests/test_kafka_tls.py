@@ -235,3 +235,18 @@ def test_a_service_with_a_wrong_connection_exits_2_with_one_line(
     assert "Traceback" not in proc.stderr
     for secret in [*sasl_ssl.passwords(), "not-the-password"]:
         assert secret not in proc.stderr + proc.stdout
+
+
+async def test_the_dev_stack_can_run_its_broker_behind_tls_and_scram(tmp_path: Path) -> None:
+    """``DevStack(kafka_security=...)``: one user per service, the broker reachable only through the front."""
+    from gxami_meterlab.devstack import DevStack
+
+    with DevStack(tmp_path / "dev", kafka_security=KafkaFrontOptions()) as stack:
+        env = stack.kafka_env("ingest", "SCRAM-SHA-256")
+        assert env["GXAMI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["GXAMI_KAFKA_BOOTSTRAP"] == stack.kafka_bootstrap != stack.endpoints.kafka_bootstrap
+        front = stack.kafka_front
+        assert front is not None
+        assert front.password_file("ingest").stat().st_mode & 0o077 == 0  # the password file is private
+        kafka_env = {k: v for k, v in env.items() if k.startswith("GXAMI_KAFKA_") and k != "GXAMI_KAFKA_BOOTSTRAP"}
+        await _round_trip(_settings(IngestSettings, env["GXAMI_KAFKA_BOOTSTRAP"], kafka_env))
