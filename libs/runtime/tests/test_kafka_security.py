@@ -1,4 +1,4 @@
-"""Kafka TLS/SASL settings (issue 8): refused combinations, the password's sources, the one SSL context, error causes."""
+"""Kafka TLS/SASL settings (issue 8): refused combinations, password sources, the one SSL context, error causes."""
 
 from __future__ import annotations
 
