@@ -55,6 +55,43 @@ BAD_SETTINGS = [
 ]
 
 
+# Kafka security settings that cannot work (issue 8), for every service: the variables named, no value echoed.
+KAFKA_BAD_SETTINGS = [
+    ({"GXAMI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "GXAMI_KAFKA_SASL_MECHANISM"),
+    ({"GXAMI_KAFKA_SECURITY_PROTOCOL": "SSL", "GXAMI_KAFKA_SSL_CA_FILE": "/nonexistent/ca.pem"}, "CA_FILE"),
+    (
+        {
+            "GXAMI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "GXAMI_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "GXAMI_KAFKA_SASL_USERNAME": "collector",
+        },
+        "GXAMI_KAFKA_SASL_PASSWORD_FILE",
+    ),
+    ({"GXAMI_KAFKA_SASL_PASSWORD": "hunter2"}, "GXAMI_KAFKA_SASL_PASSWORD_ENV"),
+]
+BAD_SETTINGS += [
+    (service, env) for service in ("collector", "ingest", "scheduler", "reports") for env, _ in KAFKA_BAD_SETTINGS[:1]
+]
+
+
+@pytest.mark.parametrize(("env", "named"), KAFKA_BAD_SETTINGS, ids=[c[1] for c in KAFKA_BAD_SETTINGS])
+def test_bad_kafka_security_is_one_line_naming_the_variables(env: dict[str, str], named: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gxami_cli", "collector"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("GXAMI_KAFKA_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gxami collector: bad setting "), lines[0]
+    assert named in lines[0], lines[0]
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+
 @pytest.mark.parametrize(("service", "env"), BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
 def test_bad_setting_is_one_line_and_exit_2(service: str, env: dict[str, str]) -> None:
     proc = subprocess.run(

@@ -167,7 +167,7 @@ def test_service_broker_unreachable_exits_2(database_url: str) -> None:
         }
     )
     line = _single_line_failure(proc)
-    assert line == f"gxami scheduler: cannot reach the Kafka broker at 127.0.0.1:{port}: connection failed"
+    assert line == f"gxami scheduler: cannot reach the Kafka broker at 127.0.0.1:{port}: connection refused"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

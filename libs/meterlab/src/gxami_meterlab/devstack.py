@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from gxami_meterlab.devstack_kafka import HOST, TansuBroker
+from gxami_meterlab.devstack_kafka import HOST, KafkaFrontOptions, SecureKafkaFront, TansuBroker
 from gxami_meterlab.devstack_postgres import PostgresCluster
 from gxami_meterlab.devstack_procs import DevStackError, PortTakenError, ProcessRef, free_port
 from gxami_meterlab.devstack_s3 import S3Store
@@ -258,11 +258,15 @@ class DevStack:
         keep_data: bool = True,
         postgres_settings: Mapping[str, str] | None = None,
         persistent_broker: bool = False,
+        kafka_security: KafkaFrontOptions | None = None,
     ) -> None:
         """``postgres_settings``: server settings over the small development defaults (benchmarks
         raise ``shared_buffers`` to what a deployment would have). ``persistent_broker``: the broker
         keeps its data in a local S3 store (devstack_s3) instead of memory, so that
-        ``restart_broker()`` keeps topics, records and committed offsets (fault tests)."""
+        ``restart_broker()`` keeps topics, records and committed offsets (fault tests).
+        ``kafka_security``: clients reach the broker only through a TLS (+SASL, +mTLS) front with a
+        throwaway CA and one user per service (devstack_kafka.SecureKafkaFront); ``kafka_env(user)``
+        gives a service its settings."""
         self.root = (root or default_root()).resolve()
         self.postgres_settings = dict(postgres_settings or {})
         self.start_timeout = start_timeout
@@ -272,6 +276,9 @@ class DevStack:
         self.persistent_broker = persistent_broker
         self._store: S3Store | None = None
         self._tansu: TansuBroker | None = None
+        self.kafka_security = kafka_security
+        self._front: SecureKafkaFront | None = None
+        self._front_port = 0
         self._state: StackState | None = None
         self._owner_pid = 0
 
@@ -284,7 +291,12 @@ class DevStack:
             return self._state.endpoints()
         with root_lock(self.root):
             _clear_leftovers(self.root, timeout=self.stop_timeout, allow_detached=False)
-            self._tansu = TansuBroker(self.root / "kafka")
+            if self.kafka_security is not None:
+                self._front = SecureKafkaFront(self.root / "kafka" / "front", self.kafka_security)
+                self._front.prepare()
+                self._front_port = free_port(HOST)
+            advertised = self._front_port or None
+            self._tansu = TansuBroker(self.root / "kafka", advertised_port=advertised)
             if self.persistent_broker:
                 store = S3Store(self.root / "s3")
                 if self.fresh:
@@ -292,7 +304,10 @@ class DevStack:
                 store.start(self.start_timeout)
                 self._store = store
                 self._tansu = TansuBroker(
-                    self.root / "kafka", storage_engine=store.storage_engine(), storage_env=store.broker_env()
+                    self.root / "kafka",
+                    storage_engine=store.storage_engine(),
+                    storage_env=store.broker_env(),
+                    advertised_port=advertised,
                 )
             try:
                 self._state = _start_components(
@@ -303,7 +318,13 @@ class DevStack:
                     pg_settings=self.postgres_settings,
                     tansu=self._tansu,
                 )
+                if self._front is not None:
+                    self._front.start(self._front_port, self._state.kafka_port, self.start_timeout)
             except BaseException:
+                if self._state is not None:
+                    _stop_components(self.root, self._state, self.stop_timeout)
+                    forget_state(self.root)
+                    self._state = None
                 self._stop_store()
                 raise
         self._owner_pid = os.getpid()
@@ -318,6 +339,8 @@ class DevStack:
         if self._state is None or os.getpid() != self._owner_pid:
             return
         try:
+            if self._front is not None:
+                self._front.stop(self.stop_timeout)
             with root_lock(self.root):
                 _stop_components(self.root, self._state, self.stop_timeout)
                 forget_state(self.root)
@@ -352,8 +375,23 @@ class DevStack:
 
     @property
     def kafka_bootstrap(self) -> str:
-        """`127.0.0.1:PORT` of the broker."""
+        """`127.0.0.1:PORT` of the broker (of its secure front with ``kafka_security``)."""
+        if self._front is not None:
+            self._running()
+            return f"{HOST}:{self._front_port}"
         return self.endpoints.kafka_bootstrap
+
+    @property
+    def kafka_front(self) -> SecureKafkaFront | None:
+        """The TLS/SASL front (its certificates and users), with ``kafka_security``."""
+        return self._front
+
+    def kafka_env(self, user: str = "collector", mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """``env()`` for a service connecting as ``user``: the front's address and its GXAMI_KAFKA_* security."""
+        env = {**self.env(), "GXAMI_KAFKA_BOOTSTRAP": self.kafka_bootstrap}
+        if self._front is not None:
+            env.update(self._front.client_env(user, mechanism))
+        return env
 
     @property
     def database_url(self) -> str:

@@ -12,11 +12,15 @@ devstack_s3): pass ``storage_engine="s3://<bucket>/"`` and the store's ``broker_
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import socket
 import struct
+import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from gxami_meterlab.devstack_procs import (
@@ -29,8 +33,16 @@ from gxami_meterlab.devstack_procs import (
     spawn,
     stop_group,
 )
+from gxami_meterlab.kafka_front import Pki, make_pki
 
-__all__ = ["MEMORY_STORAGE", "TansuBroker", "probe_api_versions"]
+__all__ = [
+    "MEMORY_STORAGE",
+    "SERVICE_USERS",
+    "KafkaFrontOptions",
+    "SecureKafkaFront",
+    "TansuBroker",
+    "probe_api_versions",
+]
 
 HOST = "127.0.0.1"
 MEMORY_STORAGE = "memory://tansu/"
@@ -99,12 +111,19 @@ class TansuBroker:
     """One Tansu broker process whose log lives in `<folder>/tansu.log`."""
 
     def __init__(
-        self, folder: Path, *, storage_engine: str = MEMORY_STORAGE, storage_env: Mapping[str, str] | None = None
+        self,
+        folder: Path,
+        *,
+        storage_engine: str = MEMORY_STORAGE,
+        storage_env: Mapping[str, str] | None = None,
+        advertised_port: int | None = None,
     ) -> None:
+        """``advertised_port``: the port clients are told to use (a SecureKafkaFront's), if not the broker's."""
         self.folder = folder
         self.log = folder / "tansu.log"
         self.storage_engine = storage_engine
         self.storage_env = dict(storage_env or {})
+        self.advertised_port = advertised_port
 
     def start(self, port: int, timeout: float) -> ProcessRef:
         """Start the broker on 127.0.0.1:`port` and return once it answers ApiVersions.
@@ -112,13 +131,14 @@ class TansuBroker:
         Raises PortTakenError when the port was taken meanwhile, DevStackError for any other failure.
         """
         url = f"tcp://{HOST}:{port}"
+        advertised = f"tcp://{HOST}:{self.advertised_port}" if self.advertised_port else url
         argv = [
             broker_binary(),
             "broker",
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             self.storage_engine,
         ]
@@ -160,3 +180,143 @@ class TansuBroker:
         """SIGTERM the broker's process group, SIGKILL after `timeout`; raise if it still runs."""
         if not stop_group(ref, timeout):
             raise DevStackError(f"kafka broker (tansu) pid {ref.pid} did not stop")
+
+
+# --- TLS and SASL in front of the broker (see gxami_meterlab.kafka_front for why not in Tansu) ---
+
+SERVICE_USERS = ("collector", "ingest", "scheduler", "reports")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaFrontOptions:
+    """What the secured broker listener asks of clients: TLS, SASL (SCRAM/PLAIN users), a client certificate."""
+
+    tls: bool = True
+    sasl: bool = True
+    mtls: bool = False
+    users: tuple[str, ...] = SERVICE_USERS
+
+    @property
+    def protocol(self) -> str:
+        return ("SASL_" if self.sasl else "") + ("SSL" if self.tls else "PLAINTEXT")
+
+
+class SecureKafkaFront:
+    """The front process: a throwaway CA and certificates, one user with a random password per service.
+
+    Files in ``folder``: ``pki/`` (CA, server and client certificates), ``secrets/<user>.password``
+    (mode 0600) and ``front.log``. The passwords are generated here and never leave these files.
+    """
+
+    def __init__(self, folder: Path, options: KafkaFrontOptions | None = None) -> None:
+        self.folder = folder
+        self.options = options or KafkaFrontOptions()
+        self.log = folder / "front.log"
+        self.secrets = folder / "secrets"
+        self.pki: Pki | None = None
+        self.port = 0
+        self.backend_port = 0  # the plaintext broker behind it
+        self.ref: ProcessRef | None = None
+
+    def prepare(self) -> None:
+        """Generate the certificates and the users' passwords (once per folder)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.options.tls:
+            self.pki = make_pki(self.folder / "pki")
+        if self.options.sasl:
+            self.secrets.mkdir(mode=0o700, exist_ok=True)
+            users = {}
+            for user in self.options.users:
+                path = self.secrets / f"{user}.password"
+                users[user] = secrets.token_urlsafe(24)
+                path.write_text(users[user] + "\n")
+                path.chmod(0o600)
+            users_file = self.secrets / "users.json"
+            users_file.write_text(json.dumps(users))
+            users_file.chmod(0o600)
+
+    def password_file(self, user: str) -> Path:
+        return self.secrets / f"{user}.password"
+
+    def client_env(self, user: str, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """The GXAMI_KAFKA_* security settings for a service connecting as ``user``."""
+        env = {"GXAMI_KAFKA_SECURITY_PROTOCOL": self.options.protocol}
+        if self.options.tls:
+            assert self.pki is not None
+            env["GXAMI_KAFKA_SSL_CA_FILE"] = str(self.pki.ca)
+            if self.options.mtls:
+                env["GXAMI_KAFKA_SSL_CERT_FILE"] = str(self.pki.client_cert)
+                env["GXAMI_KAFKA_SSL_KEY_FILE"] = str(self.pki.client_key)
+        if self.options.sasl:
+            env["GXAMI_KAFKA_SASL_MECHANISM"] = mechanism
+            env["GXAMI_KAFKA_SASL_USERNAME"] = user
+            env["GXAMI_KAFKA_SASL_PASSWORD_FILE"] = str(self.password_file(user))
+        return env
+
+    def start(self, port: int, backend_port: int, timeout: float) -> ProcessRef:
+        """Start the front on 127.0.0.1:``port`` relaying to the broker on ``backend_port``; return once it listens."""
+        if (self.pki is None and self.options.tls) or (self.options.sasl and not self.secrets.exists()):
+            self.prepare()
+        argv = [
+            sys.executable,
+            "-m",
+            "gxami_meterlab.kafka_front",
+            "--port",
+            str(port),
+            "--backend-port",
+            str(backend_port),
+        ]
+        if self.pki is not None:
+            argv += ["--cert", str(self.pki.server_cert), "--key", str(self.pki.server_key)]
+            if self.options.mtls:
+                argv += ["--client-ca", str(self.pki.ca)]
+        if self.options.sasl:
+            argv += ["--users", str(self.secrets / "users.json")]
+        with self.log.open("a") as fh:
+            fh.write(f"--- gxami devstack: starting the kafka front on {HOST}:{port} ({self.options.protocol}) ---\n")
+            start = fh.tell()
+        ref = spawn(argv, self.log, dict(os.environ))
+        deadline = time.monotonic() + timeout
+        while b"kafka front ready" not in self.log.read_bytes()[start:]:
+            if not ref.alive():
+                tail = log_tail(self.log)
+                error = PortTakenError if mentions_port_in_use(tail) else DevStackError
+                raise error(f"kafka front exited while starting on {HOST}:{port}; {tail}")
+            if time.monotonic() > deadline:
+                stop_group(ref, timeout=2.0)
+                raise DevStackError(
+                    f"kafka front not ready on {HOST}:{port} within {timeout:.0f} s; {log_tail(self.log)}"
+                )
+            time.sleep(0.02)
+        self.port, self.backend_port, self.ref = port, backend_port, ref
+        return ref
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM (then SIGKILL) the front; its files stay."""
+        if self.ref is not None and not stop_group(self.ref, timeout):
+            raise DevStackError(f"kafka front pid {self.ref.pid} did not stop")
+        self.ref = None
+
+
+def start_secure_broker(
+    folder: Path, options: KafkaFrontOptions | None, timeout: float
+) -> tuple[TansuBroker, ProcessRef, SecureKafkaFront]:
+    """Tansu on a private port behind a SecureKafkaFront on another; clients are told the front's port."""
+    front = SecureKafkaFront(folder / "front", options)
+    front.prepare()
+    for attempt in range(3):
+        front_port = free_port(HOST)
+        tansu = TansuBroker(folder, advertised_port=front_port)
+        broker, backend_port = tansu.start_on_free_port(timeout)
+        try:
+            front.start(front_port, backend_port, timeout)
+        except PortTakenError:
+            TansuBroker.stop(broker, timeout)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            TansuBroker.stop(broker, timeout)
+            raise
+        return tansu, broker, front
+    raise AssertionError("unreachable")  # pragma: no cover

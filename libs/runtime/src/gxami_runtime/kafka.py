@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from gxami_contracts import CATALOG, DEAD_LETTER, DeadLetter, Message
 from gxami_runtime.isolation import Refusal, store_isolating
+from gxami_runtime.kafka_security import CONNECT_FAILURES, client_options
 from gxami_runtime.service import kafka_startup_error
 from gxami_runtime.settings import ServiceSettings
 
@@ -62,18 +63,13 @@ DEAD_LETTERS_TOTAL = Counter(
 
 
 def _common(settings: ServiceSettings) -> dict[str, Any]:
-    opts: dict[str, Any] = {
+    """Broker address, timeouts and security (TLS context, SASL) of every producer, consumer and admin client."""
+    return {
         "bootstrap_servers": settings.kafka_bootstrap,
         "request_timeout_ms": settings.kafka_request_timeout_ms,
-        "security_protocol": settings.kafka_security_protocol,
         "client_id": f"gxami-{settings.instance or 'svc'}",
+        **client_options(settings.kafka_security()),
     }
-    if settings.kafka_sasl_mechanism:
-        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        opts["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    return opts
 
 
 def producer_options(settings: ServiceSettings) -> dict[str, Any]:
@@ -118,13 +114,18 @@ def make_consumer(settings: ServiceSettings, group_id: str, *topics: str) -> AIO
 
 @contextlib.contextmanager
 def _quiet_client_errors() -> Iterator[None]:
-    """At start, an unreachable broker is reported once by the caller, not also by aiokafka's logger."""
+    """At start, an unreachable broker is reported once by the caller, not also by aiokafka's logger.
+
+    Its errors still reach CONNECT_FAILURES, which keeps the reason for the caller's message and drops them.
+    """
     logger = logging.getLogger("aiokafka")
     level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    logger.setLevel(logging.ERROR)
+    CONNECT_FAILURES.quiet += 1
     try:
         yield
     finally:
+        CONNECT_FAILURES.quiet -= 1
         logger.setLevel(level)
 
 
@@ -154,18 +155,20 @@ async def start_clients(
 
     An unreachable broker becomes a StartupError naming it, and nothing is left running.
     """
+    security = settings.kafka_security()
     try:
         await ensure_topics(settings)
     except (KafkaError, OSError) as exc:
-        raise kafka_startup_error(settings.kafka_bootstrap, exc) from None
+        raise kafka_startup_error(settings.kafka_bootstrap, exc, security) from None
     producer = make_producer(settings)
     consumer = make_consumer(settings, group_id, *topics)
     try:
-        await producer.start()
-        await consumer.start()
+        with _quiet_client_errors():
+            await producer.start()
+            await consumer.start()
     except (KafkaError, OSError) as exc:
         await producer.stop()
-        raise kafka_startup_error(settings.kafka_bootstrap, exc) from None
+        raise kafka_startup_error(settings.kafka_bootstrap, exc, security) from None
     return producer, consumer
 
 

@@ -12,9 +12,10 @@ from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from gxami_runtime.kafka_security import KafkaSecurity, connect_cause
 from gxami_runtime.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,15 @@ S = TypeVar("S")
 
 class StartupError(Exception):
     """A dependency (broker, database) is missing or unreachable at start; the message names it."""
+
+
+class KafkaStartupError(StartupError):
+    """The Kafka broker at ``bootstrap`` could not be used at start, for ``cause`` (one line, no secret)."""
+
+    def __init__(self, bootstrap: str, cause: str) -> None:
+        self.bootstrap = bootstrap
+        self.cause = cause
+        super().__init__(f"cannot reach the Kafka broker at {bootstrap}: {cause}")
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -78,9 +88,11 @@ def load_settings(name: str, settings: Callable[[], S]) -> S:
         return settings()
     except ValidationError as exc:
         # Field names and pydantic's reasons only: the rejected input may be a secret.
+        # A check across several settings (loc empty) names its variables in its message.
         reasons = "; ".join(
-            f"GXAMI_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
+            (f"GXAMI_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_input=False)
         )
         print(f"gxami {name}: bad setting {reasons}", file=sys.stderr)  # noqa: T201 - before logging is configured
         raise SystemExit(2) from None
@@ -96,10 +108,11 @@ async def check_database(dsn: str, what: str = "database") -> None:
     await conn.close()
 
 
-def kafka_startup_error(bootstrap: str, exc: KafkaError | OSError) -> StartupError:
-    if isinstance(exc, KafkaConnectionError):
-        return StartupError(f"cannot reach the Kafka broker at {bootstrap}: connection failed")
-    return StartupError(f"cannot reach the Kafka broker at {bootstrap}: {type(exc).__name__}: {exc}")
+def kafka_startup_error(
+    bootstrap: str, exc: KafkaError | OSError, security: KafkaSecurity | None = None
+) -> KafkaStartupError:
+    """The one-line error for a Kafka client that could not start: the broker and the cause (TLS, SASL, refused)."""
+    return KafkaStartupError(bootstrap, connect_cause(exc, security))
 
 
 def redact_dsn(dsn: str) -> str:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gxami_runtime.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol, check_security
 
 
 class ServiceSettings(BaseSettings):
     """Broker, database, observability. Services subclass this and add their own fields."""
 
-    model_config = SettingsConfigDict(env_prefix="GXAMI_", extra="ignore")
+    # hide_input_in_errors: a rejected value (a password, a DSN) never appears in a ValidationError.
+    model_config = SettingsConfigDict(env_prefix="GXAMI_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     # On for real Kafka; Tansu (the local broker) has no idempotent producer. Correctness does not
@@ -20,10 +26,19 @@ class ServiceSettings(BaseSettings):
     # sets these low (GXAMI_KAFKA_SESSION_TIMEOUT_MS=2000); real Kafka keeps the defaults.
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 3_000
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    # Kafka over TLS and SASL (see gxami_runtime.kafka_security). A password comes from a file or
+    # from the environment variable named here, never from this process's settings or a URL.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_sasl_password_env: str | None = Field(default=None, description="name of the variable holding the password")
+    kafka_ssl_ca_file: Path | None = Field(default=None, description="CA bundle (PEM); default: the system's")
+    kafka_ssl_cert_file: Path | None = Field(default=None, description="client certificate (PEM), for mTLS")
+    kafka_ssl_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    kafka_ssl_key_password_file: Path | None = None
+    # Refused when set (see _check_kafka_security): kept as a field only to say where the password goes.
+    kafka_sasl_password: SecretStr | None = Field(default=None, exclude=True, repr=False)
     topic_overrides: dict[str, str] = Field(default_factory=dict, description="logical -> physical topic name")
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/gxami")
     http_host: str = "127.0.0.1"
@@ -37,6 +52,30 @@ class ServiceSettings(BaseSettings):
     http_write_burst: int = Field(default=20, ge=1, description="write requests a client may send at once")
     log_level: str = "INFO"
     instance: str = Field(default="", description="name of this replica in logs and metrics")
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Self:
+        if self.kafka_sasl_password is not None:
+            raise ValueError(
+                "GXAMI_KAFKA_SASL_PASSWORD is not read: put the password in a file (GXAMI_KAFKA_SASL_PASSWORD_FILE) "
+                "or name the variable that holds it (GXAMI_KAFKA_SASL_PASSWORD_ENV)"
+            )
+        check_security(self.kafka_security())
+        return self
+
+    def kafka_security(self) -> KafkaSecurity:
+        """The Kafka TLS/SASL settings as one value."""
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password_file=self.kafka_sasl_password_file,
+            password_env=self.kafka_sasl_password_env,
+            ca_file=self.kafka_ssl_ca_file,
+            cert_file=self.kafka_ssl_cert_file,
+            key_file=self.kafka_ssl_key_file,
+            key_password_file=self.kafka_ssl_key_password_file,
+        )
 
     def topic(self, logical: str) -> str:
         """Physical topic name for a logical one."""
