@@ -46,7 +46,7 @@ from gxcore.protocols.iec62056_21.session import (
     SessionTimings,
     SwitchBaudRate,
 )
-from gxcore.readings import Reading
+from gxcore.readings import Reading, exact_number
 from gxcore.units import meter_unit, point_value
 
 PROTOCOL = "iec62056-21"
@@ -145,7 +145,7 @@ def iec_readings(
         if record is None:
             continue
         assert isinstance(record.value, Decimal)  # matches() admits numbers only
-        value = point_value(dp.point, float(record.value), record.unit)
+        value = point_value(dp.point, exact_number(record.value), record.unit)
         at = record.timestamp or readout.meter_time or received_at
         readings.append(Reading(dp.point.quantity, value, dp.point.unit, at, None, {"source": dp.point.source}))
     if points and not readings:
