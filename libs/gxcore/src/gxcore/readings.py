@@ -65,8 +65,10 @@ def is_number(value: object) -> bool:
 class Reading:
     """One value of one quantity of one meter at one instant.
 
-    ``quantity`` is the canonical, OBIS-style name (``1-0:1.8.0``); ``timestamp`` is
-    timezone-aware UTC. ``status`` carries the meter's own status word where it has one.
+    ``quantity`` is the canonical, OBIS-style name (``1-0:1.8.0``); ``ts`` is timezone-aware
+    UTC (the spelling of the contract and the database; ``timestamp`` is kept as a read-only alias
+    for code written before). ``status`` carries the meter's own status word where it has one (the
+    contract's ``status``, stored in ``readings.quality``).
 
     ``value`` keeps the form the meter gave it, exactly: ``int`` for integer registers,
     ``Decimal`` for scaled and decimal ones (no binary-float noise, the meter's resolution
@@ -82,9 +84,14 @@ class Reading:
     quantity: str
     value: MeterValue
     unit: str
-    timestamp: datetime
+    ts: datetime
     status: int | None = None
     extra: dict[str, str | int] = field(default_factory=dict)
+
+    @property
+    def timestamp(self) -> datetime:
+        """The old spelling of :attr:`ts`."""
+        return self.ts
 
 
 def stable_event_id(meter_id: str, source: str, timestamp: datetime, code: int | str) -> str:

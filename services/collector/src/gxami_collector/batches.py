@@ -74,7 +74,7 @@ def reading_batch(
     groups: dict[tuple[str, str, str], list[tuple[Reading, datetime, WireValue, int | None]]] = {}
     for r in readings:
         kind, value = wire_value(r.value)
-        groups.setdefault((r.quantity, r.unit, kind), []).append((r, r.timestamp, value, r.status))
+        groups.setdefault((r.quantity, r.unit, kind), []).append((r, r.ts, value, r.status))
     numbers: list[ReadingSeries] = []
     texts: list[TextSeries] = []
     refused: list[tuple[Reading, ValidationError]] = []

@@ -133,7 +133,7 @@ class CosemReads:
                         quantity=reduced(columns[pos].obis),
                         value=cosem_value(raw, scaler, columns[pos].obis),
                         unit=unit,
-                        timestamp=at,
+                        ts=at,
                         status=status if isinstance(status, int) else None,
                         extra=dict(tag),
                     )
