@@ -56,6 +56,18 @@ def shortest_real32(value: float) -> Decimal:
     return Decimal(repr(value))  # not reached: 9 significant digits always round-trip a float32
 
 
+def json_value(value: MeterValue) -> int | float | str | bool:
+    """A value for JSON output (the CLI): numbers as numbers (a Decimal as the float that prints its
+    digits), text as is, bytes as lowercase hex, bits as their 0/1 text."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, BitString):
+        return value.bits
+    return value
+
+
 def is_number(value: object) -> bool:
     """True for a numeric value (int, Decimal, float), False for text, bytes, bits and booleans."""
     return isinstance(value, int | Decimal | float) and not isinstance(value, bool)
