@@ -92,7 +92,12 @@ def test_a_jobs_readings_become_typed_series_once_with_refusals_named() -> None:
     assert '"values":[38296251,38296252]' in wire and '"values":[38296.251]' in wire
     assert batch.count == 8
     none, refused_all = reading_batch(readings[3:4], batch_id="j", meter_id="M1", job_id="j", collected_at=T0)
-    assert none is None and len(refused_all) == 1
+    assert none is None and len(refused_all) == 1 and "finite" in refused_all[0][1]
+    odd = [Reading("1-0:1.8.0", Decimal("sNaN"), "kWh", T0), Reading("1-0:1.8.0", T0, "kWh", T0)]  # type: ignore[arg-type]  # a plug-in's wrong type
+    none, refused_odd = reading_batch(odd, batch_id="j", meter_id="M1", job_id="j", collected_at=T0)
+    assert none is None
+    assert [(r.value, reason) for r, reason in refused_odd][0] == (T0, "a datetime is not a reading value")
+    assert "finite" in refused_odd[1][1]
 
 
 def test_text_series_are_split_with_the_numbers_and_none_is_lost() -> None:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from gxami_contracts import ReadingBatch, ReadingSeries, TextSeries
 from gxami_contracts.messages import INT8_MAX, INT8_MIN
+from gxami_runtime.kafka import describe_validation_error
 from gxcore.readings import BitString, MeterValue, Reading
 
 WireValue = int | float | str
@@ -36,6 +37,8 @@ def wire_value(value: MeterValue) -> tuple[str, WireValue]:
         return "bool", "true" if value else "false"
     if isinstance(value, int):
         return "number", value if INT8_MIN <= value <= INT8_MAX else float(value)
+    if isinstance(value, Decimal) and not value.is_finite():
+        return "number", float("nan")  # refused by the contract like a NaN float (an sNaN cannot be converted)
     if isinstance(value, Decimal | float):
         return "number", float(value)  # correctly rounded: its repr is the decimal's digits (<= 15)
     if isinstance(value, str):
@@ -44,7 +47,7 @@ def wire_value(value: MeterValue) -> tuple[str, WireValue]:
         return "bytes", bytes(value).hex()
     if isinstance(value, BitString):
         return "bits", value.bits
-    raise TypeError(f"not a reading value: {type(value).__name__}")
+    raise TypeError(f"a {type(value).__name__} is not a reading value")
 
 
 def _series(
@@ -69,15 +72,19 @@ def _validated(fields: dict[str, object]) -> ReadingSeries | TextSeries:
 
 def reading_batch(
     readings: Iterable[Reading], *, batch_id: str, meter_id: str, job_id: str | None, collected_at: datetime
-) -> tuple[ReadingBatch | None, list[tuple[Reading, ValidationError]]]:
+) -> tuple[ReadingBatch | None, list[tuple[Reading, str]]]:
     """The batch of ``readings`` (None if none is left) and the readings the contract refused, with why."""
     groups: dict[tuple[str, str, str], list[tuple[Reading, datetime, WireValue, int | None]]] = {}
+    refused: list[tuple[Reading, str]] = []
     for r in readings:
-        kind, value = wire_value(r.value)
+        try:
+            kind, value = wire_value(r.value)
+        except TypeError as exc:  # a plug-in driver's odd value: this reading is left out, not the job
+            refused.append((r, str(exc)))
+            continue
         groups.setdefault((r.quantity, r.unit, kind), []).append((r, r.ts, value, r.status))
     numbers: list[ReadingSeries] = []
     texts: list[TextSeries] = []
-    refused: list[tuple[Reading, ValidationError]] = []
     for (quantity, unit, kind), members in groups.items():
         try:
             series = _validated(_series(quantity, unit, kind, [m[1:] for m in members]))
@@ -88,7 +95,7 @@ def reading_batch(
                 try:
                     _validated(_series(quantity, unit, kind, [m[1:]]))
                 except ValidationError as exc:
-                    refused.append((m[0], exc))
+                    refused.append((m[0], describe_validation_error(exc)))
                 else:
                     good.append(m[1:])
             if not good:

@@ -72,7 +72,7 @@ def _batch(job: ReadJob, readings: list[Reading], collected_at: datetime) -> Rea
     batch, refused = reading_batch(
         readings, batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=collected_at
     )
-    for r, exc in refused:
+    for r, reason in refused:
         READINGS_REFUSED.inc()
         log.warning(
             "reading outside the contract; not published",
@@ -80,7 +80,7 @@ def _batch(job: ReadJob, readings: list[Reading], collected_at: datetime) -> Rea
                 "meter_id": job.meter_id,
                 "protocol": job.protocol,
                 "quantity": r.quantity,
-                "error": describe_validation_error(exc),
+                "error": reason,
             },
         )
     return batch
