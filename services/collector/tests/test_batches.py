@@ -96,7 +96,7 @@ def test_a_jobs_readings_become_typed_series_once_with_refusals_named() -> None:
     odd = [Reading("1-0:1.8.0", Decimal("sNaN"), "kWh", T0), Reading("1-0:1.8.0", T0, "kWh", T0)]  # type: ignore[arg-type]  # a plug-in's wrong type
     none, refused_odd = reading_batch(odd, batch_id="j", meter_id="M1", job_id="j", collected_at=T0)
     assert none is None
-    assert [(r.value, reason) for r, reason in refused_odd][0] == (T0, "a datetime is not a reading value")
+    assert (refused_odd[0][0].value, refused_odd[0][1]) == (T0, "a datetime is not a reading value")
     assert "finite" in refused_odd[1][1]
 
 
