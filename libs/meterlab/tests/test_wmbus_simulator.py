@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_every_telegram_decodes_to_the_simulated_value() -> None:
             assert telegram.security_mode == (5 if meter.key else 0)
             volume = telegram.records[0]
             assert volume.quantity == "8-0:1.0.0"
-            assert volume.value == pytest.approx(volume_litres(9, meter.index, NOON) / 1000)
+            assert volume.value == Decimal(volume_litres(9, meter.index, NOON)) / 1000
             assert telegram.meter_time() == datetime(2024, 1, 15, 12, 0)
 
 

@@ -262,6 +262,8 @@ async def test_bi_reader_reads_the_views_and_no_table(database_url: str) -> None
             "readings_1h",
             "readings_1d",
             "vee_flag_catalog",
+            "register_values_typed",
+            "meter_register_values",
         ):
             await conn.fetch(f"SELECT * FROM {view}")
         assert await conn.fetchval("SELECT count(*) FROM interval_consumption WHERE meter_id = 'BI'") == 3
@@ -275,6 +277,8 @@ async def test_bi_reader_reads_the_views_and_no_table(database_url: str) -> None
             "meter_replacements",
             "command_audit",
             "schema_migrations",
+            "register_values",
+            "register_value_revisions",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
                 await conn.fetch(f"SELECT 1 FROM {table} LIMIT 1")
@@ -302,5 +306,48 @@ async def test_the_periodic_refresh_fills_the_rollups_and_stops_when_asked(datab
             stop.set()
             await asyncio.wait_for(task, 5)
         assert await conn.fetchval("SELECT readings FROM readings_1d WHERE meter_id = 'PER'") == 2
+    finally:
+        await conn.close()
+
+
+async def test_text_bytes_bits_and_booleans_are_queryable_typed_beside_the_numbers(database_url: str) -> None:
+    conn = await _db(database_url)
+    try:
+        at = t("2026-06-01 12:00")
+        await _put(conn, [("TXT", E, at, 38296.251, "kWh", 0)])
+        await conn.executemany(
+            "INSERT INTO register_values (meter_id, quantity, ts, kind, value) VALUES ('TXT', $1, $2, $3, $4)",
+            [
+                ("0-0:42.0.0", at - timedelta(days=1), "text", "OLDNAME"),
+                ("0-0:42.0.0", at, "text", "SIM00100000"),
+                ("0-0:96.1.0", at, "bytes", "00ff10"),
+                ("0-0:97.97.0", at, "bits", "0101"),
+                ("0-0:96.3.10", at, "bool", "true"),
+            ],
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO register_values (meter_id, quantity, ts, kind, value)"
+                " VALUES ('TXT', 'x-x:1', $1, 'float', '1')",
+                at,
+            )
+        await conn.execute("SET ROLE bi_reader")
+        rows = await conn.fetch(
+            "SELECT quantity, kind, number_value, text_value, bytes_value, bool_value, bits_value::text AS bits"
+            " FROM register_values_typed WHERE meter_id = 'TXT' AND ts = $1 ORDER BY quantity",
+            at,
+        )
+        assert [tuple(r) for r in rows] == [
+            ("0-0:42.0.0", "text", None, "SIM00100000", None, None, None),
+            ("0-0:96.1.0", "bytes", None, "00ff10", b"\x00\xff\x10", None, None),
+            ("0-0:96.3.10", "bool", None, "true", None, True, None),
+            ("0-0:97.97.0", "bits", None, "0101", None, None, "0101"),
+            (E, "number", 38296.251, "38296.251", None, None, None),
+        ]
+        latest = await conn.fetchval(
+            "SELECT text_value FROM meter_register_values WHERE meter_id = 'TXT' AND quantity = '0-0:42.0.0'"
+        )
+        assert latest == "SIM00100000"
+        await conn.execute("RESET ROLE")
     finally:
         await conn.close()

@@ -310,7 +310,7 @@ async def test_read_modbus_with_its_default_profile() -> None:
         result = await invoke_async("read", sim.url(), "-p", "modbus", "-o", "unit_id=1")
     readings = {r["quantity"]: r["value"] for r in ok_json(result)["readings"]}
     for point in profile.points_for(frozenset({"billing"})):
-        assert readings[point.quantity] == pytest.approx(sim.expected(1, point, AT)), point.quantity
+        assert readings[point.quantity] == pytest.approx(float(sim.expected(1, point, AT))), point.quantity
 
 
 async def test_read_dlms_with_a_password_from_the_environment() -> None:

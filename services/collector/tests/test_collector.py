@@ -181,7 +181,7 @@ class _FarFutureClockDriver:
     async def read(self, target: object, profile: object, request: object, *, timeout: float) -> ReadResult:
         now = datetime.now(UTC)
         return ReadResult(
-            readings=[Reading(quantity="1-0:1.8.0", timestamp=now, value=1.5, unit="kWh")],
+            readings=[Reading(quantity="1-0:1.8.0", ts=now, value=1.5, unit="kWh")],
             meter_time=datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
         )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from gxami_collector.jobs import MeterReader, _readings, meter_event
+from gxami_collector.jobs import MeterReader, _batch, meter_event
 from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobStatus, ReadJob
 from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_events
@@ -95,7 +95,9 @@ def test_readings_the_contract_refuses_are_left_out_and_the_rest_kept(caplog: py
         Reading("1-0:2.8.0", 3.0, "kWh", NOW, status=8),
     ]
     with caplog.at_level(logging.WARNING, logger="gxami.collector"):
-        kept = _readings(job, given)
+        batch = _batch(job, given, NOW)
+    assert batch is not None
+    kept = batch.readings()
     assert [(r.quantity, r.value, r.status) for r in kept] == [("1-0:1.8.0", 12.5, None), ("1-0:2.8.0", 3.0, 8)]
     assert REGISTRY.get_sample_value("gxami_collector_readings_refused_total") == before + 3
     refused = [r for r in caplog.records if "outside the contract" in r.getMessage()]

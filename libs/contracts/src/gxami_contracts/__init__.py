@@ -13,6 +13,8 @@ from gxami_contracts.messages import (
     ReadingSeries,
     ReadingValue,
     ReadJob,
+    TextSeries,
+    ValueKind,
 )
 from gxami_contracts.topics import CATALOG, DEAD_LETTER, TopicSpec
 
@@ -31,5 +33,7 @@ __all__ = [
     "ReadingBatch",
     "ReadingSeries",
     "ReadingValue",
+    "TextSeries",
     "TopicSpec",
+    "ValueKind",
 ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Literal
 
 from gxcore.errors import ProtocolError
@@ -15,19 +17,93 @@ EventValue = str | int | float | bool | None
 
 
 @dataclass(frozen=True, slots=True)
+class BitString:
+    """A meter's bit-string (a DLMS status word, say): ``bits`` is ``0``/``1`` text, first bit first."""
+
+    bits: str
+
+    def __post_init__(self) -> None:
+        if not set(self.bits) <= {"0", "1"}:
+            raise ProtocolError(f"a bit-string holds only 0 and 1, not {self.bits[:32]!r}")
+
+    def __str__(self) -> str:
+        return self.bits
+
+
+Number = int | Decimal | float
+"""A numeric value: ``int`` for an integer register, ``Decimal`` for a scaled or decimal one
+(exact: ``38296251`` with scaler -3 is ``Decimal("38296.251")``), ``float`` only for what the
+meter itself sends as a binary float (M-Bus/Modbus real32, DLMS float64)."""
+
+MeterValue = Number | str | bytes | bool | BitString
+"""Any value of a reading (see :class:`Reading` and the README section "Values")."""
+
+
+def exact_number(value: Decimal) -> int | Decimal:
+    """A decimal the meter wrote (``000123.456``, ``42``) as an int when written without decimals, else itself."""
+    exponent = value.as_tuple().exponent
+    return int(value) if isinstance(exponent, int) and exponent >= 0 else value
+
+
+def shortest_real32(value: float) -> Decimal:
+    """A single-precision float (M-Bus type H, a Modbus float32) as the shortest decimal that packs back
+    to the same 4 bytes: ``230.1``, not the ``230.10000610351562`` its widening to double prints."""
+    packed = struct.pack("<f", value)
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if struct.pack("<f", float(text)) == packed:
+            return Decimal(text)
+    return Decimal(repr(value))  # not reached: 9 significant digits always round-trip a float32
+
+
+def json_value(value: MeterValue) -> int | float | str | bool:
+    """A value for JSON output (the CLI): numbers as numbers (a Decimal as the float that prints its
+    digits), text as is, bytes as lowercase hex, bits as their 0/1 text."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, BitString):
+        return value.bits
+    return value
+
+
+def is_number(value: object) -> bool:
+    """True for a numeric value (int, Decimal, float), False for text, bytes, bits and booleans."""
+    return isinstance(value, int | Decimal | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """One value of one quantity of one meter at one instant.
 
-    ``quantity`` is the canonical, OBIS-style name (``1-0:1.8.0``); ``timestamp`` is
-    timezone-aware UTC. ``status`` carries the meter's own status word where it has one.
+    ``quantity`` is the canonical, OBIS-style name (``1-0:1.8.0``); ``ts`` is timezone-aware
+    UTC (the spelling of the contract and the database; ``timestamp`` is kept as a read-only alias
+    for code written before). ``status`` carries the meter's own status word where it has one (the
+    contract's ``status``, stored in ``readings.quality``).
+
+    ``value`` keeps the form the meter gave it, exactly: ``int`` for integer registers,
+    ``Decimal`` for scaled and decimal ones (no binary-float noise, the meter's resolution
+    kept: scaler -3 gives three decimals), ``float`` only for values the meter sends as binary
+    floats; ``str`` for text (visible strings, printable octet-strings such as the logical
+    device name), ``bytes`` for other octet-strings, ``bool`` and :class:`BitString`. Enums are
+    their integer code. Numbers are stored in ``readings.value`` (converted to double once, at the
+    edge of the contract); the others in ``register_values`` (see the README section "Values").
+    ``extra`` says where a value came from (a profile's OBIS code, a record index); it stays in
+    the process for tools and logs and is not published.
     """
 
     quantity: str
-    value: float
+    value: MeterValue
     unit: str
-    timestamp: datetime
+    ts: datetime
     status: int | None = None
     extra: dict[str, str | int] = field(default_factory=dict)
+
+    @property
+    def timestamp(self) -> datetime:
+        """The old spelling of :attr:`ts`."""
+        return self.ts
 
 
 def stable_event_id(meter_id: str, source: str, timestamp: datetime, code: int | str) -> str:

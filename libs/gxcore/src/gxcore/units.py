@@ -12,12 +12,24 @@ to the point's own ``unit``. So a generic heat profile saying ``unit: kWh`` read
 counting in Wh and one counting in GJ alike, and a unit of another dimension fails
 loudly (ProtocolError) instead of storing a value 1000x off. A value the meter sends
 without a unit is taken as being in ``meter_unit``.
+
+Exactly: factors are fractions, scale and offset the decimals the profile writes (``0.001``),
+so an integer register read with integer factors stays an ``int``, a decimal one becomes a
+``Decimal`` keeping the meter's resolution, and no binary-float noise is ever added
+(``38296251 Wh`` with ``scale: 0.001`` is ``Decimal("38296.251")``, not ``38296.251000000004``).
+A conversion that does not end in decimals (J to Wh is 1/3600) rounds once to 28 digits.
+Text, bytes, bits and booleans pass unchanged; scaling one is a ProtocolError.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+from fractions import Fraction
+from typing import overload
+
 from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.profiles.model import ProfilePoint
+from gxcore.readings import MeterValue, Number, is_number
 
 # Spellings -> one canonical spelling (the one profiles use).
 _ALIASES: dict[str, str] = {
@@ -34,59 +46,59 @@ _ALIASES: dict[str, str] = {
 }
 
 # unit -> (dimension, factor to the dimension's base unit)
-_UNITS: dict[str, tuple[str, float]] = {
-    "Wh": ("energy", 1.0),
-    "kWh": ("energy", 1e3),
-    "MWh": ("energy", 1e6),
-    "GWh": ("energy", 1e9),
-    "J": ("energy", 1 / 3600),
-    "kJ": ("energy", 1e3 / 3600),
-    "MJ": ("energy", 1e6 / 3600),
-    "GJ": ("energy", 1e9 / 3600),
-    "varh": ("reactive-energy", 1.0),
-    "kvarh": ("reactive-energy", 1e3),
-    "Mvarh": ("reactive-energy", 1e6),
-    "VAh": ("apparent-energy", 1.0),
-    "kVAh": ("apparent-energy", 1e3),
-    "W": ("power", 1.0),
-    "kW": ("power", 1e3),
-    "MW": ("power", 1e6),
-    "J/h": ("power", 1 / 3600),
-    "kJ/h": ("power", 1e3 / 3600),
-    "MJ/h": ("power", 1e6 / 3600),
-    "GJ/h": ("power", 1e9 / 3600),
-    "var": ("reactive-power", 1.0),
-    "kvar": ("reactive-power", 1e3),
-    "VA": ("apparent-power", 1.0),
-    "kVA": ("apparent-power", 1e3),
-    "m3": ("volume", 1.0),
-    "l": ("volume", 1e-3),
-    "ft3": ("volume", 0.028316846592),
-    "m3/h": ("volume-flow", 1.0),
-    "m3/min": ("volume-flow", 60.0),
-    "m3/s": ("volume-flow", 3600.0),
-    "l/h": ("volume-flow", 1e-3),
-    "l/min": ("volume-flow", 0.06),
-    "kg": ("mass", 1.0),
-    "t": ("mass", 1e3),
-    "kg/h": ("mass-flow", 1.0),
-    "t/h": ("mass-flow", 1e3),
-    "V": ("voltage", 1.0),
-    "kV": ("voltage", 1e3),
-    "A": ("current", 1.0),
-    "mA": ("current", 1e-3),
-    "Hz": ("frequency", 1.0),
-    "bar": ("pressure", 1.0),
-    "mbar": ("pressure", 1e-3),
-    "kPa": ("pressure", 1e-2),
-    "s": ("time", 1.0),
-    "min": ("time", 60.0),
-    "h": ("time", 3600.0),
-    "d": ("time", 86400.0),
+_UNITS: dict[str, tuple[str, Fraction]] = {
+    "Wh": ("energy", Fraction(1)),
+    "kWh": ("energy", Fraction("1e3")),
+    "MWh": ("energy", Fraction("1e6")),
+    "GWh": ("energy", Fraction("1e9")),
+    "J": ("energy", Fraction("1") / 3600),
+    "kJ": ("energy", Fraction("1e3") / 3600),
+    "MJ": ("energy", Fraction("1e6") / 3600),
+    "GJ": ("energy", Fraction("1e9") / 3600),
+    "varh": ("reactive-energy", Fraction(1)),
+    "kvarh": ("reactive-energy", Fraction("1e3")),
+    "Mvarh": ("reactive-energy", Fraction("1e6")),
+    "VAh": ("apparent-energy", Fraction(1)),
+    "kVAh": ("apparent-energy", Fraction("1e3")),
+    "W": ("power", Fraction(1)),
+    "kW": ("power", Fraction("1e3")),
+    "MW": ("power", Fraction("1e6")),
+    "J/h": ("power", Fraction("1") / 3600),
+    "kJ/h": ("power", Fraction("1e3") / 3600),
+    "MJ/h": ("power", Fraction("1e6") / 3600),
+    "GJ/h": ("power", Fraction("1e9") / 3600),
+    "var": ("reactive-power", Fraction(1)),
+    "kvar": ("reactive-power", Fraction("1e3")),
+    "VA": ("apparent-power", Fraction(1)),
+    "kVA": ("apparent-power", Fraction("1e3")),
+    "m3": ("volume", Fraction(1)),
+    "l": ("volume", Fraction("1e-3")),
+    "ft3": ("volume", Fraction("0.028316846592")),
+    "m3/h": ("volume-flow", Fraction(1)),
+    "m3/min": ("volume-flow", Fraction("60.0")),
+    "m3/s": ("volume-flow", Fraction("3600.0")),
+    "l/h": ("volume-flow", Fraction("1e-3")),
+    "l/min": ("volume-flow", Fraction("0.06")),
+    "kg": ("mass", Fraction(1)),
+    "t": ("mass", Fraction("1e3")),
+    "kg/h": ("mass-flow", Fraction(1)),
+    "t/h": ("mass-flow", Fraction("1e3")),
+    "V": ("voltage", Fraction(1)),
+    "kV": ("voltage", Fraction("1e3")),
+    "A": ("current", Fraction(1)),
+    "mA": ("current", Fraction("1e-3")),
+    "Hz": ("frequency", Fraction(1)),
+    "bar": ("pressure", Fraction(1)),
+    "mbar": ("pressure", Fraction("1e-3")),
+    "kPa": ("pressure", Fraction("1e-2")),
+    "s": ("time", Fraction(1)),
+    "min": ("time", Fraction("60.0")),
+    "h": ("time", Fraction("3600.0")),
+    "d": ("time", Fraction("86400.0")),
     # Temperatures only convert to themselves: °C and K differ by an offset, and M-Bus
     # uses K for temperature differences only.
-    "degC": ("temperature", 1.0),
-    "K": ("temperature-difference", 1.0),
+    "degC": ("temperature", Fraction(1)),
+    "K": ("temperature-difference", Fraction(1)),
 }
 
 
@@ -96,11 +108,11 @@ def canonical_unit(unit: str) -> str:
     return _ALIASES.get(text, text)
 
 
-def conversion_factor(from_unit: str, to_unit: str) -> float | None:
-    """Multiply a value in ``from_unit`` by this to get ``to_unit``; None across dimensions."""
+def conversion_factor(from_unit: str, to_unit: str) -> Fraction | None:
+    """Multiply a value in ``from_unit`` by this (exact) to get ``to_unit``; None across dimensions."""
     source, target = canonical_unit(from_unit), canonical_unit(to_unit)
     if source == target:
-        return 1.0
+        return Fraction(1)
     a, b = _UNITS.get(source), _UNITS.get(target)
     if a is None or b is None or a[0] != b[0]:
         return None
@@ -115,8 +127,42 @@ def meter_unit(point: ProfilePoint) -> str:
     return value
 
 
-def in_meter_unit(point: ProfilePoint, value: float, unit: str | None) -> float:
-    """A meter value in ``unit`` (None: the meter gave none) converted to the point's ``meter_unit``."""
+def _decimal(value: Decimal | float) -> Decimal:
+    """A float as the shortest decimal that reads back as it (``0.001``, not its binary expansion)."""
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(int(value)) if value.is_integer() else Decimal(repr(value))
+
+
+def _terminates(fraction: Fraction) -> bool:
+    """True when ``fraction`` is a finite decimal (its denominator has no prime factors but 2 and 5)."""
+    d = fraction.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def _times(value: Number, factor: Fraction) -> Number:
+    """``value * factor`` exactly: int * integral factor is an int; otherwise a Decimal keeping the
+    value's decimals (Wh -> kWh turns ``38296000`` into ``38296.000``)."""
+    if factor == 1:
+        return value
+    if isinstance(value, int) and factor.denominator == 1:
+        return value * factor.numerator
+    number = Decimal(value) if isinstance(value, int) else _decimal(value)
+    if _terminates(factor):
+        return number * (Decimal(factor.numerator) / Decimal(factor.denominator))
+    return number * factor.numerator / factor.denominator
+
+
+@overload
+def in_meter_unit(point: ProfilePoint, value: int | Decimal, unit: str | None) -> int | Decimal: ...
+@overload
+def in_meter_unit(point: ProfilePoint, value: Number, unit: str | None) -> Number: ...
+def in_meter_unit(point: ProfilePoint, value: Number, unit: str | None) -> Number:
+    """A meter value in ``unit`` (None: the meter gave none) converted to the point's ``meter_unit``, exactly
+    (an int or a Decimal never becomes a float)."""
     if not unit:
         return value
     wanted = meter_unit(point)
@@ -125,9 +171,34 @@ def in_meter_unit(point: ProfilePoint, value: float, unit: str | None) -> float:
         raise ProtocolError(
             f"point {point.quantity} ({point.source}): the meter reports {unit!r}, which does not convert to {wanted!r}"
         )
-    return value * factor
+    return _times(value, factor)
 
 
-def point_value(point: ProfilePoint, value: float, unit: str | None) -> float:
+def scaled(point: ProfilePoint, value: Number) -> Number:
+    """``value * point.scale + point.offset`` exactly (scale and offset as the decimals the profile wrote)."""
+    if point.scale != 1:
+        scale = _decimal(point.scale)
+        if isinstance(value, int) and scale == scale.to_integral_value():
+            value = value * int(scale)
+        else:
+            value = (Decimal(value) if isinstance(value, int) else _decimal(value)) * scale
+    if point.offset != 0:
+        offset = _decimal(point.offset)
+        if isinstance(value, int) and offset == offset.to_integral_value():
+            value = value + int(offset)
+        else:
+            value = (Decimal(value) if isinstance(value, int) else _decimal(value)) + offset
+    return value
+
+
+def point_value(point: ProfilePoint, value: MeterValue, unit: str | None) -> MeterValue:
     """The point's value from a meter value in ``unit`` (None: the meter gave none); see the module doc."""
-    return in_meter_unit(point, value, unit) * point.scale + point.offset
+    if not is_number(value):
+        if point.scale != 1 or point.offset != 0:
+            raise ProtocolError(
+                f"point {point.quantity} ({point.source}): a {type(value).__name__} value cannot be scaled"
+                " (scale and offset apply to numbers only)"
+            )
+        return value
+    assert isinstance(value, int | Decimal | float)  # is_number
+    return scaled(point, in_meter_unit(point, value, unit))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from gurux_dlms import GXByteBuffer, GXDateTime
@@ -52,10 +53,15 @@ def test_logical_name_of_wrong_length_is_a_protocol_error() -> None:
 
 
 def test_scaler_is_exact_for_negative_powers() -> None:
-    assert apply_scaler(2301, -1) == 230.1
-    assert apply_scaler(227, -2) == 2.27
-    assert apply_scaler(12, 3) == 12000.0
-    assert apply_scaler(5, 0) == 5.0
+    assert apply_scaler(2301, -1) == Decimal("230.1")
+    assert apply_scaler(227, -2) == Decimal("2.27")
+    assert apply_scaler(12, 3) == 12000 and type(apply_scaler(12, 3)) is int
+    assert apply_scaler(5, 0) == 5 and type(apply_scaler(5, 0)) is int
+    # no binary-float noise, and the meter's resolution kept (three decimals for scaler -3)
+    assert str(apply_scaler(38296251, -3)) == "38296.251"
+    assert str(apply_scaler(38296000, -3)) == "38296.000"
+    assert float(apply_scaler(38296251, -3)) == 38296.251  # one correctly rounded conversion, shortest repr
+    assert apply_scaler(2.5, 0) == 2.5 and apply_scaler(2.5, -1) == Decimal("0.25")
 
 
 def test_unit_symbols_from_the_blue_book_enumeration() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ async def test_billing_and_instantaneous_points() -> None:
     got = {r.quantity: r for r in result.readings}
     assert set(got) == {"1-0:1.8.0", "1-0:2.8.0", "1-0:1.7.0", "1-0:32.7.0", "1-0:31.7.0"}
     assert got["1-0:1.8.0"].unit == "kWh"
-    assert got["1-0:1.8.0"].value == pytest.approx(expected_register(2, 1, "1-0:1.8.0", NOW) / 1000, abs=1e-9)
+    assert float(got["1-0:1.8.0"].value) == pytest.approx(expected_register(2, 1, "1-0:1.8.0", NOW) / 1000, abs=1e-9)
     assert got["1-0:32.7.0"].value == expected_register(2, 1, "1-0:32.7.0", NOW)
     assert got["1-0:1.7.0"].unit == "kW"
 
@@ -43,7 +44,7 @@ async def test_load_profile_points() -> None:
     expected = expected_profile(2, 0, start, NOW)
     assert len(result.readings) == 2 * len(expected) == 2 * 24
     first = {r.quantity: r.value for r in result.readings if r.timestamp == expected[0][0]}
-    assert first == pytest.approx({q: v / 1000 for q, v in expected[0][1].items()})
+    assert first == {q: Decimal(v) / 1000 for q, v in expected[0][1].items()}
 
 
 async def test_low_authentication_uses_the_target_secret() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -128,9 +129,13 @@ async def test_driver_reads_extended_demand_and_events() -> None:
     assert "0-0:96.11.0" not in {r.quantity for r in result.readings + ranged.readings}, "events are not readings"
     got = {r.quantity: r for r in result.readings}
     value, ended = expected_maximum_demand(SEED, 1, NOW)
-    assert (got["1-0:1.6.0"].value, got["1-0:1.6.0"].timestamp, got["1-0:1.6.0"].status) == (value / 1000, ended, 0)
+    assert (got["1-0:1.6.0"].value, got["1-0:1.6.0"].timestamp, got["1-0:1.6.0"].status) == (
+        Decimal(value) / 1000,
+        ended,
+        0,
+    )
     _cur, last, started = expected_demand(SEED, 1, NOW)
-    assert (got["1-0:1.4.0"].value, got["1-0:1.4.0"].timestamp) == (last / 1000, started)
+    assert (got["1-0:1.4.0"].value, got["1-0:1.4.0"].timestamp) == (Decimal(last) / 1000, started)
     events = [(e.timestamp, e.code, e.kind) for e in result.events]
     expected = expected_events(SEED, 1, NOW - timedelta(days=400), NOW)[-4:]
     assert [(at, code) for at, code, _ in events] == expected
@@ -198,7 +203,7 @@ async def test_discovered_profile_validates_and_reads_the_model(tmp_path: Path) 
     assert ("3/1.0.1.8.0.255", ("load-profile",)) in kinds and ("1/0.0.96.11.0.255", ("events",)) in kinds
     got = {r.quantity: r for r in result.readings}
     assert got["1-0:1.8.0"].unit == "kWh"
-    assert got["1-0:1.8.0"].value == pytest.approx(expected_register(SEED, 0, "1.0.1.8.0.255", NOW) / 1000)
+    assert float(got["1-0:1.8.0"].value) == pytest.approx(expected_register(SEED, 0, "1.0.1.8.0.255", NOW) / 1000)
     assert got["1-0:32.7.0"].value == expected_register(SEED, 0, "1.0.32.7.0.255", NOW)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from gurux_dlms import GXByteBuffer, GXDLMSClient, GXReplyData
@@ -45,7 +46,7 @@ def test_published_tirol_push_decodes_exactly() -> None:
     assert push.timestamp == datetime(2021, 7, 19, 13, 46, 35, tzinfo=UTC)
     got = {r.quantity: (r.value, r.unit) for r in push.readings}
     assert got == {
-        "1-0:32.7.0": (230.8, "V"),
+        "1-0:32.7.0": (Decimal("230.8"), "V"),
         "1-0:31.7.0": (0.0, "A"),
         "1-0:1.7.0": (0.0, "W"),
         "1-0:2.7.0": (0.0, "W"),
@@ -145,7 +146,7 @@ def test_columns_name_a_bare_array_and_received_at_dates_it() -> None:
     push = decode_dlms_push(
         raw, columns=[PushColumn("1.0.1.8.0.255", 0, "Wh"), PushColumn("1.0.32.7.0.255", -1, "V")], received_at=at
     )
-    assert push.values == (Reading("1-0:1.8.0", 1234.0, "Wh", at), Reading("1-0:32.7.0", 0.7, "V", at))
+    assert push.values == (Reading("1-0:1.8.0", 1234.0, "Wh", at), Reading("1-0:32.7.0", Decimal("0.7"), "V", at))
     assert decode_dlms_push(encode_push(body, at=AT)).readings[0].value == 5.0
 
 

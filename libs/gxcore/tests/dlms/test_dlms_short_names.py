@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -118,7 +119,7 @@ async def test_short_name_read_of_clock_and_registers() -> None:
             await session.read_value(CosemValue("1.0.2.8.0.255"))
         assert len(meter.requests) == asked
     assert meter_time == NOW
-    assert (energy, voltage) == ((12345678.0, "Wh"), (230.1, "V"))
+    assert (energy, voltage) == ((12345678, "Wh"), (Decimal("230.1"), "V"))
     # AARQ: short names proposed (context 2), InitiateRequest with the SN conformance block.
     assert meter.requests[0] == "601da109060760857405080102be10040e01000000065f1f04001c03200400"
     assert meter.requests[1:] == [

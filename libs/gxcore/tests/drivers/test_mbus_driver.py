@@ -39,7 +39,7 @@ def point(quantity: str, unit: str, source: str | None = None, **extra: Any) -> 
 
 
 def by_quantity(readings: list[Any]) -> dict[str, float]:
-    return {r.quantity: r.value for r in readings}
+    return {r.quantity: float(r.value) for r in readings}
 
 
 @pytest.fixture

@@ -450,7 +450,7 @@ def test_to_readings_uses_canonical_reading() -> None:
     received = utc(2024, 1, 1, 12)
     readings = t.to_readings(received_at=received)
     energy = next(r for r in readings if r.quantity == "1-0:1.8.1")
-    assert (energy.value, energy.unit, energy.timestamp) == (1.001, "kWh", received)
+    assert (energy.value, energy.unit, energy.timestamp) == (Decimal("1.001"), "kWh", received)
     gas = next(r for r in readings if r.quantity == "0-1:24.3.0")
     assert gas.timestamp == utc(2016, 11, 7, 18)
     assert gas.extra["medium"] == "gas"

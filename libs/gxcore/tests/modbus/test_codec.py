@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -149,7 +150,7 @@ def test_text_and_numbers_do_not_mix() -> None:
 def test_raw_for_inverts_scale_and_offset_and_rounds_integers() -> None:
     rp = register_point(ProfilePoint(quantity="1-0:1.8.0", unit="kWh", source="holding:0", scale=0.01, offset=5.0))
     assert raw_for(rp, 17.34) == 1234
-    assert engineering_value(rp, 1234) == pytest.approx(17.34)
+    assert engineering_value(rp, 1234) == Decimal("17.34")  # exact: 1234 * 0.01 + 5, no float noise
     float_rp = register_point(
         ProfilePoint(quantity="1-0:1.8.0", unit="kWh", source="holding:0", scale=2.0, options={"type": "float32"})
     )

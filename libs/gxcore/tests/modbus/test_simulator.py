@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import struct
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from gxami_meterlab.simulators.modbus import ModbusMeterSimulator, expected_value, ideal_value
 from gxcore.errors import ConfigurationError
 from gxcore.profiles import DeviceProfile, ProfilePoint
+from gxcore.readings import shortest_real32
 
 
 def point(profile: DeviceProfile, quantity: str) -> ProfilePoint:
@@ -25,12 +27,12 @@ def test_values_are_pure_functions_of_seed_index_point_and_instant(sdm630: Devic
     assert expected_value(1, 2, energy, at) != expected_value(1, 3, energy, at)
     volts = expected_value(1, 2, point(sdm630, "1-0:32.7.0"), at)
     hertz = expected_value(1, 2, point(sdm630, "1-0:14.7.0"), at)
-    assert isinstance(volts, float)
-    assert isinstance(hertz, float)
-    assert 225.0 < volts < 235.0
-    assert 49.9 < hertz < 50.1
-    # float32 registers: the expected value is exactly what a float32 can carry
-    assert struct.unpack(">f", struct.pack(">f", volts))[0] == volts
+    assert isinstance(volts, Decimal)
+    assert isinstance(hertz, Decimal)
+    assert 225 < volts < 235
+    assert Decimal("49.9") < hertz < Decimal("50.1")
+    # float32 registers: the expected value is the shortest decimal of what a float32 carries
+    assert shortest_real32(struct.unpack(">f", struct.pack(">f", float(volts)))[0]) == volts
 
 
 def test_energy_grows_along_a_daily_curve(sdm630: DeviceProfile) -> None:
@@ -79,8 +81,8 @@ async def test_wire_format_of_a_float32_input_register_read(sdm630: DeviceProfil
         # MBAP: tid 0x0102, protocol 0, length 6, unit 2 | PDU: 04, address 0x0048, count 2
         reply = await _exchange(sim.ports[0], bytes.fromhex("0102 0000 0006 02 04 0048 0002"))
         value = sim.expected(2, point(sdm630, "1-0:1.8.0"), at)
-        assert isinstance(value, float)
-        assert reply == bytes.fromhex("0102 0000 0007 02 04 04") + struct.pack(">f", value)
+        assert isinstance(value, Decimal)
+        assert reply == bytes.fromhex("0102 0000 0007 02 04 04") + struct.pack(">f", float(value))
         # Refusals a device gives: unknown function, a count beyond 80, an address outside the map
         assert (await _exchange(sim.ports[0], bytes.fromhex("0001 0000 0002 01 2B")))[7:] == b"\xab\x01"
         assert (await _exchange(sim.ports[0], bytes.fromhex("0002 0000 0006 01 04 0000 0051")))[7:] == b"\x84\x03"

@@ -31,6 +31,7 @@ from gxami_cli.field import (
     run_guarded,
 )
 from gxcore.errors import GxError, MeterTimeoutError
+from gxcore.readings import json_value
 from gxcore.secrets import Secret
 
 if TYPE_CHECKING:  # the DLMS stack, profiles (pydantic) and YAML load inside the commands: a fast CLI start
@@ -197,7 +198,7 @@ def decode_dlms_push(
             "invocation_counter": push.invocation_counter,
             "long_invoke_id": push.long_invoke_id,
             "readings": [
-                {"quantity": r.quantity, "value": r.value, "unit": r.unit, "timestamp": r.timestamp.isoformat()}
+                {"quantity": r.quantity, "value": json_value(r.value), "unit": r.unit, "timestamp": r.ts.isoformat()}
                 for r in push.readings
             ],
             "body": _json(push.body),

@@ -22,6 +22,7 @@ import typer
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxcore.errors import ConfigurationError, GxError, KeyMissingError, MeterTimeoutError
+from gxcore.readings import json_value
 from gxcore.secrets import Secret
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ def read_command(
             "profile": chosen.name,
             "meter_time": result.meter_time.isoformat() if result.meter_time else None,
             "readings": [
-                {"quantity": r.quantity, "value": r.value, "unit": r.unit, "timestamp": r.timestamp.isoformat()}
+                {"quantity": r.quantity, "value": json_value(r.value), "unit": r.unit, "timestamp": r.ts.isoformat()}
                 for r in result.readings
             ],
             "events": [

@@ -14,9 +14,10 @@ from pathlib import Path
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from gxami_collector.batches import reading_batch
 from gxami_collector.networks import MeterNetworks
 from gxami_collector.secret_store import SecretStore
-from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadingValue, ReadJob
+from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadJob
 from gxami_contracts.messages import FIRST_INSTANT, LAST_INSTANT
 from gxami_runtime.kafka import describe_validation_error
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
@@ -64,25 +65,25 @@ def meter_event(job: ReadJob, record: MeterEventRecord) -> MeterEvent:
     )
 
 
-def _readings(job: ReadJob, readings: list[Reading]) -> list[ReadingValue]:
-    """The contract's readings; one the contract refuses (a NaN or infinite value a meter sent as a
-    float, a malformed quantity from a plug-in driver) is left out and logged, the others kept."""
-    out: list[ReadingValue] = []
-    for r in readings:
-        try:
-            out.append(ReadingValue(quantity=r.quantity, ts=r.timestamp, value=r.value, unit=r.unit, status=r.status))
-        except ValidationError as exc:
-            READINGS_REFUSED.inc()
-            log.warning(
-                "reading outside the contract; not published",
-                extra={
-                    "meter_id": job.meter_id,
-                    "protocol": job.protocol,
-                    "quantity": r.quantity,
-                    "error": describe_validation_error(exc),
-                },
-            )
-    return out
+def _batch(job: ReadJob, readings: list[Reading], collected_at: datetime) -> ReadingBatch | None:
+    """The job's reading batch, made once from the driver's readings (:func:`reading_batch`); a reading
+    the contract refuses (a NaN or infinite value a meter sent as a float, a malformed quantity from a
+    plug-in driver) is left out and logged, the others kept."""
+    batch, refused = reading_batch(
+        readings, batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=collected_at
+    )
+    for r, reason in refused:
+        READINGS_REFUSED.inc()
+        log.warning(
+            "reading outside the contract; not published",
+            extra={
+                "meter_id": job.meter_id,
+                "protocol": job.protocol,
+                "quantity": r.quantity,
+                "error": reason,
+            },
+        )
+    return batch
 
 
 def _events(job: ReadJob, records: list[MeterEventRecord]) -> tuple[MeterEvent, ...]:
@@ -174,16 +175,9 @@ class MeterReader:
         except Exception as exc:  # a driver bug must not stop the collector
             log.exception("driver failed unexpectedly", extra={"meter_id": job.meter_id, "protocol": job.protocol})
             return self._failed(job, started, "internal", f"meter {job.meter_id}: {type(exc).__name__} in driver")
-        readings = _readings(job, result.readings)
         events = _events(job, result.events)
         finished = datetime.now(UTC)
-        batch = (
-            ReadingBatch.of(
-                batch_id=job.job_id, meter_id=job.meter_id, job_id=job.job_id, collected_at=finished, readings=readings
-            )
-            if readings
-            else None
-        )
+        batch = _batch(job, result.readings, finished)
         return JobOutcome(
             batch,
             JobResult(
@@ -194,7 +188,7 @@ class MeterReader:
                 attempt=job.attempt,
                 started_at=started,
                 finished_at=finished,
-                readings_count=len(readings),
+                readings_count=batch.count if batch is not None else 0,
                 events_count=len(events),
                 meter_time=_meter_time(job, result.meter_time),
             ),

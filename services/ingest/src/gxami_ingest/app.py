@@ -17,9 +17,9 @@ from gxami_contracts.topics import READINGS
 from gxami_ingest.database import RetryingConnection
 from gxami_ingest.events import EventIngest
 from gxami_ingest.settings import IngestSettings
-from gxami_ingest.validation import BatchRejectedError, check_batch
+from gxami_ingest.validation import BatchRejectedError, CheckedRows, check_batch
 from gxami_ingest.vee import run_vee_periodically
-from gxami_ingest.writer import ReadingRow, WriteStats, write_readings
+from gxami_ingest.writer import ReadingRow, ValueRow, WriteStats, write_readings
 from gxami_runtime.http import OpsServer
 from gxami_runtime.isolation import database_refusal, store_isolating
 from gxami_runtime.kafka import (
@@ -83,7 +83,7 @@ class Ingest:
         if {d.message.meter_id for d in items} - self.known_meters:
             # Never judge a meter unknown from a stale list: refresh (waiting out an outage) first.
             await self.slots[slot].run(self._refresh_meters, consumer)
-        checked: list[tuple[Decoded[ReadingBatch], list[ReadingRow]]] = []
+        checked: list[tuple[Decoded[ReadingBatch], CheckedRows]] = []
         for d in items:
             try:
                 rows = check_batch(
@@ -95,20 +95,21 @@ class Ingest:
             else:
                 checked.append((d, rows))
 
-        async def store(group: list[tuple[Decoded[ReadingBatch], list[ReadingRow]]]) -> WriteStats:
-            rows = [row for _, batch_rows in group for row in batch_rows]
+        async def store(group: list[tuple[Decoded[ReadingBatch], CheckedRows]]) -> WriteStats:
+            rows: list[ReadingRow] = [row for _, batch_rows in group for row in batch_rows]
+            values: list[ValueRow] = [row for _, batch_rows in group for row in batch_rows.values]
 
             async def write(conn: asyncpg.Connection) -> WriteStats:
                 with BATCH_SECONDS.time():
-                    return await write_readings(conn, rows, self.partitions)
+                    return await write_readings(conn, rows, self.partitions, values)
 
             return await self.slots[slot].run(write, consumer)
 
-        async def refuse(item: tuple[Decoded[ReadingBatch], list[ReadingRow]], reason: str) -> None:
+        async def refuse(item: tuple[Decoded[ReadingBatch], CheckedRows], reason: str) -> None:
             d = item[0]
             await dead.send(d.record, f"meter {d.message.meter_id}: batch {d.message.batch_id[:64]!r}: {reason}")
             DEAD_LETTERS.inc()
-            READINGS_TOTAL.labels("refused").inc(len(item[1]))
+            READINGS_TOTAL.labels("refused").inc(item[1].total)
 
         stats = sum(await store_isolating(checked, store, database_refusal, refuse), WriteStats(0, 0, 0, 0))
         READINGS_TOTAL.labels("inserted").inc(stats.inserted)

@@ -53,9 +53,9 @@ from gxcore.protocols.dsmr.first import FirstTelegram, TelegramReader
 from gxcore.protocols.dsmr.reader import P1Reader
 from gxcore.protocols.dsmr.smarty import SmartyReader
 from gxcore.protocols.dsmr.telegram import DsmrRecord, DsmrTelegram
-from gxcore.readings import Reading
+from gxcore.readings import Reading, exact_number
 from gxcore.secrets import Secret
-from gxcore.units import in_meter_unit, meter_unit
+from gxcore.units import in_meter_unit, meter_unit, scaled
 
 PROTOCOL = "dsmr"
 P1_SERIAL = LineDefaults(baud=115200, bytesize=8, parity="N", stopbits=1)
@@ -139,12 +139,12 @@ def dsmr_readings(
         records = op.records(telegram)
         if records is None:
             continue
-        raw = 0.0
+        raw: int | Decimal = 0
         for record in records:
             assert isinstance(record.value, Decimal)  # _matches admits numbers only
             # Convert each part alone: the parts of a sum may come in different units.
-            raw += in_meter_unit(op.point, float(record.value), record.unit)
-        value = raw * op.point.scale + op.point.offset
+            raw += in_meter_unit(op.point, exact_number(record.value), record.unit)
+        value = scaled(op.point, raw)
         at = records[0].timestamp or telegram.timestamp or received_at
         extra: dict[str, str | int] = {"source": op.point.source, "channel": records[0].channel}
         readings.append(Reading(op.point.quantity, value, op.point.unit, at, None, extra))

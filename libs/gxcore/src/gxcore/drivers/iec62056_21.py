@@ -46,7 +46,7 @@ from gxcore.profiles.model import DeviceProfile, ProfilePoint
 from gxcore.protocols.iec62056_21.frames import MODE_C_BAUD, encode_request
 from gxcore.protocols.iec62056_21.readout import Iec62056Readout, Iec62056Record
 from gxcore.protocols.iec62056_21.session import Iec62056Session, SessionCore, SessionTimings
-from gxcore.readings import Reading
+from gxcore.readings import Reading, exact_number
 from gxcore.units import meter_unit, point_value
 
 PROTOCOL = "iec62056-21"
@@ -141,7 +141,7 @@ def iec_readings(
         if record is None:
             continue
         assert isinstance(record.value, Decimal)  # matches() admits numbers only
-        value = point_value(dp.point, float(record.value), record.unit)
+        value = point_value(dp.point, exact_number(record.value), record.unit)
         at = record.timestamp or readout.meter_time or received_at
         readings.append(Reading(dp.point.quantity, value, dp.point.unit, at, None, {"source": dp.point.source}))
     if points and not readings:

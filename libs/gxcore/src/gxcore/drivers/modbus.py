@@ -241,7 +241,7 @@ def _readings(replies: list[tuple[datetime, list[tuple[RegisterPoint, RawValue]]
             quantity=rp.point.quantity,
             value=engineering_value(rp, raw),
             unit=rp.point.unit,
-            timestamp=at,
+            ts=at,
             extra=dict(texts),
         )
         for at, rp, raw in numbers

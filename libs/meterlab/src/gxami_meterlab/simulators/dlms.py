@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Final
 
 from gurux_dlms.enums import DataType
@@ -206,7 +207,9 @@ def _seconds(at: datetime) -> int:
     return math.floor((at - EPOCH).total_seconds())
 
 
-def expected_register(seed: int, meter_index: int, obis: str, at: datetime, *, connected: bool = True) -> float:
+def expected_register(
+    seed: int, meter_index: int, obis: str, at: datetime, *, connected: bool = True
+) -> int | Decimal | float:
     """The value meter ``meter_index`` reports for ``obis`` at meter time ``at``, after its scaler.
 
     A remotely disconnected meter (``connected=False``) shows no power and no current;

@@ -49,6 +49,7 @@ from gxcore.protocols.modbus.profile import (
     register_point,
     register_points,
 )
+from gxcore.readings import Number
 
 _EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 _DAY = 86400.0
@@ -113,7 +114,7 @@ def raw_value(seed: int, index: int, rp: RegisterPoint, at: datetime) -> RawValu
     return scaled
 
 
-def expected_value(seed: int, index: int, point: ProfilePoint, at: datetime) -> float | str:
+def expected_value(seed: int, index: int, point: ProfilePoint, at: datetime) -> Number | str:
     """The value a correct driver reports for ``point`` of meter ``index`` read at ``at``."""
     rp = register_point(point)
     raw = raw_value(seed, index, rp, at)
@@ -224,7 +225,7 @@ class ModbusMeterSimulator:
             url = self.url(index)
         return MeterTarget(meter_id=f"sim-{self.seed}-{index}", url=url, options={"unit_id": str(index)})
 
-    def expected(self, index: int, point: ProfilePoint, at: datetime) -> float | str:
+    def expected(self, index: int, point: ProfilePoint, at: datetime) -> Number | str:
         return expected_value(self.seed, index, point, at)
 
     # -- lifecycle --------------------------------------------------------------------

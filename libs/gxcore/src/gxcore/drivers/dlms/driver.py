@@ -88,7 +88,7 @@ from gxcore.protocols.dlms.parameters import (
     ProfileEntries,
     ProfileRange,
 )
-from gxcore.readings import MeterEventRecord, Reading
+from gxcore.readings import MeterEventRecord, MeterValue, Reading
 from gxcore.units import meter_unit, point_value
 
 PROTOCOL: Final = "dlms"
@@ -107,7 +107,7 @@ class DlmsPoint:
 
     def reading(
         self,
-        meter_value: float,
+        meter_value: MeterValue,
         meter_unit: str,
         at: datetime,
         status: int | None = None,

@@ -31,7 +31,7 @@ from gxcore.protocols.dlms.profile import (
     needs_capture_period,
     parse_capture_objects,
 )
-from gxcore.readings import Reading
+from gxcore.readings import BitString, MeterValue, Reading
 
 ScalerUnit = tuple[int, str]
 
@@ -63,11 +63,11 @@ class CosemReads:
             self._scaler_units[key] = (scaler, unit_symbol(unit))
         return self._scaler_units[key]
 
-    async def read_value(self, item: CosemValue) -> tuple[float, str]:
-        """A value object's scaled value and unit symbol."""
+    async def read_value(self, item: CosemValue) -> tuple[MeterValue, str]:
+        """A value object's value (numbers scaled exactly, see :func:`cosem_value`) and unit symbol."""
         scaler, unit = await self.scaler_unit(item.obis, item.class_id)
         raw = await self.get(item.class_id, item.obis, item.value_attribute)
-        return apply_scaler(_number(raw, item.obis), scaler), unit
+        return cosem_value(raw, scaler, item.obis), unit
 
     async def read_register(self, item: CosemValue) -> RegisterValue:
         """Value, unit, and for extended/demand registers the status and capture time (None when unset)."""
@@ -131,9 +131,9 @@ class CosemReads:
                 readings.append(
                     Reading(
                         quantity=reduced(columns[pos].obis),
-                        value=apply_scaler(_number(raw, columns[pos].obis), scaler),
+                        value=cosem_value(raw, scaler, columns[pos].obis),
                         unit=unit,
-                        timestamp=at,
+                        ts=at,
                         status=status if isinstance(status, int) else None,
                         extra=dict(tag),
                     )
@@ -168,7 +168,28 @@ def _unset_time(raw: bytes | bytearray) -> bool:
     return len(raw) == 0 or all(b == 0xFF for b in raw[:8]) or not any(raw[:4])
 
 
-def _number(raw: object, obis: str) -> int | float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ProtocolError(f"value of {obis} is a {type(raw).__name__}, not a number")
-    return raw
+def cosem_value(raw: object, scaler: int, obis: str) -> MeterValue:
+    """A COSEM value as a reading's value: numbers scaled exactly (:func:`apply_scaler`; an enum is
+    its integer code), booleans as they are, visible/UTF-8 strings and printable octet-strings
+    (a logical device name, a serial number) as text, other octet-strings as bytes, bit-strings as
+    :class:`~gxcore.readings.BitString`. Anything else (a structure, an array) is a ProtocolError."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int | float):
+        return apply_scaler(raw, scaler)
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes | bytearray):
+        return printable_text(bytes(raw))
+    if type(raw).__name__ == "GXBitString":  # gurux's bit-string; str() gives its bits, first bit first
+        return BitString(str(raw))
+    raise ProtocolError(f"value of {obis} is a {type(raw).__name__}, not a number, text or bit-string")
+
+
+def printable_text(raw: bytes) -> str | bytes:
+    """An octet-string as text when it is printable UTF-8 (names, serial numbers), else the bytes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    return text if text.isprintable() else raw

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Final
 
 from gxcore.protocols.dlms.obis import dotted, parse_obis, reduced
@@ -75,7 +76,10 @@ def events_from_readings(readings: list[Reading], log: str) -> list[DlmsEvent]:
     standard = dotted(log) == STANDARD_EVENT_LOG
     out = []
     for r in readings:
-        if is_event_code(r.quantity) and math.isfinite(r.value) and r.value == int(r.value) and r.value >= 0:
-            code = int(r.value)
+        v = r.value
+        if not is_event_code(r.quantity) or isinstance(v, bool) or not isinstance(v, int | Decimal | float):
+            continue  # an event code is a number; text or bits in such a column are not events
+        if math.isfinite(v) and v == int(v) and v >= 0:
+            code = int(v)
             out.append(DlmsEvent(r.timestamp, code, name, STANDARD_EVENTS.get(code) if standard else None))
     return sorted(out, key=lambda e: e.timestamp)

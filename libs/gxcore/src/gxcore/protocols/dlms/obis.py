@@ -7,6 +7,8 @@ An OBIS code has six value groups ``A.B.C.D.E.F`` (each 0..255). gurux writes it
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from functools import lru_cache
 from typing import Final
 
@@ -86,10 +88,15 @@ def unit_symbol(code: int) -> str:
     return UNIT_SYMBOLS.get(code, f"unit-{code}")
 
 
-def apply_scaler(raw: int | float, scaler: int) -> float:
-    """``raw * 10**scaler`` computed as a division for negative scalers, so 2301, -1 -> 230.1 exactly."""
-    if scaler < 0:
-        divisor: int = 10 ** (-scaler)
-        return raw / divisor
-    factor: int = 10**scaler
-    return float(raw * factor)
+def apply_scaler(raw: int | float, scaler: int) -> int | Decimal | float:
+    """``raw * 10**scaler`` exactly: an int stays an int for scalers >= 0, and becomes a Decimal with
+    ``-scaler`` decimals otherwise (38296251, -3 -> ``Decimal("38296.251")``, the meter's resolution
+    kept). A float the meter sent (float32/float64) is scaled from its shortest decimal form."""
+    if isinstance(raw, float):
+        if scaler == 0 or not math.isfinite(raw):
+            return raw
+        return Decimal(repr(raw)).scaleb(scaler)
+    if scaler >= 0:
+        factor: int = 10**scaler
+        return raw * factor
+    return Decimal(raw).scaleb(scaler)

@@ -9,6 +9,7 @@ from typing import Literal
 from gxcore.errors import ConfigurationError
 from gxcore.protocols.dlms.ciphering import SECURITY_CONTROL, SYSTEM_TITLE_LENGTH, SecurityPolicy
 from gxcore.protocols.dlms.obis import dotted, reduced
+from gxcore.readings import MeterValue
 from gxcore.secrets import Secret
 
 Authentication = Literal["none", "low", "high-gmac"]
@@ -186,7 +187,7 @@ class ProfileRange:
 class RegisterValue:
     """One value read with what the meter says about it: status and capture time where it keeps them."""
 
-    value: float
+    value: MeterValue
     unit: str
     status: int | None = None
     captured: datetime | None = None

@@ -21,7 +21,7 @@ from gxcore.errors import ChecksumError, ConfigurationError, FramingError
 from gxcore.protocols.dsmr.framer import MAX_TELEGRAM_SIZE, crc16_arc
 from gxcore.protocols.dsmr.objects import OBIS_RE, LineKind, decode_hex_text, line_kind, medium_of_device_type
 from gxcore.protocols.dsmr.timestamps import parse_dsmr_timestamp
-from gxcore.readings import Reading
+from gxcore.readings import Reading, exact_number
 
 _HEADER_RE = re.compile(r"/([A-Za-z]{3})([ -~])([ -~]*)")
 _GROUPS_RE = re.compile(r"(?:\([^()]*\))+")
@@ -104,7 +104,9 @@ class DsmrTelegram:
             if not isinstance(r.value, Decimal):
                 continue
             extra: dict[str, str | int] = {"channel": r.channel, "medium": r.medium, **r.extra}
-            readings.append(Reading(r.quantity, float(r.value), r.unit or "", r.timestamp or received_at, extra=extra))
+            readings.append(
+                Reading(r.quantity, exact_number(r.value), r.unit or "", r.timestamp or received_at, extra=extra)
+            )
         return readings
 
 
@@ -114,8 +116,8 @@ def _iso(instant: datetime | None) -> str | None:
 
 def _json_value(value: Decimal | str | None) -> float | int | str | None:
     if isinstance(value, Decimal):
-        exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+        number = exact_number(value)
+        return number if isinstance(number, int) else float(number)  # json has no decimals; same digits
     return value
 
 

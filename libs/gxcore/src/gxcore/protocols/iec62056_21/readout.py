@@ -17,7 +17,7 @@ from typing import Any
 
 from gxcore.errors import ChecksumError, ConfigurationError, FramingError
 from gxcore.protocols.iec62056_21.frames import CRLF, ETX, STX, Identification, bcc, parse_identification
-from gxcore.readings import Reading
+from gxcore.readings import Reading, exact_number
 
 _LINE_RE = re.compile(r"(?:[^()/!]{0,32}\([^()]{0,128}\))+")
 _SET_RE = re.compile(r"([^()/!]{0,32})\(([^()]{0,128})\)")
@@ -83,7 +83,7 @@ class Iec62056Readout:
             raise ConfigurationError("received_at must be timezone-aware")
         default = self.meter_time or received_at
         return [
-            Reading(r.quantity, float(r.value), r.unit or "", r.timestamp or default, extra={"index": r.index})
+            Reading(r.quantity, exact_number(r.value), r.unit or "", r.timestamp or default, extra={"index": r.index})
             for r in self.records
             if isinstance(r.value, Decimal)
         ]

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 
 from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.profiles.model import ProfilePoint
@@ -49,7 +50,7 @@ class RecordPoint:
     function: str = "instantaneous"
 
     def matches(self, record: MBusRecord) -> bool:
-        if record.error is not None or isinstance(record.value, bool) or not isinstance(record.value, int | float):
+        if record.error is not None or isinstance(record.value, bool) or not isinstance(record.value, int | Decimal):
             return False
         if self.quantity is not None:
             return record.quantity == self.quantity
@@ -111,8 +112,8 @@ def readings_from(
         if found is None:
             continue
         telegram, record = found
-        assert isinstance(record.value, int | float)  # matches() admits numbers only
-        value = point_value(rp.point, float(record.value), record.unit or None)
+        assert isinstance(record.value, int | Decimal)  # matches() admits numbers only
+        value = point_value(rp.point, record.value, record.unit or None)
         extra: dict[str, str | int] = {"source": rp.point.source, "meter": telegram.id}
         readings.append(Reading(rp.point.quantity, value, rp.point.unit, at, telegram.status, extra))
     if points and not readings:

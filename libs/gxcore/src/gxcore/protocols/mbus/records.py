@@ -30,8 +30,11 @@ from gxcore.protocols.mbus.vif import (
     fd_vif,
     primary_vif,
 )
+from gxcore.readings import shortest_real32
 
-RecordValue = int | float | str | bytes | date | datetime | time | None
+# Numbers exactly: int for integer records, Decimal for scaled ones and for type H reals (their
+# shortest single-precision decimal), see gxcore.readings.
+RecordValue = int | Decimal | str | bytes | date | datetime | time | None
 
 MAX_DIFE = 10
 MAX_VIFE = 10
@@ -74,6 +77,8 @@ def json_value(value: RecordValue) -> object:
         return value.isoformat()
     if isinstance(value, bytes):
         return value.hex().upper()
+    if isinstance(value, Decimal):
+        return float(value)  # json has no decimals; a float's shortest repr prints the same digits
     return value
 
 
@@ -131,7 +136,7 @@ def parse_records(
         function = FUNCTIONS[(dif >> 4) & 0x03]
         error = error or vib.error
         quantity = None
-        numeric = isinstance(value, int | float) or (isinstance(value, datetime) and vib.info.kind == "datetime")
+        numeric = isinstance(value, int | Decimal) or (isinstance(value, datetime) and vib.info.kind == "datetime")
         if numeric and error is None and not vib.modified and not vib.manufacturer:
             quantity = canonical_quantity(
                 medium,
@@ -303,18 +308,15 @@ def _lvar_value(wire: bytes, lvar: values.Lvar, vib: _Vib) -> RecordValue:
     return wire
 
 
-def _scaled(number: int | float, vib: _Vib) -> int | float:
+def _scaled(number: int | float, vib: _Vib) -> int | Decimal:
+    """The record's value exactly: an int when the VIF's exponent keeps it whole, else a Decimal
+    with the VIF's resolution (a type H real from its shortest single-precision decimal)."""
     if vib.info.value_type in ("flags", "id", "text"):
-        return number
+        return shortest_real32(number) if isinstance(number, float) else number
     exponent = vib.info.exponent + vib.exponent
-    if isinstance(number, float):
-        scaled: float = number * 10**exponent if exponent >= 0 else number / 10 ** (-exponent)
-        if vib.additive is not None:
-            scaled += 10.0**vib.additive
-        return scaled
-    result = Decimal(number).scaleb(exponent)
+    result = (shortest_real32(number) if isinstance(number, float) else Decimal(number)).scaleb(exponent)
     if vib.additive is not None:
         result += Decimal(1).scaleb(vib.additive)
-    if result == result.to_integral_value() and exponent >= 0 and (vib.additive or 0) >= 0:
+    if isinstance(number, int) and exponent >= 0 and (vib.additive or 0) >= 0:
         return int(result)
-    return float(result)
+    return result

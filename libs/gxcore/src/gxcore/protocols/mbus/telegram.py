@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from gxcore.errors import ProtocolError
 from gxcore.protocols.mbus.frame import LongFrame, manufacturer_code, parse_frame
@@ -113,14 +114,16 @@ class MBusTelegram:
         return [
             Reading(
                 record.quantity,
-                float(record.value),
+                record.value,
                 record.unit,
                 stamp,
                 self.status,
                 {"meter": self.id, "description": record.description},
             )
             for record in self.records
-            if record.quantity is not None and isinstance(record.value, int | float)
+            if record.quantity is not None
+            and isinstance(record.value, int | Decimal)
+            and not isinstance(record.value, bool)
         ]
 
 
@@ -207,9 +210,9 @@ def _decode_fixed(ci: int, data: bytes, address: int | None, base_offset: int) -
         wire = field(raw)
         number = decode_int(wire, signed=False) if status & 0x80 else decode_bcd(wire)
         error = None if number is not None else "invalid BCD digits"
-        value: int | float | None = None
+        value: int | Decimal | None = None
         if number is not None:
-            value = number * 10**exponent if exponent >= 0 else number / 10 ** (-exponent)
+            value = number * 10**exponent if exponent >= 0 else Decimal(number).scaleb(exponent)
         description = f"Counter {index + 1}" + (" (historic)" if historic else "")
         records.append(MBusRecord(None, value, unit, 1 if historic else 0, 0, 0, "instantaneous", description, error))
     return MBusTelegram(

@@ -2,8 +2,9 @@
 
 A value of N registers is first put into "big/big" order (swap the two bytes of each
 register when ``byte_order`` is little, reverse the registers when ``word_order`` is
-little), then read as one big-endian number with pymodbus's own
-``convert_from_registers``. So float32 230.0 is ``0x4366 0x0000`` big/big,
+little), then read as one big-endian number (``struct``, no Modbus library: the codec is
+pure; the pymodbus boundary is :mod:`gxcore.drivers.modbus_link`). So float32 230.0 is
+``0x4366 0x0000`` big/big,
 ``0x0000 0x4366`` with little word order and ``0x6643 0x0000`` with little byte order.
 
 Strings are the register bytes in order (after the same reordering), ASCII, cut at the
@@ -16,24 +17,34 @@ import math
 import struct
 from collections.abc import Sequence
 
-from pymodbus.client.mixin import ModbusClientMixin
-
 from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.protocols.modbus.profile import Order, RegisterPoint, ValueType
+from gxcore.readings import Number, shortest_real32
+from gxcore.units import scaled
 
 RawValue = int | float | str
 
-_DATATYPE = ModbusClientMixin.DATATYPE
-_PYMODBUS_TYPES = {
-    ValueType.INT16: _DATATYPE.INT16,
-    ValueType.UINT16: _DATATYPE.UINT16,
-    ValueType.INT32: _DATATYPE.INT32,
-    ValueType.UINT32: _DATATYPE.UINT32,
-    ValueType.INT64: _DATATYPE.INT64,
-    ValueType.UINT64: _DATATYPE.UINT64,
-    ValueType.FLOAT32: _DATATYPE.FLOAT32,
-    ValueType.FLOAT64: _DATATYPE.FLOAT64,
+# Big-endian struct formats of the numeric types (their size is 2 bytes per register).
+_FORMATS = {
+    ValueType.INT16: ">h",
+    ValueType.UINT16: ">H",
+    ValueType.INT32: ">i",
+    ValueType.UINT32: ">I",
+    ValueType.INT64: ">q",
+    ValueType.UINT64: ">Q",
+    ValueType.FLOAT32: ">f",
+    ValueType.FLOAT64: ">d",
 }
+
+
+def _words_to_number(words: Sequence[int], value_type: ValueType) -> int | float:
+    value: int | float = struct.unpack(_FORMATS[value_type], b"".join(w.to_bytes(2, "big") for w in words))[0]
+    return value
+
+
+def _number_to_words(raw: int | float, value_type: ValueType) -> list[int]:
+    data = struct.pack(_FORMATS[value_type], raw)
+    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
 def _swap_bytes(words: Sequence[int]) -> list[int]:
@@ -62,10 +73,9 @@ def decode_value(rp: RegisterPoint, words: Sequence[int]) -> RawValue:
     if rp.value_type is ValueType.STRING:
         raw = b"".join(w.to_bytes(2, "big") for w in ordered)
         return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace")
-    value = ModbusClientMixin.convert_from_registers(ordered, _PYMODBUS_TYPES[rp.value_type])
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if rp.value_type not in _FORMATS:
         raise ProtocolError(f"{rp.describe()}: registers did not decode to a number")
-    return value
+    return _words_to_number(ordered, rp.value_type)
 
 
 def encode_value(rp: RegisterPoint, raw: RawValue) -> list[int]:
@@ -104,13 +114,21 @@ def encode_value(rp: RegisterPoint, raw: RawValue) -> list[int]:
                 struct.pack(">f", raw)
             except OverflowError:
                 raise ConfigurationError(f"{rp.describe()}: {raw} does not fit a float32") from None
-    words = ModbusClientMixin.convert_to_registers(raw, _PYMODBUS_TYPES[vt])
+    words = _number_to_words(raw, vt)
     return _from_big_big(words, rp.byte_order, rp.word_order)
 
 
-def engineering_value(rp: RegisterPoint, raw: int | float) -> float:
-    """The reported value: ``raw * scale + offset`` (the one formula drivers and simulators share)."""
-    return float(raw) * rp.point.scale + rp.point.offset
+def engineering_value(rp: RegisterPoint, raw: int | float) -> Number:
+    """The reported value: ``raw * scale + offset``, exactly (the one formula drivers and simulators share).
+
+    An integer register with an integral scale and offset stays an int, a scaled one is a Decimal
+    (``2301`` with scale 0.1 is ``Decimal("230.1")``), a float32 starts from its shortest decimal
+    (``230.1``, not ``230.10000610351562``); a float64 with scale 1 and offset 0 stays as it is.
+    """
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return raw
+    value: Number = shortest_real32(raw) if rp.value_type is ValueType.FLOAT32 and isinstance(raw, float) else raw
+    return scaled(rp.point, value)
 
 
 def raw_for(rp: RegisterPoint, value: float | str | bool) -> RawValue:
