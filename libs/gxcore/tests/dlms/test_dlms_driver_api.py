@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,9 @@ async def test_read_over_an_open_tcp_medium_leaves_it_open() -> None:
             second = await driver.read(meter, PROFILE, ReadRequest(), timeout=2, medium=medium)
         finally:
             await medium.close()
-    want = expected_register(SEED, 0, ENERGY, NOW) / 1000
+    want = Decimal(expected_register(SEED, 0, ENERGY, NOW)) / 1000
     for result in (first, second):
-        assert {r.quantity: r.value for r in result.readings}[ENERGY] == pytest.approx(want, abs=1e-9)
+        assert {r.quantity: r.value for r in result.readings}[ENERGY] == want  # exact: Decimal arithmetic
         assert result.meter_time == NOW
 
 
@@ -292,7 +293,7 @@ async def test_plain_and_ciphered_pushes_are_served_and_a_bad_one_is_skipped(cap
     assert [s.meter_id for s in served] == [meter_id(SEED, 0), meter_id(SEED, 1), meter_id(SEED, 2)]
     energy = {s.meter_id: {r.quantity: r for r in s.result.readings}[ENERGY] for s in served}
     assert energy[meter_id(SEED, 0)].unit == "kWh"
-    assert energy[meter_id(SEED, 0)].value == pytest.approx(expected_register(SEED, 0, ENERGY, at) / 1000)
+    assert energy[meter_id(SEED, 0)].value == Decimal(expected_register(SEED, 0, ENERGY, at)) / 1000
     later = at + timedelta(minutes=15)
     assert energy[meter_id(SEED, 1)].value == pytest.approx(expected_register(SEED, 1, ENERGY, later) / 1000)
     assert served[1].result.meter_time == later
