@@ -43,7 +43,7 @@ COMPRESSION_METERS = 1_000
 PGLITE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "pglite"
 
 _FILL = """
-INSERT INTO readings (meter_id, quantity, ts, value, unit, quality, source_job)
+INSERT INTO readings (meter_id, quantity, ts, value, unit, status, job_id)
 SELECT 'G' || lpad(m::text, 6, '0'), q, $1::timestamptz + i * interval '15 minutes',
        {value}, 'kWh', 0, 'fill'
   FROM generate_series($2::int, $3::int) AS i

@@ -163,3 +163,96 @@ def test_storage_policy_refuses_settings_that_cannot_work() -> None:
         StoragePolicy(backfill_horizon=timedelta(hours=6))
     with pytest.raises(ValueError, match="longer than the back-fill"):
         StoragePolicy(backfill_horizon=timedelta(days=60), retention=timedelta(days=30))
+
+
+# The columns that 0010 renames, as an older release left them: (table, old name, new name).
+RENAMED = [
+    ("readings", "quality", "status"),
+    ("readings", "source_job", "job_id"),
+    ("reading_revisions", "source_job", "job_id"),
+    ("register_values", "quality", "status"),
+    ("register_values", "source_job", "job_id"),
+    ("register_value_revisions", "source_job", "job_id"),
+]
+
+
+async def _columns(conn: asyncpg.Connection, table: str) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped", table
+    )
+    return {r["attname"] for r in rows}
+
+
+async def test_0010_renames_status_and_job_id_keeping_every_row_partition_view_and_grant(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        before = [m.name for m in MIGRATIONS if m.version <= 9]
+        assert await migrate(conn, up_to=9) == before
+        keeper = PartitionKeeper(PartitionInterval.DAY)
+        await keeper.load(conn, "partitioned")
+        at = datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
+        await keeper.ensure(conn, [at, at + timedelta(days=1)])
+        # data as the previous release wrote it, under the old names
+        await conn.executemany(
+            "INSERT INTO readings (meter_id, quantity, ts, value, unit, quality, source_job)"
+            " VALUES ($1, $2, $3, $4, 'kWh', $5, $6)",
+            [("OLD1", "1-0:1.8.0", at, 10.5, 7, "job-a"), ("OLD1", "1-0:1.8.0", at + timedelta(days=1), 12.0, 0, None)],
+        )
+        await conn.execute(
+            "INSERT INTO reading_revisions (meter_id, quantity, ts, value, unit, source_job)"
+            " VALUES ('OLD1', '1-0:1.8.0', $1, 10.75, 'kWh', 'job-b')",
+            at,
+        )
+        await conn.execute(
+            "INSERT INTO register_values (meter_id, quantity, ts, kind, value, quality, source_job)"
+            " VALUES ('OLD1', '0-0:97.97.0', $1, 'bits', '0101', 3, 'job-a')",
+            at,
+        )
+        await conn.execute(
+            "INSERT INTO register_value_revisions (meter_id, quantity, ts, kind, value, source_job)"
+            " VALUES ('OLD1', '0-0:97.97.0', $1, 'bits', '0111', 'job-b')",
+            at,
+        )
+        await conn.execute("REFRESH MATERIALIZED VIEW readings_15m")
+        partition = (await existing_partitions(conn))[0].name
+        assert "quality" in await _columns(conn, partition)
+        assert "quality" in await _columns(conn, "register_values_typed")
+
+        assert await migrate(conn) == [m.name for m in MIGRATIONS if m.version > 9]
+        assert await migrate(conn) == []
+        for table, old, new in RENAMED:
+            cols = await _columns(conn, table)
+            assert new in cols and old not in cols, (table, cols)
+        # the partitions follow their parent
+        for p in await existing_partitions(conn):
+            cols = await _columns(conn, p.name)
+            assert {"status", "job_id"} <= cols and not {"quality", "source_job"} & cols, (p.name, cols)
+        # every row is still there, under the new names
+        readings = await conn.fetch(
+            "SELECT ts, value, status, job_id FROM readings WHERE meter_id = 'OLD1' ORDER BY ts"
+        )
+        assert [tuple(r) for r in readings] == [(at, 10.5, 7, "job-a"), (at + timedelta(days=1), 12.0, 0, None)]
+        assert tuple(await conn.fetchrow("SELECT value, job_id FROM reading_revisions WHERE meter_id = 'OLD1'")) == (
+            10.75,
+            "job-b",
+        )
+        assert tuple(
+            await conn.fetchrow("SELECT value, status, job_id FROM register_values WHERE meter_id = 'OLD1'")
+        ) == ("0101", 3, "job-a")
+        assert await conn.fetchval("SELECT job_id FROM register_value_revisions WHERE meter_id = 'OLD1'") == "job-b"
+        # the BI view shows the new name, bi_reader may still read it, and the views still answer
+        typed = await conn.fetch(
+            "SELECT kind, text_value, status FROM register_values_typed WHERE meter_id = 'OLD1' ORDER BY kind"
+        )
+        assert [tuple(r) for r in typed] == [("bits", "0101", 3), ("number", "10.5", 7), ("number", "12", 0)]
+        assert "quality" not in await _columns(conn, "register_values_typed")
+        for view in ("register_values_typed", "meter_register_values", "daily_consumption", "readings_15m"):
+            assert await conn.fetchval("SELECT has_table_privilege('bi_reader', $1, 'SELECT')", view), view
+        await conn.execute("REFRESH MATERIALIZED VIEW readings_15m")
+        assert await conn.fetchval("SELECT sum(readings) FROM readings_15m WHERE meter_id = 'OLD1'") == 2
+        # the migration's own SQL is safe to run again (a second pod, a lost schema_migrations row)
+        rename = next(m for m in MIGRATIONS if m.version == 10)
+        await conn.execute(rename.for_storage("partitioned"))
+        assert {"status", "job_id"} <= await _columns(conn, "readings")
+    finally:
+        await conn.close()

@@ -8,12 +8,13 @@ each test uses its own meters.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from gxami_store import migrate, storage_kind
+from gxami_store import MIGRATIONS, migrate, storage_kind
 from gxami_store.aggregates import AGGREGATES, refresh_aggregates
 from gxami_store.timescale import StoragePolicy, apply_storage_policy
 
@@ -211,3 +212,102 @@ async def test_bi_reader_on_timescaledb_reads_views_and_continuous_aggregates_bu
     finally:
         await conn.execute("RESET ROLE")
         conn.terminate()
+
+
+async def test_0010_renames_status_and_job_id_on_a_compressed_hypertable_with_continuous_aggregates(
+    pglite_url: str,
+) -> None:
+    # PGlite is one database shared by the session, so the release before 0010 is built in a schema
+    # of its own (first on the search path; TimescaleDB's functions stay in public).
+    schema = f"m9_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(pglite_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path TO {schema}, public")
+        assert await migrate(conn, up_to=9) == [m.name for m in MIGRATIONS if m.version <= 9]
+        assert await storage_kind(conn) == "timescaledb"
+        at = t("2026-02-01 10:15")
+        await _meter(conn, "TSR")
+        await conn.executemany(
+            "INSERT INTO readings (meter_id, quantity, ts, value, unit, quality, source_job)"
+            " VALUES ('TSR', $1, $2, $3, 'kWh', $4, $5)",
+            [(E, at + i * Q15, 100.0 + i, i % 2, "job-a") for i in range(4)],
+        )
+        await conn.execute(
+            "INSERT INTO reading_revisions (meter_id, quantity, ts, value, unit, source_job)"
+            " VALUES ('TSR', $1, $2, 99.5, 'kWh', 'job-b')",
+            E,
+            at,
+        )
+        await conn.execute(
+            "INSERT INTO register_values (meter_id, quantity, ts, kind, value, quality, source_job)"
+            " VALUES ('TSR', '0-0:42.0.0', $1, 'text', 'SIM1', 2, 'job-a')",
+            at,
+        )
+        await conn.execute(
+            "INSERT INTO register_value_revisions (meter_id, quantity, ts, kind, value, source_job)"
+            " VALUES ('TSR', '0-0:42.0.0', $1, 'text', 'SIM2', 'job-b')",
+            at,
+        )
+        assert await refresh_aggregates(conn) == list(AGGREGATES)
+        compressed = await conn.fetch(
+            "SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('readings') c"
+        )
+        assert compressed
+
+        assert await migrate(conn) == [m.name for m in MIGRATIONS if m.version > 9]
+        assert await migrate(conn) == []
+        for table, old, new in (
+            ("readings", "quality", "status"),
+            ("readings", "source_job", "job_id"),
+            ("reading_revisions", "source_job", "job_id"),
+            ("register_values", "quality", "status"),
+            ("register_values", "source_job", "job_id"),
+            ("register_value_revisions", "source_job", "job_id"),
+        ):
+            cols = await _columns(conn, table)
+            assert new in cols and old not in cols, (table, cols)
+        # every chunk, the compressed ones too, answers under the new names with the old rows
+        chunks = [r["c"] for r in await conn.fetch("SELECT c::text AS c FROM show_chunks('readings') c")]
+        assert chunks
+        for chunk in chunks:
+            assert {"status", "job_id"} <= await _columns(conn, chunk)
+        rows = await conn.fetch("SELECT ts, value, status, job_id FROM readings WHERE meter_id = 'TSR' ORDER BY ts")
+        assert [tuple(r) for r in rows] == [(at + i * Q15, 100.0 + i, i % 2, "job-a") for i in range(4)]
+        assert await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks"
+            " WHERE hypertable_schema = $1 AND hypertable_name = 'readings' AND is_compressed",
+            schema,
+        ) == len(compressed)
+        assert await conn.fetchval("SELECT job_id FROM reading_revisions WHERE meter_id = 'TSR'") == "job-b"
+        assert tuple(await conn.fetchrow("SELECT status, job_id FROM register_values WHERE meter_id = 'TSR'")) == (
+            2,
+            "job-a",
+        )
+        assert await conn.fetchval("SELECT job_id FROM register_value_revisions WHERE meter_id = 'TSR'") == "job-b"
+        # new rows go in under the new names; the continuous aggregates still refresh and answer
+        await conn.execute(
+            "INSERT INTO readings (meter_id, quantity, ts, value, unit, status, job_id)"
+            " VALUES ('TSR', $1, $2, 104.0, 'kWh', 5, 'job-c')",
+            E,
+            at + 4 * Q15,
+        )
+        assert await refresh_aggregates(conn) == list(AGGREGATES)
+        assert await conn.fetchval("SELECT sum(readings) FROM readings_1d WHERE meter_id = 'TSR'") == 5
+        typed = await conn.fetch(
+            "SELECT kind, status FROM register_values_typed WHERE meter_id = 'TSR' AND kind = 'text'"
+        )
+        assert [tuple(r) for r in typed] == [("text", 2)]
+        assert await conn.fetchval("SELECT has_table_privilege('bi_reader', 'register_values_typed', 'SELECT')")
+        # the migration's own SQL is safe to run again
+        await conn.execute(next(m for m in MIGRATIONS if m.version == 10).for_storage("timescaledb"))
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.terminate()
+
+
+async def _columns(conn: asyncpg.Connection, table: str) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped", table
+    )
+    return {r["attname"] for r in rows}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -349,5 +351,50 @@ async def test_text_bytes_bits_and_booleans_are_queryable_typed_beside_the_numbe
         )
         assert latest == "SIM00100000"
         await conn.execute("RESET ROLE")
+    finally:
+        await conn.close()
+
+
+DICTIONARY = Path(__file__).resolve().parents[3] / "docs" / "data-dictionary.md"
+
+
+def _dictionary_sections() -> dict[str, set[str]]:
+    """View name -> the columns the data dictionary section whose heading names the view describes:
+    the `names` in the first cell of its column table, or in its text where it has no table."""
+    sections: dict[str, set[str]] = {}
+    for part in re.split(r"^## ", DICTIONARY.read_text(encoding="utf-8"), flags=re.MULTILINE)[1:]:
+        heading, _, body = part.partition("\n")
+        cells = [line.split("|")[1] for line in body.splitlines() if line.startswith("| `")]
+        names = set(re.findall(r"`([a-z_0-9]+)`", " ".join(cells) if cells else body))
+        for view in re.findall(r"[a-z_0-9]+", heading.split("(")[0]):
+            sections[view] = names
+    return sections
+
+
+async def test_the_data_dictionary_names_every_column_of_every_documented_view(database_url: str) -> None:
+    # What a BI tool sees (bi_reader's views) must be what the dictionary describes, renames included.
+    conn = await _db(database_url)
+    try:
+        granted = {
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT table_name FROM information_schema.role_table_grants"
+                " WHERE grantee = 'bi_reader' AND privilege_type = 'SELECT'"
+            )
+        }
+        sections = _dictionary_sections()
+        documented = granted & set(sections)
+        assert granted - documented == {"vee_flag_catalog"}  # its columns: the VEE flags table
+        for view in sorted(documented):
+            cols = {
+                r["attname"]
+                for r in await conn.fetch(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0"
+                    " AND NOT attisdropped",
+                    view,
+                )
+            }
+            assert cols - sections[view] == set(), f"{view}: columns missing from docs/data-dictionary.md"
+        assert "status" in sections["register_values_typed"]
     finally:
         await conn.close()

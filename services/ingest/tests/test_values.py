@@ -61,14 +61,15 @@ async def test_numbers_and_text_values_are_stored_exactly_and_queryable(database
         stats = await write_readings(conn, rows, keeper, rows.values)
         assert (stats.offered, stats.inserted, stats.duplicates) == (6, 6, 0)
         numbers = await conn.fetch(
-            "SELECT quantity, value, value::text AS shown FROM readings WHERE meter_id = 'TV1' ORDER BY quantity"
+            "SELECT quantity, value, value::text AS shown, status, job_id FROM readings WHERE meter_id = 'TV1'"
+            " ORDER BY quantity"
         )
         assert [tuple(r) for r in numbers] == [
-            ("1-0:1.8.0", 38296.251, "38296.251"),  # no 38296.251000000004
-            ("1-0:1.8.1", 38296251.0, "38296251"),
+            ("1-0:1.8.0", 38296.251, "38296.251", 0, "job-1"),  # no 38296.251000000004
+            ("1-0:1.8.1", 38296251.0, "38296251", 0, "job-1"),
         ]
         typed = await conn.fetch(
-            "SELECT quantity, kind, text_value, bytes_value, bool_value, bits_value::text AS bits, quality"
+            "SELECT quantity, kind, text_value, bytes_value, bool_value, bits_value::text AS bits, status"
             " FROM register_values_typed WHERE meter_id = 'TV1' AND kind <> 'number' ORDER BY quantity"
         )
         assert [tuple(r) for r in typed] == [
@@ -89,7 +90,8 @@ async def test_numbers_and_text_values_are_stored_exactly_and_queryable(database
             )
             == "SIM00100000"
         )
-        assert await conn.fetchval("SELECT value FROM register_value_revisions WHERE meter_id = 'TV1'") == "RENAMED"
+        revision = await conn.fetchrow("SELECT value, job_id FROM register_value_revisions WHERE meter_id = 'TV1'")
+        assert revision is not None and tuple(revision) == ("RENAMED", "job-2")
         # VEE passes over the numbers only; the text values are untouched by its rules
         await run_vee(conn, settings=VeeSettings(), since=now - timedelta(days=1))
         assert await conn.fetchval("SELECT count(*) FROM register_values WHERE meter_id = 'TV1'") == 4

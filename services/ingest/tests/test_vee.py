@@ -92,15 +92,14 @@ async def test_a_gap_is_flagged_and_filled_exactly_and_a_late_real_value_replace
             T0 + k * Q15: 0 for k in values if k != 7
         }
         est = await conn.fetch(
-            "SELECT ts, value, vee_flags, source_job FROM readings"
-            " WHERE meter_id = 'G' AND vee_flags & 1 <> 0 ORDER BY ts"
+            "SELECT ts, value, vee_flags, job_id FROM readings WHERE meter_id = 'G' AND vee_flags & 1 <> 0 ORDER BY ts"
         )
         assert [(r["ts"], r["value"]) for r in est] == [
             (T0 + 4 * Q15, 102.25),
             (T0 + 5 * Q15, 103.0),
             (T0 + 6 * Q15, 103.75),
         ]
-        assert {(r["vee_flags"], r["source_job"]) for r in est} == {(f.ESTIMATED, f.ESTIMATE_SOURCE)}
+        assert {(r["vee_flags"], r["job_id"]) for r in est} == {(f.ESTIMATED, f.ESTIMATE_SOURCE)}
         assert await find_gaps(conn, "G", E, T0, T0 + timedelta(days=1)) == [Gap(T0 + 3 * Q15, T0 + 7 * Q15, 3)]
         assert await find_gaps(conn, "G2", E, T0, T0 + timedelta(days=1)) == [Gap(T0 + Q15, T0 + 13 * Q15, 11)]
         assert (await _flags(conn, "G2"))[T0 + 13 * Q15] == f.GAP_BEFORE
@@ -117,7 +116,7 @@ async def test_a_gap_is_flagged_and_filled_exactly_and_a_late_real_value_replace
         merged = await _merge(conn, "G", E, [(T0 + 5 * Q15, 103.5)])
         assert (merged["inserted"], merged["replaced_estimates"], merged["revisions"]) == (0, 1, 0)
         real = await conn.fetchrow(
-            "SELECT value, vee_flags, source_job FROM readings WHERE meter_id = 'G' AND ts = $1", T0 + 5 * Q15
+            "SELECT value, vee_flags, job_id FROM readings WHERE meter_id = 'G' AND ts = $1", T0 + 5 * Q15
         )
         assert tuple(real) == (103.5, 0, "job-late")
         assert await conn.fetchval("SELECT count(*) FROM reading_revisions") == 0

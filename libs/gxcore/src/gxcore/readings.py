@@ -80,7 +80,7 @@ class Reading:
     ``quantity`` is the canonical, OBIS-style name (``1-0:1.8.0``); ``ts`` is timezone-aware
     UTC (the spelling of the contract and the database; ``timestamp`` is kept as a read-only alias
     for code written before). ``status`` carries the meter's own status word where it has one (the
-    contract's ``status``, stored in ``readings.quality``).
+    contract's ``status``, stored in ``readings.status``).
 
     ``value`` keeps the form the meter gave it, exactly: ``int`` for integer registers,
     ``Decimal`` for scaled and decimal ones (no binary-float noise, the meter's resolution

@@ -56,7 +56,7 @@ async def _progress(dsn: str) -> CollectState:
             """SELECT (SELECT count(*) FROM meter_schedule WHERE last_success_at IS NOT NULL) AS ok,
                       (SELECT count(*) FROM meter_schedule WHERE last_success_at IS NULL
                                                           AND consecutive_failures > 0) AS failed,
-                      (SELECT count(*) FROM readings WHERE source_job IS DISTINCT FROM 'vee:estimate') AS readings,
+                      (SELECT count(*) FROM readings WHERE job_id IS DISTINCT FROM 'vee:estimate') AS readings,
                       (SELECT coalesce(sum(readings_count), 0) FROM job_results WHERE status = 'ok') AS published"""
         )
     finally:

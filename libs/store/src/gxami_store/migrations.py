@@ -79,8 +79,11 @@ def _render(sql: str, timescale: bool) -> str:
     return sql.replace("{readings_storage}", storage)
 
 
-async def migrate(conn: Conn) -> list[str]:
-    """Apply pending migrations under an advisory lock; returns the names applied."""
+async def migrate(conn: Conn, *, up_to: int | None = None) -> list[str]:
+    """Apply pending migrations under an advisory lock; returns the names applied.
+
+    ``up_to`` stops after that version (tests build a database as an older release left it).
+    """
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -97,7 +100,7 @@ async def migrate(conn: Conn) -> list[str]:
         timescale = chosen == "timescaledb" if chosen is not None else await has_timescaledb(conn)
         storage = "timescaledb" if timescale else "partitioned"
         for m in MIGRATIONS:
-            if m.version in done:
+            if m.version in done or (up_to is not None and m.version > up_to):
                 continue
             async with conn.transaction():
                 if m.version == 1 and timescale:

@@ -55,14 +55,14 @@ def check_batch(
     if meter not in known_meters:
         raise BatchRejectedError(f"unknown meter {meter!r} (not in the meter registry)")
     latest, earliest = now + max_future, now - max_past
-    source = batch.job_id or batch.batch_id
+    job_id = batch.job_id or batch.batch_id  # readings.job_id
     rows = CheckedRows()
     for k, s in enumerate(batch.series):
         if not s.ts:
             continue
         _check_times(meter, k, s.quantity, s.ts, latest, earliest)
         q, unit = s.quantity, s.unit
-        rows.extend(zip(repeat(meter), repeat(q), s.ts, s.values, repeat(unit), s.status or repeat(0), repeat(source)))
+        rows.extend(zip(repeat(meter), repeat(q), s.ts, s.values, repeat(unit), s.status or repeat(0), repeat(job_id)))
     for k, t in enumerate(batch.text_series):
         if not t.ts:
             continue
@@ -76,7 +76,7 @@ def check_batch(
                 t.values,
                 repeat(t.unit),
                 t.status or repeat(0),
-                repeat(source),
+                repeat(job_id),
             )
         )
     return rows

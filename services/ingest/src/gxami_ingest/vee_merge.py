@@ -15,15 +15,15 @@ from __future__ import annotations
 
 MERGE_REPLACING_ESTIMATES = """
 WITH src AS (
-    SELECT DISTINCT ON (meter_id, quantity, ts) meter_id, quantity, ts, value, unit, quality, source_job
+    SELECT DISTINCT ON (meter_id, quantity, ts) meter_id, quantity, ts, value, unit, status, job_id
       FROM ingest_staging
      ORDER BY meter_id, quantity, ts
 ), up AS (
-    INSERT INTO readings AS r (meter_id, quantity, ts, value, unit, quality, source_job)
-    SELECT meter_id, quantity, ts, value, unit, quality, source_job FROM src
+    INSERT INTO readings AS r (meter_id, quantity, ts, value, unit, status, job_id)
+    SELECT meter_id, quantity, ts, value, unit, status, job_id FROM src
     ON CONFLICT (meter_id, quantity, ts) DO UPDATE
-       SET value = EXCLUDED.value, unit = EXCLUDED.unit, quality = EXCLUDED.quality,
-           source_job = EXCLUDED.source_job, received_at = now(), vee_flags = 0
+       SET value = EXCLUDED.value, unit = EXCLUDED.unit, status = EXCLUDED.status,
+           job_id = EXCLUDED.job_id, received_at = now(), vee_flags = 0
      WHERE r.vee_flags & 1 <> 0
     RETURNING r.meter_id, r.quantity, r.ts
 ), estimates AS (
@@ -33,8 +33,8 @@ WITH src AS (
       FROM src s JOIN readings r USING (meter_id, quantity, ts)
      WHERE r.vee_flags & 1 <> 0
 ), rev AS (
-    INSERT INTO reading_revisions (meter_id, quantity, ts, value, unit, source_job)
-    SELECT s.meter_id, s.quantity, s.ts, s.value, s.unit, s.source_job
+    INSERT INTO reading_revisions (meter_id, quantity, ts, value, unit, job_id)
+    SELECT s.meter_id, s.quantity, s.ts, s.value, s.unit, s.job_id
       FROM src s JOIN readings r USING (meter_id, quantity, ts)
      WHERE r.value IS DISTINCT FROM s.value AND r.vee_flags & 1 = 0
     ON CONFLICT DO NOTHING

@@ -33,7 +33,7 @@ FLAG_NAMES = {
     CONFLICTING_DUPLICATE: "CONFLICTING_DUPLICATE",
 }
 
-# The tag estimated rows carry in readings.source_job.
+# The tag estimated rows carry in readings.job_id.
 ESTIMATE_SOURCE = "vee:estimate"
 
 CREATE_TOUCHED = """
@@ -244,7 +244,7 @@ WITH before AS (
     SELECT w.meter_id, w.quantity, w.ts
       FROM vee_wanted w JOIN readings r USING (meter_id, quantity, ts)
 ), up AS (
-    INSERT INTO readings AS r (meter_id, quantity, ts, value, unit, quality, source_job, vee_flags)
+    INSERT INTO readings AS r (meter_id, quantity, ts, value, unit, status, job_id, vee_flags)
     SELECT meter_id, quantity, ts, value, unit, 0, $1::text, 1 FROM vee_wanted
      ORDER BY meter_id, quantity, ts  -- the ingest merge takes row locks in the same order
     ON CONFLICT (meter_id, quantity, ts) DO UPDATE

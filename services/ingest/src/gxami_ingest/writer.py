@@ -21,28 +21,28 @@ import asyncpg
 from gxami_ingest.vee_merge import MERGE_REPLACING_ESTIMATES
 from gxami_store import PartitionKeeper
 
-STAGING_COLUMNS = ("meter_id", "quantity", "ts", "value", "unit", "quality", "source_job")
+STAGING_COLUMNS = ("meter_id", "quantity", "ts", "value", "unit", "status", "job_id")
 
 # value: an int (an integer register) or a float; the COPY converts it to double precision once.
 ReadingRow = tuple[str, str, datetime, int | float, str, int, str | None]
-# meter_id, quantity, ts, kind, value (canonical text), unit, quality, source_job
+# meter_id, quantity, ts, kind, value (canonical text), unit, status, job_id
 ValueRow = tuple[str, str, datetime, str, str, str, int, str | None]
 
 MERGE_VALUES = """
 WITH src AS (
     SELECT DISTINCT ON (meter_id, quantity, ts) *
       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::integer[],
-                  $8::text[]) AS s(meter_id, quantity, ts, kind, value, unit, quality, source_job)
+                  $8::text[]) AS s(meter_id, quantity, ts, kind, value, unit, status, job_id)
      ORDER BY meter_id, quantity, ts
 ), ins AS (
-    INSERT INTO register_values (meter_id, quantity, ts, kind, value, unit, quality, source_job)
-    SELECT meter_id, quantity, ts, kind, value, unit, quality, source_job FROM src
+    INSERT INTO register_values (meter_id, quantity, ts, kind, value, unit, status, job_id)
+    SELECT meter_id, quantity, ts, kind, value, unit, status, job_id FROM src
     ON CONFLICT (meter_id, quantity, ts) DO NOTHING
     RETURNING 1
 ), rev AS (
     -- joined against what was stored before this statement: a value that came again different
-    INSERT INTO register_value_revisions (meter_id, quantity, ts, kind, value, source_job)
-    SELECT s.meter_id, s.quantity, s.ts, s.kind, s.value, s.source_job
+    INSERT INTO register_value_revisions (meter_id, quantity, ts, kind, value, job_id)
+    SELECT s.meter_id, s.quantity, s.ts, s.kind, s.value, s.job_id
       FROM src s JOIN register_values v USING (meter_id, quantity, ts)
      WHERE (v.value, v.kind) IS DISTINCT FROM (s.value, s.kind)
     ON CONFLICT DO NOTHING
@@ -54,7 +54,7 @@ SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM rev) AS rev
 _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
     meter_id text, quantity text, ts timestamptz, value double precision,
-    unit text, quality integer, source_job text
+    unit text, status integer, job_id text
 ) ON COMMIT DELETE ROWS
 """
 

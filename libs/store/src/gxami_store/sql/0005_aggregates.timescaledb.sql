@@ -12,7 +12,8 @@
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables
-                    WHERE hypertable_name = 'readings' AND compression_enabled) THEN
+                    WHERE hypertable_schema = current_schema() AND hypertable_name = 'readings'
+                      AND compression_enabled) THEN
         ALTER TABLE readings SET (timescaledb.compress,
                                   timescaledb.compress_segmentby = 'meter_id',
                                   timescaledb.compress_orderby = 'quantity, ts');
