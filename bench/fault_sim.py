@@ -23,6 +23,7 @@ import json
 import signal
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -127,7 +128,7 @@ class RecordingModbusSimulator(ModbusMeterSimulator):
             for rp in self._points:
                 if rp.table is table and rp.address >= address and rp.end <= address + count:
                     value = expected_value(self.seed, index, rp.point, at)
-                    if isinstance(value, float | int):
+                    if isinstance(value, float | int | Decimal) and not isinstance(value, bool):
                         self._log.write(
                             modbus_meter_id(self.seed, index), rp.point.quantity, at, float(value), "modbus"
                         )
