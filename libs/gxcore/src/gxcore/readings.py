@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Final, Literal
 
 from gxcore.errors import ProtocolError
 
@@ -45,13 +45,24 @@ def exact_number(value: Decimal) -> int | Decimal:
     return int(value) if isinstance(exponent, int) and exponent >= 0 else value
 
 
+_REAL32: Final = struct.Struct("<f")
+_SHORTEST: Final = ("%.6g", "%.7g", "%.8g", "%.9g")
+_ALL_LENGTHS: Final = tuple(f"%.{d}g" for d in range(1, 10))
+_SMALLEST_NORMAL32: Final = 2.0**-126  # below it a float32 has fewer significant bits
+
+
 def shortest_real32(value: float) -> Decimal:
     """A single-precision float (M-Bus type H, a Modbus float32) as the shortest decimal that packs back
     to the same 4 bytes: ``230.1``, not the ``230.10000610351562`` its widening to double prints."""
-    packed = struct.pack("<f", value)
-    for digits in range(1, 10):
-        text = f"{value:.{digits}g}"
-        if struct.pack("<f", float(text)) == packed:
+    pack = _REAL32.pack
+    packed = pack(value)
+    # Start at 6 digits: a float32 lies within 6e-8 (relative) of any shorter decimal that packs back
+    # to it, far inside half a unit of the 6th digit, so "%.6g" (which drops trailing zeros) is that
+    # shorter decimal whenever there is one; 7 to 9 digits are needed only for the rest. (Not for
+    # subnormals, whose precision is lower: they try every length.)
+    for form in _SHORTEST if abs(value) >= _SMALLEST_NORMAL32 or value == 0 else _ALL_LENGTHS:
+        text = form % value
+        if pack(float(text)) == packed:
             return Decimal(text)
     return Decimal(repr(value))  # not reached: 9 significant digits always round-trip a float32
 

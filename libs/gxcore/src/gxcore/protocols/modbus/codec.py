@@ -37,9 +37,9 @@ _FORMATS = {
 }
 
 
-def _words_to_number(words: Sequence[int], value_type: ValueType) -> int | float:
-    value: int | float = struct.unpack(_FORMATS[value_type], b"".join(w.to_bytes(2, "big") for w in words))[0]
-    return value
+_WORDS = {n: struct.Struct(f">{n}H") for n in (1, 2, 4)}  # 16-bit registers, big-endian, by count
+# By struct code (a string key: hashing the enum itself is a Python-level call per value).
+_NUMBERS = {vt.struct_code: struct.Struct(fmt) for vt, fmt in _FORMATS.items()}
 
 
 def _number_to_words(raw: int | float, value_type: ValueType) -> list[int]:
@@ -63,19 +63,26 @@ def _from_big_big(words: Sequence[int], byte_order: Order, word_order: Order) ->
 
 def decode_value(rp: RegisterPoint, words: Sequence[int]) -> RawValue:
     """Raw value of ``rp`` from exactly its registers (or its one bit as 0/1)."""
-    if rp.value_type is ValueType.BIT:
+    vt = rp.value_type
+    if vt is ValueType.BIT:
         if len(words) != 1 or words[0] not in (0, 1):
             raise ProtocolError(f"{rp.describe()}: expected one bit, got {list(words)[:4]}")
         return words[0]
-    if len(words) != rp.count or any(not 0 <= w <= 0xFFFF for w in words):
-        raise ProtocolError(f"{rp.describe()}: expected {rp.count} 16-bit registers, got {len(words)}")
-    ordered = _to_big_big(words, rp.byte_order, rp.word_order)
-    if rp.value_type is ValueType.STRING:
-        raw = b"".join(w.to_bytes(2, "big") for w in ordered)
-        return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace")
-    if rp.value_type not in _FORMATS:
+    n = len(words)
+    if n != rp.count:
+        raise ProtocolError(f"{rp.describe()}: expected {rp.count} 16-bit registers, got {n}")
+    ordered = _to_big_big(words, rp.byte_order, rp.word_order) if rp.reordered else words
+    try:
+        data = (_WORDS.get(n) or struct.Struct(f">{n}H")).pack(*ordered)
+    except struct.error:  # a register outside 0..0xFFFF
+        raise ProtocolError(f"{rp.describe()}: expected {rp.count} 16-bit registers, got {list(words)[:4]}") from None
+    if vt is ValueType.STRING:
+        return data.split(b"\x00", 1)[0].decode("ascii", errors="replace")
+    code = vt.struct_code
+    if not code:
         raise ProtocolError(f"{rp.describe()}: registers did not decode to a number")
-    return _words_to_number(ordered, rp.value_type)
+    value: int | float = _NUMBERS[code].unpack(data)[0]
+    return value
 
 
 def encode_value(rp: RegisterPoint, raw: RawValue) -> list[int]:

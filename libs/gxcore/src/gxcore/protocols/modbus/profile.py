@@ -143,6 +143,11 @@ class RegisterPoint:
         """First address after this point."""
         return self.address + self.count
 
+    @property
+    def reordered(self) -> bool:
+        """True when its registers are not big/big (bytes or words to swap before decoding)."""
+        return self.byte_order != "big" or self.word_order != "big"
+
     def describe(self) -> str:
         return f"{self.point.quantity} at {self.table.label}:{self.address:#06x}"
 
