@@ -1,14 +1,28 @@
-"""Collector: consume read jobs, read meters with bounded concurrency, publish readings, events and results."""
+"""Collector: consume read jobs, read meters with bounded concurrency, publish readings, events and results.
+
+An edge collector (``GXAMI_SITE``) takes only its site's jobs and sends what it produces through
+its durable spool (gxami_collector.spool); see README "Edge collectors".
+
+Site routing: one read-jobs topic per site (``<ami.read-jobs>.<site>``), consumed by that site's
+own consumer group (``<group>.<site>``). Why not one topic with site-keyed partitions: a partition
+of a shared topic is shared by several sites' links (12 partitions, hundreds of sites), so a site
+whose collector is offline would hold the jobs of every other site on its partitions, a rebalance
+caused by one flapping cellular uplink would pause every collector of the group, and Kafka ACLs
+work per topic (prefix), not per partition: with a topic per site, an edge's SCRAM user may read
+``ami.read-jobs.<its site>`` only. Topics are cheap at this scale (one per site, not per meter).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -16,7 +30,9 @@ from gxami_collector.batches import fitting_batches
 from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
+from gxami_collector.spool import Outgoing, Spool, drain, forward
 from gxami_contracts import JobStatus, ReadJob
+from gxami_contracts.messages import Message
 from gxami_contracts.topics import EVENTS, JOB_RESULTS, READ_JOBS, READINGS
 from gxami_runtime.http import OpsServer
 from gxami_runtime.kafka import (
@@ -25,8 +41,10 @@ from gxami_runtime.kafka import (
     Publisher,
     commit,
     decode_batch,
+    ensure_topics,
     start_clients,
 )
+from gxami_runtime.service import KafkaStartupError, kafka_startup_error
 from gxcore.profiles import ProfileCatalog
 
 log = logging.getLogger("gxami.collector")
@@ -41,13 +59,25 @@ SESSION_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("gxami_collector_sessions_in_flight", "Meter sessions running now")
 
+# How long a clean stop waits for the spool to reach the broker; what is left stays on disk.
+SPOOL_DRAIN_S = 5.0
+# An edge collector that cannot reach its broker at start waits for it, this long at most between tries.
+CONNECT_RETRY_CAP_S = 30.0
+
+
+def _broker_away(exc: KafkaStartupError) -> bool:
+    """The broker is away (refused, timed out), not refusing us (TLS, SASL, a wrong address)."""
+    return exc.cause in {"connection refused", "timed out"}
+
 
 class Collector:
     """Runs jobs from the read-jobs topic; one link is never used by two sessions at once."""
 
-    def __init__(self, settings: CollectorSettings, reader: MeterReader) -> None:
+    def __init__(self, settings: CollectorSettings, reader: MeterReader, spool: Spool | None = None) -> None:
         self.settings = settings
         self.reader = reader
+        self.spool = spool
+        self._forwarder: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._links: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.ready = False
@@ -62,6 +92,30 @@ class Collector:
         r = outcome.result
         SESSION_SECONDS.observe((r.finished_at - r.started_at).total_seconds())
         # Readings and events before the result: a scheduler that saw "ok" knows they are on the broker.
+        if self.spool is not None:
+            await self._spooled(outcome)
+        else:
+            await self._sent(outcome, publisher)
+        JOBS.labels(r.status.value, r.error_kind or "").inc()
+        if r.status is JobStatus.ERROR:
+            log.info(
+                "read failed", extra={"meter_id": r.meter_id, "error_kind": r.error_kind, "error": r.error_message}
+            )
+
+    async def _spooled(self, outcome: JobOutcome) -> None:
+        """Everything the job produced into the spool, in one transaction (the forwarder keeps the order)."""
+        assert self.spool is not None
+        items: list[tuple[str, str, Message]] = []
+        if outcome.batch is not None:
+            items += [(READINGS.name, p.meter_id, p) for p in fitting_batches(outcome.batch)]
+            READINGS_OUT.inc(outcome.batch.count)
+        items += [(EVENTS.name, e.meter_id, e) for e in outcome.events]
+        EVENTS_OUT.inc(len(outcome.events))
+        items.append((JOB_RESULTS.name, outcome.result.meter_id, outcome.result))
+        await self.spool.put([Outgoing(t, k.encode(), m.model_dump_json().encode()) for t, k, m in items])
+
+    async def _sent(self, outcome: JobOutcome, publisher: Publisher) -> None:
+        r = outcome.result
         if outcome.batch is not None:
             parts = fitting_batches(outcome.batch)  # a long back-fill goes as several messages
             await publisher.send_many(READINGS.name, [(p.meter_id, p) for p in parts])
@@ -70,34 +124,100 @@ class Collector:
             await publisher.send_many(EVENTS.name, [(e.meter_id, e) for e in outcome.events])
             EVENTS_OUT.inc(len(outcome.events))
         await publisher.send(JOB_RESULTS.name, r.meter_id, r)
-        JOBS.labels(r.status.value, r.error_kind or "").inc()
-        if r.status is JobStatus.ERROR:
-            log.info(
-                "read failed", extra={"meter_id": r.meter_id, "error_kind": r.error_kind, "error": r.error_message}
-            )
+
+    async def _clients(self) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+        """Producer and consumer of this collector's jobs topic (its site's, or the central one)."""
+        s = self.settings
+        if s.site is None:
+            return await start_clients(s, s.jobs_group(), s.topic(READ_JOBS.name))
+        # The site's topic is the catalog's read-jobs topic under another physical name.
+        site = s.model_copy(update={"topic_overrides": {**s.topic_overrides, READ_JOBS.name: s.jobs_topic()}})
+        try:
+            await ensure_topics(site, [READ_JOBS.name])
+        except (KafkaError, OSError) as exc:
+            raise kafka_startup_error(s.kafka_bootstrap, exc, s.kafka_security()) from None
+        return await start_clients(s, s.jobs_group(), s.jobs_topic())
+
+    async def _connect(self, stop: asyncio.Event) -> tuple[AIOKafkaProducer, AIOKafkaConsumer] | None:
+        """The clients; with a spool, an absent broker is waited for (None if stopped meanwhile).
+
+        An edge collector restarted during an uplink outage must come up and keep its spool, not
+        exit; a broker that refuses it (TLS, SASL) is still the one-line error and exit 2.
+        """
+        delay = 1.0
+        while True:
+            try:
+                return await self._clients()
+            except KafkaStartupError as exc:
+                if self.spool is None or not _broker_away(exc):
+                    raise
+                log.warning(
+                    "broker unreachable at start; spool kept, retrying",
+                    extra={"error": str(exc), "retry_s": delay, "spooled": self.spool.records},
+                )
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, CONNECT_RETRY_CAP_S)
 
     async def run(self, stop: asyncio.Event) -> None:
-        s = self.settings
-        producer, consumer = await start_clients(s, s.consumer_group, s.topic(READ_JOBS.name))
-        ops = OpsServer.from_settings(s, ready=lambda: self.ready)
+        # The ops server first: an edge waiting for its broker shows its spool in /metrics meanwhile.
+        ops = OpsServer.from_settings(self.settings, ready=lambda: self.ready)
         port = await ops.start()
+        try:
+            clients = await self._connect(stop)
+            if clients is not None:
+                await self._serve(*clients, port, stop)
+        finally:
+            await ops.stop()
+            log.info("collector stopped")
+
+    async def _serve(
+        self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, port: int, stop: asyncio.Event
+    ) -> None:
+        s = self.settings
         publisher = Publisher(producer, s)
         dead = DeadLetters(publisher, "collector")
-        log.info("collector started", extra={"http_port": port, "concurrency": s.concurrency})
+        forwarder = None
+        if self.spool is not None:
+            forwarder = self._forwarder = asyncio.create_task(
+                forward(self.spool, producer, s.topic, last_topics=frozenset({JOB_RESULTS.name})),
+                name="spool-forwarder",
+            )
+        log.info(
+            "collector started",
+            extra={"http_port": port, "concurrency": s.concurrency, "site": s.site, "jobs_topic": s.jobs_topic()},
+        )
         self.ready = True
         try:
             await self._loop(consumer, publisher, dead, stop)
         finally:
             self.ready = False
             await consumer.stop()
+            if forwarder is not None:
+                assert self.spool is not None
+                if not await drain(self.spool, SPOOL_DRAIN_S):
+                    log.info(
+                        "stopping with records in the spool; sent at the next start",
+                        extra={"records": self.spool.records},
+                    )
+                forwarder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forwarder
             await producer.stop()
-            await ops.stop()
-            log.info("collector stopped")
 
     async def _loop(
         self, consumer: AIOKafkaConsumer, publisher: Publisher, dead: DeadLetters, stop: asyncio.Event
     ) -> None:
         while not stop.is_set():
+            if self._forwarder is not None and self._forwarder.done():
+                self._forwarder.result()  # it never returns: this raises what stopped it (the spool's disk)
+            if self.spool is not None and self.spool.full:
+                # Above the high-water mark (alarm raised by the spool): no new jobs until the uplink
+                # has drained some. Jobs stay uncommitted in their topic; nothing is dropped.
+                await asyncio.sleep(0.5)
+                continue
             fetched = await consumer.getmany(timeout_ms=300, max_records=self.settings.concurrency * 4)
             if not fetched:
                 continue
@@ -122,6 +242,8 @@ class Collector:
         """One job's failure is that job's: dead-letter it and go on, unless the broker is away."""
         if not isinstance(exc, Exception) or (isinstance(exc, KafkaError) and exc.retriable):
             raise exc  # cancelled, or the broker away: nothing is committed and the jobs come again
+        if isinstance(exc, sqlite3.Error):
+            raise exc  # the spool's disk, not the job: nothing is committed and the jobs come again
         JOBS.labels("error", "internal").inc()
         # The type and where it was raised, not the message nor a traceback: an unexpected error
         # deep in a meter session must not carry key material into the logs.
@@ -150,4 +272,12 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         invocation_counters=s.invocation_counters_file,
         networks=s.meter_networks(),
     )
-    await Collector(s, reader).run(stop)
+    where = s.spool_path()
+    spool = None
+    if where is not None:
+        spool = await Spool.open(where, max_bytes=s.spool_max_bytes, high_water=s.spool_high_water)
+    try:
+        await Collector(s, reader, spool).run(stop)
+    finally:
+        if spool is not None:
+            await spool.close()

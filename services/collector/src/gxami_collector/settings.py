@@ -19,14 +19,20 @@ from gxami_collector.networks import (
     parse_schemes,
     parse_serial_device,
 )
+from gxami_contracts.topics import READ_JOBS
 from gxami_runtime.settings import ServiceSettings
+
+
+def _state_dir() -> Path:
+    """``$XDG_STATE_HOME/gxami`` (``~/.local/state/gxami`` without XDG_STATE_HOME)."""
+    state = os.environ.get("XDG_STATE_HOME")
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "gxami"
 
 
 def _state_file() -> Path:
     """``$XDG_STATE_HOME/gxami/invocation-counters.json`` (``~/.local/state`` without XDG_STATE_HOME)."""
-    state = os.environ.get("XDG_STATE_HOME")
-    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
-    return base / "gxami" / "invocation-counters.json"
+    return _state_dir() / "invocation-counters.json"
 
 
 # Comma-separated in the environment (GXAMI_ALLOWED_NETWORKS=10.20.0.0/16:4059,10.30.0.0/16); empty: none.
@@ -53,6 +59,14 @@ class CollectorSettings(ServiceSettings):
     allowed_networks: CommaList = Field(default_factory=lambda: list(DEFAULT_NETWORKS))
     allowed_serial_devices: CommaList = Field(default_factory=lambda: list(DEFAULT_SERIAL_DEVICES))
     resolve_timeout_s: float = DEFAULT_RESOLVE_TIMEOUT_S
+    # Edge collector (see gxami_collector.spool and README "Edge collectors"): with a site, this
+    # collector takes only that site's jobs (topic ``<read-jobs>.<site>``, group ``<group>.<site>``)
+    # and spools what it produces. Letters, digits, - and _ (a part of a Kafka topic name).
+    site: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    # The spool: on with a site (default folder in the state dir, one per site) or with a folder.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1 << 30, ge=4096, description="bound on spooled keys and values")
+    spool_high_water: float = Field(default=0.8, gt=0, le=1, description="share of the bound: alarm, no new jobs")
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
@@ -91,3 +105,18 @@ class CollectorSettings(ServiceSettings):
             self.allowed_serial_devices,
             resolve_timeout=self.resolve_timeout_s,
         )
+
+    def spool_path(self) -> Path | None:
+        """The spool folder, or None when this collector sends directly (no site, no spool folder)."""
+        if self.spool_dir is not None:
+            return self.spool_dir
+        return _state_dir() / "spool" / self.site if self.site else None
+
+    def jobs_topic(self) -> str:
+        """The physical topic this collector takes jobs from: its site's, or the central one."""
+        central = self.topic(READ_JOBS.name)
+        return f"{central}.{self.site}" if self.site else central
+
+    def jobs_group(self) -> str:
+        """Its consumer group: one per site, so that one site's rebalances never pause another's."""
+        return f"{self.consumer_group}.{self.site}" if self.site else self.consumer_group
