@@ -67,7 +67,7 @@ CONNECT_RETRY_CAP_S = 30.0
 
 def _broker_away(exc: KafkaStartupError) -> bool:
     """The broker is away (refused, timed out), not refusing us (TLS, SASL, a wrong address)."""
-    return exc.cause in {"connection refused", "timed out"}
+    return exc.cause in {"connection refused", "connection failed", "timed out"}
 
 
 class Collector:
