@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from gxami_collector.batches import fitting_batches
@@ -134,8 +134,13 @@ class Collector:
         site = s.model_copy(update={"topic_overrides": {**s.topic_overrides, READ_JOBS.name: s.jobs_topic()}})
         try:
             await ensure_topics(site, [READ_JOBS.name])
-        except (KafkaError, OSError) as exc:
+        except (KafkaConnectionError, OSError) as exc:
             raise kafka_startup_error(s.kafka_bootstrap, exc, s.kafka_security()) from None
+        except KafkaError as exc:  # e.g. an edge user without the right to create topics: it must exist
+            log.warning(
+                "cannot create the site's jobs topic; it must exist already",
+                extra={"topic": s.jobs_topic(), "error": type(exc).__name__},
+            )
         return await start_clients(s, s.jobs_group(), s.jobs_topic())
 
     async def _connect(self, stop: asyncio.Event) -> tuple[AIOKafkaProducer, AIOKafkaConsumer] | None:
@@ -171,7 +176,6 @@ class Collector:
                 await self._serve(*clients, port, stop)
         finally:
             await ops.stop()
-            log.info("collector stopped")
 
     async def _serve(
         self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, port: int, stop: asyncio.Event
@@ -206,6 +210,7 @@ class Collector:
                 with contextlib.suppress(asyncio.CancelledError):
                     await forwarder
             await producer.stop()
+            log.info("collector stopped")
 
     async def _loop(
         self, consumer: AIOKafkaConsumer, publisher: Publisher, dead: DeadLetters, stop: asyncio.Event
