@@ -13,7 +13,7 @@ from gxcore.drivers.wmbus_receiver import receive_telegrams
 from gxcore.errors import MediaError, MeterTimeoutError
 from gxcore.media import memory_pair
 from gxcore.protocols.wmbus import decode_wmbus_telegram
-from gxcore.protocols.wmbus.heard import HeardTelegram, ReceiverCore, hear, security_of
+from gxcore.protocols.wmbus.heard import HeardMeters, HeardTelegram, ReceiverCore, hear, security_of
 from gxcore.protocols.wmbus.receivers import ReceivedFrame, Skipped
 
 AT = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
@@ -88,3 +88,15 @@ async def test_a_quiet_receiver_ends_the_listening_with_a_timeout() -> None:
     assert [t.id for t in heard] == [GEN.meters[0].id]
     await near.close()
     await far.close()
+
+
+def test_heard_meters_tally_per_id_and_stay_bounded() -> None:
+    tally = HeardMeters(limit=2)
+    for n in range(3):
+        for index in range(3):
+            tally.add(hear(ReceivedFrame(GEN.telegram(index, AT), 0, "auto", rssi_raw=n), now=float(n)))
+    assert list(tally.meters) == [GEN.meters[0].id, GEN.meters[1].id]  # the third ID did not fit: counted only
+    assert [m.count for m in tally.meters.values()] == [3, 3] and tally.dropped == 3 and tally.telegrams == 9
+    first = tally.meters[GEN.meters[0].id].to_json_dict()
+    assert first["encrypted"] is True and first["security_mode"] == 5 and first["last_rssi_raw"] == 2
+    assert (first["manufacturer"], first["type"], first["medium"]) == ("GXW", 7, "water")

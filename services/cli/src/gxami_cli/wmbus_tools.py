@@ -15,7 +15,6 @@ import typer
 from gxami_cli.field import InputError, run_guarded
 
 if TYPE_CHECKING:
-    from gxcore.protocols.wmbus.heard import HeardTelegram
     from gxcore.protocols.wmbus.receivers import ReceiverFraming
 
 # Only typer and the field plumbing above: gxcore's drivers and asyncio load inside the command.
@@ -26,31 +25,6 @@ app = typer.Typer(
 )  # fmt: skip
 
 FRAMINGS = ("hex", "length", "im871a", "amber")  # gxcore.protocols.wmbus.receivers.FRAMINGS (a test keeps them equal)
-
-
-def meter_summary(heard: list[HeardTelegram]) -> list[dict[str, object]]:
-    """One entry per meter ID, in the order first heard."""
-    meters: dict[str, dict[str, object]] = {}
-    for telegram in heard:
-        link = telegram.link
-        entry = meters.setdefault(
-            link.id,
-            {"id": link.id, "manufacturer": link.manufacturer, "version": link.version, "count": 0},
-        )
-        entry["count"] = int(str(entry["count"])) + 1
-        entry.update(
-            {
-                "manufacturer": link.manufacturer,
-                "version": link.version,
-                "type": link.device_type,
-                "medium": link.medium,
-                "encrypted": telegram.encrypted,
-                "security_mode": telegram.security_mode,
-                "last_rssi_dbm": telegram.rssi_dbm,
-                "last_rssi_raw": telegram.rssi_raw,
-            }
-        )
-    return list(meters.values())
 
 
 @app.command("heard")
@@ -77,10 +51,11 @@ async def _listen(url: str, framing: ReceiverFraming, seconds: float, *, rssi: b
 
     from gxcore.drivers.wmbus_receiver import open_receiver, receive_telegrams
     from gxcore.errors import MediaError, MeterTimeoutError
+    from gxcore.protocols.wmbus.heard import HeardMeters
     from gxcore.protocols.wmbus.receivers import Skipped
 
     skipped: Counter[str] = Counter()
-    heard: list[HeardTelegram] = []
+    heard = HeardMeters()
     ended = "time"
 
     def on_skipped(skip: Skipped) -> None:
@@ -101,7 +76,7 @@ async def _listen(url: str, framing: ReceiverFraming, seconds: float, *, rssi: b
         try:
             async with asyncio.timeout(max(seconds - (loop.time() - began), 0.0)):
                 async for telegram in telegrams:
-                    heard.append(telegram)
+                    heard.add(telegram)
         except TimeoutError:
             pass
         except MeterTimeoutError:
@@ -117,7 +92,7 @@ async def _listen(url: str, framing: ReceiverFraming, seconds: float, *, rssi: b
         "framing": framing,
         "seconds": seconds,
         "ended": ended,
-        "telegrams": len(heard),
+        "telegrams": heard.telegrams,
         "skipped": dict(sorted(skipped.items())),
-        "meters": meter_summary(heard),
+        "meters": [meter.to_json_dict() for meter in heard.meters.values()],
     }

@@ -13,6 +13,9 @@ telegrams (:meth:`ReceiverCore.take` empties it and it listens on) or when the l
 quiet for ``idle_timeout`` seconds (``error``: MeterTimeoutError). Skips, and telegrams
 that frame but carry no readable link header, go to ``on_skipped`` and are counted;
 they never end the core.
+
+:class:`HeardMeters` tallies what was heard per meter ID (what an installer lists, and
+what a collector counts for IDs it does not know).
 """
 
 from __future__ import annotations
@@ -153,3 +156,67 @@ class ReceiverCore:
         self.skipped[skipped.kind] += 1
         if self._on_skipped is not None:
             self._on_skipped(skipped)
+
+
+@dataclass(slots=True)
+class MeterHeard:
+    """One meter ID's tally: what its last telegram said, and how many were heard."""
+
+    id: str
+    manufacturer: str
+    version: int
+    device_type: int
+    medium: str
+    encrypted: bool
+    security_mode: int | None
+    count: int = 0
+    last_rssi_raw: int | None = None
+    last_rssi_dbm: float | None = None
+    last_heard_at: float = 0.0
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "manufacturer": self.manufacturer,
+            "version": self.version,
+            "type": self.device_type,
+            "medium": self.medium,
+            "count": self.count,
+            "encrypted": self.encrypted,
+            "security_mode": self.security_mode,
+            "last_rssi_dbm": self.last_rssi_dbm,
+            "last_rssi_raw": self.last_rssi_raw,
+        }
+
+
+class HeardMeters:
+    """Telegrams heard, tallied per link-layer meter ID in the order first heard; at most ``limit`` IDs kept."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.meters: dict[str, MeterHeard] = {}
+        self.dropped = 0  # telegrams of IDs beyond ``limit``: counted, not kept (a bounded table)
+
+    def add(self, telegram: HeardTelegram) -> MeterHeard | None:
+        """Count ``telegram``; its meter's tally, or None when the table is full and the ID is new."""
+        link = telegram.link
+        entry = self.meters.get(link.id)
+        if entry is None:
+            if len(self.meters) >= self.limit:
+                self.dropped += 1
+                return None
+            entry = self.meters[link.id] = MeterHeard(
+                link.id, link.manufacturer, link.version, link.device_type, link.medium, False, None
+            )
+        entry.manufacturer, entry.version, entry.device_type, entry.medium = (
+            link.manufacturer, link.version, link.device_type, link.medium,
+        )  # fmt: skip
+        entry.encrypted, entry.security_mode = telegram.encrypted, telegram.security_mode
+        entry.count += 1
+        entry.last_rssi_raw, entry.last_rssi_dbm = telegram.rssi_raw, telegram.rssi_dbm
+        entry.last_heard_at = telegram.received_at
+        return entry
+
+    @property
+    def telegrams(self) -> int:
+        return sum(m.count for m in self.meters.values()) + self.dropped

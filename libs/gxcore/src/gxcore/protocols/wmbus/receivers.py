@@ -32,6 +32,7 @@ Interface" spec, doc 4100/6404/0050)::
   0x03 (WMBUSMSG_IND): its payload is the telegram from the C field on, without L and
   without data-link CRCs; L is the length field. The FCS is CRC-16/X-25 (polynomial
   0x1021 reflected, initial 0xFFFF, final complement) over control field to RSSI.
+  The RSSI byte is reported raw (``rssi_raw``): the spec gives no dBm formula for it.
   Other messages (a ping reply, a configuration) are reported as ``message``. Resync:
   the next 0xA5 after a start byte whose header or FCS does not hold.
 
