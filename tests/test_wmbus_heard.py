@@ -48,7 +48,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.stdout.close()
 
 
-@pytest.mark.parametrize("framing", ["hex", "length", "im871a", "amber"])
+@pytest.mark.parametrize("framing", ["hex", "length", "lfield", "im871a", "amber"])
 def test_every_simulated_meter_is_heard_with_its_count(framing: str) -> None:
     sim, url = _start(
         ["wmbus", "--feed", "tcp", "--meters", str(METERS), "--seed", str(SEED), "--framing", framing,

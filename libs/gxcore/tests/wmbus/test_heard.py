@@ -58,7 +58,7 @@ def test_the_core_is_done_while_it_holds_telegrams_and_times_out_when_quiet() ->
     assert isinstance(core.error, MeterTimeoutError) and "quiet for 5 s" in str(core.error)
 
 
-@pytest.mark.parametrize("framing", ["hex", "length", "im871a", "amber"])
+@pytest.mark.parametrize("framing", ["hex", "length", "lfield", "im871a", "amber"])
 async def test_receive_telegrams_over_a_memory_pair_yields_every_telegram_then_the_hang_up(framing: str) -> None:
     server = WMBusFeedServer(GEN, framing=framing, junk=True)  # type: ignore[arg-type]  # parametrized framings
     near, far = memory_pair()

@@ -197,7 +197,9 @@ def wmbus(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(0, help="port of the telegram feed (0: a free one)"),
     feed: str = typer.Option("tcp", "--feed", help="how the receiver is reached: tcp (a gateway or ser2net bridge)"),
-    framing: str = typer.Option("hex", "--framing", help="hex, length, im871a or amber (the receiver's framing)"),
+    framing: str = typer.Option(
+        "hex", "--framing", help="hex, length, lfield, im871a or amber (the receiver's framing)"
+    ),
     interval: float = typer.Option(1.0, min=0.0, help="mean seconds between two telegrams of one meter"),
     schedule: str = typer.Option("own", "--schedule", help="own: each meter at its own interval; rounds: all at once"),
     telegrams: int | None = typer.Option(None, "--telegrams", min=1, help="telegrams per meter (default: endless)"),
@@ -209,9 +211,14 @@ def wmbus(
 
     from gxami_meterlab.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator
 
-    if feed != "tcp" or framing not in {"hex", "length", "im871a", "amber"} or schedule not in {"own", "rounds"}:
+    if (
+        feed != "tcp"
+        or framing not in {"hex", "length", "lfield", "im871a", "amber"}
+        or schedule not in {"own", "rounds"}
+    ):
         typer.echo(
-            "gxami simulate wmbus: --feed tcp, --framing hex|length|im871a|amber, --schedule own|rounds", err=True
+            "gxami simulate wmbus: --feed tcp, --framing hex|length|lfield|im871a|amber, --schedule own|rounds",
+            err=True,
         )
         raise typer.Exit(2)
     gen = WMBusTelegramGenerator(seed, meters)

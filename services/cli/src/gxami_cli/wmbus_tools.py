@@ -24,13 +24,19 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )  # fmt: skip
 
-FRAMINGS = ("hex", "length", "im871a", "amber")  # gxcore.protocols.wmbus.receivers.FRAMINGS (a test keeps them equal)
+FRAMINGS = (
+    "hex",
+    "length",
+    "lfield",
+    "im871a",
+    "amber",
+)  # gxcore.protocols.wmbus.receivers.FRAMINGS (a test keeps them equal)
 
 
 @app.command("heard")
 def heard_command(
     url: str = typer.Argument(..., help="the receiver: tcp://host:port or serial:///dev/ttyUSB0"),
-    framing: str = typer.Option("hex", "--framing", help="hex, length, im871a or amber"),
+    framing: str = typer.Option("hex", "--framing", help="hex, length, lfield, im871a or amber"),
     seconds: float = typer.Option(10.0, "--seconds", min=0.1, help="how long to listen"),
     no_rssi: bool = typer.Option(False, "--no-rssi", help="an Amber module set to append no RSSI byte"),
 ) -> None:

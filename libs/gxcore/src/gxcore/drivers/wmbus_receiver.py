@@ -31,6 +31,7 @@ SERIAL_DEFAULTS: dict[str, LineDefaults] = {
     "amber": LineDefaults(9600),
     "hex": LineDefaults(9600),
     "length": LineDefaults(9600),
+    "lfield": LineDefaults(9600),
 }
 
 

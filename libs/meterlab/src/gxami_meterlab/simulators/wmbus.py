@@ -11,11 +11,12 @@ of the framings of :mod:`gxcore.protocols.wmbus.receivers`:
 * ``"hex"`` (default): one telegram per line, upper-case hex of the raw telegram
   (L field first), ending in ``\\n``. Example: ``2E44...E2\\n``.
 * ``"length"``: a 2-byte big-endian length, then the raw telegram bytes.
+* ``"lfield"``: raw telegrams with their format A CRCs, delimited by their L fields.
 * ``"im871a"``: IMST iM871A WMBUSMSG_IND frames with RSSI and frame check sequence.
 * ``"amber"``: Amber AMB8465 CMD_DATA_IND frames with RSSI and XOR checksum.
 
 Telegrams are sent without data-link CRCs unless ``with_crc=True`` (format A; hex and
-length only: the dongles remove them). Two schedules per connection:
+length only: the dongles remove them, lfield always has them). Two schedules per connection:
 
 * rounds (default): ``rounds`` rounds (None: until closed), one telegram per meter per
   round, instants ``start + n * period``, ``interval`` seconds apart;
@@ -47,6 +48,7 @@ from gxcore.protocols.wmbus.receivers import (
     encode_hex_line,
     encode_im871a,
     encode_length,
+    encode_lfield,
     xor_checksum,
 )
 from gxcore.protocols.wmbus.security import encrypt_mode5, mode5_iv
@@ -137,11 +139,12 @@ class WMBusTelegramGenerator:
         return [self.telegram(index, instant, with_crc=with_crc) for index in range(len(self.meters))]
 
 
-Framing = Literal["hex", "length", "im871a", "amber"]
+Framing = Literal["hex", "length", "lfield", "im871a", "amber"]
 # What else a receiver says now and then: an rtl-wmbus-style comment, a noise line, stray bytes, a dongle's status.
 _JUNK: dict[str, bytes] = {
     "hex": b"# receiver restarted\r\nnoise on the line\n",
     "length": b"\xee\xee\x05",
+    "lfield": b"\x2e\x44\x13\x00",  # an L and a C field, and no CRC after them
     "im871a": b"\x00\x13\xa5\x01\x02\x00",  # stray bytes, then a ping response (DEVMGMT 0x02, no payload)
     "amber": b"\x17\x42" + bytes([0xFF, 0x8B, 0x00]) + bytes([xor_checksum(b"\xff\x8b\x00")]),
 }
@@ -186,6 +189,8 @@ class WMBusFeedServer(SimulatorServer):
             return encode_hex_line(telegram)
         if self.framing == "length":
             return encode_length(telegram)
+        if self.framing == "lfield":
+            return encode_lfield(telegram)
         rssi = self.generator.rssi_of(index)
         if self.framing == "im871a":
             return encode_im871a(telegram, rssi=rssi)

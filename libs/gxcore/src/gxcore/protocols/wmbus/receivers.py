@@ -20,6 +20,18 @@
   without CRCs, or format A with CRCs), is not believed. Resync: slide one byte and look
   again. Garbage made of bytes >= 0x02 can never pass for a size.
 
+``lfield``: raw telegrams back to back, each delimited by its own L field, with its
+data-link CRCs (format A or B), as raw radio bridges forward them::
+
+    | L | C | M (2) | A (6) | CRC (2) | blocks ... |      format A: L + 1 + 2 per block bytes
+    | L | C | M (2) | A (6) | CI ... | CRC (2) | ... |    format B: L + 1 bytes, CRCs counted in L
+
+  The CRCs are what make this framing resynchronisable: a start whose C field is not
+  one a meter sends, or whose CRCs do not hold, is not believed. Resync: slide one byte
+  and look again (a false start in garbage holds the bytes after it until its L + 1
+  bytes are in, then lets them go). (Without CRCs the L field alone cannot be told from garbage: use
+  ``length``.)
+
 ``im871a``: IMST iM871A / iM170A WM-Bus HCI (public "Wireless M-Bus Host Controller
 Interface" spec, doc 4100/6404/0050)::
 
@@ -61,9 +73,9 @@ from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
 from gxcore.errors import ChecksumError, ConfigurationError, FramingError, GxError
-from gxcore.protocols.wmbus.frame import DLL_SIZE, MAX_TELEGRAM, CrcMode
+from gxcore.protocols.wmbus.frame import DLL_SIZE, MAX_TELEGRAM, CrcMode, add_crcs, crc16, strip_crcs
 
-ReceiverFraming = Literal["hex", "length", "im871a", "amber"]
+ReceiverFraming = Literal["hex", "length", "lfield", "im871a", "amber"]
 FRAMINGS: Final[tuple[str, ...]] = get_args(ReceiverFraming)
 SkipKind = Literal["garbage", "comment", "checksum", "message", "overlong"]
 
@@ -176,6 +188,11 @@ def encode_length(telegram: bytes) -> bytes:
     return len(telegram).to_bytes(2, "big") + telegram
 
 
+def encode_lfield(telegram: bytes, frame_format: Literal["A", "B"] = "A") -> bytes:
+    """A CRC-free telegram in ``lfield`` framing: with its data-link CRCs, nothing around it."""
+    return add_crcs(telegram, frame_format)
+
+
 def encode_im871a(telegram: bytes, *, rssi: int | None = None, timestamp: int | None = None, fcs: bool = True) -> bytes:
     """A CRC-free telegram as the iM871A's WMBUSMSG_IND frame."""
     if not telegram or telegram[0] + 1 != len(telegram):
@@ -256,6 +273,29 @@ def decode_length(buf: bytearray, pos: int) -> tuple[int, _Item]:
     if len(buf) - pos < 2 + size:
         return 0, None
     return 2 + size, _Frame(bytes(buf[pos + 2 : pos + 2 + size]), "auto")
+
+
+def decode_lfield(buf: bytearray, pos: int) -> tuple[int, _Item]:
+    """``lfield`` framing at ``pos`` (module doc): format A when block 1's CRC holds, else format B."""
+    if len(buf) - pos < 2:
+        return 0, None
+    length = buf[pos]
+    if length < DLL_SIZE or buf[pos + 1] not in LINK_C_FIELDS:
+        return 1, _Skip("garbage", f"L field {length} with C field 0x{buf[pos + 1]:02X} starts no telegram")
+    if len(buf) - pos < DLL_SIZE + 2:
+        return 0, None
+    block_a = crc16(buf[pos : pos + DLL_SIZE]) == int.from_bytes(buf[pos + DLL_SIZE : pos + DLL_SIZE + 2], "big")
+    total = length + 1
+    if block_a:
+        total += 2 * (1 + -(-(length + 1 - DLL_SIZE) // 16))
+    if len(buf) - pos < total:
+        return 0, None
+    raw = bytes(buf[pos : pos + total])
+    try:
+        strip_crcs(raw, crc="present", frame_format="A" if block_a else "B")
+    except GxError as exc:
+        return 1, _Skip("checksum" if block_a else "garbage", exc.reason, checksum=block_a)
+    return total, _Frame(raw, "present")
 
 
 def decode_im871a(buf: bytearray, pos: int) -> tuple[int, _Item]:
@@ -340,6 +380,7 @@ class ReceiverFeed:
         self._skipping = False  # hex: inside an overlong line, dropped up to its end
         self._decode: Decoder | None = {
             "length": decode_length,
+            "lfield": decode_lfield,
             "im871a": decode_im871a,
             "amber": amber_decoder(rssi=rssi),
         }.get(framing)
