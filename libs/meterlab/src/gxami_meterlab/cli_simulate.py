@@ -196,25 +196,58 @@ def wmbus(
     seed: int = typer.Option(1, help="values, ids and keys are deterministic from this"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(0, help="port of the telegram feed (0: a free one)"),
-    interval: float = typer.Option(1.0, help="seconds between rounds of telegrams"),
+    feed: str = typer.Option("tcp", "--feed", help="how the receiver is reached: tcp (a gateway or ser2net bridge)"),
+    framing: str = typer.Option(
+        "hex", "--framing", help="hex, length, lfield, im871a or amber (the receiver's framing)"
+    ),
+    interval: float = typer.Option(1.0, min=0.0, help="mean seconds between two telegrams of one meter"),
+    schedule: str = typer.Option("own", "--schedule", help="own: each meter at its own interval; rounds: all at once"),
+    telegrams: int | None = typer.Option(None, "--telegrams", min=1, help="telegrams per meter (default: endless)"),
+    junk: bool = typer.Option(False, "--junk", help="mix comments, noise and dongle status frames into the feed"),
     keys_out: Path | None = typer.Option(None, help="write the meters' AES keys here (a secrets file)"),
 ) -> None:
-    """Serve a TCP feed of raw wireless M-Bus telegrams (one hex line each), as a receiver would."""
+    """Serve a wM-Bus receiver's TCP feed: N meters sending raw telegrams, in a receiver's framing."""
     import asyncio
 
     from gxami_meterlab.simulators.wmbus import WMBusFeedServer, WMBusTelegramGenerator
 
+    if (
+        feed != "tcp"
+        or framing not in {"hex", "length", "lfield", "im871a", "amber"}
+        or schedule not in {"own", "rounds"}
+    ):
+        typer.echo(
+            "gxami simulate wmbus: --feed tcp, --framing hex|length|lfield|im871a|amber, --schedule own|rounds",
+            err=True,
+        )
+        raise typer.Exit(2)
     gen = WMBusTelegramGenerator(seed, meters)
-    feed = WMBusFeedServer(gen, host=host, port=port, interval=interval, start=_now())
+    server = WMBusFeedServer(
+        gen,
+        host=host,
+        port=port,
+        framing=framing,  # type: ignore[arg-type]  # checked against the framings above
+        interval=interval,
+        start=_now(),
+        own_intervals=schedule == "own",
+        rounds=telegrams if schedule == "rounds" else None,
+        per_meter=telegrams if schedule == "own" else None,
+        junk=junk,
+    )
     if keys_out is not None:
         keys = {str(k): v.hex() for k, v in gen.keys().items() if v is not None}
         _write_atomic(keys_out, {"meters": {m: {"key": k} for m, k in keys.items()}})
 
     def banner() -> str:
-        return f"wM-Bus feed at tcp://{host}:{feed.port}: {meters} meters, hex lines every {interval} s"
+        each = f"{telegrams} telegrams each" if telegrams else "endlessly"
+        how = "each at its own interval" if schedule == "own" else "in rounds"
+        return (
+            f"wM-Bus feed at tcp://{host}:{server.port}: {meters} meters, {framing} framing,"
+            f" about every {interval:g} s {how}, {each}"
+        )
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_until_stopped(feed.start, feed.stop, banner))
+        asyncio.run(_serve_until_stopped(server.start, server.stop, banner))
 
 
 @app.command("dsmr")

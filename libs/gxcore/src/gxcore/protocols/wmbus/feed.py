@@ -1,9 +1,9 @@
 """A receiver's feed of wM-Bus telegrams: split it, and wait on it for one meter's telegram (sans-IO).
 
 Feed framing: ``hex`` is one telegram per line in hex, L field first; ``length`` is a
-2-byte big-endian length before each raw telegram. Lines that are not hex are counted
-and skipped; a hex line longer than any telegram is dropped up to its end; in ``length``
-framing a length no telegram can have makes the splitter slide one byte and look again.
+2-byte big-endian length before each raw telegram (:mod:`gxcore.protocols.wmbus.receivers`
+splits both, and the USB dongles' framings, and documents how each resynchronises).
+Lines that are not hex, and sizes no telegram can have, are counted and skipped.
 
 :class:`MeterTelegram` is the driver loop's core for one read: it sends nothing, feeds
 what arrives to a :class:`TelegramFeed`, skips telegrams that do not frame or belong to
@@ -18,58 +18,38 @@ from typing import Literal
 
 from gxcore.errors import ConfigurationError, DecryptionError, GxError, MeterTimeoutError, ProtocolError
 from gxcore.protocols.mbus.telegram import MBusTelegram, bcd_id
-from gxcore.protocols.wmbus.frame import DLL_SIZE, MAX_TELEGRAM, CrcMode, parse_link_header, strip_crcs
+from gxcore.protocols.wmbus.frame import DLL_SIZE, CrcMode, parse_link_header, strip_crcs
+from gxcore.protocols.wmbus.receivers import ReceivedFrame, ReceiverFeed
 from gxcore.protocols.wmbus.telegram import CI_TPL_LONG, decode_wmbus_telegram
 
 Framing = Literal["hex", "length"]
-_MAX_LINE = 2 * MAX_TELEGRAM + 8  # hex digits of the longest telegram, and a little slack for CR and spaces
 
 
 class TelegramFeed:
-    """Sans-IO splitter of a receiver feed into raw telegrams; the buffer stays bounded."""
+    """Sans-IO splitter of a ``hex`` or ``length`` feed into raw telegrams; the buffer stays bounded.
+
+    A thin view of :class:`~gxcore.protocols.wmbus.receivers.ReceiverFeed` (where the
+    framings and their resync are described) that keeps only the telegrams and counts
+    what was skipped.
+    """
 
     def __init__(self, framing: Framing) -> None:
         self.framing = framing
-        self._buffer = bytearray()
-        self._skipping = False  # inside an overlong line: drop up to its end
+        self.receiver = ReceiverFeed(framing)
         self.skipped = 0
+
+    @property
+    def _buffer(self) -> bytearray:
+        return self.receiver._buffer  # one splitter, two views of it (tests bound its size)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the telegrams they completed."""
-        self._buffer += data
-        return self._lines() if self.framing == "hex" else self._frames()
-
-    def _lines(self) -> list[bytes]:
         out: list[bytes] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > _MAX_LINE:
-                    self._buffer.clear()
-                    self._skipping = True
-                return out
-            line = bytes(self._buffer[:end]).strip()
-            del self._buffer[: end + 1]
-            if self._skipping:
-                self._skipping = False
-                continue
-            try:
-                out.append(bytes.fromhex(line.decode("ascii")))
-            except (UnicodeDecodeError, ValueError):
+        for event in self.receiver.feed(data):
+            if isinstance(event, ReceivedFrame):
+                out.append(event.raw)
+            elif event.kind != "comment":
                 self.skipped += 1
-
-    def _frames(self) -> list[bytes]:
-        out: list[bytes] = []
-        while len(self._buffer) >= 2:
-            size = int.from_bytes(self._buffer[:2], "big")
-            if not DLL_SIZE < size <= MAX_TELEGRAM:
-                del self._buffer[:1]  # not a length we believe: slide one byte and look again
-                self.skipped += 1
-                continue
-            if len(self._buffer) < 2 + size:
-                break
-            out.append(bytes(self._buffer[2 : 2 + size]))
-            del self._buffer[: 2 + size]
         return out
 
 
