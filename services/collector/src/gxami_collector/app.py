@@ -142,12 +142,19 @@ class Collector:
 async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -> None:
     s = settings or CollectorSettings()
     extra = (s.profiles_dir,) if s.profiles_dir else ()
+    profiles, secrets = ProfileCatalog(*extra), SecretStore.load(s.secrets_file)
     reader = MeterReader(
-        ProfileCatalog(*extra),
-        SecretStore.load(s.secrets_file),
+        profiles,
+        secrets,
         exchange_timeout=s.exchange_timeout_s,
         session_timeout=s.session_timeout_s,
         invocation_counters=s.invocation_counters_file,
         networks=s.meter_networks(),
     )
-    await Collector(s, reader).run(stop)
+    collector = Collector(s, reader)
+    if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
+        from gxami_collector.listeners import serve_with_listeners
+
+        await serve_with_listeners(s, collector.run, profiles, secrets, stop)
+    else:
+        await collector.run(stop)
