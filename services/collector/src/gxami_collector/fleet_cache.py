@@ -111,8 +111,8 @@ class FleetFollower:
         options = consumer_options(self.settings, "unused")
         options["group_id"] = None  # every replica reads every meter: no group, no commits
         consumer = AIOKafkaConsumer(**options)
-        await consumer.start()
         try:
+            await consumer.start()
             topic = self.settings.topic(FLEET.name)
             parts = consumer.partitions_for_topic(topic)
             if not parts:
