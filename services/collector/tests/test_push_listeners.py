@@ -171,3 +171,51 @@ async def test_pushes_are_served_replays_refused_and_unknown_meters_dead_lettere
     assert "unknown-meter" in letter["reason"]
     assert meter_system_title(SEED, 9).hex() in letter["reason"]
     assert json.loads((tmp_path / "c.json").read_text())[meter_system_title(SEED, 0).hex()] == 101
+
+
+async def test_a_push_in_a_udp_datagram_is_served(tmp_path: Path) -> None:
+    settings = CollectorSettings(
+        listeners=["dlms-push@udp://127.0.0.1:0"],
+        push_counters_file=tmp_path / "c.json",
+        push_idle_timeout_s=2,
+        kafka_bootstrap="127.0.0.1:1",
+    )
+    secrets = SecretStore(meters={meter_id(SEED, 0): {k: Secret(v) for k, v in meter_secrets(SEED, 0).items()}})
+    publisher = RecordingPublisher()
+    directory = FleetDirectory()
+    directory.put(entry(0))
+    directory.caught_up.set()
+    listeners = PushListeners(
+        settings,
+        ProfileCatalog(),
+        secrets,
+        directory,
+        cast(Publisher, publisher),
+        DeadLetters(cast(Publisher, publisher), "collector"),
+        PushCounters(settings.push_counters_file),
+    )
+    await listeners.start()
+    try:
+        port = listeners._udp[0].port
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port))
+        transport.sendto(b"\x00\x01garbage")  # a bad datagram costs only itself
+        transport.sendto(push_message(SEED, 0, AT, policy="authenticated-encrypted", invocation_counter=3))
+        transport.close()
+        for _ in range(200):
+            if publisher.sent:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await listeners.close()
+    assert [(t, k) for t, k, _ in publisher.sent] == [("ami.readings", meter_id(SEED, 0))]
+
+
+def test_an_accepted_counter_is_taken_back_when_its_push_was_not_published(tmp_path: Path) -> None:
+    c = PushCounters(tmp_path / "c.json")
+    assert c.accept("aa" * 8, 5)
+    assert c.accept("aa" * 8, 6)
+    c.undo("aa" * 8, 6, 5)
+    assert c.accept("aa" * 8, 6), "the same push sent again is not a replay"
+    c.undo("aa" * 8, 5, 4)  # a later counter came since: nothing is taken back
+    assert c.last("aa" * 8) == 6

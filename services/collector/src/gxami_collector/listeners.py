@@ -138,6 +138,16 @@ class PushCounters:
         self._dirty = True
         return True
 
+    def undo(self, system_title: str, counter: int, previous: int | None) -> None:
+        """Take back an accepted ``counter`` (its push was not published), unless a later one came since."""
+        if self._last.get(system_title) != counter:
+            return
+        if previous is None:
+            del self._last[system_title]
+        else:
+            self._last[system_title] = previous
+        self._dirty = True
+
     def flush(self) -> None:
         """Write the map if it changed: temporary file, fsync, rename (a crash leaves the old or the new)."""
         if not self._dirty:
@@ -231,6 +241,13 @@ class UdpPushListener:
             )
         except OSError as exc:
             raise MediaError(f"{self.spec}: cannot listen: {exc.strerror or exc}") from exc
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (useful with port 0), else the configured one."""
+        if self._transport is not None:
+            return int(self._transport.get_extra_info("sockname")[1])
+        return self.spec.port
 
     def _deliver(self, data: bytes, addr: tuple[object, ...]) -> None:
         name = str(self.spec)
@@ -348,6 +365,7 @@ class PushListeners:
 
     async def _publish(self, served: PushServed, listener: str) -> None:
         title, counter = served.system_title, served.invocation_counter
+        previous = self.counters.last(title) if title is not None else None
         if title is not None and counter is not None and not self.counters.accept(title, counter):
             PUSHES.labels(listener, "replayed").inc()
             log.warning(
@@ -360,6 +378,17 @@ class PushListeners:
                 },
             )
             return
+        try:
+            await self._send(served)
+        except BaseException:
+            # Not published (broker away, cancelled): the meter may send this push again, and
+            # that must not count as a replay.
+            if title is not None and counter is not None:
+                self.counters.undo(title, counter, previous)
+            raise
+        PUSHES.labels(listener, "served").inc()
+
+    async def _send(self, served: PushServed) -> None:
         now = datetime.now(UTC)
         result = served.result
         digest = hashlib.blake2b(
@@ -389,7 +418,6 @@ class PushListeners:
                 )
         if events:
             await self._publisher.send_many(EVENTS.name, [(e.meter_id, e) for e in events])
-        PUSHES.labels(listener, "served").inc()
 
     async def _dead_letter_refusals(self, stop: asyncio.Event) -> None:
         """Dead-letter each refused push, with its reason; the record names the listener as its source."""
