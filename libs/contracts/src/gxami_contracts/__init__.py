@@ -1,5 +1,6 @@
 """gxami message contracts: pydantic models, the topic catalog and example messages (no Kafka client)."""
 
+from gxami_contracts.fleet import Connection, FleetEntry
 from gxami_contracts.messages import (
     CommandAction,
     CommandResult,
@@ -23,7 +24,9 @@ __all__ = [
     "DEAD_LETTER",
     "CommandAction",
     "CommandResult",
+    "Connection",
     "DeadLetter",
+    "FleetEntry",
     "JobResult",
     "JobStatus",
     "Message",

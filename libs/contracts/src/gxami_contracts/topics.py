@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gxami_contracts.fleet import FleetEntry
 from gxami_contracts.messages import (
     CommandResult,
     DeadLetter,
@@ -40,6 +41,7 @@ class TopicSpec:
     consumers: tuple[str, ...]
     dead_letter: str | None = DEAD_LETTER
     retention_ms: int | None = None
+    compacted: bool = False  # cleanup.policy=compact: the latest record per key is kept for ever
     planned_producers: tuple[str, ...] = ()
     planned_consumers: tuple[str, ...] = ()
 
@@ -88,6 +90,9 @@ DEAD_LETTERS = TopicSpec(
     planned_producers=("reports",),
 )
 
+# The registry as collectors need it (see gxami_contracts.fleet): compacted, a tombstone removes a meter.
+FLEET = TopicSpec("ami.fleet", FleetEntry, "meter_id", 6, ("scheduler",), ("collector",), compacted=True)
+
 CATALOG: dict[str, TopicSpec] = {
-    t.name: t for t in (READ_JOBS, READINGS, JOB_RESULTS, EVENTS, COMMANDS, COMMAND_RESULTS, DEAD_LETTERS)
+    t.name: t for t in (READ_JOBS, READINGS, JOB_RESULTS, EVENTS, COMMANDS, COMMAND_RESULTS, DEAD_LETTERS, FLEET)
 }

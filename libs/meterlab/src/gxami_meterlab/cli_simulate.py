@@ -50,10 +50,23 @@ def dlms(
     schedule: str = typer.Option("15m", help="read interval written into the fleet file"),
     fleet_out: Path | None = typer.Option(None, help="write a fleet file here"),
     secrets_out: Path | None = typer.Option(None, help="write the collector's secrets file here"),
+    push_to: list[str] = typer.Option(
+        [], help="HOST:PORT of a push listener; the meters push there instead of serving (repeat: in turn)"
+    ),
+    every: str = typer.Option("15m", help="with --push-to: how often each meter pushes (e.g. 15m, 30s)"),
+    ciphered: bool = typer.Option(False, help="with --push-to: general-glo-ciphered pushes (the meters' own keys)"),
+    pushes: int = typer.Option(0, min=0, help="with --push-to: stop each meter after this many pushes (0: never)"),
+    sent_log: Path | None = typer.Option(None, help="with --push-to: append one JSON line per push sent"),
+    write_only: bool = typer.Option(False, help="with --push-to: write the fleet and secrets files, then exit"),
 ) -> None:
-    """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM."""
+    """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; or push (--push-to)."""
     import asyncio
     import secrets
+
+    if push_to:
+        files = (fleet_out, secrets_out)
+        _push(meters, seed, push_to, every, ciphered, pushes, security_policy, files, sent_log, write_only=write_only)
+        return
 
     from gxami_meterlab.simulators.dlms import SimulatedMeter, meter_secrets, meter_system_title, run_simulator
 
@@ -119,6 +132,114 @@ def dlms(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def _every_seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    try:
+        seconds = float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        typer.echo(f"gxami simulate dlms: --every {text!r}: write a duration such as 15m, 30s or 0.5s", err=True)
+        raise typer.Exit(2)
+    return seconds
+
+
+def _push(
+    meters: int,
+    seed: int,
+    push_to: list[str],
+    every: str,
+    ciphered: bool,
+    pushes: int,
+    security_policy: str,
+    files: tuple[Path | None, Path | None],
+    sent_log: Path | None,
+    *,
+    write_only: bool = False,
+) -> None:
+    """Meters that push to listeners (issue 8): fleet file with ``connection: push`` and identities."""
+    fleet_out, secrets_out = files
+    import asyncio
+    import json
+
+    from gxami_meterlab.simulators.dlms import SentPush, meter_id, meter_secrets, meter_system_title, run_pusher
+
+    every_s = _every_seconds(every)
+    targets: list[tuple[str, int]] = []
+    for t in push_to:
+        host, sep, port = t.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            typer.echo(f"gxami simulate dlms: --push-to {t!r}: write HOST:PORT", err=True)
+            raise typer.Exit(2)
+        targets.append((host.strip("[]"), int(port)))
+    ids = [meter_id(seed, i) for i in range(meters)]
+    if secrets_out is not None:
+        per_meter = {ids[i]: meter_secrets(seed, i) for i in range(meters)} if ciphered else {}
+        _write_atomic(secrets_out, {"default": {}, "meters": per_meter})
+    if fleet_out is not None:
+        options: dict[str, str | int] = (
+            {"authentication": "high-gmac", "client": 1, "security_policy": security_policy}
+            if ciphered
+            else {"authentication": "none"}
+        )
+        _write_atomic(
+            fleet_out,
+            {
+                "meters": [
+                    {
+                        "meter_id": ids[i],
+                        "protocol": "dlms",
+                        "address": f"tcp://{targets[i % len(targets)][0]}:{targets[i % len(targets)][1]}",
+                        "profile": "generic-dlms",
+                        "group": f"sim-{seed}",
+                        "schedule": every if every_s >= 60 else "1m",
+                        "connection": "push",
+                        "system_title": meter_system_title(seed, i).hex(),
+                        "serial": ids[i],
+                        "options": {
+                            **options,
+                            **({"server_system_title": meter_system_title(seed, i).hex()} if ciphered else {}),
+                        },
+                    }
+                    for i in range(meters)
+                ]
+            },
+        )
+    if write_only:
+        return
+    log_file = sent_log.open("a", encoding="utf-8") if sent_log is not None else None
+
+    def sent(p: SentPush) -> None:
+        if log_file is not None:
+            record = {"meter_id": p.meter_id, "index": p.index, "at": p.at.isoformat(), "counter": p.invocation_counter}
+            log_file.write(json.dumps({**record, "target": p.target}) + "\n")
+            log_file.flush()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        await _until_signalled(stop)
+        typer.echo(f"{meters} DLMS meters pushing every {every_s:g} s to {', '.join(push_to)}")
+        await run_pusher(
+            meters,
+            seed,
+            targets,
+            every_s,
+            stop,
+            ciphered=ciphered,
+            policy=security_policy,  # type: ignore[arg-type]  # typer gives str; the driver checks it
+            pushes=pushes,
+            on_sent=sent,
+        )
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    finally:
+        if log_file is not None:
+            log_file.close()
 
 
 @app.command("modbus")

@@ -138,7 +138,14 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str] | None =
         existing = set(await admin.list_topics())
         wanted = [CATALOG[n] for n in (names or list(CATALOG))]
         new = [
-            NewTopic(settings.topic(t.name), t.partitions, 1) for t in wanted if settings.topic(t.name) not in existing
+            NewTopic(
+                settings.topic(t.name),
+                t.partitions,
+                1,
+                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+            )
+            for t in wanted
+            if settings.topic(t.name) not in existing
         ]
         if new:
             # Another pod may create them first: that is what we wanted.

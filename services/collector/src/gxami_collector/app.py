@@ -269,9 +269,10 @@ class Collector:
 async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -> None:
     s = settings or CollectorSettings()
     extra = (s.profiles_dir,) if s.profiles_dir else ()
+    profiles, secrets = ProfileCatalog(*extra), SecretStore.load(s.secrets_file)
     reader = MeterReader(
-        ProfileCatalog(*extra),
-        SecretStore.load(s.secrets_file),
+        profiles,
+        secrets,
         exchange_timeout=s.exchange_timeout_s,
         session_timeout=s.session_timeout_s,
         invocation_counters=s.invocation_counters_file,
@@ -282,7 +283,13 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
     if where is not None:
         spool = await Spool.open(where, max_bytes=s.spool_max_bytes, high_water=s.spool_high_water)
     try:
-        await Collector(s, reader, spool).run(stop)
+        collector = Collector(s, reader, spool)
+        if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
+            from gxami_collector.listeners import serve_with_listeners
+
+            await serve_with_listeners(s, collector.run, profiles, secrets, stop)
+        else:
+            await collector.run(stop)
     finally:
         if spool is not None:
             await spool.close()

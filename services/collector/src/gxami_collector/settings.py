@@ -67,10 +67,24 @@ class CollectorSettings(ServiceSettings):
     spool_dir: Path | None = None
     spool_max_bytes: int = Field(default=1 << 30, ge=4096, description="bound on spooled keys and values")
     spool_high_water: float = Field(default=0.8, gt=0, le=1, description="share of the bound: alarm, no new jobs")
+    # Push listeners (gxami_collector.listeners): kind@tcp://host:port or kind@udp://host:port, comma-separated.
+    listeners: CommaList = Field(default_factory=list)
+    # A push connection (or datagram) that moves nothing for this long is closed.
+    push_idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
+    # The last invocation counter seen per system title (replay protection); on a persistent volume.
+    push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("listeners", mode="before")
+    @classmethod
+    def _split_listeners(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gxami_contracts import DEAD_LETTER, JobResult, Message
-from gxami_contracts.topics import JOB_RESULTS, READ_JOBS
+from gxami_contracts.topics import FLEET, JOB_RESULTS, READ_JOBS
 from gxami_runtime.http import OpsServer
 from gxami_runtime.isolation import database_refusal
 from gxami_runtime.kafka import (
@@ -29,6 +29,7 @@ from gxami_runtime.kafka import (
 )
 from gxami_runtime.service import StartupError, check_database, kafka_startup_error, redact_dsn
 from gxami_scheduler.api import FleetApi
+from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
@@ -189,11 +190,26 @@ async def rewind_to_committed(consumer: AIOKafkaConsumer) -> None:
             consumer.seek(tp, committed)
 
 
+class FleetPublisher:
+    """Entries through the publisher, tombstones (a key with no value) straight to the producer."""
+
+    def __init__(self, publisher: Publisher, producer: AIOKafkaProducer, settings: SchedulerSettings) -> None:
+        self._publisher = publisher
+        self._producer = producer
+        self._settings = settings
+
+    async def send_many(self, logical_topic: str, items: Sequence[tuple[str, Message]]) -> None:
+        await self._publisher.send_many(logical_topic, items)
+
+    async def tombstone(self, logical_topic: str, key: str) -> None:
+        await self._producer.send_and_wait(self._settings.topic(logical_topic), None, key=key.encode())
+
+
 async def _start_kafka(
     settings: SchedulerSettings, stack: contextlib.AsyncExitStack
-) -> tuple[Publisher, AIOKafkaConsumer]:
+) -> tuple[Publisher, AIOKafkaConsumer, AIOKafkaProducer]:
     try:
-        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER])
+        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name])
         producer = make_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
@@ -201,7 +217,7 @@ async def _start_kafka(
         stack.push_async_callback(consumer.stop)  # started by the results loop; stop() is safe either way
     except (KafkaError, OSError) as exc:
         raise kafka_startup_error(settings.kafka_bootstrap, exc) from None
-    return Publisher(producer, settings), consumer
+    return Publisher(producer, settings), consumer, producer
 
 
 async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Callable[[], datetime] = utc_now) -> None:
@@ -219,7 +235,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             stack.push_async_callback(pool.close)
         except DB_ERRORS as exc:
             raise StartupError(f"cannot use the database at {redact_dsn(dsn)}: {type(exc).__name__}: {exc}") from None
-        publisher, consumer = await _start_kafka(settings, stack)
+        publisher, consumer, producer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
         scheduler = Scheduler(settings, pool, publisher, metrics, clock)
         ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry)
@@ -238,6 +254,11 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             asyncio.create_task(scheduler.run_ticks(stop), name="ticks"),
             asyncio.create_task(
                 scheduler.run_results(consumer, DeadLetters(publisher, "scheduler"), stop), name="results"
+            ),
+            # The registry for collectors that must recognise meters contacting them (ami.fleet).
+            asyncio.create_task(
+                FleetFeed(pool, FleetPublisher(publisher, producer, settings), settings.shard()).run(stop),
+                name="fleet",
             ),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop")

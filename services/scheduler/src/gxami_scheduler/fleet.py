@@ -2,6 +2,12 @@
 
 One bad row refuses the whole file: ``FleetFileError`` lists every problem as
 ``file:line: field: reason`` so an operator can fix them in one pass.
+
+Meters that push or dial in (``connection: push`` / ``dial-in``) are not polled: their
+``address`` is informative (where they push to, or were last seen) and ``schedule`` is how
+often they are expected to report. A listener recognises them by the identities given here:
+``system_title`` (DLMS, 16 hex digits), ``serial`` (serial number or logical device name the
+meter sends), ``wmbus_id``; a push meter needs at least one.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import Annotated, Any, get_args
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gxami_contracts.fleet import Connection
 from gxami_contracts.messages import MeterId
 from gxcore.errors import ConfigurationError
 from gxcore.media.endpoint import Endpoint
@@ -41,7 +48,20 @@ _STORE_ADVICE = (
 )
 _REQUIRED = ("meter_id", "protocol", "address", "profile", "schedule")
 # Identifiers are taken as written: YAML would read meter id 0012 as the number 10 (octal).
-_TEXT_FIELDS = frozenset({"meter_id", "protocol", "address", "profile", "group", "link_id"})
+_TEXT_FIELDS = frozenset(
+    {
+        "meter_id",
+        "protocol",
+        "address",
+        "profile",
+        "group",
+        "link_id",
+        "connection",
+        "system_title",
+        "serial",
+        "wmbus_id",
+    }
+)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -165,6 +185,26 @@ class FleetMeter(BaseModel):
         default_factory=_default_purposes, min_length=1
     )
     enabled: bool = True
+    connection: Connection = "poll"
+    system_title: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{16}$")
+    serial: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[^\x00]*$")
+    wmbus_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,32}$")
+
+    @field_validator("system_title")
+    @classmethod
+    def _lower_title(cls, title: str | None) -> str | None:
+        return title.lower() if title else None  # drivers report it in lower-case hex
+
+    @model_validator(mode="after")
+    def _identified(self) -> FleetMeter:
+        if self.connection == "push" and not (self.system_title or self.serial or self.wmbus_id):
+            raise ValueError("a meter with connection: push needs system_title, serial or wmbus_id to be recognised")
+        return self
+
+    @property
+    def polled(self) -> bool:
+        """True when the scheduler reads the meter at its address (not a meter that pushes or dials in)."""
+        return self.connection == "poll"
 
     @field_validator("address")
     @classmethod

@@ -2,7 +2,11 @@
 
 Purposes have no column of their own in ``meters`` yet; they are kept in its ``options``
 JSON under ``PURPOSES_KEY``, a name fleet options cannot have (option names start with a
-letter). ``stored_options`` and ``split_options`` are the only places that know.
+letter). How a meter is reached (``connection``) and the identities a listener matches it on
+(``system_title``, ``serial``, ``wmbus_id``) are kept the same way under ``CONTACT_KEY``, so
+no migration was needed. ``stored_options``, ``split_options`` and ``contact_of`` are the only
+places that know. Meters that push or dial in get no poll schedule (``meter_schedule`` row):
+the scheduler never emits read jobs for them.
 """
 
 from __future__ import annotations
@@ -22,14 +26,37 @@ from gxami_scheduler.planner import first_due
 from gxcore.profiles import DeviceProfile
 
 PURPOSES_KEY = "_purposes"
+CONTACT_KEY = "_contact"
+CONTACT_FIELDS = ("connection", "system_title", "serial", "wmbus_id")
 
 # A connection of its own or one borrowed from a pool: the queries here take either.
 DbConn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
-def stored_options(options: Mapping[str, str], purposes: Sequence[str]) -> str:
-    """The ``meters.options`` JSON for a meter's options and purposes."""
-    return json.dumps({**options, PURPOSES_KEY: list(purposes)}, sort_keys=True)
+def stored_options(
+    options: Mapping[str, str], purposes: Sequence[str], contact: Mapping[str, str] | None = None
+) -> str:
+    """The ``meters.options`` JSON for a meter's options, purposes and (non-default) contact fields."""
+    data: dict[str, object] = {**options, PURPOSES_KEY: list(purposes)}
+    if contact:
+        data[CONTACT_KEY] = dict(contact)
+    return json.dumps(data, sort_keys=True)
+
+
+def meter_contact(meter: FleetMeter) -> dict[str, str]:
+    """The contact fields of a fleet meter that differ from a polled meter without identities."""
+    out = {name: getattr(meter, name) for name in CONTACT_FIELDS}
+    return {k: v for k, v in out.items() if v is not None and not (k == "connection" and v == "poll")}
+
+
+def contact_of(raw: str | Mapping[str, Any] | None) -> dict[str, str]:
+    """The contact fields back from ``meters.options``: ``connection`` always, identities where given."""
+    data: Any = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    contact = data.get(CONTACT_KEY) if isinstance(data, dict) else None
+    out = {"connection": "poll"}
+    if isinstance(contact, dict):
+        out.update({k: str(v) for k, v in contact.items() if k in CONTACT_FIELDS and v is not None})
+    return out
 
 
 def split_options(raw: str | Mapping[str, Any] | None) -> tuple[dict[str, str], list[str]]:
@@ -38,6 +65,7 @@ def split_options(raw: str | Mapping[str, Any] | None) -> tuple[dict[str, str], 
     purposes = data.pop(PURPOSES_KEY, None) if isinstance(data, dict) else None
     if not isinstance(data, dict):
         data = {}
+    data.pop(CONTACT_KEY, None)  # not a driver option: see contact_of
     options = {str(k): str(v) for k, v in data.items()}
     if not isinstance(purposes, list) or not purposes:
         purposes = list(DEFAULT_PURPOSES)
@@ -122,12 +150,20 @@ async def import_fleet(
             [m.profile for m in meters],
             [m.group for m in meters],
             [m.interval_s for m in meters],
-            [stored_options(m.options, m.purposes) for m in meters],
+            [stored_options(m.options, m.purposes, meter_contact(m)) for m in meters],
             [m.enabled for m in meters],
         )
         inserted = {r["meter_id"] for r in rows if r["inserted"]}
         changed = [r["meter_id"] for r in rows if not r["inserted"]]
-        new = [m for m in meters if m.meter_id in inserted]
+        new = [m for m in meters if m.meter_id in inserted and m.polled]
+        # A meter that now pushes or dials in is no longer polled: its schedule row goes (its
+        # history of job results stays); one that is polled again gets a schedule anew.
+        # Only rows that changed can have changed their connection.
+        changed_set = set(changed)
+        unpolled = [m.meter_id for m in meters if not m.polled and m.meter_id in changed_set]
+        if unpolled:
+            await conn.execute("DELETE FROM meter_schedule WHERE meter_id = ANY($1::text[])", unpolled)
+        new.extend(m for m in meters if m.polled and m.meter_id in changed_set)  # DO NOTHING keeps existing ones
         await conn.execute(
             _NEW_SCHEDULES,
             [m.meter_id for m in new],
@@ -155,6 +191,7 @@ def meter_json(row: asyncpg.Record) -> dict[str, Any]:
         out["group" if key == "meter_group" else key] = value.isoformat() if isinstance(value, datetime) else value
     out["options"] = options
     out["purposes"] = purposes
+    out.update(contact_of(row["options"]))
     return out
 
 

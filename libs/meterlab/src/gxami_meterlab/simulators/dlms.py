@@ -22,9 +22,12 @@ closed-form integral is the import register in whole Wh, and a rooftop-solar exp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -63,6 +66,7 @@ IMPORT, EXPORT, POWER, VOLTAGE, CURRENT = (
     "1.0.31.7.0.255",
 )
 LOAD_PROFILE: Final = "1.0.99.1.0.255"
+log = logging.getLogger(__name__)
 REGISTERS: Final = (
     RegisterSpec(IMPORT, 0, UNIT_CODES["Wh"], DataType.UINT32),
     RegisterSpec(EXPORT, 0, UNIT_CODES["Wh"], DataType.UINT32),
@@ -655,3 +659,75 @@ async def run_simulator(
         if on_started is not None:
             on_started(list(fleet.meters))
         await stop.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class SentPush:
+    """One push the simulator sent: which meter, the instant it carries, its counter and where it went."""
+
+    meter_id: str
+    index: int
+    at: datetime
+    invocation_counter: int
+    target: str
+
+
+async def _send_frame(host: str, port: int, frame: bytes, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        _, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(frame)
+            await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def run_pusher(
+    meters: int,
+    seed: int,
+    targets: Sequence[tuple[str, int]],
+    every_s: float,
+    stop: asyncio.Event,
+    *,
+    ciphered: bool = True,
+    policy: SecurityPolicy = "authenticated-encrypted",
+    pushes: int = 0,
+    on_sent: Callable[[SentPush], None] | None = None,
+    timeout: float = 10.0,
+) -> None:
+    """Meters that push their registers every ``every_s`` (staggered), to the targets in turn.
+
+    Push ``n`` of meter ``i`` goes to ``targets[(i + n) % len(targets)]``; ``pushes`` > 0 stops each
+    meter after that many. The invocation counter is the Unix time in seconds (strictly rising
+    per meter), so a restarted simulator never repeats one; each push carries a new whole second.
+    A target that is down costs that push only (reported as not sent).
+    """
+    if not targets:
+        raise ConfigurationError("push simulator: no target to push to")
+
+    async def meter(index: int) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s * index / max(meters, 1))
+        last_counter, last_at, n = 0, None, 0
+        while not stop.is_set() and (pushes <= 0 or n < pushes):
+            now = utc_now().replace(microsecond=0)
+            at = now if last_at is None or now > last_at else last_at + timedelta(seconds=1)
+            counter = max(last_counter + 1, int(time.time()))
+            host, port = targets[(index + n) % len(targets)]
+            frame = push_message(seed, index, at, policy=policy if ciphered else None, invocation_counter=counter)
+            try:
+                await _send_frame(host, port, frame, timeout)
+            except (OSError, TimeoutError) as exc:
+                log.warning("push of meter %s to %s:%s not sent: %s", meter_id(seed, index), host, port, exc)
+            else:
+                if on_sent is not None:
+                    on_sent(SentPush(meter_id(seed, index), index, at, counter, f"{host}:{port}"))
+            last_counter, last_at, n = counter, at, n + 1
+            if pushes > 0 and n >= pushes:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+
+    await asyncio.gather(*(meter(i) for i in range(meters)))

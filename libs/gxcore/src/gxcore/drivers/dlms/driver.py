@@ -68,10 +68,9 @@ from gxcore.drivers.api import (
     MeterTarget,
     ReadRequest,
     ReadResult,
-    Served,
 )
 from gxcore.drivers.dlms.commands import execute_command
-from gxcore.drivers.dlms.pushes import serve_pushes
+from gxcore.drivers.dlms.pushes import PushServed, RefusalHook, serve_pushes
 from gxcore.drivers.dlms.reader import DlmsSession, utc_now
 from gxcore.drivers.dlms.transport import MediumFactory, check_framing, dlms_endpoint, medium_for
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
@@ -267,11 +266,22 @@ class DlmsDriver(BaseDriver):
         points = [dlms_point(p) for p in profile.points]
         return await execute_command(session, profile, points, command, meter_id=target.meter_id, clock=self.clock)
 
-    def serve(self, connection: Medium, lookup: MeterLookup, *, idle_timeout: float) -> AsyncIterator[Served]:
-        """The pushes a meter sends over ``connection`` (see :mod:`gxcore.drivers.dlms.pushes` for identity)."""
+    def serve(
+        self,
+        connection: Medium,
+        lookup: MeterLookup,
+        *,
+        idle_timeout: float,
+        on_refused: RefusalHook | None = None,
+    ) -> AsyncIterator[PushServed]:
+        """The pushes a meter sends over ``connection`` (see :mod:`gxcore.drivers.dlms.pushes` for identity).
+
+        Each is a :class:`PushServed` (a Served with identity and invocation counter);
+        ``on_refused`` hears of every frame that could not be served, with the frame.
+        """
         if not idle_timeout > 0:
             raise ConfigurationError(f"idle timeout must be positive, not {idle_timeout!r}")
-        return serve_pushes(connection, lookup, self._resolve, idle_timeout=idle_timeout)
+        return serve_pushes(connection, lookup, self._resolve, idle_timeout=idle_timeout, on_refused=on_refused)
 
     def _resolve(self, target: MeterTarget, profile: DeviceProfile) -> tuple[DlmsParameters, list[DlmsPoint]]:
         self.validate_profile(profile)

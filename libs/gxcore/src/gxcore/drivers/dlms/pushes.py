@@ -13,8 +13,14 @@ told apart by each frame's first byte. Each is decoded with
 Readings of objects the profile names as value points become the points' readings (unit,
 scale and offset as for a read); others stay as decoded (reduced OBIS, the meter's unit).
 
+Each push is yielded as a :class:`PushServed`: the :class:`Served` plus the identity it was
+found by, the sender's system title and the push's **invocation counter** (authenticated by
+the GCM tag, so a listener can refuse a replay: a counter not above the last one it saw).
+Objects of the alarm registers (0-0:97.98.x) become alarm events, not readings.
+
 Rule for bad input: a frame that does not decode (a bad checksum inside, a wrong key, an
-unknown meter, a body we cannot read) is logged as a warning naming its typed error and
+unknown meter, a body we cannot read) is logged as a warning naming its typed error,
+reported to ``on_refused`` (a :class:`PushRefusal` with the frame, for a dead letter) and
 skipped; the pushes before and after it are served. A wrapper header that does not parse
 leaves the stream out of step: what was served stays served and the FramingError is raised.
 Serving ends, without error, when the peer closes the connection or nothing arrives for
@@ -25,7 +31,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
 
 from gxcore.drivers.api import MeterLookup, MeterTarget, ReadResult, Served
 from gxcore.errors import GxError, MediaError, MeterTimeoutError
@@ -35,7 +42,7 @@ from gxcore.protocols.dlms import hdlc, wrapper
 from gxcore.protocols.dlms.obis import dotted
 from gxcore.protocols.dlms.parameters import DlmsParameters
 from gxcore.protocols.dlms.push import DlmsPush, decode_dlms_push, unwrap
-from gxcore.readings import Reading
+from gxcore.readings import MeterEventRecord, Reading
 
 if TYPE_CHECKING:
     from gxcore.drivers.dlms.driver import DlmsPoint
@@ -46,12 +53,46 @@ READ_CHUNK: Final = 65536
 MAX_PENDING: Final = 2 * (65535 + 8)  # more than two of the largest frames unframed: the peer is not speaking DLMS
 _CIPHERED: Final = frozenset({0xDB, 0xDC})
 
+ALARM_REGISTERS: Final = "0.0.97.98."  # alarm register 1/2, alarm filter, alarm descriptor: 0-0:97.98.x
+
 Resolve = Callable[[MeterTarget, DeviceProfile], "tuple[DlmsParameters, list[DlmsPoint]]"]
+RefusalKind = Literal["unknown-meter", "undecodable"]
+
+
+@dataclass(frozen=True, slots=True)
+class PushServed(Served):
+    """One push served: what the meter sent, who it said it was, and the counter that protects it."""
+
+    identity: str = ""
+    system_title: str | None = None  # hex, ciphered pushes only
+    invocation_counter: int | None = None  # ciphered pushes only
+
+
+@dataclass(frozen=True, slots=True)
+class PushRefusal:
+    """A frame that was not served: why (``kind``, ``reason`` naming the typed error) and the frame itself.
+
+    ``reason`` never holds a key or a tag; ``frame`` is the bytes as received (ciphered stays ciphered).
+    """
+
+    kind: RefusalKind
+    reason: str
+    identity: str | None
+    frame: bytes
+    where: str
+
+
+RefusalHook = Callable[[PushRefusal], None]
 
 
 async def serve_pushes(
-    connection: Medium, lookup: MeterLookup, resolve: Resolve, *, idle_timeout: float
-) -> AsyncIterator[Served]:
+    connection: Medium,
+    lookup: MeterLookup,
+    resolve: Resolve,
+    *,
+    idle_timeout: float,
+    on_refused: RefusalHook | None = None,
+) -> AsyncIterator[PushServed]:
     """Yield what each push on ``connection`` carried, until the peer closes or goes quiet (see the module doc)."""
     where = connection.describe()
     pending = bytearray()
@@ -65,7 +106,7 @@ async def serve_pushes(
             return
         pending += data
         for frame in _frames(pending, where):
-            served = _serve_one(frame, lookup, resolve, where)
+            served = _serve_one(frame, lookup, resolve, where, on_refused)
             if served is not None:
                 yield served
         if len(pending) > MAX_PENDING:
@@ -95,13 +136,26 @@ def _frames(pending: bytearray, where: str) -> list[bytes]:
     return frames
 
 
-def _serve_one(frame: bytes, lookup: MeterLookup, resolve: Resolve, where: str) -> Served | None:
-    """One push decoded and attributed, or None (logged) when it cannot be."""
+def _refuse(hook: RefusalHook | None, refusal: PushRefusal) -> None:
+    if hook is not None:
+        try:
+            hook(refusal)
+        except Exception:  # a broken hook must not stop the pushes behind this one
+            log.exception("push refusal hook failed on %s", refusal.where)
+
+
+def _serve_one(
+    frame: bytes, lookup: MeterLookup, resolve: Resolve, where: str, on_refused: RefusalHook | None
+) -> PushServed | None:
+    """One push decoded and attributed, or None (logged, reported) when it cannot be."""
+    identity: str | None = None
     try:
         identity = _identity(frame)
         found = lookup(identity) if identity is not None else None
         if found is None:
             log.warning("push on %s from %s: no such meter, skipped", where, identity or "an unnamed meter")
+            reason = f"no meter is registered with identity {identity}" if identity else "the push names no meter"
+            _refuse(on_refused, PushRefusal("unknown-meter", reason, identity, frame, where))
             return None
         target, profile = found
         params, points = resolve(target, profile)
@@ -113,8 +167,41 @@ def _serve_one(frame: bytes, lookup: MeterLookup, resolve: Resolve, where: str) 
         )
     except GxError as exc:
         log.warning("push on %s skipped (%s: %s)", where, exc.kind, exc.reason)
+        _refuse(on_refused, PushRefusal("undecodable", f"{exc.kind}: {exc.reason}", identity, frame, where))
         return None
-    return Served(target.meter_id, ReadResult(readings=_readings(push, points), meter_time=push.timestamp))
+    readings, events = _split_alarms(target.meter_id, _readings(push, points), push)
+    return PushServed(
+        target.meter_id,
+        ReadResult(readings=readings, meter_time=push.timestamp, events=events),
+        identity=identity or "",
+        system_title=push.system_title.hex() if push.system_title else None,
+        invocation_counter=push.invocation_counter,
+    )
+
+
+def _split_alarms(
+    meter_id: str, readings: list[Reading], push: DlmsPush
+) -> tuple[list[Reading], list[MeterEventRecord]]:
+    """Readings of the alarm registers become alarm events (kind ``alarm``, code = the register's bits)."""
+    kept: list[Reading] = []
+    events: list[MeterEventRecord] = []
+    for r in readings:
+        source = r.extra.get("source")
+        obis = dotted(str(source)) if source is not None else ""
+        if obis.startswith(ALARM_REGISTERS) and isinstance(r.value, int) and not isinstance(r.value, bool):
+            events.append(
+                MeterEventRecord(
+                    meter_id=meter_id,
+                    timestamp=push.timestamp or r.ts,
+                    kind="alarm",
+                    source=obis,
+                    code=r.value,
+                    severity="alarm",
+                )
+            )
+        else:
+            kept.append(r)
+    return kept, events
 
 
 def _identity(frame: bytes) -> str | None:
