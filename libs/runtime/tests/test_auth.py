@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from gxami_runtime import auth
 from gxami_runtime.auth import (
-    AuthPolicy,
     Authenticator,
+    AuthPolicy,
     PoolTokens,
     Principal,
     Refusal,
