@@ -1,7 +1,8 @@
 """The small HTTP side of every service: /metrics (Prometheus), /health and /ready, and the limits every route gets.
 
 Every request is bounded before a handler sees it: its head must arrive within the head timeout,
-its target must be well-formed, a write must fit the client's rate limit, and its whole body is
+its target must be well-formed, its bearer token must carry the role the route declares
+(``gxami_runtime.auth``), a write must fit the client's rate limit, and its whole body is
 read (bounded in size and time) before the handler runs, so a handler only ever acts on complete
 requests. Every refusal is a JSON ``{"error": ...}`` answer logged as one INFO line.
 """
@@ -304,7 +305,12 @@ class OpsServer:
         if request.method not in SAFE_METHODS:
             log.info(
                 "authorized a write request",
-                extra={"method": request.method, "path": request.path, "token": outcome.name, "role": outcome.role},
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "token_name": outcome.name,
+                    "role": outcome.role.value,
+                },
             )
         return None
 

@@ -88,5 +88,5 @@ class FleetApi:
         if outcome is ReadRequestOutcome.DISABLED:
             return json_error(409, f"meter {meter_id!r} is disabled")
         who = principal_of(request)
-        log.info("on-demand read requested", extra={"meter_id": meter_id, "token": who.name if who else None})
+        log.info("on-demand read requested", extra={"meter_id": meter_id, "token_name": who.name if who else None})
         return web.json_response({"meter_id": meter_id, "status": outcome.value}, status=202)
