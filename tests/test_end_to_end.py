@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -124,6 +125,16 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
             p.start()
             assert p.proc is not None
             assert p.proc.wait(60) == 0, p.log_path.read_text()
+        # The report API needs a viewer token: made the way an operator makes one, printed once on stdout.
+        made = subprocess.run(
+            gxami_argv("token", "create", "--role", "viewer", "--name", "e2e-report"),
+            env=service_env(base, 0, "token"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        viewer_token = made.stdout.strip()
         started = datetime.now(UTC)
         spawn("scheduler", gxami_argv("scheduler"), GXAMI_RESULTS_GROUP=f"{topic_prefix}scheduler")
         spawn("collector", gxami_argv("collector"), GXAMI_CONSUMER_GROUP=f"{topic_prefix}collector")
@@ -157,7 +168,11 @@ def test_fleet_is_read_exactly_once_even_when_ingest_is_killed(
         first_read = asyncio.run(_first_reads(database_url))
         report = json.loads(
             urllib.request.urlopen(
-                f"http://127.0.0.1:{reports.env['GXAMI_HTTP_PORT']}/reports/daily", timeout=10
+                urllib.request.Request(
+                    f"http://127.0.0.1:{reports.env['GXAMI_HTTP_PORT']}/reports/daily",
+                    headers={"Authorization": f"Bearer {viewer_token}"},
+                ),
+                timeout=10,
             ).read()
         )
     finally:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gxami_runtime.auth import public
 from gxami_runtime.http import HttpLimits, OpsServer, read_json_object, target_problem
 from gxami_runtime.ratelimit import TokenBuckets
 from gxami_runtime.settings import ServiceSettings
@@ -75,9 +76,10 @@ async def _start(limits: HttpLimits) -> tuple[OpsServer, CollectorRegistry, list
     async def boom(_: web.Request) -> web.Response:
         raise RuntimeError("a bug in a handler")
 
-    ops.app.router.add_post("/act", act)
-    ops.app.router.add_get("/echo", echo)
-    ops.app.router.add_get("/boom", boom)
+    # Open routes: these tests are about the limits every route gets; test_auth.py covers tokens.
+    ops.app.router.add_post("/act", public(act))
+    ops.app.router.add_get("/echo", public(echo))
+    ops.app.router.add_get("/boom", public(boom))
     await ops.start()
     return ops, registry, actions
 
@@ -374,7 +376,7 @@ async def test_rate_limit_key_is_a_function() -> None:
     async def write(_: web.Request) -> web.Response:
         return web.json_response({}, status=201)
 
-    ops.app.router.add_post("/w", write)
+    ops.app.router.add_post("/w", public(write))
     port = await ops.start()
     try:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:

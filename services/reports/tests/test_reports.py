@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from gxami_reports.app import main
 from gxami_reports.cli import report_app
 from gxami_reports.settings import ReportsSettings
+from gxami_runtime.auth import Role, create_token, revoke_token
 from gxami_store import PartitionKeeper, migrate, storage_kind
 
 pytestmark = pytest.mark.integration
@@ -75,21 +76,33 @@ async def test_report_api_serves_json_and_refuses_bad_dates(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _seed(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        viewer = await create_token(conn, "bi", Role.VIEWER, "pytest")
+    finally:
+        await conn.close()
+    auth = {"Authorization": f"Bearer {viewer.token}"}
     stop = asyncio.Event()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = ReportsSettings(database_url=database_url, http_port=port)
+    settings = ReportsSettings(database_url=database_url, http_port=port, http_auth_cache_s=0.5)
     task = asyncio.create_task(main(stop, settings))
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession() as anonymous:
             for _ in range(100):
                 try:
-                    async with http.get(f"http://127.0.0.1:{port}/health") as r:
+                    async with anonymous.get(f"http://127.0.0.1:{port}/health") as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
+            for path in ("/reports/daily", "/reports/fleet"):
+                async with anonymous.get(f"http://127.0.0.1:{port}{path}") as r:
+                    assert r.status == 401, path
+                    assert r.headers["WWW-Authenticate"] == 'Bearer realm="gxami"'
+                    assert (await r.json())["error"].startswith("missing bearer token")
+        async with aiohttp.ClientSession(headers=auth) as http:
             async with http.get(f"http://127.0.0.1:{port}/reports/daily?meter=R1&from=2026-10-06") as r:
                 body = await r.json()
             assert r.status == 200
@@ -102,6 +115,14 @@ async def test_report_api_serves_json_and_refuses_bad_dates(
                 assert (r.status, await r.json()) == (400, {"error": "NUL byte in the query"})
             async with http.get(f"http://127.0.0.1:{port}/reports/fleet") as r:
                 assert (await r.json())["meters"] == 1
+            conn = await asyncpg.connect(database_url)
+            try:
+                assert await revoke_token(conn, "bi") == [viewer.id]
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.6)  # the cache time: then the revoked token is refused
+            async with http.get(f"http://127.0.0.1:{port}/reports/fleet") as r:
+                assert (r.status, await r.json()) == (401, {"error": "invalid or revoked token"})
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

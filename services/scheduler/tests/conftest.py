@@ -57,3 +57,12 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def tokens(db: asyncpg.Connection) -> dict[str, dict[str, str]]:
+    """A viewer and an operator token in this test's database, as request headers by role name."""
+    from gxami_runtime.auth import Role, create_token
+
+    made = {role: await create_token(db, f"test-{role}", role, "pytest") for role in (Role.VIEWER, Role.OPERATOR)}
+    return {str(role): {"Authorization": f"Bearer {t.token}"} for role, t in made.items()}

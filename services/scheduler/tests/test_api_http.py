@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+from gxami_runtime.auth import Authenticator, PoolTokens
 from gxami_runtime.http import HttpLimits, OpsServer
 from gxami_scheduler.api import FleetApi
 from gxami_scheduler.fleet import parse_fleet
@@ -44,6 +45,7 @@ class Api:
     db: asyncpg.Connection
     registry: CollectorRegistry
     port: int
+    headers: dict[str, str]  # an operator token
 
     @property
     def base(self) -> str:
@@ -56,16 +58,18 @@ class Api:
 
 
 @pytest_asyncio.fixture(loop_scope="function")
-async def api(db: asyncpg.Connection, database_url: str, profiles: ProfileCatalog) -> AsyncIterator[Api]:
+async def api(
+    db: asyncpg.Connection, database_url: str, profiles: ProfileCatalog, tokens: dict[str, dict[str, str]]
+) -> AsyncIterator[Api]:
     await import_fleet(db, parse_fleet("f.csv", FLEET, profiles), T0)
     await db.execute("UPDATE meter_schedule SET next_due_at = $1", LATER)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     registry = CollectorRegistry()
-    ops = OpsServer("127.0.0.1", 0, registry=registry, limits=LIMITS)
+    ops = OpsServer("127.0.0.1", 0, registry=registry, limits=LIMITS, auth=Authenticator(PoolTokens(pool)))
     FleetApi(pool, lambda: NOW).install(ops.app)
     port = await ops.start()
     try:
-        yield Api(db, registry, port)
+        yield Api(db, registry, port, tokens["operator"])
     finally:
         await ops.stop()
         await pool.close()
@@ -73,7 +77,7 @@ async def api(db: asyncpg.Connection, database_url: str, profiles: ProfileCatalo
 
 async def test_nul_byte_in_a_query_is_400_json_and_no_traceback(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+    async with aiohttp.ClientSession(timeout=TIMEOUT, headers=api.headers) as http:
         for target in ("/meters?after=%00", "/meters?group=a%00b", "/meters/e%001"):
             async with http.get(api.base + target) as resp:
                 assert resp.status == 400, target
@@ -88,7 +92,8 @@ async def test_a_read_request_with_a_partial_body_is_not_acted_on(api: Api) -> N
     try:
         writer.write(
             b"POST /meters/e1/read HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 100\r\n\r\n{"a":     '  # 10 of 100 bytes, then a stall
+            + f"Authorization: {api.headers['Authorization']}\r\n".encode()
+            + b'Content-Length: 100\r\n\r\n{"a":     '  # 10 of 100 bytes, then a stall
         )
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 3)
@@ -101,7 +106,7 @@ async def test_a_read_request_with_a_partial_body_is_not_acted_on(api: Api) -> N
 
 
 async def test_a_read_request_with_a_bad_body_is_refused_before_the_registry(api: Api) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+    async with aiohttp.ClientSession(timeout=TIMEOUT, headers=api.headers) as http:
         for body, status, error in (
             (b"{not json", 400, "request body is not valid JSON at byte 1"),
             (b'{"meter": "e2"}', 400, "unknown field 'meter' in the request body"),
@@ -111,14 +116,19 @@ async def test_a_read_request_with_a_bad_body_is_refused_before_the_registry(api
             async with http.post(f"{api.base}/meters/e1/read", data=body, headers=headers) as resp:
                 assert (resp.status, await resp.json()) == (status, {"error": error})
     assert await api.next_due() == LATER
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http, http.post(f"{api.base}/meters/e1/read", json={}) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT, headers=api.headers) as http,
+        http.post(f"{api.base}/meters/e1/read", json={}) as resp,
+    ):
         assert resp.status == 202
     assert await api.next_due() == NOW
 
 
 async def test_300_read_requests_in_2_s_are_rate_limited(api: Api) -> None:
     statuses: list[int] = []
-    async with aiohttp.ClientSession(timeout=TIMEOUT, connector=aiohttp.TCPConnector(limit=20)) as http:
+    async with aiohttp.ClientSession(
+        timeout=TIMEOUT, headers=api.headers, connector=aiohttp.TCPConnector(limit=20)
+    ) as http:
 
         async def ask() -> None:
             async with http.post(f"{api.base}/meters/e1/read") as resp:

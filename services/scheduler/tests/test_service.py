@@ -18,6 +18,7 @@ from gxami_contracts import DEAD_LETTER, DeadLetter, JobResult, JobStatus, ReadJ
 from gxami_contracts.topics import JOB_RESULTS, READ_JOBS
 from gxami_meterlab.devstack import StackEndpoints
 from gxami_meterlab.devstack_procs import free_port
+from gxami_runtime.auth import Authenticator, PoolTokens, revoke_token
 from gxami_runtime.http import OpsServer
 from gxami_runtime.kafka import DeadLetters, Publisher, ensure_topics, make_consumer, make_producer
 from gxami_scheduler.api import FleetApi
@@ -53,17 +54,17 @@ async def fleet_db(db: asyncpg.Connection, profiles: ProfileCatalog) -> AsyncIte
     yield db
 
 
-async def test_fleet_api(fleet_db: asyncpg.Connection, database_url: str) -> None:
+async def test_fleet_api(fleet_db: asyncpg.Connection, database_url: str, tokens: dict[str, dict[str, str]]) -> None:
     now = T0 + timedelta(hours=1)
     await fleet_db.execute("UPDATE meter_schedule SET next_due_at = $1", now + timedelta(hours=1))
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     metrics = SchedulerMetrics()
-    ops = OpsServer("127.0.0.1", 0, registry=metrics.registry)
+    ops = OpsServer("127.0.0.1", 0, registry=metrics.registry, auth=Authenticator(PoolTokens(pool)))
     FleetApi(pool, lambda: now).install(ops.app)
     port = await ops.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        async with aiohttp.ClientSession(timeout=TIMEOUT, headers=tokens["operator"]) as http:
             async with http.get(f"{base}/meters", params={"limit": "3"}) as resp:
                 assert resp.status == 200
                 page = await resp.json()
@@ -95,6 +96,52 @@ async def test_fleet_api(fleet_db: asyncpg.Connection, database_url: str) -> Non
         await ops.stop()
         await pool.close()
     assert await fleet_db.fetchval("SELECT next_due_at FROM meter_schedule WHERE meter_id = 'e1'") == now
+
+
+async def test_service_fleet_api_needs_a_token_and_the_operator_role_to_write(
+    stack_env: StackEndpoints,
+    fleet_db: asyncpg.Connection,
+    database_url: str,
+    topic_prefix: str,
+    tokens: dict[str, dict[str, str]],
+) -> None:
+    port = free_port()
+    settings = _settings(stack_env, database_url, topic_prefix, http_port=port, http_auth_cache_s=1.0)
+    stop = asyncio.Event()
+    service = asyncio.create_task(serve(settings, stop))
+    base = f"http://127.0.0.1:{port}"
+    viewer, operator = tokens["viewer"], tokens["operator"]
+    try:
+        await _eventually(lambda: _ready(port))
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            for method, path in (("GET", "/meters"), ("GET", "/meters/e1"), ("POST", "/meters/e1/read")):
+                async with http.request(method, base + path) as resp:
+                    assert resp.status == 401, path
+                    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+                    assert "error" in await resp.json()
+            async with http.get(f"{base}/meters/e1", headers=viewer) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["meter_id"] == "e1"
+            async with http.post(f"{base}/meters/e1/read", headers=viewer) as resp:
+                assert resp.status == 403
+                assert await resp.json() == {"error": "token 'test-viewer' has the viewer role; this needs operator"}
+            async with http.post(f"{base}/meters/e1/read", headers=operator) as resp:
+                assert resp.status == 202
+                assert (await resp.json())["meter_id"] == "e1"  # queued, or in flight already: the ticks run
+            assert await revoke_token(fleet_db, "test-operator")
+            revoked_at = time.monotonic()
+
+            async def refused() -> bool:
+                async with http.get(f"{base}/meters", headers=operator) as resp:
+                    return resp.status == 401
+
+            await _eventually(refused, timeout=10)
+            assert time.monotonic() - revoked_at < settings.http_auth_cache_s + 5  # the cache delay, not longer
+            async with http.get(f"{base}/health") as resp:
+                assert resp.status == 200  # open
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, timeout=15)
 
 
 class _BrokenSender:

@@ -199,6 +199,7 @@ class Demo:
         c = self.console
         c.print(f"database  {self.stack.database_url}   (views: daily_consumption, meter_last_seen)")
         c.print(f"report    http://127.0.0.1:{self.ports['reports']}/reports/daily")
+        c.print("          needs a viewer token: GXAMI_DATABASE_URL=... gxami token create --role viewer --name me")
         c.print("metrics   " + "  ".join(f"{n}: http://127.0.0.1:{p}/metrics" for n, p in self.ports.items()))
         c.print(f"logs      {self.root / 'logs'}")
         return len(rows)

@@ -1,7 +1,8 @@
 """The small HTTP side of every service: /metrics (Prometheus), /health and /ready, and the limits every route gets.
 
 Every request is bounded before a handler sees it: its head must arrive within the head timeout,
-its target must be well-formed, a write must fit the client's rate limit, and its whole body is
+its target must be well-formed, its bearer token must carry the role the route declares
+(``gxami_runtime.auth``), a write must fit the client's rate limit, and its whole body is
 read (bounded in size and time) before the handler runs, so a handler only ever acts on complete
 requests. Every refusal is a JSON ``{"error": ...}`` answer logged as one INFO line.
 """
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest
 
+from gxami_runtime.auth import OPEN, Authenticator, Refusal, Role, attach, public, route_access
 from gxami_runtime.http_protocol import HardenedAppRunner, json_error
 from gxami_runtime.ratelimit import TokenBuckets
 
@@ -163,7 +165,13 @@ def bad_request(message: str) -> web.HTTPBadRequest:
 
 
 class OpsServer:
-    """Serves metrics and health; services add their own routes to ``app`` before ``start``."""
+    """Serves metrics and health; services add their own routes to ``app`` before ``start``.
+
+    Every route declares its access (``gxami_runtime.auth.requires`` or ``public``) and ``start``
+    refuses a route that declares none, or one that needs a role on a server without ``auth``.
+    /metrics, /health and /ready are open: probes and Prometheus carry no token, and they show
+    no meter data.
+    """
 
     def __init__(
         self,
@@ -174,8 +182,10 @@ class OpsServer:
         registry: CollectorRegistry = REGISTRY,
         limits: HttpLimits | None = None,
         client_key: ClientKey = client_address,
+        auth: Authenticator | None = None,
     ) -> None:
         self.limits = limits or HttpLimits()
+        self.auth = auth
         self.app = web.Application(middlewares=[self._guard], client_max_size=self.limits.max_body_bytes)
         self._host = host
         self._port = port
@@ -186,9 +196,9 @@ class OpsServer:
         self._writes = TokenBuckets(self.limits.write_rate_per_s, self.limits.write_burst)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.app.router.add_get("/metrics", self._metrics_page)
-        self.app.router.add_get("/health", self._health)
-        self.app.router.add_get("/ready", self._readiness)
+        self.app.router.add_get("/metrics", public(self._metrics_page))
+        self.app.router.add_get("/health", public(self._health))
+        self.app.router.add_get("/ready", public(self._readiness))
 
     @classmethod
     def from_settings(
@@ -198,6 +208,7 @@ class OpsServer:
         ready: Callable[[], bool] = lambda: True,
         registry: CollectorRegistry = REGISTRY,
         client_key: ClientKey = client_address,
+        auth: Authenticator | None = None,
     ) -> OpsServer:
         """The server on ``settings.http_host``/``http_port`` with the GXAMI_HTTP_* limits."""
         return cls(
@@ -207,6 +218,7 @@ class OpsServer:
             registry=registry,
             limits=HttpLimits.from_settings(settings),
             client_key=client_key,
+            auth=auth,
         )
 
     def _refuse(self, status: int, reason: str, kind: str, request: web.Request, **headers: str) -> web.Response:
@@ -242,6 +254,9 @@ class OpsServer:
         problem = target_problem(request.raw_path)
         if problem is not None:
             return self._refuse(400, problem, "bad_target", request)
+        refused = await self._authorize(request)
+        if refused is not None:
+            return refused
         if request.method not in SAFE_METHODS:
             wait = self._writes.take(self._client_key(request))
             if wait > 0:
@@ -274,6 +289,41 @@ class OpsServer:
                 return resp
         return await handler(request)
 
+    async def _authorize(self, request: web.Request) -> web.Response | None:
+        """None when the route is open or the request's token has the route's role; else the refusal."""
+        if request.match_info.http_exception is not None:
+            return None  # no such route (404/405): aiohttp answers, no handler runs
+        access = route_access(request.match_info.handler)
+        if access == OPEN:
+            return None
+        if not isinstance(access, Role) or self.auth is None:  # start() checks this; a route added later
+            return self._refuse(500, "route declares no access", "undeclared_route", request)
+        outcome = await self.auth.check(request.headers.get("Authorization"), client_address(request), access)
+        if isinstance(outcome, Refusal):
+            return self._refuse(outcome.status, outcome.reason, outcome.kind, request, **outcome.headers)
+        attach(request, outcome)
+        if request.method not in SAFE_METHODS:
+            log.info(
+                "authorized a write request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "token_name": outcome.name,
+                    "role": outcome.role.value,
+                },
+            )
+        return None
+
+    def check_routes(self) -> None:
+        """Raise ValueError naming a route that declares no access, or needs a role with no ``auth``."""
+        for route in self.app.router.routes():
+            access = route_access(route.handler)
+            where = f"{route.method} {route.resource.canonical if route.resource else '?'}"
+            if access is None:
+                raise ValueError(f"HTTP route {where} declares no access: wrap it in requires(Role...) or public()")
+            if access != OPEN and self.auth is None:
+                raise ValueError(f"HTTP route {where} needs the {access} role but the server has no authenticator")
+
     async def _metrics_page(self, _: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -287,6 +337,7 @@ class OpsServer:
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
+        self.check_routes()
         self._runner = HardenedAppRunner(
             self.app,
             head_timeout=self.limits.header_timeout_s,

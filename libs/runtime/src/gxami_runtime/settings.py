@@ -50,6 +50,10 @@ class ServiceSettings(BaseSettings):
     http_max_body_bytes: int = Field(default=1024 * 1024, ge=1, description="larger request bodies get 413")
     http_write_rate_per_s: float = Field(default=1.0, gt=0, description="write requests per second per client")
     http_write_burst: int = Field(default=20, ge=1, description="write requests a client may send at once")
+    # API tokens (see gxami_runtime.auth): a revoked token still works for up to the cache time.
+    http_auth_cache_s: float = Field(default=5.0, ge=0, le=300, description="a verified token is trusted this long")
+    http_auth_failure_rate_per_s: float = Field(default=0.1, gt=0, description="failed logins per second per peer")
+    http_auth_failure_burst: int = Field(default=10, ge=1, description="failed logins a peer may make at once")
     log_level: str = "INFO"
     instance: str = Field(default="", description="name of this replica in logs and metrics")
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from gxami_cli import db, dlms_tools, field, wmbus_tools
+from gxami_cli import db, dlms_tools, field, token, wmbus_tools
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -85,6 +85,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: rich's renderer alone costs more than the rest of the start-up
 )
 app.add_typer(db.app, name="db")
+app.add_typer(token.app, name="token")
 field.profile_app.command("discover")(dlms_tools.profile_discover)
 field.decode_app.command("dlms-push")(dlms_tools.decode_dlms_push)
 app.add_typer(field.decode_app, name="decode")

@@ -1,4 +1,4 @@
-"""Reports: the report API over HTTP (JSON), beside /metrics and /health."""
+"""Reports: the report API over HTTP (JSON, viewer token), beside /metrics and /health (open)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prometheus_client import Counter
 
 from gxami_reports.queries import daily_consumption, fleet_totals
 from gxami_reports.settings import ReportsSettings
+from gxami_runtime.auth import Authenticator, PoolTokens, Role, requires
 from gxami_runtime.http import OpsServer, bad_request
 from gxami_runtime.service import check_database
 from gxami_store import migrate
@@ -34,6 +35,7 @@ def routes(pool: asyncpg.Pool, settings: ReportsSettings) -> web.RouteTableDef:
     r = web.RouteTableDef()
 
     @r.get("/reports/daily")
+    @requires(Role.VIEWER)
     async def daily(request: web.Request) -> web.Response:
         start, end = _date(request, "from"), _date(request, "to")
         async with pool.acquire() as conn:
@@ -44,6 +46,7 @@ def routes(pool: asyncpg.Pool, settings: ReportsSettings) -> web.RouteTableDef:
         return web.json_response({"report": "daily_consumption", "unit": "kWh", "rows": [x.to_json() for x in rows]})
 
     @r.get("/reports/fleet")
+    @requires(Role.VIEWER)
     async def fleet(_: web.Request) -> web.Response:
         async with pool.acquire() as conn:
             t = await fleet_totals(conn)
@@ -63,7 +66,7 @@ async def main(stop: asyncio.Event, settings: ReportsSettings | None = None) -> 
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
-    ops = OpsServer.from_settings(s)
+    ops = OpsServer.from_settings(s, auth=Authenticator.from_settings(s, PoolTokens(pool)))
     ops.app.add_routes(routes(pool, s))
     port = await ops.start()
     log.info("reports started", extra={"http_port": port})

@@ -1,4 +1,4 @@
-"""The fleet API on the ops server: list and show meters, ask for an on-demand read."""
+"""The fleet API on the ops server: list and show meters (viewer), ask for an on-demand read (operator)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from gxami_runtime.auth import Role, principal_of, requires
 from gxami_runtime.http import json_error, read_json_object
 from gxami_scheduler.registry import ReadRequestOutcome, get_meter, list_meters, request_read
 
@@ -30,9 +31,10 @@ class FleetApi:
         self._clock = clock
 
     def install(self, app: web.Application) -> None:
-        app.router.add_get("/meters", self._guard(self.list))
-        app.router.add_get("/meters/{meter_id}", self._guard(self.show))
-        app.router.add_post("/meters/{meter_id}/read", self._guard(self.read_now))
+        viewer, operator = requires(Role.VIEWER), requires(Role.OPERATOR)
+        app.router.add_get("/meters", viewer(self._guard(self.list)))
+        app.router.add_get("/meters/{meter_id}", viewer(self._guard(self.show)))
+        app.router.add_post("/meters/{meter_id}/read", operator(self._guard(self.read_now)))
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -85,4 +87,6 @@ class FleetApi:
             return json_error(404, f"unknown meter {meter_id!r}")
         if outcome is ReadRequestOutcome.DISABLED:
             return json_error(409, f"meter {meter_id!r} is disabled")
+        who = principal_of(request)
+        log.info("on-demand read requested", extra={"meter_id": meter_id, "token_name": who.name if who else None})
         return web.json_response({"meter_id": meter_id, "status": outcome.value}, status=202)

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 
 from gxami_contracts import DEAD_LETTER, JobResult, Message
 from gxami_contracts.topics import FLEET, JOB_RESULTS, READ_JOBS
+from gxami_runtime.auth import Authenticator, PoolTokens
 from gxami_runtime.http import OpsServer
 from gxami_runtime.isolation import database_refusal
 from gxami_runtime.kafka import (
@@ -238,7 +239,8 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         publisher, consumer, producer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
         scheduler = Scheduler(settings, pool, publisher, metrics, clock)
-        ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry)
+        auth = Authenticator.from_settings(settings, PoolTokens(pool))
+        ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
         FleetApi(pool, clock).install(ops.app)
         port = await ops.start()
         stack.push_async_callback(ops.stop)
