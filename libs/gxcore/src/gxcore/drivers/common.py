@@ -15,12 +15,13 @@ driver's ``on_traffic`` hook goes to every medium it opens (count frames and byt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gxcore.drivers.api import BaseDriver
 from gxcore.errors import ConfigurationError
 from gxcore.media import (
     KNOWN_PARAMETERS,
@@ -40,6 +41,15 @@ from gxcore.secrets import Secret
 def utc_now() -> datetime:
     """The default reading clock of the drivers."""
     return datetime.now(UTC)
+
+
+class FieldDriver(BaseDriver):
+    """What the field drivers (M-Bus, wM-Bus, IEC 62056-21, DSMR) share: the clock that stamps their
+    readings and the traffic hook handed to every medium they open (a trace of frames and bytes)."""
+
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
+        self._clock = clock
+        self.on_traffic = on_traffic
 
 
 # -- media ------------------------------------------------------------------------------

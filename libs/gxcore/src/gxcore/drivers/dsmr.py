@@ -37,17 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 
-from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.common import LineDefaults, aes_key, exchange_timeout, read_medium, utc_now
+from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.common import FieldDriver, LineDefaults, aes_key, exchange_timeout, read_medium
 from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError, KeyMissingError, ProtocolError
-from gxcore.media import Medium, TrafficHook
+from gxcore.media import Medium
 from gxcore.profiles.model import DeviceProfile, ProfilePoint
 from gxcore.protocols.dsmr.first import FirstTelegram, TelegramReader
 from gxcore.protocols.dsmr.reader import P1Reader
@@ -154,14 +153,10 @@ def dsmr_readings(
     return readings
 
 
-class DsmrDriver(BaseDriver):
+class DsmrDriver(FieldDriver):
     """Reads DSMR P1 ports (and Luxembourg Smarty) described by device profiles (protocol ``dsmr``)."""
 
     name: ClassVar[str] = PROTOCOL
-
-    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
-        self._clock = clock
-        self.on_traffic = on_traffic
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_dsmr_profile(profile)

@@ -30,17 +30,16 @@ medium the driver opens.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 
-from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.common import LineDefaults, exchange_timeout, meter_timezone, read_medium, utc_now
+from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.common import FieldDriver, LineDefaults, exchange_timeout, meter_timezone, read_medium
 from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
-from gxcore.media import Medium, TrafficHook
+from gxcore.media import Medium
 from gxcore.media.endpoint import Endpoint
 from gxcore.profiles.model import DeviceProfile, ProfilePoint
 from gxcore.protocols.iec62056_21.frames import MODE_C_BAUD, encode_request
@@ -170,14 +169,10 @@ async def run_readout(
         raise
 
 
-class Iec62056Driver(BaseDriver):
+class Iec62056Driver(FieldDriver):
     """Reads IEC 62056-21 meters described by device profiles (protocol ``iec62056-21``)."""
 
     name: ClassVar[str] = PROTOCOL
-
-    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
-        self._clock = clock
-        self.on_traffic = on_traffic
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_iec_profile(profile)

@@ -30,8 +30,9 @@ from datetime import datetime
 from typing import ClassVar
 from weakref import WeakKeyDictionary
 
-from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
 from gxcore.drivers.common import (
+    FieldDriver,
     LineDefaults,
     exchange_timeout,
     int_parameter,
@@ -131,14 +132,13 @@ async def read_meter(
     return result
 
 
-class MBusDriver(BaseDriver):
+class MBusDriver(FieldDriver):
     """Reads wired M-Bus meters described by device profiles (protocol ``mbus``)."""
 
     name: ClassVar[str] = PROTOCOL
 
     def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
-        self._clock = clock
-        self.on_traffic = on_traffic
+        super().__init__(clock=clock, on_traffic=on_traffic)
         # One master per bus: reads through one gateway or port wait for each other.
         self._locks: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = WeakKeyDictionary()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 from weakref import WeakKeyDictionary
@@ -25,6 +25,7 @@ from weakref import WeakKeyDictionary
 from pymodbus.pdu import ModbusPDU
 
 from gxcore.drivers.api import BaseDriver, CommandResult, DriverCommand, MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.common import utc_now
 from gxcore.drivers.modbus_link import LinkSettings, ModbusClient, ModbusLink, Request, reply_values
 from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.media import Medium
@@ -44,10 +45,6 @@ from gxcore.protocols.modbus.profile import (
     validate_modbus_profile,
 )
 from gxcore.readings import Reading
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def unit_id_for(target: MeterTarget, parameters: ModbusParameters) -> int:
@@ -72,7 +69,7 @@ class ModbusDriver(BaseDriver):
 
     name: ClassVar[str] = "modbus"
 
-    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._clock = clock
         # Locks belong to one event loop; keying by loop keeps a driver usable across loops.
         self._locks: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = WeakKeyDictionary()

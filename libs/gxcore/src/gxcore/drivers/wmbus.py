@@ -32,15 +32,13 @@ Profile parameters: ``timeout`` (caps the caller's), ``timezone`` (of the meter 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import datetime
 from typing import ClassVar
 
-from gxcore.drivers.api import BaseDriver, MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.common import aes_key, exchange_timeout, meter_timezone, read_medium, utc_now
+from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.common import FieldDriver, aes_key, exchange_timeout, meter_timezone, read_medium
 from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError
-from gxcore.media import Medium, TrafficHook
+from gxcore.media import Medium
 from gxcore.media.endpoint import Endpoint
 from gxcore.profiles.model import DeviceProfile
 from gxcore.protocols.mbus.points import meter_time_of, readings_from, record_points
@@ -81,14 +79,10 @@ def validate_wmbus_profile(profile: DeviceProfile) -> None:
     record_points(profile.points)
 
 
-class WMBusDriver(BaseDriver):
+class WMBusDriver(FieldDriver):
     """Reads wireless M-Bus meters from a receiver's TCP feed (protocol ``wmbus``)."""
 
     name: ClassVar[str] = PROTOCOL
-
-    def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
-        self._clock = clock
-        self.on_traffic = on_traffic
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_wmbus_profile(profile)
