@@ -2,7 +2,8 @@
 
 from gxami_contracts.fleet import Connection, FleetEntry
 from gxami_contracts.messages import (
-    CommandAction,
+    CommandKind,
+    CommandOutcome,
     CommandResult,
     DeadLetter,
     JobResult,
@@ -22,7 +23,8 @@ from gxami_contracts.topics import CATALOG, DEAD_LETTER, TopicSpec
 __all__ = [
     "CATALOG",
     "DEAD_LETTER",
-    "CommandAction",
+    "CommandKind",
+    "CommandOutcome",
     "CommandResult",
     "Connection",
     "DeadLetter",

@@ -42,6 +42,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
@@ -329,6 +330,8 @@ class JobResult(Message):
     readings_count: Count
     events_count: Count = 0  # meter events published to ami.events for this job
     meter_time: Instant | None = None
+    # The collector's clock when it read ``meter_time``: the drift is meter_time - collector_time.
+    collector_time: Instant | None = None
     error_kind: ErrorKind | None = None
     error_message: ErrorMessage | None = None
 
@@ -348,16 +351,37 @@ class MeterEvent(Message):
     data: Data = Field(default_factory=dict)
 
 
-class CommandAction(StrEnum):
+class CommandKind(StrEnum):
+    """What a command does to a meter; the driver API's ``DriverCommand.kind`` names the same kinds."""
+
     DISCONNECT = "disconnect"
     RECONNECT = "reconnect"
-    CLOCK_SYNC = "clock-sync"
-    WRITE = "write"
-    READ = "read"
+    ARM_RECONNECT = "arm-reconnect"  # IDIS "ready for reconnection": the customer presses the button
+    RELAY_STATE = "relay-state"  # read the disconnect control's output and control state
+    CLOCK_SYNC = "clock-sync"  # the meter's clock to the collector's (shift_time where the meter limits it)
+    CLOCK_SET = "clock-set"  # the meter's clock to ``clock``
+    SET_ATTRIBUTE = "set-attribute"  # a DLMS attribute the device profile marks writable
+    WRITE_POINT = "write-point"  # a Modbus / M-Bus profile point marked writable
+    READ = "read"  # an on-demand read, ordered with the other commands of the link
+    FIRMWARE_UPDATE = "firmware-update"  # DLMS image transfer (class 18); ``body`` names the image
+    TARIFF_CALENDAR = "tariff-calendar"  # activity calendar (class 20) and special days (class 11)
+
+
+# A command's structured content (a tariff calendar, a firmware image reference): JSON, bounded
+# by the message's wire size; the scheduler checks it against the kind's schema before it queues.
+CommandBody = dict[OptionName, JsonValue]
 
 
 class MeterCommand(Message):
-    """A control action on one meter, with who asked for it (audit)."""
+    """One command for one meter, as the scheduler queues it for the collector of the meter's link.
+
+    ``command_id`` is the client's idempotency key of the whole command; a command for several
+    meters goes out as one message per meter with the same ``command_id``, so (``command_id``,
+    ``meter_id``) is this message's identity. ``expires_at`` is checked by the collector right
+    before it touches the meter: an expired command is reported ``expired`` and never executed.
+    Keyed by ``link_id`` like read jobs, so one collector owns a link and its commands and reads
+    are ordered. No secret travels here: the collector resolves keys from its own store.
+    """
 
     max_wire_bytes: ClassVar[int] = 64 * 1024
 
@@ -367,23 +391,45 @@ class MeterCommand(Message):
     protocol: ProtocolName
     url: MeterUrl
     profile: ProfileName
-    action: CommandAction
-    params: Options = Field(default_factory=dict)
+    kind: CommandKind
+    point: Annotated[Text, Field(min_length=1, max_length=200)] | None = None  # write-point, set-attribute
+    value: DataValue = None  # the value to write, in the point's unit as read
+    clock: Instant | None = None  # clock-set
+    options: Options = Field(default_factory=dict)  # target options (as in a read job) and kind details
+    body: CommandBody | None = None  # firmware-update, tariff-calendar
     requested_by: Annotated[Text, Field(min_length=1, max_length=200)]
     issued_at: Instant
-    deadline: Instant
+    not_before: Instant | None = None
+    expires_at: Instant
+    attempt: Attempt = 1
+
+
+class CommandOutcome(StrEnum):
+    """What the collector reports for one meter's command; the scheduler keeps the full state history."""
+
+    SENT = "sent"  # the collector is touching the meter now (``data`` may carry progress)
+    SUCCEEDED = "succeeded"  # done and read back
+    FAILED = "failed"  # refused by the meter, unreachable, or the read-back did not match
+    EXPIRED = "expired"  # ``expires_at`` had passed before the meter was touched: nothing was executed
 
 
 class CommandResult(Message):
-    """Outcome of one command."""
+    """Outcome of one meter's command, with what was read back from the meter (``data``)."""
 
     command_id: MessageId
     meter_id: MeterId
-    status: JobStatus
+    kind: CommandKind
+    outcome: CommandOutcome
+    attempt: Attempt = 1
+    started_at: Instant | None = None
     finished_at: Instant
+    state: Annotated[Text, Field(max_length=64)] | None = None  # the relay state read back
+    meter_time_before: Instant | None = None
+    meter_time_after: Instant | None = None
     error_kind: ErrorKind | None = None
     error_message: ErrorMessage | None = None
-    data: Data = Field(default_factory=dict)
+    data: Data = Field(default_factory=dict)  # read-back values and progress (blocks sent, of how many)
+    collector: Annotated[Text, Field(max_length=200)] | None = None  # the instance that executed it
 
 
 class DeadLetter(Message):

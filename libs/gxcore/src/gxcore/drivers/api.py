@@ -66,6 +66,8 @@ CommandKind = Literal[
     "clock-set",
     "set-attribute",
     "write-point",
+    "firmware-update",
+    "tariff-calendar",
 ]
 """What a driver can be asked to do to a meter (besides reading it); each driver takes the kinds it can."""
 
@@ -87,6 +89,9 @@ class DriverCommand:
     value: CommandValue = None
     clock: datetime | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    # Structured content: the tariff calendar document, or the firmware image (``image``: bytes,
+    # ``identification``, ``activate_at``) that the collector fetched and checked by hash.
+    body: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
