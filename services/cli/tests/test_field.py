@@ -170,6 +170,25 @@ def test_odd_hex_and_undecodable_frames_are_bad_input() -> None:
     assert "checksum" in one_line_error(invoke("decode", "mbus", changed_checksum), 2).lower()
 
 
+# rscada/libmbus test/error-frames/premature_end_of_data1.hex: its last record has no data.
+PREMATURE_END = "68 1C 1C 68 08 02 72 78 56 34 12 24 40 01 07 55 00 00 00 03 13 15 31 00 DA 02 3B 13 01 8B 60 04 C7 16"
+
+
+def test_decode_mbus_is_tolerant_by_default_and_strict_on_request() -> None:
+    result = invoke("decode", "mbus", PREMATURE_END)
+    document = ok_json(result)
+    assert [r["value"] for r in document["records"]] == [12.565, 0.113]
+    assert document["unparsed"] == [{"offset": 29, "hex": "8B6004", "reason": document["unparsed"][0]["reason"]}]
+    assert "premature end" in document["unparsed"][0]["reason"]
+    assert result.stderr.startswith("gxami decode mbus: warning: 3 byte(s) at offset 29 not decoded")
+    line = one_line_error(invoke("decode", "mbus", "--strict", PREMATURE_END), 2)
+    assert "premature end" in line
+    padded = ok_json(invoke("decode", "mbus", OMS_GAS_WIRED + " 00"))  # one byte more than the L field says
+    assert padded["records"] == ok_json(invoke("decode", "mbus", OMS_GAS_WIRED))["records"]
+    assert padded["unparsed"][0]["hex"] == "00"
+    assert "trailing" in one_line_error(invoke("decode", "mbus", "--strict", OMS_GAS_WIRED + " 00"), 2)
+
+
 def test_decode_wmbus_with_a_key() -> None:
     document = ok_json(invoke("decode", "wmbus", OMS_MODE5, "--key", OMS_MODE5_KEY))
     assert (document["id"], document["manufacturer"], document["security_mode"]) == ("12345678", "ELS", 5)

@@ -117,6 +117,27 @@ class Reading:
         return self.ts
 
 
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """Bytes or a line a tolerant decoder could not read, kept as they were, with where and why.
+
+    A decoder returns every complete record it read and one of these for the rest (trailing fill,
+    a record cut short, an odd line); ``--strict`` refuses instead. Checksums and decryption are
+    never tolerant: a bad CRC or a wrong key is still an error.
+    """
+
+    offset: int  # byte offset in the input (line number, for line-based formats such as DSMR)
+    data: bytes
+    reason: str
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {"offset": self.offset, "hex": self.data.hex().upper(), "reason": self.reason}
+
+    @property
+    def warning(self) -> str:
+        return f"{len(self.data)} byte(s) at offset {self.offset} not decoded: {self.reason}"
+
+
 def stable_event_id(meter_id: str, source: str, timestamp: datetime, code: int | str) -> str:
     """An id that is the same every time the same event is read: from meter, source, time and code.
 

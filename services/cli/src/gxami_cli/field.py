@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -22,7 +22,7 @@ import typer
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxcore.errors import ConfigurationError, GxError, KeyMissingError, MeterTimeoutError
-from gxcore.readings import json_value
+from gxcore.readings import Unparsed, json_value
 from gxcore.secrets import Secret
 
 if TYPE_CHECKING:
@@ -159,24 +159,41 @@ def hex_argument(parts: list[str]) -> bytes:
 HEX_PARTS = typer.Argument(..., metavar="HEX", help="the frame in hex (spaces allowed), or - for stdin")
 KEY = typer.Option(None, "--key", help="AES-128 key, 32 hex digits (prefer --key-env)")
 KEY_ENV = typer.Option(None, "--key-env", metavar="VAR", help="environment variable holding the key")
+STRICT = typer.Option(
+    False, "--strict", help="refuse input with anything undecodable (default: decode what can be, report the rest)"
+)
+
+
+def warn_unparsed(command: str, unparsed: Sequence[Unparsed]) -> None:
+    """One warning line per piece a tolerant decoder could not read (the JSON carries them too)."""
+    for piece in unparsed:
+        typer.echo(f"gxami {command}: warning: {piece.warning}", err=True)
 
 
 @decode_app.command("mbus")
-def decode_mbus(hex_parts: list[str] = HEX_PARTS) -> None:
+def decode_mbus(hex_parts: list[str] = HEX_PARTS, strict: bool = STRICT) -> None:
     """A wired M-Bus RSP_UD long frame (68 L L 68 ... 16)."""
     from gxcore.protocols.mbus import decode_mbus_telegram
 
-    run_guarded("decode mbus", lambda: decode_mbus_telegram(hex_argument(hex_parts)).to_json_dict(), decoding=True)
+    def action() -> object:
+        telegram = decode_mbus_telegram(hex_argument(hex_parts), strict=strict)
+        warn_unparsed("decode mbus", telegram.unparsed)
+        return telegram.to_json_dict()
+
+    run_guarded("decode mbus", action, decoding=True)
 
 
 @decode_app.command("wmbus")
-def decode_wmbus(hex_parts: list[str] = HEX_PARTS, key: str | None = KEY, key_env: str | None = KEY_ENV) -> None:
+def decode_wmbus(
+    hex_parts: list[str] = HEX_PARTS, key: str | None = KEY, key_env: str | None = KEY_ENV, strict: bool = STRICT
+) -> None:
     """A wireless M-Bus telegram (L field first, data-link CRCs in or out)."""
     from gxcore.protocols.wmbus import decode_wmbus_telegram
 
     def action() -> object:
         aes = parse_key(key, key_env)
-        telegram = decode_wmbus_telegram(hex_argument(hex_parts), aes)
+        telegram = decode_wmbus_telegram(hex_argument(hex_parts), aes, strict=strict)
+        warn_unparsed("decode wmbus", telegram.unparsed)
         document = telegram.to_json_dict()
         document["security_mode"] = telegram.security_mode
         return document
