@@ -242,6 +242,23 @@ def test_decode_dsmr_crc_mismatch_and_missing_file(tmp_path: Path) -> None:
     assert "cannot read" in one_line_error(invoke("decode", "dsmr", str(tmp_path / "nope.txt")), 2)
 
 
+def test_decode_dsmr_sets_an_odd_line_aside_unless_strict(tmp_path: Path) -> None:
+    from gxcore.protocols.dsmr import encode_telegram
+
+    odd = "1-0:99.97.0(231231235959W)(0-0:96.7.19)(231231235959W)(0000000240*s)"
+    lines = ["1-3:0.2.8(50)", "0-0:1.0.0(240101120000W)", "1-0:1.8.1*255(000004.426*kWh)", odd]
+    path = tmp_path / "odd.txt"
+    path.write_bytes(encode_telegram("XMX5TEST", lines))
+    result = invoke("decode", "dsmr", str(path))
+    document = ok_json(result)
+    assert [(r["quantity"], r["value"]) for r in document["records"] if r["kind"] == "register"] == [
+        ("1-0:1.8.1", 4.426)
+    ]
+    assert document["unparsed"][0]["line"] == 6 and document["unparsed"][0]["text"] == odd
+    assert "warning: " in result.stderr and "line 6" in result.stderr
+    assert "line 6" in one_line_error(invoke("decode", "dsmr", "--strict", str(path)), 2)
+
+
 def test_decode_iec62056_21_readout(tmp_path: Path) -> None:
     path = tmp_path / "readout.bin"
     path.write_bytes(IEC_READOUT)

@@ -126,16 +126,22 @@ class Unparsed:
     never tolerant: a bad CRC or a wrong key is still an error.
     """
 
-    offset: int  # byte offset in the input (line number, for line-based formats such as DSMR)
+    offset: int  # byte offset in the input
     data: bytes
     reason: str
+    line: int | None = None  # for line-based formats (DSMR, IEC 62056-21): the 1-based line number
 
     def to_json_dict(self) -> dict[str, object]:
-        return {"offset": self.offset, "hex": self.data.hex().upper(), "reason": self.reason}
+        out: dict[str, object] = {"offset": self.offset, "hex": self.data.hex().upper(), "reason": self.reason}
+        if self.line is not None:
+            out["line"] = self.line
+            out["text"] = self.data.decode("ascii", "replace")
+        return out
 
     @property
     def warning(self) -> str:
-        return f"{len(self.data)} byte(s) at offset {self.offset} not decoded: {self.reason}"
+        where = f"line {self.line} (byte offset {self.offset})" if self.line is not None else f"offset {self.offset}"
+        return f"{len(self.data)} byte(s) at {where} not decoded: {self.reason}"
 
 
 def stable_event_id(meter_id: str, source: str, timestamp: datetime, code: int | str) -> str:

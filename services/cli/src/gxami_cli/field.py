@@ -206,6 +206,7 @@ def decode_dsmr(
     source: str = typer.Argument(..., metavar="FILE|-", help="a P1 telegram file, or - for stdin"),
     key: str | None = KEY,
     key_env: str | None = KEY_ENV,
+    strict: bool = STRICT,
 ) -> None:
     """A DSMR P1 telegram ('/' ... '!' CRC); a Luxembourg Smarty frame with --key/--key-env."""
     from gxcore.protocols.dsmr import decode_dsmr_telegram, decrypt_smarty_frame
@@ -215,7 +216,11 @@ def decode_dsmr(
         aes = parse_key(key, key_env)
         if data[:2] == b"\xdb\x08":  # general-glo-ciphering: an encrypted Smarty frame
             data = decrypt_smarty_frame(data.strip(b"\r\n"), Secret(aes) if aes is not None else None)
-        return decode_dsmr_telegram(data).to_json_dict()
+        telegram = decode_dsmr_telegram(data, strict=strict)
+        warn_unparsed("decode dsmr", telegram.unparsed)
+        for warning in telegram.warnings:
+            typer.echo(f"gxami decode dsmr: warning: {warning}", err=True)
+        return telegram.to_json_dict()
 
     run_guarded("decode dsmr", action, decoding=True)
 
