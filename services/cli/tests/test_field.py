@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +361,28 @@ async def test_read_dlms_with_a_password_from_the_environment() -> None:
     assert "not-the-pw" not in denied.output and "pw-123456" not in line
 
 
+async def test_read_dlms_load_profile_over_a_range_and_hints_at_the_framing() -> None:
+    async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT) as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        start, end = AT - timedelta(hours=2), AT
+        ranged = await invoke_async(
+            "read", url, "-p", "dlms", "--from", start.isoformat(), "--to", end.isoformat(), "--purpose", "billing"
+        )
+        wrong_framing = await invoke_async("read", url, "-p", "dlms", "-o", "interface=hdlc", "--timeout", "0.3")
+        unranged = await invoke_async("read", url, "-p", "dlms", "--purpose", "load-profile")
+    assert ok_json(unranged)["readings"] == []
+    assert "warning: no readings: load-profile points need a range: give --from/--to or --last" in unranged.stderr
+    rows = [r for r in ok_json(ranged)["readings"] if r["quantity"] == "1-0:2.8.0"]
+    stamps = sorted(datetime.fromisoformat(r["timestamp"]) for r in rows)
+    boundaries = [start.replace(minute=15 * (start.minute // 15 + 1), second=0)]
+    while boundaries[-1] + timedelta(minutes=15) <= end:
+        boundaries.append(boundaries[-1] + timedelta(minutes=15))
+    # Every 15-minute row in the range, and the billing reading at the meter's clock beside them.
+    assert stamps == [*boundaries, AT]
+    line = one_line_error(wrong_framing, 1)
+    assert "hint: a meter on TCP may speak the DLMS wrapper: try -o interface=wrapper" in line
+
+
 async def test_read_wmbus_with_a_key_from_the_environment() -> None:
     generator = WMBusTelegramGenerator(seed=4, count=2)
     meter = generator.meters[0]
@@ -408,6 +430,16 @@ async def test_read_failures_of_the_meter_exit_1(unused_tcp_port: int) -> None:
         (["read", "tcp://127.0.0.1:1", "-p", "dsmr", "--key-env", "GX_UNSET_VAR_X"], {}, "GX_UNSET_VAR_X is not set"),
         (["read", "tcp://127.0.0.1:1", "-p", "mbus"], {}, "give options primary_address"),
         (["read", "tcp://127.0.0.1:1", "-p", "dsmr", "--key-env", "K"], {"K": "abcd"}, "32 hex digits"),
+        (
+            ["read", "tcp://127.0.0.1:1", "-p", "modbus", "-o", "unitid=3"],
+            {},
+            "unknown option unitid for protocol modbus (valid: unit_id)",
+        ),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "-o", "intreface=hdlc"], {}, "unknown option intreface"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "--last", "2 days"], {}, "not a duration such as 24h"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "--from", "yesterday"], {}, "not an ISO time"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "--to", "2026-01-01"], {}, "--to needs --from or --last"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dsmr", "--last", "24h"], {}, "has no load-profile points"),
     ],
 )
 async def test_bad_read_input_exits_2(args: list[str], env: dict[str, str], message: str) -> None:

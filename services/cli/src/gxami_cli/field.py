@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -260,9 +261,95 @@ def resolve_profile(protocol: str, name_or_file: str | None, folders: list[Path]
     return ProfileCatalog(*folders).get(name)
 
 
-def read_secrets(password_env: str | None, key_env: str | None, secret_env: list[str]) -> dict[str, Secret]:
-    names = {"password": password_env, "key": key_env} | parse_pairs(secret_env, "--secret-env")
+PASSWORD_ENV = typer.Option(None, "--password-env", metavar="VAR", help="variable with the password")
+AUTH_KEY_ENV = typer.Option(None, "--auth-key-env", metavar="VAR", help="variable with the authentication key")
+
+
+def read_secrets(
+    password_env: str | None, key_env: str | None, secret_env: list[str], auth_key_env: str | None = None
+) -> dict[str, Secret]:
+    names = {"password": password_env, "key": key_env, "auth_key": auth_key_env} | parse_pairs(
+        secret_env, "--secret-env"
+    )
     return {name: Secret(environment(variable)) for name, variable in names.items() if variable is not None}
+
+
+def parse_duration(text: str, what: str) -> timedelta:
+    """``24h``, ``7d``, ``90m``, ``30s`` (one number and one unit) as a timedelta."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0:
+        raise InputError(f"{what} {text!r} is not a duration such as 24h, 7d, 90m or 30s")
+    return timedelta(seconds=value * units[unit])
+
+
+def parse_instant(text: str, what: str) -> datetime:
+    """An ISO 8601 time; without an offset it is UTC (a meter's load profile is read in UTC)."""
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not an ISO time such as 2026-12-01T00:00Z") from None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def time_range(since: str | None, until: str | None, last: str | None) -> tuple[datetime | None, datetime | None]:
+    """(--from, --to) as aware instants, or from --last back from --to (default now); both None if none given."""
+    if last is not None and since is not None:
+        raise InputError("give --from or --last, not both")
+    end = parse_instant(until, "--to") if until is not None else None
+    if last is not None:
+        start = (end or datetime.now(UTC)) - parse_duration(last, "--last")
+    elif since is not None:
+        start = parse_instant(since, "--from")
+    else:
+        if end is not None:
+            raise InputError("--to needs --from or --last")
+        return None, None
+    if end is not None and end <= start:
+        raise InputError(f"--to {end.isoformat()} is not after the start {start.isoformat()}")
+    return start, end
+
+
+def empty_reason(profile: DeviceProfile, purposes: frozenset[str], profile_from: datetime | None) -> str:
+    """Why a read gave nothing, in words an operator can act on."""
+    points = profile.points_for(purposes)
+    if not points:
+        return f"no readings: profile {profile.name} has no points for {', '.join(sorted(purposes))}"
+    ranged = [p for p in points if "load-profile" in p.purpose]
+    unbounded = not any(p.options.get("last_entries") for p in ranged)
+    if ranged and len(ranged) == len(points) and profile_from is None and unbounded:
+        return "no readings: load-profile points need a range: give --from/--to or --last (e.g. --last 24h)"
+    return f"no readings: the meter returned no values for the {len(points)} selected point(s)"
+
+
+def read_hint(
+    protocol: str, profile: DeviceProfile, options: dict[str, str], secrets: dict[str, Secret], exc: GxError
+) -> str | None:
+    """Where a failed read's likely cause is the framing or missing authentication, say so."""
+    from gxcore.errors import AccessDeniedError, FramingError, MediaError
+
+    if protocol != "dlms":
+        return None
+    interface = str(options.get("interface") or profile.parameters.get("interface") or "wrapper")
+    # A meter that does not answer, answers garbage or hangs up on our first frame: often the framing.
+    framing = isinstance(exc, MeterTimeoutError | FramingError) or (
+        isinstance(exc, MediaError) and "closed by peer" in exc.reason
+    )
+    if framing and interface == "wrapper":
+        return "a meter behind a serial converter may speak HDLC: try -o interface=hdlc"
+    if framing and interface == "hdlc":
+        return "a meter on TCP may speak the DLMS wrapper: try -o interface=wrapper"
+    if isinstance(exc, AccessDeniedError):
+        authentication = str(options.get("authentication") or profile.parameters.get("authentication") or "none")
+        if authentication == "none":
+            return "the meter may need authentication: -o authentication=low --password-env VAR, or another client"
+        if "password" not in secrets and authentication == "low":
+            return "authentication=low needs --password-env VAR"
+    return None
 
 
 def read_command(
@@ -270,39 +357,67 @@ def read_command(
     protocol: str = typer.Option(..., "--protocol", "-p", help="dlms, modbus, mbus, wmbus, iec62056-21, dsmr, ..."),
     profile: str | None = typer.Option(None, "--profile", help="profile name or YAML file (default per protocol)"),
     option: list[str] = typer.Option([], "--option", "-o", metavar="K=V", help="per-meter option, repeatable"),
-    password_env: str | None = typer.Option(None, "--password-env", metavar="VAR", help="variable with the password"),
+    password_env: str | None = PASSWORD_ENV,
     key_env: str | None = typer.Option(None, "--key-env", metavar="VAR", help="variable with the key (hex)"),
+    auth_key_env: str | None = AUTH_KEY_ENV,
     secret_env: list[str] = typer.Option([], "--secret-env", metavar="NAME=VAR", help="any other secret, repeatable"),
     purpose: list[str] = typer.Option(["billing"], "--purpose", help=PURPOSE_HELP),
+    since: str | None = typer.Option(
+        None, "--from", metavar="TIME", help="load profile from (ISO time, e.g. 2026-12-01T00:00Z)"
+    ),
+    until: str | None = typer.Option(None, "--to", metavar="TIME", help="load profile up to (ISO time; default: now)"),
+    last: str | None = typer.Option(
+        None, "--last", metavar="DURATION", help="load profile of the last 24h, 7d, 90m ..."
+    ),
     timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="seconds per exchange"),
     meter_id: str | None = typer.Option(None, "--meter-id", help="name of the meter in the output"),
     profile_dir: list[Path] = typer.Option([], "--profile-dir", help="extra profile folder, repeatable"),
     counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
-    """Read one meter once through its protocol driver and print the readings."""
+    """Read one meter once through its protocol driver and print the readings.
+
+    With --from/--to/--last the load-profile points are read over that range (and
+    --purpose load-profile is implied).
+    """
     import asyncio
 
     from gxcore.drivers import MeterTarget, ReadRequest, load_driver
+    from gxcore.drivers.api import unknown_meter_options
 
     meter = meter_id or url
 
     def action() -> object:
-        unknown = sorted(set(purpose) - set(PURPOSES))
+        profile_from, profile_to = time_range(since, until, last)
+        purposes = set(purpose) | ({"load-profile"} if profile_from is not None else set())
+        unknown = sorted(purposes - set(PURPOSES))
         if unknown:
             raise InputError(f"unknown purpose {', '.join(unknown)} (use {', '.join(PURPOSES)})")
         chosen = resolve_profile(protocol, profile, profile_dir)
         if chosen.protocol != protocol:
             raise InputError(f"profile {chosen.name} is for protocol {chosen.protocol!r}, not {protocol!r}")
         driver = load_driver(protocol)
+        options = parse_pairs(option, "--option")
+        refusal = unknown_meter_options(driver, options)
+        if refusal is not None:
+            raise InputError(refusal)
         driver.validate_profile(chosen)
+        if "load-profile" in purposes and not any("load-profile" in p.purpose for p in chosen.points):
+            raise InputError(f"profile {chosen.name} has no load-profile points to read")
         if hasattr(driver, "counters"):  # ciphered protocols: counters survive this process
             driver.counters = counter_store(counters_file)
-        target = MeterTarget(
-            meter, url, parse_pairs(option, "--option"), read_secrets(password_env, key_env, secret_env)
-        )
+        secrets = read_secrets(password_env, key_env, secret_env, auth_key_env)
+        target = MeterTarget(meter, url, options, secrets)
         target.endpoint()  # a bad URL is bad input, reported before any connection
-        request = ReadRequest(purposes=frozenset(purpose))
-        result = asyncio.run(_bounded(driver.read(target, chosen, request, timeout=timeout), timeout))
+        request = ReadRequest(purposes=frozenset(purposes), profile_from=profile_from, profile_to=profile_to)
+        try:
+            result = asyncio.run(_bounded(driver.read(target, chosen, request, timeout=timeout), timeout))
+        except GxError as exc:
+            hint = read_hint(protocol, chosen, options, secrets, exc)
+            if hint is not None:
+                exc.reason = f"{exc.reason} (hint: {hint})"
+            raise
+        if not result.readings and not result.events:
+            typer.echo(f"gxami read: warning: {empty_reason(chosen, frozenset(purposes), profile_from)}", err=True)
         return {
             "meter": meter,
             "protocol": protocol,

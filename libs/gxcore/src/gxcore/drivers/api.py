@@ -179,6 +179,9 @@ class BaseDriver:
     """Defaults for a plug-in: commands and serving are refused with a ConfigurationError naming the protocol."""
 
     name: ClassVar[str] = "unnamed"
+    # The per-meter options (``MeterTarget.options``) the driver reads; None: not declared, so a
+    # front end (``gxami read -o``) cannot refuse a misspelt one. Every built-in driver declares them.
+    meter_options: ClassVar[frozenset[str] | None] = None
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
@@ -214,6 +217,18 @@ class ReadOnlyDriver(BaseDriver):
                 f"meter {target.meter_id}: the {self.name} driver cannot read over a connection the meter opened"
             )
         return await self.inner.read(target, profile, request, timeout=timeout)
+
+
+def unknown_meter_options(driver: Driver, options: Mapping[str, str]) -> str | None:
+    """Why ``options`` do not suit ``driver`` (names the unknown ones and lists the valid ones), else None."""
+    known: frozenset[str] | None = getattr(driver, "meter_options", None)
+    if known is None:
+        return None
+    unknown = sorted(set(options) - known)
+    if not unknown:
+        return None
+    valid = ", ".join(sorted(known)) or "none"
+    return f"unknown option {', '.join(unknown)} for protocol {driver.name} (valid: {valid})"
 
 
 def available_drivers() -> dict[str, str]:

@@ -136,6 +136,7 @@ class MBusDriver(FieldDriver):
     """Reads wired M-Bus meters described by device profiles (protocol ``mbus``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = frozenset({"primary_address", "secondary_address"})
 
     def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
         super().__init__(clock=clock, on_traffic=on_traffic)

@@ -83,6 +83,7 @@ class WMBusDriver(FieldDriver):
     """Reads wireless M-Bus meters from a receiver's TCP feed (protocol ``wmbus``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = frozenset({"wmbus_id"})
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_wmbus_profile(profile)

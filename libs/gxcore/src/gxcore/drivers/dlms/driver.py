@@ -170,6 +170,7 @@ class DlmsDriver(BaseDriver):
     """Reads DLMS/COSEM meters over TCP, UDP or serial described by device profiles (protocol ``dlms``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = PARAMETERS | frozenset(ALIASES)
 
     def __init__(
         self,
