@@ -189,6 +189,15 @@ def test_decode_mbus_is_tolerant_by_default_and_strict_on_request() -> None:
     assert "trailing" in one_line_error(invoke("decode", "mbus", "--strict", OMS_GAS_WIRED + " 00"), 2)
 
 
+def test_decode_mbus_all_records_adds_raw_bytes_errors_and_the_header() -> None:
+    plain = ok_json(invoke("decode", "mbus", PREMATURE_END))
+    full = ok_json(invoke("decode", "mbus", "--all-records", PREMATURE_END))
+    assert "raw" not in plain["records"][0] and "secondary_address" not in plain
+    assert full["secondary_address"] == "1234567840240107" and full["ci"] == 0x72
+    assert [(r["raw"], r["error"]) for r in full["records"]] == [("153100", None), ("1301", None)]
+    assert [{k: v for k, v in r.items() if k not in ("raw", "error")} for r in full["records"]] == plain["records"]
+
+
 def test_decode_wmbus_with_a_key() -> None:
     document = ok_json(invoke("decode", "wmbus", OMS_MODE5, "--key", OMS_MODE5_KEY))
     assert (document["id"], document["manufacturer"], document["security_mode"]) == ("12345678", "ELS", 5)

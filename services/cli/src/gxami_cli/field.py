@@ -165,6 +165,11 @@ STRICT = typer.Option(
 )
 
 
+ALL_RECORDS = typer.Option(
+    False, "--all-records", help="every record with its raw bytes and error, and the full header (no profile)"
+)
+
+
 def warn_unparsed(command: str, unparsed: Sequence[Unparsed]) -> None:
     """One warning line per piece a tolerant decoder could not read (the JSON carries them too)."""
     for piece in unparsed:
@@ -172,21 +177,25 @@ def warn_unparsed(command: str, unparsed: Sequence[Unparsed]) -> None:
 
 
 @decode_app.command("mbus")
-def decode_mbus(hex_parts: list[str] = HEX_PARTS, strict: bool = STRICT) -> None:
+def decode_mbus(hex_parts: list[str] = HEX_PARTS, strict: bool = STRICT, all_records: bool = ALL_RECORDS) -> None:
     """A wired M-Bus RSP_UD long frame (68 L L 68 ... 16)."""
     from gxcore.protocols.mbus import decode_mbus_telegram
 
     def action() -> object:
         telegram = decode_mbus_telegram(hex_argument(hex_parts), strict=strict)
         warn_unparsed("decode mbus", telegram.unparsed)
-        return telegram.to_json_dict()
+        return telegram.to_json_dict(full=all_records)
 
     run_guarded("decode mbus", action, decoding=True)
 
 
 @decode_app.command("wmbus")
 def decode_wmbus(
-    hex_parts: list[str] = HEX_PARTS, key: str | None = KEY, key_env: str | None = KEY_ENV, strict: bool = STRICT
+    hex_parts: list[str] = HEX_PARTS,
+    key: str | None = KEY,
+    key_env: str | None = KEY_ENV,
+    strict: bool = STRICT,
+    all_records: bool = ALL_RECORDS,
 ) -> None:
     """A wireless M-Bus telegram (L field first, data-link CRCs in or out)."""
     from gxcore.protocols.wmbus import decode_wmbus_telegram
@@ -195,7 +204,7 @@ def decode_wmbus(
         aes = parse_key(key, key_env)
         telegram = decode_wmbus_telegram(hex_argument(hex_parts), aes, strict=strict)
         warn_unparsed("decode wmbus", telegram.unparsed)
-        document = telegram.to_json_dict()
+        document = telegram.to_json_dict(full=all_records)
         document["security_mode"] = telegram.security_mode
         return document
 

@@ -57,9 +57,9 @@ class MBusRecord:
     error: str | None = None
     raw: bytes = field(default=b"", repr=False)
 
-    def to_json_dict(self) -> dict[str, object]:
-        """JSON-ready dict: dates as ISO text, bytes as hex."""
-        return {
+    def to_json_dict(self, *, full: bool = False) -> dict[str, object]:
+        """JSON-ready dict: dates as ISO text, bytes as hex; ``full`` adds the record's error and raw bytes."""
+        out: dict[str, object] = {
             "quantity": self.quantity,
             "value": json_value(self.value),
             "unit": self.unit,
@@ -69,6 +69,10 @@ class MBusRecord:
             "function": self.function,
             "description": self.description,
         }
+        if full:
+            out["error"] = self.error
+            out["raw"] = self.raw.hex().upper()
+        return out
 
 
 def json_value(value: RecordValue) -> object:

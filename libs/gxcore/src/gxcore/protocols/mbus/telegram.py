@@ -96,16 +96,26 @@ class MBusTelegram:
                 return record.value
         return None
 
-    def to_json_dict(self) -> dict[str, object]:
-        """The shape ``gxami decode mbus|wmbus`` prints."""
+    def to_json_dict(self, *, full: bool = False) -> dict[str, object]:
+        """The shape ``gxami decode mbus|wmbus`` prints; ``full`` (``--all-records``) adds each record's
+        error and raw bytes, and the header fields a profile never needs."""
+        header: dict[str, object] = {}
+        if full:
+            header = {
+                "secondary_address": self.secondary_address,
+                "signature": self.signature,
+                "ci": self.ci,
+                "more_records_follow": self.more_records_follow,
+            }
         return {
+            **header,
             "id": self.id,
             "manufacturer": self.manufacturer,
             "medium": self.medium,
             "version": self.version,
             "access_number": self.access_number,
             "status": self.status,
-            "records": [record.to_json_dict() for record in self.records],
+            "records": [record.to_json_dict(full=full) for record in self.records],
             **({"unparsed": [u.to_json_dict() for u in self.unparsed]} if self.unparsed else {}),
         }
 
