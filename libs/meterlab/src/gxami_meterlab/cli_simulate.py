@@ -326,6 +326,12 @@ def wmbus(
     telegrams: int | None = typer.Option(None, "--telegrams", min=1, help="telegrams per meter (default: endless)"),
     junk: bool = typer.Option(False, "--junk", help="mix comments, noise and dongle status frames into the feed"),
     keys_out: Path | None = typer.Option(None, help="write the meters' AES keys here (a secrets file)"),
+    start: datetime | None = typer.Option(
+        None, "--start", formats=["%Y-%m-%dT%H:%M:%S%z"], help="the meters' clock at the first telegram (default: now)"
+    ),
+    time_scale: float = typer.Option(
+        1.0, "--time-scale", min=0.001, help="meter-clock seconds per real second between telegrams (own schedule)"
+    ),
 ) -> None:
     """Serve a wM-Bus receiver's TCP feed: N meters sending raw telegrams, in a receiver's framing."""
     import asyncio
@@ -349,11 +355,12 @@ def wmbus(
         port=port,
         framing=framing,  # type: ignore[arg-type]  # checked against the framings above
         interval=interval,
-        start=_now(),
+        start=(start.astimezone(UTC) if start.tzinfo else start.replace(tzinfo=UTC)) if start else _now(),
         own_intervals=schedule == "own",
         rounds=telegrams if schedule == "rounds" else None,
         per_meter=telegrams if schedule == "own" else None,
         junk=junk,
+        time_scale=time_scale,
     )
     if keys_out is not None:
         keys = {str(k): v.hex() for k, v in gen.keys().items() if v is not None}
