@@ -346,7 +346,7 @@ class WMBusReceivers:
             await stop.wait()
         finally:
             stop.set()
-            for task in listening:
+            for task in (*listening, *background):  # a follower may be inside a connect: do not wait for it
                 task.cancel()
             await asyncio.gather(*listening, *background, return_exceptions=True)
             await asyncio.to_thread(self._write_heard)
