@@ -198,7 +198,11 @@ async def test_receivers_hear_a_real_feed_reconnect_and_write_the_heard_file(tmp
     published: list[ReadingBatch] = []
     got = asyncio.Event()
 
+    failures = [RuntimeError("a bug in the sink"), OSError("disk away")]
+
     async def sink(batches: list[ReadingBatch]) -> None:
+        if failures:  # the first two telegrams fail to publish: the receiver goes on, their next copies are taken
+            raise failures.pop(0)
         published.extend(batches)
         if len(published) >= 10:
             got.set()
@@ -216,6 +220,7 @@ async def test_receivers_hear_a_real_feed_reconnect_and_write_the_heard_file(tmp
         stop.set()
         await task
         await feed.stop()
+    assert not failures
     assert len(published) == 5
     assert {b.meter_id for b in published} == {f"WM{i:03d}" for i in range(5)}
     written = json.loads(heard_file.read_text())

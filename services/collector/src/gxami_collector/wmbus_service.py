@@ -244,8 +244,8 @@ class TelegramIntake:
         telegram = strip_crcs(heard.raw, crc=heard.crc)  # hear() did this once already: it frames
         entry = next((e for e in map(self.directory.find, address_keys(telegram)) if e is not None), None)
         if entry is None:
-            state.unknown.add(heard)
-            state.last_heard[heard.id] = wall
+            if state.unknown.add(heard) is not None:  # None: the table is full, the telegram only counted
+                state.last_heard[heard.id] = wall
             return Taken("unknown-meter")
         digest = hashlib.blake2b(entry.meter_id.encode() + b"\x00" + telegram, digest_size=16).hexdigest()
         self._expire(now)
@@ -375,6 +375,13 @@ class WMBusReceivers:
                 try:
                     if await self._hear(spec, state, medium):
                         delay = RECONNECT_FIRST_S  # it delivered: the next failure starts the backoff afresh
+                except Exception as exc:  # noqa: BLE001 - a bug or the spool's disk must not silence a receiver for good
+                    CONNECTS.labels(name, "failed-inside").inc()
+                    # The type only, no traceback: an unexpected error's message or locals might hold anything.
+                    log.error(  # noqa: TRY400 - deliberately without the traceback (above)
+                        "wM-Bus receiver loop failed; reconnecting",
+                        extra={"receiver": name, "error": type(exc).__name__},
+                    )
                 finally:
                     CONNECTED.labels(name).set(0)
                     state.connected, self._dirty = False, True
@@ -432,9 +439,11 @@ class WMBusReceivers:
         if taken.outcome == "published" and taken.batch is not None:
             try:
                 await self._sink(fitting_batches(taken.batch))
-            except (KafkaError, OSError) as exc:
+            except BaseException as exc:
                 # The meter sends again in a few seconds or minutes; this copy is lost, the next is not refused.
                 self.intake.forget(taken.digest)
+                if not isinstance(exc, KafkaError | OSError):
+                    raise
                 TELEGRAMS.labels(name, "publish-failed").inc()
                 self._warn(name, "publish", "could not publish a wM-Bus telegram's readings", None, type(exc).__name__)
                 return
