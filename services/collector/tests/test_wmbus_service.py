@@ -14,12 +14,14 @@ from pydantic import ValidationError
 from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
+from gxami_collector.spool import Spool
 from gxami_collector.wmbus_service import (
     ReceiverSpec,
     ReceiverState,
     TelegramIntake,
     WMBusReceivers,
     address_keys,
+    with_wmbus_receivers,
 )
 from gxami_contracts import FleetEntry, ReadingBatch
 from gxami_meterlab.simulators.wmbus import MANUFACTURER, WMBusFeedServer, WMBusTelegramGenerator, volume_litres
@@ -229,3 +231,43 @@ async def test_receivers_hear_a_real_feed_reconnect_and_write_the_heard_file(tmp
     assert [(m["id"], m["count"] >= 2) for m in receiver["unknown"]] == [(GEN.meters[5].id, True)]
     assert receiver["unknown"][0]["last_rssi_raw"] == GEN.rssi_of(5)
     assert not got.is_set()
+
+
+async def test_an_edge_collector_spools_what_its_receivers_hear(tmp_path: Path) -> None:
+    feed = WMBusFeedServer(GEN, framing="hex", rounds=1, interval=0.05, start=AT)
+    await feed.start()
+    settings = CollectorSettings(
+        wmbus_receivers=f"tcp://127.0.0.1:{feed.port}",
+        wmbus_heard_file=tmp_path / "heard.json",
+        kafka_bootstrap="127.0.0.1:1",  # the broker is away: the spool keeps what is heard
+    )
+    d = FleetDirectory()
+    for index in range(5):
+        d.put(entry(index))
+    d.caught_up.set()
+    spool = await Spool.open(tmp_path / "spool", max_bytes=1 << 20)
+    jobs_stopped = asyncio.Event()
+
+    async def jobs(stop: asyncio.Event) -> None:  # the collector's job loop, here only waiting
+        await stop.wait()
+        jobs_stopped.set()
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(with_wmbus_receivers(settings, jobs, ProfileCatalog(), secrets(), spool, d)(stop))
+    try:
+        async with asyncio.timeout(30):
+            while spool.records < 5:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+        await feed.stop()
+    try:
+        spooled = await spool.head(100)
+    finally:
+        await spool.close()
+    assert jobs_stopped.is_set()
+    assert {s.record.topic for s in spooled} == {"ami.readings"}
+    batches = [ReadingBatch.model_validate_json(s.record.value) for s in spooled]
+    assert sorted(b.meter_id for b in batches) == [f"WM{i:03d}" for i in range(5)]
+    assert all(s.record.key == b.meter_id.encode() for s, b in zip(spooled, batches, strict=True))

@@ -521,11 +521,13 @@ def with_wmbus_receivers(
     profiles: ProfileCatalog,
     secrets: SecretStore,
     spool: Spool | None,
+    directory: FleetDirectory | None = None,
 ) -> Callable[[asyncio.Event], Coroutine[object, object, None]]:
     """The job loop (``jobs``) and the receivers side by side; either failing stops both.
 
     With a spool (an edge collector) readings go into it and the collector's forwarder sends
-    them; without one, through a producer of this component's own.
+    them; without one, through a producer of this component's own. ``directory``: the fleet
+    directory to fill from ami.fleet (a new one by default).
     """
 
     async def run(stop: asyncio.Event) -> None:
@@ -550,7 +552,8 @@ def with_wmbus_receivers(
                 await publisher.send_many(READINGS.name, [(b.meter_id, b) for b in batches])
 
         try:
-            receivers = WMBusReceivers(settings, TelegramIntake(FleetDirectory(), profiles, secrets), sink)
+            intake = TelegramIntake(directory if directory is not None else FleetDirectory(), profiles, secrets)
+            receivers = WMBusReceivers(settings, intake, sink)
             tasks = [
                 asyncio.create_task(jobs(stop), name="jobs"),
                 asyncio.create_task(receivers.run(stop), name="wmbus-receivers"),
