@@ -364,7 +364,7 @@ class WMBusReceivers:
         while not stop.is_set():
             try:
                 medium = await open_receiver(spec.url, spec.framing, timeout=s.wmbus_connect_timeout_s)
-            except GxError as exc:
+            except Exception as exc:  # noqa: BLE001 - a media error, or any surprise of a serial driver: try again later
                 CONNECTS.labels(name, "failed").inc()
                 log.info("cannot connect to the wM-Bus receiver", extra={"receiver": name, "error": _reason(exc)})
             else:
