@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import traceback
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -284,12 +285,17 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         spool = await Spool.open(where, max_bytes=s.spool_max_bytes, high_water=s.spool_high_water)
     try:
         collector = Collector(s, reader, spool)
+        run: Callable[[asyncio.Event], Coroutine[object, object, None]] = collector.run
+        if s.wmbus_receivers:  # wM-Bus receivers heard continuously (gxami_collector.wmbus_service)
+            from gxami_collector.wmbus_service import with_wmbus_receivers
+
+            run = with_wmbus_receivers(s, run, profiles, secrets, spool)
         if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
             from gxami_collector.listeners import serve_with_listeners
 
-            await serve_with_listeners(s, collector.run, profiles, secrets, stop)
+            await serve_with_listeners(s, run, profiles, secrets, stop)
         else:
-            await collector.run(stop)
+            await run(stop)
     finally:
         if spool is not None:
             await spool.close()

@@ -21,6 +21,7 @@ from gxami_collector.networks import (
 )
 from gxami_contracts.topics import READ_JOBS
 from gxami_runtime.settings import ServiceSettings
+from gxcore.errors import ConfigurationError
 
 
 def _state_dir() -> Path:
@@ -74,6 +75,15 @@ class CollectorSettings(ServiceSettings):
     listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
+    # Continuous wM-Bus receivers (gxami_collector.wmbus_service), comma-separated:
+    # tcp://host:port?framing=hex, serial:///dev/ttyUSB0?framing=im871a&baud=57600.
+    wmbus_receivers: CommaList = Field(default_factory=list)
+    # A receiver that delivers nothing for this long is reconnected (its read timeout).
+    wmbus_idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    wmbus_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    wmbus_reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="backoff cap between connects")
+    # The heard list (IDs the fleet does not know, per receiver) for `gxami wmbus heard --from-file`.
+    wmbus_heard_file: Path = Field(default_factory=lambda: _state_dir() / "wmbus-heard.json")
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
@@ -87,6 +97,25 @@ class CollectorSettings(ServiceSettings):
     def _split_listeners(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("wmbus_receivers", mode="before")
+    @classmethod
+    def _split_receivers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("wmbus_receivers")
+    @classmethod
+    def _receivers(cls, value: list[str]) -> list[str]:
+        from gxami_collector.wmbus_service import ReceiverSpec  # it imports these settings: a cycle at import
+
+        for text in value:
+            try:
+                ReceiverSpec.parse(text)
+            except ConfigurationError as exc:
+                raise ValueError(exc.reason) from None
         return value
 
     @field_validator("allowed_schemes")
