@@ -1,0 +1,336 @@
+"""The deployment, checked offline: Kubernetes overlays against the Kubernetes and operator schemas,
+the topic and ACL manifests against the catalog, the compose file against the compose spec, the
+Dockerfile with hadolint. Needs kubectl (it renders the overlays) and no cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from gxami_contracts.topics import CATALOG, READ_JOBS
+from gxcore.profiles.model import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+OVERLAYS = ("dev", "production", "production-hpa")
+SERVICES = ("collector", "ingest", "scheduler", "reports")
+
+
+def _module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+validate = _module(DEPLOY / "validate.py")
+generate = _module(DEPLOY / "k8s" / "generate.py")
+
+
+@cache
+def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    return tuple(validate.render(DEPLOY / "k8s" / "overlays" / overlay))
+
+
+def of_kind(overlay: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in rendered(overlay) if d["kind"] == kind}
+
+
+def test_nothing_but_docs_and_the_generator_at_the_k8s_root() -> None:
+    top = sorted(p.name for p in (DEPLOY / "k8s").iterdir())
+    assert top == ["README.md", "base", "components", "generate.py", "overlays"]
+    assert sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir()) == sorted(OVERLAYS)
+
+
+def test_the_committed_topic_user_and_edge_manifests_are_what_the_generator_writes() -> None:
+    for path, text in generate.outputs().items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} is stale: run deploy/k8s/generate.py"
+    assert generate.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_renders_and_every_object_matches_its_schema(overlay: str) -> None:
+    assert validate.overlay_errors(DEPLOY / "k8s" / "overlays" / overlay, list(rendered(overlay))) == []
+    kinds = {d["kind"] for d in rendered(overlay)}
+    expected = {
+        "Namespace", "ConfigMap", "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Cluster", "Job",
+        "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PrometheusRule",
+    }  # fmt: skip
+    assert expected <= kinds
+    scalers = {"ScaledObject", "TriggerAuthentication"}
+    if overlay == "production-hpa":
+        assert not kinds & scalers and set(of_kind(overlay, "HorizontalPodAutoscaler")) == {
+            "gxami-collector",
+            "gxami-ingest",
+        }
+    else:
+        assert scalers <= kinds and "HorizontalPodAutoscaler" not in kinds
+        assert set(of_kind(overlay, "ScaledObject")) == {"gxami-collector", "gxami-ingest"}
+    assert set(of_kind(overlay, "Deployment")) == {f"gxami-{s}" for s in SERVICES}
+    assert set(of_kind(overlay, "PodDisruptionBudget")) == {f"gxami-{s}" for s in SERVICES}
+    assert all(d["metadata"].get("namespace") == "gxami" for d in rendered(overlay) if d["kind"] != "Namespace")
+
+
+def test_the_validation_catches_what_it_is_there_to_catch() -> None:
+    """Each mistake below must be found: a validator that passes everything proves nothing."""
+    docs = rendered("production")
+
+    def first(kind: str) -> dict[str, Any]:
+        return copy.deepcopy(next(d for d in docs if d["kind"] == kind))
+
+    def schema(doc: dict[str, Any]) -> list[str]:
+        return list(validate.schema_errors(doc))
+
+    deployment = first("Deployment")
+    deployment["spec"]["replica"] = 3
+    assert any("replica" in e for e in schema(deployment))
+    kafka = first("Kafka")
+    kafka["spec"]["kafka"]["listeners"][0]["authentification"] = {"type": "tls"}
+    assert any("authentification" in e for e in schema(kafka))
+    kafka = first("Kafka")
+    kafka["spec"]["kafka"]["listeners"][0]["type"] = "public"
+    assert schema(kafka)
+    topic = first("KafkaTopic")
+    topic["spec"]["partition"] = 3
+    assert schema(topic)
+    user = first("KafkaUser")
+    user["spec"]["authorization"]["acls"][0]["operations"] = ["Steal"]
+    assert schema(user)
+    scaled = first("ScaledObject")
+    scaled["spec"]["minReplicas"] = 1
+    assert schema(scaled)
+    monitor = first("ServiceMonitor")
+    monitor["spec"]["endpoint"] = []
+    assert schema(monitor)
+    rule = first("PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["expression"] = "up"
+    assert schema(rule)
+    cluster = first("Cluster")
+    cluster["spec"]["instance"] = 1
+    assert schema(cluster)
+    assert schema({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "x"}, "spec": {}})
+
+    pods = first("Deployment")
+    container = pods["spec"]["template"]["spec"]["containers"][0]
+    del container["securityContext"]["readOnlyRootFilesystem"]
+    container["env"] = [e for e in container["env"] if e["name"] != "GXAMI_INSTANCE"]
+    del container["startupProbe"]
+    errors = validate.policy_errors(pods)
+    assert any("readOnlyRootFilesystem" in e for e in errors)
+    assert any("GXAMI_INSTANCE" in e for e in errors)
+    assert any("startupProbe" in e for e in errors)
+
+
+def test_topics_carry_the_catalogs_partitions_retention_and_compaction() -> None:
+    topics = of_kind("production", "KafkaTopic")
+    for spec in CATALOG.values():
+        t = topics[spec.name]["spec"]
+        assert t["partitions"] == spec.partitions
+        assert t["replicas"] == 3 and t["config"]["min.insync.replicas"] == "2"
+        assert t["config"].get("cleanup.policy") == ("compact" if spec.compacted else None)
+        assert t["config"].get("retention.ms") == (None if spec.retention_ms is None else str(spec.retention_ms))
+    assert topics["ami.fleet"]["spec"]["config"]["cleanup.policy"] == "compact"
+    # Dev has one broker: one replica each, the same partitions.
+    dev = of_kind("dev", "KafkaTopic")
+    assert set(dev) == set(CATALOG)
+    assert all(t["spec"]["replicas"] == 1 and t["spec"]["config"]["min.insync.replicas"] == "1" for t in dev.values())
+    assert of_kind("dev", "KafkaNodePool")["dual"]["spec"]["replicas"] == 1
+
+
+def _grants(user: dict[str, Any]) -> dict[tuple[str, str, str], set[str]]:
+    out: dict[tuple[str, str, str], set[str]] = {}
+    for acl in user["spec"]["authorization"]["acls"]:
+        r = acl["resource"]
+        out.setdefault((r["type"], r["name"], r.get("patternType", "literal")), set()).update(acl["operations"])
+    return out
+
+
+def test_each_service_user_writes_and_reads_only_what_the_catalog_gives_it() -> None:
+    users = of_kind("production", "KafkaUser")
+    for service in SERVICES:
+        user = users[f"gxami-{service}"]
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        grants = _grants(user)
+        writes = {n for (t, n, _), ops in grants.items() if t == "topic" and "Write" in ops}
+        reads = {n for (t, n, _), ops in grants.items() if t == "topic" and "Read" in ops}
+        assert writes == {s.name for s in CATALOG.values() if service in s.producers + s.planned_producers}
+        assert reads == {s.name for s in CATALOG.values() if service in s.consumers + s.planned_consumers}
+        assert all(not ops & {"All", "Create", "Delete", "Alter", "AlterConfigs"} for ops in grants.values())
+        assert not any(t == "cluster" for t, _, _ in grants)
+    ingest_groups = {n for (t, n, _) in _grants(users["gxami-ingest"]) if t == "group"}
+    assert ingest_groups == {"ingest", "ingest-events", "gxami-dlq"}
+    assert {n for (t, n, _) in _grants(users["gxami-collector"]) if t == "group"} == {"collector"}
+    keda = _grants(users["gxami-keda"])
+    assert all(ops == {"Describe"} for ops in keda.values())
+
+
+def test_an_edge_user_reads_only_its_own_sites_jobs(tmp_path: Path) -> None:
+    users, topics = of_kind("production", "KafkaUser"), of_kind("production", "KafkaTopic")
+    sites = generate.read_sites(DEPLOY / "k8s" / "overlays" / "production" / "edge-sites.txt")
+    assert sites, "the example edge sites are gone: the test would check nothing"
+    for site, auth in sites:
+        user = users[f"edge-{site}"]
+        assert user["spec"]["authentication"]["type"] == auth
+        grants = _grants(user)
+        reads = {n for (t, n, _), ops in grants.items() if t == "topic" and "Read" in ops}
+        assert reads == {f"{READ_JOBS.name}.{site}"}
+        assert {n for (t, n, _) in grants if t == "group"} == {f"collector.{site}"}
+        assert not any(p == "prefix" for _, _, p in grants)
+        assert topics[f"{READ_JOBS.name}.{site}"]["spec"]["partitions"] == READ_JOBS.partitions
+    bad = tmp_path / "edge-sites.txt"
+    bad.write_text("north kerberos\n")
+    with pytest.raises(SystemExit, match="expected 'site"):
+        generate.read_sites(bad)
+
+
+def test_services_are_wired_to_kafka_database_profiles_and_their_pod_name() -> None:
+    for overlay in OVERLAYS:
+        config = of_kind(overlay, "ConfigMap")
+        settings = next(c for n, c in config.items() if n == "gxami-config")["data"]
+        assert settings["GXAMI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert settings["GXAMI_KAFKA_CREATE_TOPICS"] == "false"
+        profiles = next(n for n in config if n.startswith("gxami-profiles"))
+        for name, deployment in of_kind(overlay, "Deployment").items():
+            pod = deployment["spec"]["template"]["spec"]
+            env = {e["name"]: e for e in pod["containers"][0]["env"]}
+            assert env["GXAMI_KAFKA_SASL_USERNAME"]["value"] == name
+            assert env["GXAMI_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "gxami-db-app", "key": "uri"}
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes["profiles"]["configMap"]["name"] == profiles
+            assert volumes["kafka-password"]["secret"]["secretName"] == name  # Strimzi's Secret for the user
+    # The migrations run once, in the Job, with the same image.
+    job = of_kind("production", "Job")["gxami-migrate"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"] == ["db", "migrate"] and job["image"].startswith("ghcr.io/gxami/gxami:")
+
+
+def test_the_shipped_site_profiles_are_valid_profiles() -> None:
+    files = sorted((DEPLOY / "k8s" / "base" / "profiles").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert load_profile(path).name == path.stem
+
+
+def test_the_meter_network_parameter_reaches_the_network_policy_and_the_allow_list() -> None:
+    params = yaml.safe_load((DEPLOY / "k8s" / "base" / "params.yaml").read_text())["data"]
+    cidr = params["meterNetworkCIDR"]
+    policy = of_kind("production", "NetworkPolicy")["gxami-collector-meters"]
+    assert policy["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": cidr}}]
+    collector = of_kind("production", "Deployment")["gxami-collector"]["spec"]["template"]["spec"]["containers"][0]
+    allowed = {e["name"]: e.get("value") for e in collector["env"]}["GXAMI_ALLOWED_NETWORKS"]
+    assert allowed == f"{cidr}:4059"
+    assert "gxami-params" not in of_kind("production", "ConfigMap")  # local-config: not applied
+    assert "default-deny" in of_kind("production", "NetworkPolicy")
+    assert of_kind("production", "NetworkPolicy")["default-deny"]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+
+
+def test_no_secret_in_base_or_production_and_dev_secrets_come_from_files() -> None:
+    assert not of_kind("production", "Secret")
+    dev = of_kind("dev", "Secret")
+    assert {n.rsplit("-", 1)[0] if n.startswith("gxami-meter-secrets-") else n for n in dev} == {
+        "gxami-meter-secrets",
+        "gxami-keda-kafka",
+    }
+    for doc in rendered("dev"):
+        assert doc["kind"] != "Secret" or "stringData" not in doc  # generated from files, not literals
+    readme = (DEPLOY / "k8s" / "overlays" / "production" / "README.md").read_text()
+    for key in ("gxami-meter-secrets", "secrets.yaml", "gxami-keda-kafka", "username", "password"):
+        assert key in readme
+
+
+def _metric_names_in_code() -> set[str]:
+    names: set[str] = set()
+    for src in [*ROOT.glob("services/*/src/**/*.py"), *ROOT.glob("libs/runtime/src/**/*.py")]:
+        names.update(re.findall(r"\"(gxami_[a-z0-9_]+)\"", src.read_text()))
+    return names
+
+
+EXPORTER_METRICS = {"kafka_consumergroup_lag"}  # Strimzi's kafka-exporter (compose: kafka-exporter)
+
+
+def _metrics_in(expr: str) -> set[str]:
+    return {
+        m.removesuffix("_bucket")
+        for m in re.findall(r"\b([a-z_][a-z0-9_]*)\s*(?:\{|\[|\))", expr)
+        if m.startswith(("gxami_", "kafka_"))
+    }
+
+
+def test_alerts_and_the_dashboard_use_metrics_that_exist() -> None:
+    known = _metric_names_in_code() | EXPORTER_METRICS
+    rules = of_kind("production", "PrometheusRule")["gxami"]["spec"]["groups"]
+    exprs = [r["expr"] for g in rules for r in g["rules"]]
+    alerts = {r["alert"] for g in rules for r in g["rules"]}
+    for needed in ("GxamiConsumerLagHigh", "GxamiMetersSilent", "GxamiReadFailureRateHigh", "GxamiDeadLettersGrowing"):
+        assert needed in alerts
+    assert "GxamiInvocationCounterStoreErrors" in alerts
+    dashboard = yaml.safe_load((DEPLOY / "compose" / "grafana" / "dashboards" / "gxami.json").read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set().union(*(_metrics_in(e) for e in exprs))
+    assert {"kafka_consumergroup_lag", "gxami_ingest_readings_total", "gxami_collector_jobs_total"} <= used
+    assert used <= known, f"not exported by any service or exporter: {sorted(used - known)}"
+
+
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return doc
+
+
+def test_the_compose_file_matches_the_compose_spec_and_catches_a_typo(tmp_path: Path) -> None:
+    assert validate.compose_errors() == []
+    broken = _compose()
+    broken["services"]["kafka"]["healthcheck"]["retrys"] = 3
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    assert any("retrys" in e for e in validate.compose_errors(path))
+
+
+def test_compose_images_are_pinned_and_the_volumes_belong_to_the_service_user() -> None:
+    services = _compose()["services"]
+    for name, svc in services.items():
+        image = svc["image"]
+        assert ":" in image and "latest" not in image, (name, image)
+    assert services["timescaledb"]["image"].startswith("timescale/timescaledb:2.")
+    init = services["volumes-init"]
+    assert init["user"] == "0:0" and init["entrypoint"][:2] == ["chown", "10001:10001"]
+    owned = set(init["entrypoint"][2:])
+    for name, svc in services.items():
+        if name == "volumes-init":
+            continue
+        for mount in svc.get("volumes", []):
+            volume, target = mount.split(":")[:2]
+            if volume in ("shared", "collector-state") and not mount.endswith(":ro"):
+                assert target in owned, f"{name} writes {target}, which volumes-init does not hand to uid 10001"
+                assert svc["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully"
+    assert {"prometheus", "grafana", "kafka-exporter"} <= set(services)
+
+
+def test_the_dockerfile_passes_hadolint_and_the_service_stage_holds_no_dev_stack(tmp_path: Path) -> None:
+    assert validate.hadolint_errors() == []
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install uv\n")
+    assert validate.hadolint_errors(bad)  # unpinned image and package: hadolint does look
+    text = (ROOT / "Dockerfile").read_text()
+    stages = dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", text, flags=re.M | re.S))
+    assert list(stages)[-1] == "service"  # the default target
+    build = stages["build"]
+    packages = set(re.findall(r"--package (\S+)", build))
+    assert packages == {f"gxami-{s}" for s in SERVICES} | {"gxami-cli"}
+    assert "--no-dev" in build and "--no-editable" in build
+    assert "COPY --from=build /app/.venv" in stages["service"]
+    assert "meterlab" not in stages["service"] and "uv " not in stages["service"]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+\.\d+-slim-\w+$", text, flags=re.M)
