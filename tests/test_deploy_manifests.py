@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import re
 import sys
 from functools import cache
@@ -334,3 +335,102 @@ def test_the_dockerfile_passes_hadolint_and_the_service_stage_holds_no_dev_stack
     assert "COPY --from=build /app/.venv" in stages["service"]
     assert "meterlab" not in stages["service"] and "uv " not in stages["service"]
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+\.\d+-slim-\w+$", text, flags=re.M)
+
+
+def _self_signed_ca(directory: Path) -> Path:
+    """A throwaway CA certificate (PEM), standing in for Strimzi's cluster CA."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cluster-ca")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "ca.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _settings_class(service: str) -> type[Any]:
+    from gxami_collector.settings import CollectorSettings
+    from gxami_ingest.settings import IngestSettings
+    from gxami_reports.settings import ReportsSettings
+    from gxami_scheduler.settings import SchedulerSettings
+
+    classes: dict[str, type[Any]] = {
+        "collector": CollectorSettings,
+        "ingest": IngestSettings,
+        "scheduler": SchedulerSettings,
+        "reports": ReportsSettings,
+    }
+    return classes[service]
+
+
+def _load(service: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in [n for n in os.environ if n.startswith("GXAMI_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return _settings_class(service)()
+
+
+@pytest.mark.parametrize("overlay", ["dev", "production"])
+def test_each_service_accepts_the_settings_the_manifests_give_it(
+    overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real settings classes read what a pod gets: a wrong name or value would fail here, not at 3 a.m."""
+    ca = _self_signed_ca(tmp_path)
+    password = tmp_path / "password"
+    password.write_text("not-a-real-password\n")
+    mounted = {"/etc/gxami/kafka/password": str(password), "/etc/gxami/kafka-ca/ca.crt": str(ca)}
+    config = next(c for n, c in of_kind(overlay, "ConfigMap").items() if n == "gxami-config")["data"]
+    for name, deployment in of_kind(overlay, "Deployment").items():
+        service = name.removeprefix("gxami-")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {k: mounted.get(v, v) for k, v in config.items()}
+        env.update({e["name"]: mounted.get(e["value"], e["value"]) for e in container["env"] if "value" in e})
+        env["GXAMI_INSTANCE"] = f"{name}-7d9f-abcde"  # what the downward API gives
+        env["GXAMI_DATABASE_URL"] = "postgresql://gxami:pw@gxami-db-rw.gxami:5432/gxami"  # gxami-db-app's uri
+        settings = _load(service, env, monkeypatch)
+        assert settings.instance == env["GXAMI_INSTANCE"]
+        assert settings.kafka_sasl_username == name and settings.kafka_security_protocol == "SASL_SSL"
+        if service == "collector":
+            assert [str(r) for r in settings.allowed_networks] == [env["GXAMI_ALLOWED_NETWORKS"]]
+            assert str(settings.profiles_dir) == "/etc/gxami/profiles"
+            assert str(settings.invocation_counters_file).startswith("/var/lib/gxami/")
+        if service == "scheduler":
+            assert [str(p) for p in settings.profile_dirs] == ["/etc/gxami/profiles"]
+
+
+def test_each_compose_service_accepts_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = _compose()["services"]
+    for name in SERVICES:
+        svc = services[name]
+        assert svc["command"] == [name]
+        settings = _load(name, {k: str(v) for k, v in svc["environment"].items()}, monkeypatch)
+        assert settings.instance == name and settings.kafka_bootstrap == "kafka:9092"
+        if name == "collector":
+            assert settings.allowed_networks == ["172.28.0.0/24:4100-4199"]
+    subnet = _compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert services["collector"]["environment"]["GXAMI_ALLOWED_NETWORKS"].startswith(subnet + ":")
+
+
+def test_the_external_secret_example_fills_the_secrets_the_readme_asks_for() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s/overlays/production/external-secret.example.yaml").read_text()))
+    assert {d["spec"]["target"]["name"] for d in docs} == {"gxami-meter-secrets", "gxami-keda-kafka"}
+    keys = {d["spec"]["target"]["name"]: {x["secretKey"] for x in d["spec"]["data"]} for d in docs}
+    assert keys["gxami-meter-secrets"] == {"secrets.yaml"}
