@@ -188,7 +188,9 @@ def test_an_edge_user_reads_only_its_own_sites_jobs(tmp_path: Path) -> None:
         reads = {n for (t, n, _), ops in grants.items() if t == "topic" and "Read" in ops}
         assert reads == {f"{READ_JOBS.name}.{site}"}
         assert {n for (t, n, _) in grants if t == "group"} == {f"collector.{site}"}
-        assert not any(p == "prefix" for _, _, p in grants)
+        assert {(n, frozenset(grants[t, n, p])) for t, n, p in grants if p == "prefix"} == {
+            ("ami.", frozenset({"Describe"}))
+        }
         assert topics[f"{READ_JOBS.name}.{site}"]["spec"]["partitions"] == READ_JOBS.partitions
     bad = tmp_path / "edge-sites.txt"
     bad.write_text("north kerberos\n")

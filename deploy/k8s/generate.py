@@ -68,7 +68,7 @@ def service_acls(service: str) -> list[dict[str, Any]]:
     would otherwise try to create the ones they cannot see (see README "Kubernetes": until a setting
     turns topic creation off, this keeps them from trying).
     """
-    acls = [_acl("topic", "ami.", ["Describe", "DescribeConfigs"], "prefix")]
+    acls = [_acl("topic", "ami.", ["Describe"], "prefix")]
     for spec in CATALOG.values():
         ops: list[str] = []
         if service in spec.producers + spec.planned_producers:
@@ -108,9 +108,15 @@ def users() -> list[dict[str, Any]]:
 
 
 def edge_site(site: str, auth: str) -> list[dict[str, Any]]:
-    """A site's jobs topic and its edge user: read its own jobs, write readings, events, results."""
+    """A site's jobs topic and its edge user: read its own jobs, write readings, events, results.
+
+    Like the services it may Describe the ``ami.`` topics (see service_acls). It may not read
+    ``ami.fleet``, which lists every site's meters: an edge that runs push listeners needs that
+    grant added by hand.
+    """
     topic = f"{READ_JOBS.name}.{site}"
     acls = [
+        _acl("topic", "ami.", ["Describe"], "prefix"),
         _acl("topic", topic, ["Describe", "Read"]),
         _acl("group", f"collector.{site}", ["Describe", "Read"]),
         *(_acl("topic", t.name, ["Describe", "Write"]) for t in (READINGS, EVENTS, JOB_RESULTS)),
