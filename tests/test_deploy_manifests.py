@@ -165,12 +165,15 @@ def test_each_service_user_writes_and_reads_only_what_the_catalog_gives_it() -> 
         user = users[f"gxami-{service}"]
         assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
         grants = _grants(user)
-        writes = {n for (t, n, _), ops in grants.items() if t == "topic" and "Write" in ops}
+        writes = {n for (t, n, p), ops in grants.items() if t == "topic" and "Write" in ops and p == "literal"}
         reads = {n for (t, n, _), ops in grants.items() if t == "topic" and "Read" in ops}
         assert writes == {s.name for s in CATALOG.values() if service in s.producers + s.planned_producers}
         assert reads == {s.name for s in CATALOG.values() if service in s.consumers + s.planned_consumers}
         assert all(not ops & {"All", "Create", "Delete", "Alter", "AlterConfigs"} for ops in grants.values())
         assert not any(t == "cluster" for t, _, _ in grants)
+        prefixed = {(n, frozenset(ops)) for (t, n, p), ops in grants.items() if p == "prefix"}
+        site_jobs = {(f"{READ_JOBS.name}.", frozenset({"Describe", "Write"}))} if service == "scheduler" else set()
+        assert prefixed == {("ami.", frozenset({"Describe"}))} | site_jobs  # no prefix grants data access
     ingest_groups = {n for (t, n, _) in _grants(users["gxami-ingest"]) if t == "group"}
     assert ingest_groups == {"ingest", "ingest-events", "gxami-dlq"}
     assert {n for (t, n, _) in _grants(users["gxami-collector"]) if t == "group"} == {"collector"}

@@ -78,6 +78,8 @@ def service_acls(service: str) -> list[dict[str, Any]]:
             ops += ["Read", "Describe"]
         if ops:
             acls.append(_acl("topic", spec.name, sorted(set(ops))))
+    if service in READ_JOBS.producers:  # every site's jobs topic, ami.read-jobs.<site> (README "Edge collectors")
+        acls.append(_acl("topic", f"{READ_JOBS.name}.", ["Describe", "Write"], "prefix"))
     acls += [_acl("group", g, ["Read", "Describe"]) for g in GROUPS[service]]
     if service == "ingest":  # `gxami dlq list|replay` reads the dead letters without a group
         acls.append(_acl("group", "gxami-dlq", ["Read", "Describe"]))
