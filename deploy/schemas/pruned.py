@@ -139,17 +139,29 @@ KAFKA = resource(
     ),
 )
 
+JVM_OPTIONS = obj(
+    {
+        "-XX": {"type": "object", "additionalProperties": STR},
+        "-Xms": {"type": "string", "pattern": "^[0-9]+[mMgG]?$"},
+        "-Xmx": {"type": "string", "pattern": "^[0-9]+[mMgG]?$"},
+        "gcLoggingEnabled": BOOL,
+        "javaSystemProperties": {"type": "array", "items": obj({"name": STR, "value": STR})},
+    }
+)
+OVERRIDES: dict[str, Any] = {"type": "array", "items": obj({"broker": INT, "class": STR})}
+SIZE_LIMIT: dict[str, Any] = {"type": "string", "pattern": "^([0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"}
+
 VOLUME = obj(
     {
         "id": {"type": "integer", "minimum": 0},
         "type": enum("ephemeral", "persistent-claim"),
         "size": STR,
-        "sizeLimit": STR,
+        "sizeLimit": SIZE_LIMIT,
         "class": STR,
-        "selector": {"type": "object"},
+        "selector": {"type": "object", "additionalProperties": STR},
         "deleteClaim": BOOL,
         "kraftMetadata": enum("shared"),
-        "overrides": ANYLIST,
+        "overrides": OVERRIDES,
     },
     ("type",),
 )
@@ -166,18 +178,18 @@ NODE_POOL = resource(
                     "volumes": {"type": "array", "items": VOLUME},
                     "id": INT,
                     "size": STR,
-                    "sizeLimit": STR,
+                    "sizeLimit": SIZE_LIMIT,
                     "class": STR,
-                    "selector": {"type": "object"},
+                    "selector": {"type": "object", "additionalProperties": STR},
                     "deleteClaim": BOOL,
                     "kraftMetadata": enum("shared"),
-                    "overrides": ANYLIST,
+                    "overrides": OVERRIDES,
                 },
                 ("type",),
             ),
             "roles": {"type": "array", "items": enum("controller", "broker")},
             "resources": RESOURCES,
-            "jvmOptions": OPEN,
+            "jvmOptions": JVM_OPTIONS,
             "template": OPEN,
         },
         ("roles", "storage"),
