@@ -68,7 +68,7 @@ def test_every_overlay_renders_and_every_object_matches_its_schema(overlay: str)
     kinds = {d["kind"] for d in rendered(overlay)}
     expected = {
         "Namespace", "ConfigMap", "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Cluster", "Job",
-        "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PrometheusRule",
+        "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PodMonitor", "PrometheusRule",
     }  # fmt: skip
     assert expected <= kinds
     scalers = {"ScaledObject", "TriggerAuthentication"}

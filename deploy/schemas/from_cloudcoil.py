@@ -21,6 +21,7 @@ MODELS = {
     ("keda.sh", "v1alpha1", "TriggerAuthentication"): "cloudcoil.models.keda.v1alpha1",
     ("monitoring.coreos.com", "v1", "ServiceMonitor"): "cloudcoil.models.prometheus_operator.v1",
     ("monitoring.coreos.com", "v1", "PrometheusRule"): "cloudcoil.models.prometheus_operator.v1",
+    ("monitoring.coreos.com", "v1", "PodMonitor"): "cloudcoil.models.prometheus_operator.v1",
 }
 
 
