@@ -68,7 +68,8 @@ def test_every_overlay_renders_and_every_object_matches_its_schema(overlay: str)
     kinds = {d["kind"] for d in rendered(overlay)}
     expected = {
         "Namespace", "ConfigMap", "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Cluster", "Job",
-        "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PodMonitor", "PrometheusRule",
+        "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+        "ServiceMonitor", "PodMonitor", "PrometheusRule",
     }  # fmt: skip
     assert expected <= kinds
     scalers = {"ScaledObject", "TriggerAuthentication"}
@@ -467,3 +468,65 @@ def test_every_gxami_variable_the_manifests_set_is_a_setting_of_some_service() -
     assert gxami - known <= PENDING_SETTINGS, (
         f"misspelt or unknown settings: {sorted(gxami - known - PENDING_SETTINGS)}"
     )
+
+
+# Secrets the manifests use that no overlay renders: made by the operators (Strimzi, CloudNativePG)
+# or by the person installing (overlays/production/README.md).
+OPERATOR_SECRETS = {"gxami-db-app", "gxami-cluster-ca-cert"} | {f"gxami-{s}" for s in SERVICES}
+YOUR_SECRETS = {"gxami-meter-secrets", "gxami-keda-kafka"}
+
+
+def _secret_refs(node: Any) -> set[str]:
+    """Every Secret name a pod spec or a CRD refers to (secretName, secretKeyRef, secretTargetRef)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if "secretName" in node:
+            found.add(node["secretName"])
+        for key in ("secretKeyRef", "secretRef"):
+            if isinstance(node.get(key), dict) and "name" in node[key]:
+                found.add(node[key]["name"])
+        for v in node.values():
+            found |= _secret_refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= _secret_refs(v)
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_selector_and_reference_points_at_something_that_exists(overlay: str) -> None:
+    deployments = of_kind(overlay, "Deployment")
+    pod_labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
+
+    def selects(selector: dict[str, str]) -> set[str]:
+        return {n for n, labels in pod_labels.items() if selector.items() <= labels.items()}
+
+    for name, d in deployments.items():
+        assert selects(d["spec"]["selector"]["matchLabels"]) == {name}
+    for name, svc in of_kind(overlay, "Service").items():
+        assert selects(svc["spec"]["selector"]) == {name}
+    for name, pdb in of_kind(overlay, "PodDisruptionBudget").items():
+        assert selects(pdb["spec"]["selector"]["matchLabels"]) == {name}
+    for scaler in [*of_kind(overlay, "ScaledObject").values(), *of_kind(overlay, "HorizontalPodAutoscaler").values()]:
+        assert scaler["spec"]["scaleTargetRef"]["name"] in deployments
+    for so in of_kind(overlay, "ScaledObject").values():
+        assert so["spec"]["triggers"][0]["authenticationRef"]["name"] in of_kind(overlay, "TriggerAuthentication")
+        assert so["spec"]["maxReplicaCount"] <= CATALOG[so["spec"]["triggers"][0]["metadata"]["topic"]].partitions
+    claims = set(of_kind(overlay, "PersistentVolumeClaim"))
+    config_maps = set(of_kind(overlay, "ConfigMap"))
+    for workload in [*deployments.values(), *of_kind(overlay, "Job").values()]:
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+        for c in workload["spec"]["template"]["spec"]["containers"]:
+            for source in c.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps
+    rendered_secrets = set(of_kind(overlay, "Secret"))
+    used = set().union(*(_secret_refs(d) for d in rendered(overlay)))
+    users = set(of_kind(overlay, "KafkaUser"))
+    unknown = used - rendered_secrets - OPERATOR_SECRETS - YOUR_SECRETS - users
+    assert not unknown, f"Secrets nobody makes: {sorted(unknown)}"
+    if overlay == "dev":
+        assert used & YOUR_SECRETS <= rendered_secrets  # dev generates what production asks of you
