@@ -145,10 +145,28 @@ def compose_errors(path: Path = ROOT / "docker-compose.yml") -> list[str]:
     schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
     doc = yaml.safe_load(path.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    return [
+    errors = [
         f"{path.name}: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
         for e in validator.iter_errors(doc)
     ]
+    return errors or [f"{path.name}: {e}" for e in compose_reference_errors(doc)]
+
+
+def compose_reference_errors(doc: dict[str, Any]) -> list[str]:
+    """What `docker compose config` refuses beyond the schema: dependencies and volumes that do not exist."""
+    services: dict[str, Any] = doc.get("services", {})
+    declared = set(doc.get("volumes") or {})
+    errors = []
+    for name, svc in services.items():
+        deps = svc.get("depends_on", [])
+        for dep in deps if isinstance(deps, list) else list(deps):
+            if dep not in services:
+                errors.append(f"service {name} depends on undefined service {dep}")
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0] if isinstance(mount, str) else mount.get("source", "")
+            if source and not source.startswith((".", "/", "~")) and source not in declared:
+                errors.append(f"service {name} uses undeclared volume {source}")
+    return errors
 
 
 def hadolint_errors(path: Path = ROOT / "Dockerfile") -> list[str]:

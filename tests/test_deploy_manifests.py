@@ -310,6 +310,12 @@ def test_the_compose_file_matches_the_compose_spec_and_catches_a_typo(tmp_path: 
     path = tmp_path / "docker-compose.yml"
     path.write_text(yaml.safe_dump(broken))
     assert any("retrys" in e for e in validate.compose_errors(path))
+    dangling = _compose()
+    dangling["services"]["ingest"]["depends_on"] = {"kafak": {"condition": "service_healthy"}}
+    dangling["services"]["ingest"]["volumes"] = ["spool:/var/lib/gxami"]
+    path.write_text(yaml.safe_dump(dangling))
+    errors = validate.compose_errors(path)
+    assert any("undefined service kafak" in e for e in errors) and any("undeclared volume spool" in e for e in errors)
 
 
 def test_compose_images_are_pinned_and_the_volumes_belong_to_the_service_user() -> None:
