@@ -19,7 +19,7 @@ from gxami_collector.networks import (
     parse_schemes,
     parse_serial_device,
 )
-from gxami_contracts.topics import READ_JOBS
+from gxami_contracts.topics import COMMANDS, READ_JOBS
 from gxami_runtime.settings import ServiceSettings
 
 
@@ -74,6 +74,16 @@ class CollectorSettings(ServiceSettings):
     listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
+    # Commands (gxami_collector.commands): off for a collector that only reads. The record of
+    # finished commands keeps a redelivered command from running twice: on the persistent volume.
+    commands_enabled: bool = True
+    command_records_file: Path = Field(default_factory=lambda: _state_file().with_name("commands.sqlite3"))
+    # A record is kept this long after its command expired (a later redelivery is refused as expired anyway).
+    command_records_days: float = Field(default=7.0, gt=0, le=366)
+    # A command that arrives before its not_before is held this long at most (its link waits), else failed.
+    command_early_wait_s: float = Field(default=30.0, ge=0, le=600)
+    # How far a clock read back after clock-set/clock-sync may be from the time set, and still succeed.
+    command_clock_tolerance_s: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
@@ -134,3 +144,12 @@ class CollectorSettings(ServiceSettings):
     def jobs_group(self) -> str:
         """Its consumer group: one per site, so that one site's rebalances never pause another's."""
         return f"{self.consumer_group}.{self.site}" if self.site else self.consumer_group
+
+    def commands_topic(self) -> str:
+        """The physical topic this collector takes commands from: its site's, or the central one."""
+        central = self.topic(COMMANDS.name)
+        return f"{central}.{self.site}" if self.site else central
+
+    def commands_group(self) -> str:
+        """The commands consumer's group: apart from the jobs' group, so neither's rebalance pauses the other."""
+        return f"{self.jobs_group()}.commands"
