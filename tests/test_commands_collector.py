@@ -204,8 +204,9 @@ def rig(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iter
             yield Rig(meters, settings, collector, http_port, secrets)
             assert collector.alive(), collector.log_path.read_text()[-3000:]
         finally:
-            collector.stop()
+            code = collector.stop()
         log = collector.log_path.read_text()
+        assert code == 0, log[-3000:]  # a clean stop, the commands consumer included
         for keys in secrets.values():  # no key reached the collector's log
             assert all(k not in log for k in keys.values())
     assert meters.dlms.repeats == []  # and no invocation counter was used twice (also raised on exit)
