@@ -108,7 +108,7 @@ class Meters:
     def state(self, index: int) -> MeterState:
         return self.dlms.states[index]
 
-    def on_loop(self, fn: Callable[[], Any]) -> Any:
+    async def on_loop(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the meters' loop (where their state changes) and return its result."""
         done: Future[Any] = Future()
 
@@ -119,7 +119,7 @@ class Meters:
                 done.set_exception(exc)
 
         self._loop.call_soon_threadsafe(call)
-        return done.result(10)
+        return await asyncio.wait_for(asyncio.wrap_future(done), 10)
 
     def url(self, index: int) -> str:
         return f"tcp://127.0.0.1:{self.dlms.meters[index].port}"
@@ -289,8 +289,9 @@ class Topics:
         return any(r.outcome is not CommandOutcome.SENT for r in self.of(command))
 
 
-def _actions(rig: Rig, index: int) -> list[str]:
-    return [e.action for e in rig.meters.on_loop(lambda: list(rig.meters.state(index).executed))]
+async def _actions(rig: Rig, index: int) -> list[str]:
+    """What meter ``index`` itself logged having done, oldest first."""
+    return [e.action for e in await rig.meters.on_loop(lambda: list(rig.meters.state(index).executed))]
 
 
 async def test_disconnect_reconnect_and_arm_reconnect_change_the_relay_and_read_it_back(rig: Rig) -> None:
@@ -299,14 +300,14 @@ async def test_disconnect_reconnect_and_arm_reconnect_change_the_relay_and_read_
         off = await t.run(rig.dlms_command(RELAY, "disconnect"))
         assert off.outcome is CommandOutcome.SUCCEEDED, off
         assert (off.state, off.data["output_state"], off.data["control_state"]) == ("disconnected", False, 0)
-        assert meters.on_loop(lambda: meters.state(RELAY).connected) is False  # the meter itself
+        assert await meters.on_loop(lambda: meters.state(RELAY).connected) is False  # the meter itself
         sent, _ = t.of(off)
         assert sent.outcome is CommandOutcome.SENT and sent.started_at is not None  # before the meter was touched
         assert off.collector == "collector-cmd"
 
         on = await t.run(rig.dlms_command(RELAY, "reconnect"))
         assert (on.outcome, on.state, on.data["output_state"]) == (CommandOutcome.SUCCEEDED, "connected", True)
-        assert meters.on_loop(lambda: meters.state(RELAY).connected) is True
+        assert await meters.on_loop(lambda: meters.state(RELAY).connected) is True
 
         # arm-reconnect on a meter whose control mode closes the relay at once: the relay did not end up
         # ready-for-reconnection, so the command failed, and the result says where the relay is.
@@ -315,16 +316,19 @@ async def test_disconnect_reconnect_and_arm_reconnect_change_the_relay_and_read_
         assert wrong.error_kind == "protocol" and "control state is connected" in (wrong.error_message or "")
 
         # IDIS mode 2: remote reconnection arms the meter; the customer's button closes the relay.
-        meters.on_loop(lambda: setattr(meters.state(BUTTON), "control_mode", 2))
+        await meters.on_loop(lambda: setattr(meters.state(BUTTON), "control_mode", 2))
         assert (await t.run(rig.dlms_command(BUTTON, "disconnect"))).state == "disconnected"
         armed = await t.run(rig.dlms_command(BUTTON, "arm-reconnect"))
         assert (armed.outcome, armed.state) == (CommandOutcome.SUCCEEDED, "ready-for-reconnection"), armed
         assert armed.data["output_state"] is False
-        assert meters.on_loop(lambda: (meters.state(BUTTON).armed, meters.state(BUTTON).connected)) == (True, False)
-        meters.on_loop(meters.state(BUTTON).press_button)
+        assert await meters.on_loop(lambda: (meters.state(BUTTON).armed, meters.state(BUTTON).connected)) == (
+            True,
+            False,
+        )
+        await meters.on_loop(meters.state(BUTTON).press_button)
         state = await t.run(rig.dlms_command(BUTTON, "relay-state"))
         assert (state.outcome, state.state, state.data["output_state"]) == (CommandOutcome.SUCCEEDED, "connected", True)
-        assert _actions(rig, BUTTON) == ["remote-disconnect", "remote-reconnect", "button"]
+        assert await _actions(rig, BUTTON) == ["remote-disconnect", "remote-reconnect", "button"]
     for r in t.results:  # no secret in any result
         text = r.model_dump_json()
         assert all(k not in text for keys in rig.secrets.values() for k in keys.values())
@@ -341,8 +345,8 @@ async def test_expired_early_duplicate_and_poison_commands_never_run_twice_or_at
         early = await t.run(rig.dlms_command(EXPIRED, "disconnect", not_before=later))
         assert (early.outcome, early.error_kind) == (CommandOutcome.FAILED, "not-yet"), early
         # The meter's own log: neither command reached it, and its relay is still closed.
-        assert _actions(rig, EXPIRED) == []
-        assert meters.on_loop(lambda: meters.state(EXPIRED).connected) is True
+        assert await _actions(rig, EXPIRED) == []
+        assert await meters.on_loop(lambda: meters.state(EXPIRED).connected) is True
 
         # One command delivered five times (a scheduler retrying its send, a redelivery after a
         # rebalance): executed once, reported once.
@@ -351,8 +355,8 @@ async def test_expired_early_duplicate_and_poison_commands_never_run_twice_or_at
         probe = await t.run(rig.dlms_command(TWICE, "relay-state"))  # same link: handled after all five
         assert probe.state == "disconnected"
         assert [r.outcome for r in t.of(twice)] == [CommandOutcome.SENT, CommandOutcome.SUCCEEDED]
-        assert _actions(rig, TWICE) == ["remote-disconnect"]
-        assert rig.metric("gxami_collector_command_duplicates_total") >= 4
+        assert await _actions(rig, TWICE) == ["remote-disconnect"]
+        assert await asyncio.to_thread(rig.metric, "gxami_collector_command_duplicates_total") >= 4
         await t.until("the poison command's dead letter", lambda: bool(t.letters))
         [letter] = [x for x in t.letters if x.source_topic == rig.settings.topic("ami.commands")]
         assert letter.consumer == "collector" and "command_id" in letter.reason
@@ -394,16 +398,16 @@ async def test_clock_sync_and_clock_set_fix_a_drifted_clock_and_jobs_report_the_
         assert synced.meter_time_before is not None and synced.meter_time_after is not None
         assert abs((synced.meter_time_before - synced.finished_at) - DRIFT) < timedelta(seconds=3)
         assert abs(synced.meter_time_after - synced.finished_at) < timedelta(seconds=3)
-        assert abs(meters.on_loop(lambda: meters.state(SYNC).clock_offset)) < timedelta(seconds=2)
+        assert abs(await meters.on_loop(lambda: meters.state(SYNC).clock_offset)) < timedelta(seconds=2)
 
         wanted = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
         clock_set = await t.run(rig.dlms_command(SET, "clock-set", clock=wanted))
         assert clock_set.outcome is CommandOutcome.SUCCEEDED, clock_set
         assert clock_set.meter_time_after is not None
         assert abs(clock_set.meter_time_after - wanted) < timedelta(seconds=3)
-        offset = meters.on_loop(lambda: meters.state(SET).clock_offset)
+        offset = await meters.on_loop(lambda: meters.state(SET).clock_offset)
         assert abs(offset + timedelta(hours=1)) < timedelta(seconds=3)
-        assert _actions(rig, SET) == ["clock-set"]
+        assert await _actions(rig, SET) == ["clock-set"]
 
 
 async def test_modbus_write_point_reads_the_value_back(rig: Rig) -> None:

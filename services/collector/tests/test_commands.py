@@ -58,9 +58,10 @@ def _profiles(folder: Path) -> ProfileCatalog:
     return ProfileCatalog(folder)
 
 
-def _service(tmp_path: Path, records: CommandRecords, spool: Spool | None = None) -> CommandService:
+async def _service(tmp_path: Path, records: CommandRecords, spool: Spool | None = None) -> CommandService:
+    # Loading profiles parses YAML: off the loop, which the tests watch for blocking calls.
     reader = MeterReader(
-        _profiles(tmp_path / "profiles"),
+        await asyncio.to_thread(_profiles, tmp_path / "profiles"),
         SecretStore(default={"password": Secret(PASSWORD)}),
         exchange_timeout=2.0,
         session_timeout=30,
@@ -101,7 +102,7 @@ async def test_a_redelivered_command_is_never_run_twice_and_an_interrupted_one_i
     records = await CommandRecords.open(tmp_path / "commands.sqlite3", retention=timedelta(days=1))
     try:
         async with DlmsFleetSimulator(3, seed=SEED, authentication="low", password=PASSWORD) as sim:
-            service, publisher = _service(tmp_path, records), CapturedPublisher()
+            service, publisher = await _service(tmp_path, records), CapturedPublisher()
 
             # Finished before a crash, result never published: the stored result goes out, the meter is not touched.
             lost = _command(sim, 0, "disconnect")
@@ -147,7 +148,7 @@ async def test_set_attribute_reads_back_and_a_refused_write_touches_nothing(tmp_
     records = await CommandRecords.open(tmp_path / "commands.sqlite3", retention=timedelta(days=1))
     try:
         async with DlmsFleetSimulator(1, seed=SEED, authentication="low", password=PASSWORD) as sim:
-            service, publisher = _service(tmp_path, records), CapturedPublisher()
+            service, publisher = await _service(tmp_path, records), CapturedPublisher()
             await service.one(_command(sim, 0, "set-attribute", point="0-0:96.14.0", value=3), publisher)  # type: ignore[arg-type]
             done = publisher.results()[-1]
             assert done.outcome is CommandOutcome.SUCCEEDED, done
@@ -157,6 +158,13 @@ async def test_set_attribute_reads_back_and_a_refused_write_touches_nothing(tmp_
             assert (refused.outcome, refused.error_kind) == (CommandOutcome.FAILED, "configuration")
             assert "not writable" in (refused.error_message or "")
             assert [e.action for e in sim.states[0].executed] == ["set"]  # the refused one never reached it
+
+            # A command a little early (the scheduler's clock ahead of ours) waits for its not_before.
+            soon = datetime.now(UTC) + timedelta(seconds=1)
+            await service.one(_command(sim, 0, "relay-state", not_before=soon), publisher)  # type: ignore[arg-type]
+            sent, state = publisher.results()[-2:]
+            assert sent.outcome is CommandOutcome.SENT and sent.started_at is not None and sent.started_at >= soon
+            assert (state.outcome, state.state) == (CommandOutcome.SUCCEEDED, "connected")
     finally:
         await records.close()
 
@@ -166,7 +174,7 @@ async def test_with_a_spool_a_read_command_spools_its_readings_before_its_result
     spool = await Spool.open(tmp_path / "spool", max_bytes=1 << 20)
     try:
         async with DlmsFleetSimulator(1, seed=SEED, authentication="low", password=PASSWORD) as sim:
-            service = _service(tmp_path, records, spool)
+            service = await _service(tmp_path, records, spool)
             command = _command(sim, 0, "read", profile="generic-dlms")
             await service.one(command, CapturedPublisher())  # type: ignore[arg-type]  # nothing goes direct
         spooled = [s.record for s in await spool.head(100)]
