@@ -192,7 +192,7 @@ def rig(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iter
             GXAMI_CONSUMER_GROUP=f"{prefix}collector",
             GXAMI_SECRETS_FILE=str(secrets_file),
             GXAMI_INVOCATION_COUNTERS_FILE=str(root / "counters.json"),
-            GXAMI_COMMAND_RECORDS_FILE=str(root / "commands.sqlite3"),
+            GXAMI_COMMAND_RECORDS_DIR=str(root / "command-runs"),
             GXAMI_EXCHANGE_TIMEOUT_S="3",
             GXAMI_KAFKA_SESSION_TIMEOUT_MS="2000",
             GXAMI_KAFKA_HEARTBEAT_INTERVAL_MS="500",

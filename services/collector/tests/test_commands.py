@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from gxami_collector.command_execution import CommandExecutor, same_value
-from gxami_collector.command_records import CommandRecords
+from gxami_collector.command_records import CommandRecords, CommandRun
 from gxami_collector.commands import CommandService, KeyedLocks
 from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
@@ -66,7 +66,7 @@ async def _service(tmp_path: Path, records: CommandRecords, spool: Spool | None 
         exchange_timeout=2.0,
         session_timeout=30,
     )
-    settings = CollectorSettings(command_records_file=tmp_path / "commands.sqlite3", instance="unit")
+    settings = CollectorSettings(command_records_dir=tmp_path / "command-runs", instance="unit")
     executor = CommandExecutor(reader, clock_tolerance_s=settings.command_clock_tolerance_s, collector="unit")
     return CommandService(
         settings,
@@ -99,7 +99,7 @@ def _command(sim: DlmsFleetSimulator, index: int, kind: str, **fields: object) -
 
 
 async def test_a_redelivered_command_is_never_run_twice_and_an_interrupted_one_is_run_again(tmp_path: Path) -> None:
-    records = await CommandRecords.open(tmp_path / "commands.sqlite3", retention=timedelta(days=1))
+    records = await CommandRecords.open(tmp_path / "command-runs", retention=timedelta(days=1))
     try:
         async with DlmsFleetSimulator(3, seed=SEED, authentication="low", password=PASSWORD) as sim:
             service, publisher = await _service(tmp_path, records), CapturedPublisher()
@@ -115,6 +115,10 @@ async def test_a_redelivered_command_is_never_run_twice_and_an_interrupted_one_i
             assert again is not None and again.published
             await service.one(lost, publisher)  # type: ignore[arg-type]
             assert publisher.results() == [stored]  # published once, and then nothing more
+            # Another replica on the same shared folder (it took over the link after a crash): nothing either.
+            other = await CommandRecords.open(tmp_path / "command-runs", retention=timedelta(days=1))
+            await (await _service(tmp_path, other)).one(lost, publisher)  # type: ignore[arg-type]
+            assert publisher.results() == [stored] and sim.states[0].executed == []
 
             # Started before a crash, never finished: run again (a disconnect is idempotent), and said so.
             cut = _command(sim, 1, "disconnect")
@@ -134,6 +138,13 @@ async def test_a_redelivered_command_is_never_run_twice_and_an_interrupted_one_i
             await service.one(retry, publisher)  # type: ignore[arg-type]
             assert publisher.results()[-1].outcome is CommandOutcome.SUCCEEDED and sim.states[1].connected
 
+        # A torn file (a foreign write, a disk fault) reads as an interrupted run: run again, never skipped.
+        torn = records._path(("torn", "M", 1))
+        torn.parent.mkdir(exist_ok=True)
+        torn.write_bytes(b'{"result": ')
+        assert await records.get(("torn", "M", 1)) == CommandRun(None, published=False)
+        torn.unlink()
+
         # Rows go once their command expired longer ago than the retention.
         old = lost.model_copy(update={"command_id": "old", "expires_at": datetime.now(UTC) - timedelta(days=2)})
         await records.finished(old, stored)
@@ -145,7 +156,7 @@ async def test_a_redelivered_command_is_never_run_twice_and_an_interrupted_one_i
 
 
 async def test_set_attribute_reads_back_and_a_refused_write_touches_nothing(tmp_path: Path) -> None:
-    records = await CommandRecords.open(tmp_path / "commands.sqlite3", retention=timedelta(days=1))
+    records = await CommandRecords.open(tmp_path / "command-runs", retention=timedelta(days=1))
     try:
         async with DlmsFleetSimulator(1, seed=SEED, authentication="low", password=PASSWORD) as sim:
             service, publisher = await _service(tmp_path, records), CapturedPublisher()
@@ -170,7 +181,7 @@ async def test_set_attribute_reads_back_and_a_refused_write_touches_nothing(tmp_
 
 
 async def test_with_a_spool_a_read_command_spools_its_readings_before_its_result(tmp_path: Path) -> None:
-    records = await CommandRecords.open(tmp_path / "commands.sqlite3", retention=timedelta(days=1))
+    records = await CommandRecords.open(tmp_path / "command-runs", retention=timedelta(days=1))
     spool = await Spool.open(tmp_path / "spool", max_bytes=1 << 20)
     try:
         async with DlmsFleetSimulator(1, seed=SEED, authentication="low", password=PASSWORD) as sim:

@@ -1,6 +1,6 @@
 """The collector's record of commands it started and finished: what keeps a redelivered command from running twice.
 
-Why a local record. Commands arrive at least once: the collector commits its offsets only after
+Why a record. Commands arrive at least once: the collector commits its offsets only after
 a command's result is published, so a crash (or a rebalance) between the two hands the command
 over again. Running a disconnect twice is mostly harmless, but a ``clock-set`` to a fixed instant
 run again minutes later sets the meter back, a firmware activation is not to be repeated, and the
@@ -22,35 +22,36 @@ A redelivered command then finds its row:
 Bound. A row is kept until ``retention`` after its command's ``expires_at``: later than that, a
 redelivery is refused as expired before anything else, so the row is no longer needed.
 
-Storage: SQLite in WAL mode through aiosqlite (its own thread), ``synchronous=FULL`` so that a
-row written before publishing is on disk when the write returns. The file belongs on the
-persistent volume beside the invocation counters. It is local to one collector: replicas that
-take over a link after a rebalance do not see each other's rows unless they share the volume.
+Storage: one small JSON file per command run, in folders by the first two hex digits of the
+SHA-256 of its key, written to a temporary file, fsynced and renamed over the old one (a reader
+sees the old row or the new one, never half of one; a crash loses no row that was written). Why
+files and not SQLite: the folder is meant for the collectors' shared persistent volume (the one
+the invocation counters live on, ReadWriteMany, e.g. NFSv4), and a crashed replica's partitions
+go to another replica, which must see the rows of the one that crashed. A rename is atomic on
+such a volume; SQLite's WAL is not usable over a network file system, and its locks over NFS are
+what its authors warn against. Commands are few beside readings (one meter session each), so a
+file per run costs nothing that matters; the folder is pruned hourly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-import aiosqlite
 from pydantic import ValidationError
 
 from gxami_contracts import CommandResult, MeterCommand
 from gxami_runtime.service import StartupError
 
 log = logging.getLogger("gxami.collector.commands")
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS command_runs ("
-    " command_id TEXT NOT NULL, meter_id TEXT NOT NULL, attempt INTEGER NOT NULL,"
-    " expires_at REAL NOT NULL, result TEXT, published INTEGER NOT NULL DEFAULT 0,"
-    " PRIMARY KEY (command_id, meter_id, attempt))"
-)
 
 CommandKey = tuple[str, str, int]
 
@@ -77,83 +78,114 @@ class CommandRun:
 
 
 class CommandRecords:
-    """Started and finished commands in SQLite (see the module doc)."""
+    """Started and finished command runs, one file each under ``folder`` (see the module doc)."""
 
-    def __init__(self, path: Path, db: aiosqlite.Connection, retention: timedelta) -> None:
-        self.path = path
+    def __init__(self, folder: Path, retention: timedelta) -> None:
+        self.folder = folder
         self.retention = retention
-        self._db = db
-        self._write = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, *, retention: timedelta) -> Self:
-        """Open (or create) the record at ``path``; CommandRecordsError naming it if it cannot."""
+    async def open(cls, folder: Path, *, retention: timedelta) -> Self:
+        """Use (or create) the record folder; CommandRecordsError naming it if it cannot be written."""
         try:
-            await asyncio.to_thread(path.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path)
-        except (OSError, aiosqlite.Error) as exc:
-            raise CommandRecordsError(f"cannot open the command record {path}: {exc}") from None
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")  # a finished row survives power loss before publishing
-            await db.execute(_SCHEMA)
-            await db.commit()
-        except aiosqlite.Error as exc:
-            await db.close()
-            raise CommandRecordsError(f"command record {path} is unusable: {exc}") from None
-        return cls(path, db, retention)
+            await asyncio.to_thread(_writable, folder)
+        except OSError as exc:
+            raise CommandRecordsError(f"cannot use the command record folder {folder}: {exc.strerror}") from None
+        return cls(folder, retention)
 
     async def close(self) -> None:
-        await self._db.close()
+        """Nothing is held open between writes."""
+
+    def _path(self, key: CommandKey) -> Path:
+        digest = hashlib.sha256("\0".join(map(str, key)).encode()).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.json"
 
     async def get(self, key: CommandKey) -> CommandRun | None:
-        """The row of ``key``, or None if this collector never started that command."""
-        async with self._db.execute(
-            "SELECT result, published FROM command_runs WHERE command_id = ? AND meter_id = ? AND attempt = ?", key
-        ) as cur:
-            row = await cur.fetchone()
+        """The row of ``key``, or None if no collector sharing the folder started that command."""
+        row = await asyncio.to_thread(_read, self._path(key))
         if row is None:
             return None
         result = None
-        if row[0] is not None:
+        if row.get("result") is not None:
             try:
-                result = CommandResult.from_wire(row[0])
+                result = CommandResult.from_wire(json.dumps(row["result"]))
             except ValidationError:  # written by another version: treat the command as interrupted
                 log.warning("unreadable finished command in the record; treated as interrupted", extra={"key": key})
-        return CommandRun(result, bool(row[1]))
+        return CommandRun(result, bool(row.get("published")))
 
     async def started(self, command: MeterCommand) -> None:
-        """Note that ``command`` is about to touch its meter (kept if it was started before)."""
-        await self._run(
-            "INSERT OR IGNORE INTO command_runs (command_id, meter_id, attempt, expires_at) VALUES (?, ?, ?, ?)",
-            (*command_key(command), command.expires_at.timestamp()),
-        )
+        """Note that ``command`` is about to touch its meter (kept as it is if it was started before)."""
+        path = self._path(command_key(command))
+        row = {"key": list(command_key(command)), "expires_at": command.expires_at.timestamp(), "result": None}
+        await asyncio.to_thread(_write, path, row, keep=True)
 
     async def finished(self, command: MeterCommand, result: CommandResult) -> None:
         """Keep ``result`` as ``command``'s final one, before it is published."""
-        await self._run(
-            "INSERT INTO command_runs (command_id, meter_id, attempt, expires_at, result) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (command_id, meter_id, attempt) DO UPDATE SET result = excluded.result",
-            (*command_key(command), command.expires_at.timestamp(), result.model_dump_json()),
-        )
+        row = {
+            "key": list(command_key(command)),
+            "expires_at": command.expires_at.timestamp(),
+            "result": result.model_dump(mode="json"),
+            "published": False,
+        }
+        await asyncio.to_thread(_write, self._path(command_key(command)), row)
 
     async def published(self, command: MeterCommand) -> None:
         """The broker (or the spool) has the final result of ``command``."""
-        await self._run(
-            "UPDATE command_runs SET published = 1 WHERE command_id = ? AND meter_id = ? AND attempt = ?",
-            command_key(command),
-        )
+        path = self._path(command_key(command))
+        row = await asyncio.to_thread(_read, path)
+        if row is not None:
+            await asyncio.to_thread(_write, path, {**row, "published": True})
 
     async def prune(self, now: datetime) -> int:
         """Forget commands that expired more than ``retention`` ago; how many rows went."""
-        async with self._write:
-            cur = await self._db.execute(
-                "DELETE FROM command_runs WHERE expires_at < ?", ((now - self.retention).timestamp(),)
-            )
-            await self._db.commit()
-            return cur.rowcount
+        return await asyncio.to_thread(_prune, self.folder, (now - self.retention).timestamp())
 
-    async def _run(self, sql: str, args: tuple[object, ...]) -> None:
-        async with self._write:
-            await self._db.execute(sql, args)
-            await self._db.commit()
+
+def _writable(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    probe = folder / f".probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        row = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # a torn or foreign file: as if the run had been interrupted
+        log.warning("unreadable command record; treated as interrupted", extra={"path": str(path)})
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
+def _write(path: Path, row: dict[str, Any], *, keep: bool = False) -> None:
+    """Write ``row`` to ``path`` atomically and durably; with ``keep``, leave an existing file as it is."""
+    if keep and path.exists():
+        return
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(row, separators=(",", ":")).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power loss
+    finally:
+        os.close(folder)
+
+
+def _prune(folder: Path, cutoff: float) -> int:
+    gone = 0
+    for path in folder.glob("??/*.json"):
+        row = _read(path)
+        expires = row.get("expires_at") if row else None
+        if isinstance(expires, int | float) and expires < cutoff:
+            with contextlib.suppress(FileNotFoundError):  # another replica pruned it first
+                path.unlink()
+                gone += 1
+    return gone

@@ -228,8 +228,8 @@ class CommandService:
         or the disk is away (then nothing is committed and the commands come again)."""
         if not isinstance(exc, Exception) or (isinstance(exc, KafkaError) and exc.retriable):
             raise exc
-        if isinstance(exc, sqlite3.Error):
-            raise exc
+        if isinstance(exc, sqlite3.Error | OSError):
+            raise exc  # the spool's or the record's disk, not the command's
         log.error(
             "command failed inside the collector; dead-lettered",
             extra={
@@ -268,7 +268,7 @@ async def serve_commands(
                 "cannot create the site's commands topic; it must exist already",
                 extra={"topic": s.commands_topic(), "error": type(exc).__name__},
             )
-    records = await CommandRecords.open(s.command_records_file, retention=timedelta(days=s.command_records_days))
+    records = await CommandRecords.open(s.command_records_dir, retention=timedelta(days=s.command_records_days))
     try:
         executor = CommandExecutor(
             reader, clock_tolerance_s=s.command_clock_tolerance_s, collector=s.instance, clock=clock

@@ -75,9 +75,10 @@ class CollectorSettings(ServiceSettings):
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
     # Commands (gxami_collector.commands): off for a collector that only reads. The record of
-    # finished commands keeps a redelivered command from running twice: on the persistent volume.
+    # finished commands keeps a redelivered command from running twice: a folder on the persistent
+    # volume the replicas share (beside the invocation counters), see gxami_collector.command_records.
     commands_enabled: bool = True
-    command_records_file: Path = Field(default_factory=lambda: _state_file().with_name("commands.sqlite3"))
+    command_records_dir: Path = Field(default_factory=lambda: _state_dir() / "command-runs")
     # A record is kept this long after its command expired (a later redelivery is refused as expired anyway).
     command_records_days: float = Field(default=7.0, gt=0, le=366)
     # A command that arrives before its not_before is held this long at most (its link waits), else failed.
