@@ -9,7 +9,11 @@ Order and exclusion. A command runs under the same per-link lock as the read job
 never used by two sessions at once, and a link's commands and reads run in the order they were
 taken) and under a per-meter lock (one command, or read, per meter at a time, even if the meter's
 link changed between two messages). Locks are taken meter first, then link, then a session slot,
-by reads and commands alike, so they cannot deadlock.
+by reads and commands alike, so they cannot deadlock. These locks are one process's: with several
+central replicas, a link's commands (6 partitions, this group) and its reads (12 partitions, the
+jobs group) may be assigned to different replicas, which then may talk to one meter at once (a
+ciphered DLMS session still holds the meter's lock in the shared counter store). Putting both on
+one replica needs equal partition counts and one consumer of both topics with a range assignor.
 
 One command, in order:
 
