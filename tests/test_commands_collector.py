@@ -447,3 +447,21 @@ def test_the_simulated_fleet_keeps_a_start_drift_and_a_command_log() -> None:
     state.connected, state.armed = False, True
     state.press_button()
     assert [(e.action, e.detail) for e in state.executed] == [("button", "connected")]
+
+
+def test_an_unusable_command_record_folder_is_one_line_and_exit_2(
+    rig: Rig, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("bad-records")
+    blocker = root / "not-a-folder"
+    blocker.write_text("")  # a file where the folder should be
+    env = {**rig.collector.env, "GXAMI_COMMAND_RECORDS_DIR": str(blocker / "runs"), "GXAMI_HTTP_PORT": "0"}
+    env["GXAMI_CONSUMER_GROUP"] = f"bad-{uuid.uuid4().hex[:8]}"
+    bad = ServiceProcess("collector-bad", gxami_argv("collector"), env, root / "collector.log")
+    bad.start()
+    try:
+        assert bad.proc is not None
+        assert bad.proc.wait(120) == 2, bad.log_path.read_text()[-3000:]
+    finally:
+        bad.stop()
+    assert f"cannot use the command record folder {blocker / 'runs'}" in bad.log_path.read_text()
