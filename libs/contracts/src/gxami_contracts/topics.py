@@ -58,25 +58,23 @@ READINGS = TopicSpec(
 )
 JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler",))
 EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest",), planned_consumers=("reports",))
-# Commands come with the command API (issue 9): nothing sends or reads them yet.
+# Commands come with the command API (issue 9): the collector executes them (gxami_collector.commands).
 COMMANDS = TopicSpec(
     "ami.commands",
     MeterCommand,
     "link_id",
     6,
     (),
-    (),
+    ("collector",),
     planned_producers=("scheduler",),
-    planned_consumers=("collector",),
 )
 COMMAND_RESULTS = TopicSpec(
     "ami.command-results",
     CommandResult,
     "meter_id",
     6,
+    ("collector",),
     (),
-    (),
-    planned_producers=("collector",),
     planned_consumers=("scheduler",),
 )
 DEAD_LETTERS = TopicSpec(

@@ -50,11 +50,16 @@ class ReadRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
-    """Readings and events of one session; ``meter_time`` is the meter's clock when it was read."""
+    """Readings and events of one session; ``meter_time`` is the meter's clock when it was read.
+
+    ``clock_read_at`` is the driver's own clock when ``meter_time`` arrived (None if the driver
+    does not say): the meter's drift is ``meter_time - clock_read_at``.
+    """
 
     readings: list[Reading]
     meter_time: datetime | None = None
     events: list[MeterEventRecord] = field(default_factory=list)
+    clock_read_at: datetime | None = None
 
 
 CommandKind = Literal[
