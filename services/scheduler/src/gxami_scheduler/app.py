@@ -34,7 +34,7 @@ from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
-from gxami_store import migrate
+from gxami_store.migrations import prepare_schema
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         try:
             conn = await asyncpg.connect(dsn, timeout=10)
             try:
-                applied = await migrate(conn)
+                applied = await prepare_schema(conn, migrate_now=settings.migrate_on_start)
             finally:
                 await conn.close()
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.db_pool_size, timeout=10)
