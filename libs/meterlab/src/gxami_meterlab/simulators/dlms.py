@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,10 @@ from typing import Final
 
 from gurux_dlms.enums import DataType
 
+from gxami_meterlab.dlms.image_transfer import FirmwareFaults, ImageTransferState
 from gxami_meterlab.dlms.meter_security import MeterCounters
 from gxami_meterlab.dlms.notify import PushRegister, encode_push, push_body
+from gxami_meterlab.dlms.programmable import ProgrammableObjects
 from gxami_meterlab.dlms.server import (
     CosemMeterCore,
     DataSpec,
@@ -46,6 +50,7 @@ from gxami_meterlab.dlms.server import (
     ProfileSpec,
     RegisterSpec,
 )
+from gxami_meterlab.dlms.tariff_calendar import CalendarState
 from gxcore.errors import ConfigurationError, GxError
 from gxcore.protocols.dlms.ciphering import SecurityPolicy
 from gxcore.protocols.dlms.obis import UNIT_CODES, apply_scaler, dotted, reduced
@@ -378,6 +383,9 @@ class MeterState:
     control_mode: int = 1
     armed: bool = False
     data: dict[str, int] = field(default_factory=dict)
+    # Image transfer and tariff calendars (see gxami_meterlab.dlms.programmable): kept across connections.
+    firmware: ImageTransferState = field(default_factory=ImageTransferState)
+    calendar: CalendarState = field(default_factory=CalendarState)
 
     def press_button(self) -> None:
         """Manual reconnection: an armed meter closes its relay; otherwise nothing happens."""
@@ -517,6 +525,7 @@ class DlmsFleetSimulator:
         interface: Interface = "wrapper",
         security_policy: SecurityPolicy = "authenticated-encrypted",
         fail_on_repeat: bool = True,
+        firmware_faults: FirmwareFaults | None = None,
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
@@ -538,8 +547,17 @@ class DlmsFleetSimulator:
         self.meters: list[SimulatedMeter] = []
         # Per-meter memory (clock offset, supply switch); survives connections, not restarts.
         self.states = [MeterState() for _ in range(meters)]
+        self._seed_firmware(firmware_faults)
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    def _seed_firmware(self, faults: FirmwareFaults | None) -> None:
+        """Each meter's image transfer faults (a copy of ``faults``) drawn from its own seeded generator."""
+        for index, state in enumerate(self.states):
+            # Simulated faults must repeat from the seed: not a secret.
+            state.firmware.rng = random.Random(f"gxami-firmware:{self.seed}:{index}")  # noqa: S311
+            if faults is not None:
+                state.firmware.faults = dataclasses.replace(faults)
 
     async def start(self) -> None:
         """Listen for every meter; with ``base_port`` 0 each gets a free port."""
@@ -612,7 +630,10 @@ class DlmsFleetSimulator:
                     else None
                 ),
                 counters=self.states[index].counters,
+                programs=ProgrammableObjects(self.states[index].firmware, self.states[index].calendar),
             )
+            firmware = self.states[index].firmware
+            firmware.connection_opened()
             while data := await reader.read(65536):
                 if index in self.silent_meters:
                     continue  # swallow requests: the client must time out
@@ -620,6 +641,9 @@ class DlmsFleetSimulator:
                     out = core.receive_data(data, self.clock())
                 except GxError:
                     return  # this connection's stream is out of step; the listener lives on
+                if firmware.drop_now:
+                    writer.transport.abort()  # the meter drops the link mid-transfer, before its reply
+                    return
                 if out:
                     writer.write(out)
                     await writer.drain()
