@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,7 +119,7 @@ async def test_meter_failures_fail_the_command_with_progress() -> None:
         2, seed=SEED, clock=lambda: NOW, firmware_faults=FirmwareFaults(verify_failure_rate=1.0)
     ) as sim:
         sim.states[1].firmware.faults = FirmwareFaults(block_refusal_rate=0.5)
-        with pytest.raises(FirmwareTransferError, match="after image_verify|image_verify refused"):
+        with pytest.raises(FirmwareTransferError, match=r"after image_verify|image_verify refused"):
             await DlmsDriver(clock=lambda: NOW).execute(target(sim.meters[0].port), PROFILE, update(), timeout=2)
         assert sim.states[0].firmware.status == it.VERIFY_FAILED
         assert sim.states[0].firmware.active == DEFAULT_FIRMWARE
@@ -156,7 +157,6 @@ def test_a_bad_body_is_refused_before_any_io() -> None:
         (update(activate_at="tomorrow"), "activate_at"),
         (update(activate_at="2025-01-01T00:00:00"), "aware"),
     ]
-    import asyncio
 
     for command, message in bad:
         with pytest.raises(ConfigurationError, match=message):
