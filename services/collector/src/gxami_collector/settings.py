@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from gxami_collector.networks import (
@@ -74,6 +74,13 @@ class CollectorSettings(ServiceSettings):
     listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
+    # Firmware images (gxami_collector.firmware_images): fetched by SHA-256 from the scheduler's API
+    # with a viewer token (given here or, better, in a file), checked, cached on disk.
+    scheduler_api_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    scheduler_api_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    scheduler_api_token_file: Path | None = None
+    firmware_cache_dir: Path = Field(default_factory=lambda: _state_dir() / "firmware")
+    firmware_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
