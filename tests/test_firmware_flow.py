@@ -18,14 +18,24 @@ from prometheus_client import CollectorRegistry
 
 from gxami_collector.firmware_images import FirmwareFetchError, FirmwareImages
 from gxami_collector.settings import CollectorSettings
+from gxami_contracts import CommandOutcome, CommandResult
+from gxami_meterlab.dlms.image_transfer import FirmwareFaults
 from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, meter_id
 from gxami_runtime.auth import Authenticator, PoolTokens, Role, create_token
 from gxami_runtime.http import OpsServer
-from gxami_scheduler.firmware import FirmwareApi
+from gxami_scheduler.firmware import (
+    FirmwareApi,
+    advance_rollout,
+    firmware_command_body,
+    record_result,
+    rollout_progress,
+    wave_command_id,
+)
 from gxami_store import migrate
 from gxcore.drivers import MeterTarget
 from gxcore.drivers.api import DriverCommand
 from gxcore.drivers.dlms.driver import DlmsDriver
+from gxcore.errors import ProtocolError
 from gxcore.profiles.model import BUILTIN_DIR, load_profile
 
 pytestmark = pytest.mark.integration
@@ -39,6 +49,8 @@ class Scheduler:
     base: str
     admin: str
     viewer: str
+    operator: str
+    dsn: str
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -48,6 +60,7 @@ async def scheduler(database_url: str) -> AsyncIterator[Scheduler]:
         await migrate(conn)
         admin = await create_token(conn, "fw-admin", Role.ADMIN, "pytest")
         viewer = await create_token(conn, "collector", Role.VIEWER, "pytest")
+        operator = await create_token(conn, "fw-operator", Role.OPERATOR, "pytest")
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
@@ -55,7 +68,7 @@ async def scheduler(database_url: str) -> AsyncIterator[Scheduler]:
     FirmwareApi(pool, lambda: datetime.now(UTC)).install(ops.app)
     port = await ops.start()
     try:
-        yield Scheduler(f"http://127.0.0.1:{port}", admin.token, viewer.token)
+        yield Scheduler(f"http://127.0.0.1:{port}", admin.token, viewer.token, operator.token, database_url)
     finally:
         await ops.stop()
         await pool.close()
@@ -126,3 +139,91 @@ async def test_bytes_that_do_not_match_their_hash_are_refused_and_not_cached(tmp
             await small.get(DIGEST)
     finally:
         await runner.cleanup()
+
+
+async def test_a_rollout_over_simulated_meters_halts_when_a_wave_fails_too_often(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    """Waves of real driver executes against meters that fail image_verify half the time (seeded)."""
+    faults = FirmwareFaults(verify_failure_rate=0.5)
+    async with DlmsFleetSimulator(12, seed=12, firmware_faults=faults) as sim:
+        conn = await asyncpg.connect(scheduler.dsn, timeout=10)
+        try:
+            for m in sim.meters:
+                await conn.execute(
+                    """INSERT INTO meters (meter_id, protocol, url, link_id, profile, meter_group, interval_s)
+                       VALUES ($1, 'dlms', $2, $2, 'generic-dlms', 'pilot', 900)""",
+                    m.meter_id,
+                    f"tcp://127.0.0.1:{m.port}",
+                )
+            auth = {"Authorization": f"Bearer {scheduler.admin}"}
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+                async with http.post(
+                    f"{scheduler.base}/firmware/images?identification=GXSIM-4.0.0", data=IMAGE, headers=auth
+                ) as resp:
+                    assert resp.status == 201
+                order = {"image": DIGEST, "group": "pilot", "waves": "10,50,100", "threshold": 0.2}
+                async with http.post(
+                    f"{scheduler.base}/firmware/rollouts",
+                    json=order,
+                    headers={"Authorization": f"Bearer {scheduler.operator}"},
+                ) as resp:
+                    assert resp.status == 201
+                    rollout = (await resp.json())["id"]
+            images = FirmwareImages(scheduler.base, scheduler.viewer, tmp_path / "cache")
+            body = firmware_command_body(DIGEST, "GXSIM-4.0.0")
+            profile = load_profile(Path(BUILTIN_DIR) / "generic-dlms.yaml")
+            ports = {m.meter_id: m.port for m in sim.meters}
+            index = {m.meter_id: m.index for m in sim.meters}
+            touched: list[str] = []
+            waves_run: list[list[str]] = []
+            now = datetime.now(UTC)
+            while (step := await advance_rollout(conn, rollout, now)).action == "start":
+                waves_run.append(step.meters)
+                for meter in step.meters:  # what the collector's executor does for each meter's command
+                    touched.append(meter)
+                    command = DriverCommand("firmware-update", body=await images.driver_body(body))
+                    target = MeterTarget(meter, f"tcp://127.0.0.1:{ports[meter]}")
+                    try:
+                        done = await DlmsDriver().execute(target, profile, command, timeout=2)
+                        result = CommandResult(
+                            command_id=wave_command_id(rollout, step.wave),
+                            meter_id=meter,
+                            kind="firmware-update",
+                            outcome=CommandOutcome.SUCCEEDED,
+                            finished_at=now,
+                            state=done.state,
+                            data={r.quantity: int(r.value) for r in done.readings},
+                        )
+                    except ProtocolError as exc:
+                        result = CommandResult(
+                            command_id=wave_command_id(rollout, step.wave),
+                            meter_id=meter,
+                            kind="firmware-update",
+                            outcome=CommandOutcome.FAILED,
+                            finished_at=now,
+                            error_message=str(exc)[:2000],
+                        )
+                    assert await record_result(conn, result, now)
+            assert step.action == "halt", step
+            progress = await rollout_progress(conn, rollout)
+        finally:
+            await conn.close()
+    assert progress is not None and progress["state"] == "halted"
+    states = {m["meter_id"]: m["state"] for m in progress["meters"]}
+    halted = waves_run[-1]
+    assert sum(states[m] == "failed" for m in halted) / len(halted) > 0.2
+    # Every meter the rollout touched runs what the meter itself reports; the rest were never touched.
+    for meter, state in states.items():
+        firmware = sim.states[index[meter]].firmware
+        if meter in touched:
+            assert state in ("activated", "failed")
+            assert (firmware.active == b"GXSIM-4.0.0") == (state == "activated")
+            assert state != "failed" or ("verify", "failed") in firmware.log
+        else:
+            assert state == "pending" and not firmware.log
+    assert len(touched) < len(states) == 12  # halted before the last wave
+    assert "activated" in states.values()  # seed 12: the first wave has one success and one failure
+    for row in progress["meters"]:
+        if row["state"] == "activated":
+            assert row["blocks_done"] == row["blocks_total"] == -(-len(IMAGE) // 96)

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -85,6 +86,25 @@ class FirmwareImages:
         image = await self._fetch(digest)
         await asyncio.to_thread(self._keep, image)
         return image
+
+    async def driver_body(self, body: Mapping[str, object] | None) -> dict[str, object]:
+        """A firmware-update command's body (image by ``sha256``) as the driver takes it (image bytes).
+
+        ``identification`` must be the one the image was stored under; ``activate_at`` passes through.
+        """
+        given = body or {}
+        digest, ident = given.get("sha256"), given.get("identification")
+        if not isinstance(digest, str):
+            raise FirmwareFetchError("firmware-update body: sha256 must name the image")
+        image = await self.get(digest)
+        if ident is not None and ident != image.identification:
+            raise FirmwareFetchError(
+                f"firmware-update body: identification {ident!r} is not the image's ({image.identification!r})"
+            )
+        out: dict[str, object] = {"image": image.data, "identification": image.identification, "sha256": image.sha256}
+        if given.get("activate_at") is not None:
+            out["activate_at"] = given["activate_at"]
+        return out
 
     def _paths(self, digest: str) -> tuple[Path, Path]:
         return self.cache_dir / f"{digest}.bin", self.cache_dir / f"{digest}.id"

@@ -34,6 +34,7 @@ import asyncpg
 from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
+from gxami_contracts import CommandOutcome, CommandResult
 from gxami_runtime.auth import Role, principal_of, requires
 from gxami_runtime.http import json_error, read_json_object
 from gxami_scheduler.rollout import RolloutPlanError, Step, check_threshold, next_step, parse_waves, plan_waves
@@ -233,6 +234,62 @@ async def rollout_progress(conn: Conn, rollout: int) -> dict[str, Any] | None:
         counts[m["state"]] = counts.get(m["state"], 0) + 1
     out["summary"] = counts
     return out
+
+
+_WAVE_COMMAND: Final = re.compile(r"^firmware-rollout-(\d{1,18})-wave-(\d{1,2})$")
+
+
+def wave_command_id(rollout: int, wave: int) -> str:
+    """The command_id of one wave's firmware-update command (one message per meter shares it)."""
+    return f"firmware-rollout-{rollout}-wave-{wave}"
+
+
+def rollout_of(command_id: str) -> tuple[int, int] | None:
+    """(rollout, wave) of a wave's command_id, None for any other command."""
+    match = _WAVE_COMMAND.match(command_id)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def firmware_command_body(sha256: str, identification: str, activate_at: datetime | None = None) -> dict[str, Any]:
+    """The ``body`` of a firmware-update MeterCommand: the image by hash (the collector fetches the bytes)."""
+    body: dict[str, Any] = {"sha256": sha256, "identification": identification}
+    if activate_at is not None:
+        body["activate_at"] = activate_at.isoformat()
+    return body
+
+
+def progress_of(result: CommandResult) -> tuple[str, int | None, int | None, str]:
+    """A meter's rollout state, blocks done and in all, and detail, from its command result."""
+    data = result.data
+
+    def figure(*names: str) -> int | None:
+        for name in names:
+            value = data.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return int(value)
+        return None
+
+    done = figure("firmware-blocks-done", "blocks_done")
+    total = figure("firmware-blocks-total", "blocks_total")
+    if result.outcome is CommandOutcome.SENT:
+        state = "transferring"
+    elif result.outcome is CommandOutcome.SUCCEEDED:
+        state = "verified" if result.state == "verified" else "activated"
+    else:
+        state = "failed"
+    detail = result.error_message or result.state or result.outcome.value
+    return state, done, total, str(detail)
+
+
+async def record_result(conn: Conn, result: CommandResult, now: datetime) -> bool:
+    """Apply a firmware-update command result to its rollout's progress; False if it is no rollout's."""
+    wave = rollout_of(result.command_id)
+    if result.kind != "firmware-update" or wave is None:
+        return False
+    state, done, total, detail = progress_of(result)
+    return await record_progress(
+        conn, wave[0], result.meter_id, state, now, blocks_done=done, blocks_total=total, detail=detail
+    )
 
 
 def _rollout_request(body: dict[str, Any]) -> tuple[list[float], float, datetime | None]:
