@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from gxami_meterlab.dlms.tariff_calendar import CalendarState
 from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, meter_id
 from gxcore.drivers import MeterTarget
 from gxcore.drivers.api import DriverCommand
 from gxcore.drivers.dlms.driver import DlmsDriver
-from gxcore.errors import ConfigurationError
+from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.profiles.model import BUILTIN_DIR, load_profile
 from gxcore.protocols.dlms import axdr
 from gxcore.protocols.dlms import calendar as cal
@@ -92,3 +93,18 @@ async def test_a_bad_calendar_body_is_refused_before_any_io() -> None:
 def test_season_starts_and_special_dates_recur_every_year() -> None:
     assert cal.season_start("04-01") == bytes([0xFF, 0xFF, 4, 1, 0xFF, 0, 0, 0, 0xFF, 0x80, 0x00, 0xFF])
     assert cal.special_date("2026-04-06") == bytes([0x07, 0xEA, 4, 6, 0xFF])
+
+
+async def test_a_meter_that_keeps_something_else_fails_the_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = CalendarState.write
+
+    def lossy(self: CalendarState, index: int, value: bytes) -> int:
+        # A meter that drops the last day profile of what it is sent, yet answers success.
+        if index == cal.DAYS_PASSIVE:
+            value = cal.day_profiles(CALENDAR.model_copy(update={"days": CALENDAR.days[:1]}))
+        return original(self, index, value)
+
+    monkeypatch.setattr(CalendarState, "write", lossy)
+    async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW) as sim:
+        with pytest.raises(ProtocolError, match=r"20/0\.0\.13\.0\.0\.255/9 reads back other than written"):
+            await DlmsDriver().execute(target(sim.meters[0].port), PROFILE, command(), timeout=2)

@@ -168,3 +168,11 @@ def test_missing_blocks_follow_the_bitmap_from_the_first_missing() -> None:
     assert it.missing_blocks("", 0, 3) == [0, 1, 2]
     assert it.missing_blocks("111", 3, 3) == []
     assert it.initiate_parameters(b"AB", 300) == b"\x02\x02\x09\x02AB\x06\x00\x00\x01\x2c"
+
+
+async def test_a_transfer_over_hdlc_framing_activates() -> None:
+    hdlc = PROFILE.model_copy(update={"parameters": {**PROFILE.parameters, "interface": "hdlc"}})
+    async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, interface="hdlc") as sim:
+        result = await DlmsDriver(clock=lambda: NOW).execute(target(sim.meters[0].port), hdlc, update(), timeout=2)
+        assert result.state == "activated" and sim.states[0].firmware.active == b"GXSIM-2.0.0"
+        assert sim.states[0].firmware.sent_blocks == list(range(BLOCKS))
