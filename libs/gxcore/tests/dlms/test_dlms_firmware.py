@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from gxami_meterlab.dlms.image_transfer import DEFAULT_FIRMWARE, FirmwareFaults
-from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, client_security, meter_id
+from gxami_meterlab.simulators.dlms import (
+    DlmsFleetSimulator,
+    SimulatedMeter,
+    client_security,
+    meter_id,
+    run_simulator,
+)
 from gxcore.drivers import MeterTarget
 from gxcore.drivers.api import DriverCommand
 from gxcore.drivers.dlms.driver import DlmsDriver
@@ -176,3 +182,33 @@ async def test_a_transfer_over_hdlc_framing_activates() -> None:
         result = await DlmsDriver(clock=lambda: NOW).execute(target(sim.meters[0].port), hdlc, update(), timeout=2)
         assert result.state == "activated" and sim.states[0].firmware.active == b"GXSIM-2.0.0"
         assert sim.states[0].firmware.sent_blocks == list(range(BLOCKS))
+
+
+async def test_the_dev_simulator_takes_its_failure_rates() -> None:
+    stop, listening = asyncio.Event(), asyncio.Event()
+    started: list[int] = []
+
+    def on_started(meters: list[SimulatedMeter]) -> None:
+        started.append(meters[0].port)
+        listening.set()
+
+    async def fail_once_listening() -> None:
+        await listening.wait()
+        try:
+            with pytest.raises(FirmwareTransferError, match="verification-failed"):
+                await DlmsDriver(clock=lambda: NOW).execute(target(started[0]), PROFILE, update(), timeout=2)
+        finally:
+            stop.set()
+
+    served = run_simulator(
+        1,
+        SEED,
+        "127.0.0.1",
+        0,
+        "none",
+        None,
+        stop,
+        on_started=on_started,
+        firmware_faults=FirmwareFaults(verify_failure_rate=1.0),
+    )
+    await asyncio.gather(served, fail_once_listening())

@@ -667,6 +667,7 @@ async def run_simulator(
     interface: Interface = "wrapper",
     security_policy: SecurityPolicy = "authenticated-encrypted",
     on_started: Callable[[list[SimulatedMeter]], None] | None = None,
+    firmware_faults: FirmwareFaults | None = None,
 ) -> None:
     """Serve a fleet until ``stop`` is set; ``on_started`` gets the meters once they listen."""
     async with DlmsFleetSimulator(
@@ -679,6 +680,7 @@ async def run_simulator(
         interface=interface,
         security_policy=security_policy,
         fail_on_repeat=False,  # a long-running dev simulator; tests use the class directly
+        firmware_faults=firmware_faults,
     ) as fleet:
         if on_started is not None:
             on_started(list(fleet.meters))
