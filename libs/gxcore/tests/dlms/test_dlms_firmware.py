@@ -212,3 +212,15 @@ async def test_the_dev_simulator_takes_its_failure_rates() -> None:
         firmware_faults=FirmwareFaults(verify_failure_rate=1.0),
     )
     await asyncio.gather(served, fail_once_listening())
+
+
+async def test_a_meter_that_verifies_and_activates_in_the_background_is_polled() -> None:
+    faults = FirmwareFaults(busy_polls=3)
+    async with DlmsFleetSimulator(2, seed=SEED, clock=lambda: NOW, firmware_faults=faults) as sim:
+        patient = DriverCommand("firmware-update", body=update().body, options={"poll_interval": "0", "max_polls": "5"})
+        result = await DlmsDriver(clock=lambda: NOW).execute(target(sim.meters[0].port), PROFILE, patient, timeout=2)
+        assert result.state == "activated" and sim.states[0].firmware.active == b"GXSIM-2.0.0"
+        hasty = DriverCommand("firmware-update", body=update().body, options={"poll_interval": "0", "max_polls": "1"})
+        with pytest.raises(FirmwareTransferError, match="status verification-initiated"):
+            await DlmsDriver(clock=lambda: NOW).execute(target(sim.meters[1].port, 1), PROFILE, hasty, timeout=2)
+        assert sim.states[1].firmware.active == DEFAULT_FIRMWARE

@@ -11,7 +11,9 @@ Faults (:class:`FirmwareFaults`), drawn from a seeded generator so a test run is
 ``verify_failure_rate`` fails image_verify (status verification-failed), ``drop_after_blocks``
 drops the connection once after that many blocks of one connection (the last of them stored),
 ``report_identification`` makes attribute 7 name another identification (a meter that would
-activate something else). :attr:`ImageTransferState.log` records what was executed.
+activate something else), ``busy_polls`` makes verify and activate answer temporary-failure and
+finish only after that many reads of the status (a meter that verifies in the background).
+:attr:`ImageTransferState.log` records what was executed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class FirmwareFaults:
     verify_failure_rate: float = 0.0
     drop_after_blocks: int | None = None
     report_identification: bytes | None = None
+    busy_polls: int = 0  # verify/activate answer temporary-failure; done after this many status reads
 
 
 @dataclass(slots=True)
@@ -59,6 +62,8 @@ class ImageTransferState:
     log: list[tuple[str, object]] = field(default_factory=list)
     blocks_this_connection: int = 0
     drop_now: bool = False
+    busy_reads: int = 0  # status reads left before a verification or activation in progress ends
+    busy_outcome: int = it.NOT_INITIATED
 
     # -- attributes ---------------------------------------------------------------------------
     @property
@@ -82,6 +87,7 @@ class ImageTransferState:
         if index == 5:
             return b"\x03" + (b"\x01" if self.enabled else b"\x00")
         if index == 6:
+            self._progress()
             return bytes([0x16, self.status])
         if index == 7:
             if not self.identification:
@@ -90,6 +96,18 @@ class ImageTransferState:
             entry = it.double_long_unsigned(self.size) + it.octet_string(shown) + it.octet_string(self.signature)
             return b"\x01\x01\x02\x03" + entry
         return None
+
+    def _progress(self) -> None:
+        """A verification or activation in progress moves on with each status read the client makes."""
+        if self.status not in (it.VERIFYING, it.ACTIVATING):
+            return
+        self.busy_reads -= 1
+        if self.busy_reads > 0:
+            return
+        if self.busy_outcome == it.ACTIVATED:
+            self.active = self.identification
+            self.log.append(("activate", self.identification))
+        self.status = self.busy_outcome
 
     def active_firmware(self) -> bytes:
         return it.octet_string(self.active)
@@ -159,14 +177,20 @@ class ImageTransferState:
             return int(ErrorCode.OTHER_REASON)
         image = b"".join(self.blocks[n] for n in range(self.total))
         self.signature = hashlib.sha256(image).digest()
-        self.status = it.VERIFIED
         self.log.append(("verify", "ok"))
+        if self.faults.busy_polls:
+            self.status, self.busy_outcome, self.busy_reads = it.VERIFYING, it.VERIFIED, self.faults.busy_polls
+            return int(ErrorCode.TEMPORARY_FAILURE)
+        self.status = it.VERIFIED
         return int(ErrorCode.OK)
 
     def _activate(self) -> int:
         if self.status not in (it.VERIFIED, it.ACTIVATED):
             self.log.append(("activate", "refused"))
             return int(ErrorCode.OTHER_REASON)
+        if self.faults.busy_polls:
+            self.status, self.busy_outcome, self.busy_reads = it.ACTIVATING, it.ACTIVATED, self.faults.busy_polls
+            return int(ErrorCode.TEMPORARY_FAILURE)
         self.active = self.identification
         self.status = it.ACTIVATED
         self.log.append(("activate", self.identification))

@@ -4,7 +4,8 @@
 ``identification`` (str or bytes: what the meter must report for the image), optionally
 ``sha256`` (hex; checked against the bytes here too) and ``activate_at`` (an aware datetime or
 ISO 8601 text). ``command.options`` may give ``retries`` (times a refused block is sent again,
-default 2).
+default 2), ``poll_interval`` and ``max_polls`` (how often and how long the status is read again
+while the meter is still verifying or activating; 1 s, 60 times).
 
 One execute, in one association:
 
@@ -34,6 +35,7 @@ failure raises :class:`FirmwareTransferError`, a ProtocolError carrying the same
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +50,8 @@ from gxcore.protocols.dlms.parameters import CLASS_DATA
 from gxcore.readings import Reading
 
 DEFAULT_RETRIES: Final = 2
+DEFAULT_POLL_INTERVAL: Final = 1.0  # seconds between status reads while the meter verifies or activates
+DEFAULT_MAX_POLLS: Final = 60
 _IMAGE_ATTRS: Final = {"block_size": 2, "bitmap": 3, "first_missing": 4, "enabled": 5, "status": 6, "info": 7}
 
 
@@ -68,6 +72,8 @@ class FirmwareOrder:
     image: it.FirmwareImage
     activate_at: datetime | None
     retries: int
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_polls: int = DEFAULT_MAX_POLLS
 
 
 def firmware_order(command: DriverCommand, meter_id: str) -> FirmwareOrder:
@@ -108,7 +114,14 @@ def firmware_order(command: DriverCommand, meter_id: str) -> FirmwareOrder:
         raise ConfigurationError(f"{where}: option retries must be an integer") from None
     if not 0 <= retries <= 10:
         raise ConfigurationError(f"{where}: option retries must be in 0..10")
-    return FirmwareOrder(image, at, retries)
+    try:
+        interval = float(command.options.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        polls = int(command.options.get("max_polls", DEFAULT_MAX_POLLS))
+    except ValueError:
+        raise ConfigurationError(f"{where}: options poll_interval and max_polls must be numbers") from None
+    if not (0 <= interval <= 60 and 0 <= polls <= 1000):
+        raise ConfigurationError(f"{where}: poll_interval must be in 0..60 s and max_polls in 0..1000")
+    return FirmwareOrder(image, at, retries, interval, polls)
 
 
 async def active_firmware(session: DlmsSession) -> bytes | None:
@@ -167,15 +180,19 @@ async def execute_firmware(
             await _send_block(session, image, number, size, order.retries, total - len(missing) + pos, total)
             sent += 1
         if missing or status != it.VERIFIED:
-            await _verify(session, image, meter_id, total)
+            await _verify(session, order, meter_id, total)
         if order.activate_at is not None and order.activate_at > clock():
             detail = (
                 f"{_name(image)}: {sent} blocks sent from block {resumed_at}, {total} in all; verified,"
                 f" activation due at {order.activate_at.isoformat()}"
             )
             return _result(command, clock(), "verified", sent, total, total, detail)
-        await session.action(it.CLASS_IMAGE_TRANSFER, it.IMAGE_TRANSFER, it.ACTIVATE)
-        after = await _attr(session, "status")
+        try:
+            await session.action(it.CLASS_IMAGE_TRANSFER, it.IMAGE_TRANSFER, it.ACTIVATE)
+        except ProtocolError:
+            if session.broken:
+                raise
+        after = await _settled(session, order, it.ACTIVATING)
         if after != it.ACTIVATED:
             raise ProtocolError(f"meter {meter_id}: after image_activate the status is {it.status_name(after)}")
         active = await active_firmware(session)
@@ -215,24 +232,37 @@ async def _send_block(
                 ) from None
 
 
-async def _verify(session: DlmsSession, image: it.FirmwareImage, meter_id: str, total: int) -> None:
+async def _settled(session: DlmsSession, order: FirmwareOrder, busy: int) -> object:
+    """image_transfer_status, read again while the meter reports ``busy`` (verifying, activating).
+
+    A meter that cannot verify or activate at once answers the method with a refusal (IDIS:
+    temporary-failure) and moves the status on by itself; the status is polled every
+    ``poll_interval`` seconds, at most ``max_polls`` times.
+    """
+    status = await _attr(session, "status")
+    for _ in range(order.max_polls):
+        if status != busy:
+            break
+        await asyncio.sleep(order.poll_interval)
+        status = await _attr(session, "status")
+    return status
+
+
+async def _verify(session: DlmsSession, order: FirmwareOrder, meter_id: str, total: int) -> None:
     """image_verify, then the status and what the meter would activate must be this image."""
+    image = order.image
+    refusal = ""
     try:
         await session.action(it.CLASS_IMAGE_TRANSFER, it.IMAGE_TRANSFER, it.VERIFY)
     except ProtocolError as exc:
         if session.broken:
             raise
-        status = await _attr(session, "status")
-        raise FirmwareTransferError(
-            f"image_verify refused ({exc.reason}); status {it.status_name(status)}",
-            blocks_done=total,
-            blocks_total=total,
-            first_missing=total,
-        ) from None
-    status = await _attr(session, "status")
+        refusal = exc.reason
+    status = await _settled(session, order, it.VERIFYING)
     if status != it.VERIFIED:
+        why = f"image_verify refused ({refusal}); " if refusal else "after image_verify "
         raise FirmwareTransferError(
-            f"after image_verify the status is {it.status_name(status)}",
+            f"{why}status {it.status_name(status)}",
             blocks_done=total,
             blocks_total=total,
             first_missing=total,
