@@ -20,7 +20,7 @@ from gxami_meterlab.simulators.dlms import (
 from gxcore.drivers import MeterTarget
 from gxcore.drivers.api import DriverCommand
 from gxcore.drivers.dlms.driver import DlmsDriver
-from gxcore.drivers.dlms.firmware import FirmwareTransferError
+from gxcore.drivers.dlms.firmware import FirmwareProgress, FirmwareTransferError
 from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.profiles.model import BUILTIN_DIR, DeviceProfile, load_profile
 from gxcore.protocols.dlms import image_transfer as it
@@ -82,8 +82,15 @@ async def test_an_interrupted_transfer_resumes_from_the_first_missing_block() ->
         assert failed.value.first_missing == 3 and failed.value.blocks_total == BLOCKS
         assert state.sent_blocks == [0, 1, 2, 3] and state.active == DEFAULT_FIRMWARE
         mark = len(state.log)
-        result = await DlmsDriver(clock=lambda: NOW).execute(meter, PROFILE, update(), timeout=2)
+        heard: list[FirmwareProgress] = []
+        driver = DlmsDriver(clock=lambda: NOW, firmware_progress=heard.append)
+        result = await driver.execute(meter, PROFILE, update(), timeout=2)
         resumed = state.log[mark:]
+        # Progress: where it resumed, then every block (11 blocks: 5 % is less than one), the last done.
+        assert [(p.blocks_done, p.sent) for p in heard] == [(4 + n, n) for n in range(BLOCKS - 4 + 1)]
+        assert {(p.meter_id, p.identification, p.blocks_total) for p in heard} == {
+            (meter_id(SEED, 0), "GXSIM-2.0.0", BLOCKS)
+        }
         assert resumed[0] == ("block", 4)  # no initiate, no block below the meter's first missing one
         assert [n for kind, n in resumed if kind == "block"] == list(range(4, BLOCKS))
         assert state.sent_blocks == list(range(BLOCKS))  # every block exactly once across both executes

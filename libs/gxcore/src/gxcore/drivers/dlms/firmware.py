@@ -141,10 +141,33 @@ async def _attr(session: DlmsSession, name: str) -> object:
     return await session.get(it.CLASS_IMAGE_TRANSFER, it.IMAGE_TRANSFER, _IMAGE_ATTRS[name])
 
 
+@dataclass(frozen=True, slots=True)
+class FirmwareProgress:
+    """How far a transfer is: ``blocks_done`` of ``blocks_total`` on the meter, ``sent`` by this execute."""
+
+    meter_id: str
+    identification: str
+    blocks_done: int
+    blocks_total: int
+    sent: int
+
+
+ProgressHook = Callable[[FirmwareProgress], None]
+
+
 async def execute_firmware(
-    session: DlmsSession, command: DriverCommand, *, meter_id: str, clock: Callable[[], datetime]
+    session: DlmsSession,
+    command: DriverCommand,
+    *,
+    meter_id: str,
+    clock: Callable[[], datetime],
+    on_progress: ProgressHook | None = None,
 ) -> CommandResult:
-    """Run a firmware-update over the unopened ``session`` (see the module doc)."""
+    """Run a firmware-update over the unopened ``session`` (see the module doc).
+
+    ``on_progress`` hears once the blocks still missing are known, then about every 5 % of the
+    image, then when the last block is on the meter (the collector publishes these as ``sent``).
+    """
     order = firmware_order(command, meter_id)
     image = order.image
     async with session:
@@ -176,9 +199,19 @@ async def execute_firmware(
             )
             missing = list(range(total))
         resumed_at = missing[0] if missing else total
+        name = image.identification.decode(errors="replace")
+        every = max(1, total // 20)
+
+        def report() -> None:
+            if on_progress is not None:
+                on_progress(FirmwareProgress(meter_id, name, total - len(missing) + sent, total, sent))
+
+        report()
         for pos, number in enumerate(missing):
             await _send_block(session, image, number, size, order.retries, total - len(missing) + pos, total)
             sent += 1
+            if sent % every == 0 or sent == len(missing):
+                report()
         if missing or status != it.VERIFIED:
             await _verify(session, order, meter_id, total)
         if order.activate_at is not None and order.activate_at > clock():
