@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gxami_scheduler.rollout import RolloutPlanError, next_step, parse_waves, plan_waves, wave_failure_rate
 
@@ -78,3 +80,22 @@ def test_a_wave_above_the_threshold_halts_the_rollout() -> None:
     assert next_step([], {}, 0, 0.1, started=False).action == "finish"
     with pytest.raises(RolloutPlanError, match="not one of"):
         next_step(waves, states, 5, 0.1, started=True)
+
+
+@given(
+    count=st.integers(min_value=0, max_value=300),
+    cuts=st.lists(st.integers(min_value=1, max_value=99), max_size=6, unique=True),
+    seed=st.text(max_size=8),
+)
+def test_any_plan_puts_every_meter_in_exactly_one_non_empty_wave(count: int, cuts: list[int], seed: str) -> None:
+    meters = [f"m{i}" for i in range(count)]
+    percentages = [*sorted(cuts), 100]
+    waves = plan_waves(meters, percentages, seed=seed)
+    assert sorted(m for w in waves for m in w) == sorted(meters)
+    assert all(waves) and len(waves) <= len(percentages)
+    # No wave ends before its share of the group (cumulative counts never fall short of the percentage).
+    if count:
+        cumulative = 0
+        for pct, wave in zip(percentages, waves, strict=False):
+            cumulative += len(wave)
+            assert cumulative >= min(count, -(-count * pct // 100))
