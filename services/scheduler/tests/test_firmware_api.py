@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
+import typer
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner, Result
 
 from gxami_runtime.auth import Authenticator, PoolTokens, Role, create_token
 from gxami_runtime.http import OpsServer
 from gxami_scheduler.firmware import FirmwareApi, advance_rollout, record_progress
+from gxami_scheduler.firmware_cli import firmware_app, tariff_app
 from gxami_scheduler.fleet import parse_fleet
 from gxami_scheduler.registry import import_fleet
 from gxcore.profiles import ProfileCatalog
@@ -151,3 +157,51 @@ async def test_a_rollout_runs_in_waves_shows_progress_and_halts(api: Api) -> Non
             assert resp.status == 401
         async with http.get(f"{api.base}/firmware/rollouts/999999", headers=api.headers["viewer"]) as resp:
             assert resp.status == 404
+
+
+async def test_the_cli_uploads_rolls_out_and_shows_progress(api: Api, tmp_path: Path) -> None:
+    image = tmp_path / "meter.bin"
+    image.write_bytes(IMAGE)
+    runner = CliRunner()
+
+    def run(app: typer.Typer, args: list[str], role: str | None) -> Result:
+        token = api.headers[role]["Authorization"].removeprefix("Bearer ") if role else ""
+        env = {"GXAMI_API_URL": api.base, "FW_TOKEN": token}
+        return runner.invoke(app, [*args, "--token-env", "FW_TOKEN"], env=env)
+
+    refused = await asyncio.to_thread(run, firmware_app, ["upload", str(image), "--identification", "V2"], "operator")
+    assert refused.exit_code == 1 and "403" in refused.output
+    missing = await asyncio.to_thread(run, firmware_app, ["upload", str(image), "--identification", "V2"], None)
+    assert missing.exit_code == 2 and "FW_TOKEN" in missing.output
+    uploaded = await asyncio.to_thread(run, firmware_app, ["upload", str(image), "--identification", "V2"], "admin")
+    assert uploaded.exit_code == 0, uploaded.output
+    assert json.loads(uploaded.stdout)["sha256"] == DIGEST
+    bad = await asyncio.to_thread(
+        run, firmware_app, ["rollout", DIGEST, "--group", "north", "--waves", "5,50"], "operator"
+    )
+    assert bad.exit_code == 2 and "100" in bad.output
+    started = await asyncio.to_thread(run, firmware_app, ["rollout", DIGEST, "--group", "south"], "operator")
+    assert started.exit_code == 0, started.output
+    rollout = json.loads(started.stdout)
+    assert {m["meter_id"] for m in rollout["meters"]} == {"f10", "f11"}
+    shown = await asyncio.to_thread(run, firmware_app, ["status", str(rollout["id"])], "viewer")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["summary"] == {"pending": 2}
+
+
+def mounted(app: typer.Typer, name: str) -> typer.Typer:
+    """The app as `gxami` mounts a plug-in: a group under its name (a one-command app stays a group)."""
+    holder = typer.Typer()
+    holder.add_typer(app, name=name)
+    return holder
+
+
+def test_tariff_check_prints_the_body_or_every_problem(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[3] / "docs" / "examples" / "tariff-day-night.yaml"
+    tariff = mounted(tariff_app, "tariff")
+    ok = CliRunner().invoke(tariff, ["tariff", "check", str(example), "--body"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["name"] == "DAYNIGHT-2026"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: X\nactivate_now: true\nseasons: []\nweeks: []\ndays: []\n")
+    refused = CliRunner().invoke(tariff, ["tariff", "check", str(bad)])
+    assert refused.exit_code == 2
+    assert f"{bad}:3: seasons:" in refused.output and f"{bad}:5: days:" in refused.output
