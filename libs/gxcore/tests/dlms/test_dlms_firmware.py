@@ -231,3 +231,24 @@ async def test_a_meter_that_verifies_and_activates_in_the_background_is_polled()
         with pytest.raises(FirmwareTransferError, match="status verification-initiated"):
             await DlmsDriver(clock=lambda: NOW).execute(target(sim.meters[1].port, 1), PROFILE, hasty, timeout=2)
         assert sim.states[1].firmware.active == DEFAULT_FIRMWARE
+
+
+def test_our_method_parameters_are_what_gurux_encodes() -> None:
+    """The A-XDR of initiate and block transfer equals GXDLMSImageTransfer's own (we build it without
+    gurux's request builder so every request goes through our invocation counter window)."""
+    from gurux_dlms import GXByteBuffer
+    from gurux_dlms.enums import DataType
+    from gurux_dlms.internal._GXCommon import _GXCommon
+
+    def structure(*items: tuple[int, object]) -> bytes:
+        out = GXByteBuffer()
+        out.setUInt8(DataType.STRUCTURE)
+        out.setUInt8(len(items))
+        for kind, value in items:
+            _GXCommon.setData(None, out, kind, value)
+        return bytes(out.array())
+
+    ident = b"GXSIM-2.0.0"
+    assert it.initiate_parameters(ident, 70_000) == structure((DataType.OCTET_STRING, ident), (DataType.UINT32, 70_000))
+    block = bytes(range(200))
+    assert it.block_parameters(7, block) == structure((DataType.UINT32, 7), (DataType.OCTET_STRING, block))
