@@ -18,6 +18,9 @@ hold, in words rather than COSEM structures::
     special_days:                # "MM-DD" every year, "YYYY-MM-DD" once
       - {index: 1, date: "01-01", day: weekend, name: New Year}
 
+Switch times, season starts and special days are in the meter's own calendar and local time, as
+the activity calendar runs them; ``activate_at`` is an instant (written as UTC, deviation 0).
+
 :func:`load_tariff_file` reads one, reporting ``file:line: field: reason`` for each problem;
 :func:`tariff_schema` is the published JSON Schema (``docs/schemas/tariff-calendar.schema.json``,
 kept current by a test); :func:`calendar_body` / :func:`calendar_from_body` turn a calendar into the
