@@ -30,6 +30,7 @@ from gxami_runtime.kafka import (
 )
 from gxami_runtime.service import StartupError, check_database, kafka_startup_error, redact_dsn
 from gxami_scheduler.api import FleetApi
+from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
@@ -242,6 +243,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         auth = Authenticator.from_settings(settings, PoolTokens(pool))
         ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
         FleetApi(pool, clock).install(ops.app)
+        FirmwareApi(pool, clock).install(ops.app)
         port = await ops.start()
         stack.push_async_callback(ops.stop)
         log.info(
