@@ -54,3 +54,38 @@ async def test_a_service_that_may_not_migrate_refuses_an_older_schema(database_u
         assert await prepare_schema(conn, migrate_now=False) == []
     finally:
         await conn.close()
+
+
+async def test_a_consumer_reports_its_lag_after_each_commit(stack: StackEndpoints, topic_prefix: str) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from gxami_runtime.kafka import CONSUMER_LAG, commit, make_consumer
+
+    topic = f"{topic_prefix}lag"
+    s = ServiceSettings(
+        kafka_bootstrap=stack.kafka_bootstrap,
+        kafka_session_timeout_ms=2000,
+        kafka_heartbeat_interval_ms=500,
+        topic_overrides={"ami.readings": topic},
+    )
+    await ensure_topics(s, ["ami.readings"])
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(topic, f"{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    group = f"{topic_prefix}group"
+    consumer = make_consumer(s, group, topic)
+    await consumer.start()
+    try:
+        got: list[int] = []
+        while len(got) < 3:
+            for tp, records in (await consumer.getmany(timeout_ms=2000, max_records=3 - len(got))).items():
+                got += [r.offset for r in records]
+                last = tp
+        await commit(consumer, {last: got[-1] + 1})
+        assert CONSUMER_LAG.labels(group, topic, "0")._value.get() == 7  # 10 written, 3 committed
+    finally:
+        await consumer.stop()

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+from weakref import WeakKeyDictionary
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,7 +28,7 @@ from aiokafka.errors import (
     ProducerClosed,
     TopicAlreadyExistsError,
 )
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from gxami_contracts import CATALOG, DEAD_LETTER, DeadLetter, Message
@@ -109,8 +110,34 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(**producer_options(settings))
 
 
+# Every consuming service's own lag (issue 13, item 5): after each commit, how far each committed
+# partition is behind its end (the high-water mark of the last fetch). An operator sees it in the
+# service's /metrics without a Kafka exporter; KEDA scales on the broker's view of the same number.
+CONSUMER_LAG = Gauge(
+    "gxami_consumer_lag",
+    "Records between the last committed offset and the end of the partition",
+    ["group", "topic", "partition"],
+)
+CONSUMER_COMMITTED_AT = Gauge(
+    "gxami_consumer_last_commit_timestamp_seconds", "Unix time of the group's last successful commit", ["group"]
+)
+_GROUPS: WeakKeyDictionary[AIOKafkaConsumer, str] = WeakKeyDictionary()
+
+
 def make_consumer(settings: ServiceSettings, group_id: str, *topics: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(*topics, **consumer_options(settings, group_id))
+    consumer = AIOKafkaConsumer(*topics, **consumer_options(settings, group_id))
+    _GROUPS[consumer] = group_id
+    return consumer
+
+
+def record_lag(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Set the lag gauges of the partitions just committed (``offsets``: the next offset to read)."""
+    group = _GROUPS.get(consumer, "unknown")
+    for tp, offset in offsets.items():
+        end = consumer.highwater(tp)
+        if end is not None:
+            CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(0, end - offset))
+    CONSUMER_COMMITTED_AT.labels(group).set_to_current_time()
 
 
 @contextlib.contextmanager
@@ -423,3 +450,5 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int])
         await consumer.commit(offsets)
     except KafkaError as exc:
         log.warning("offset commit failed; records will be redelivered", extra={"error": repr(exc)})
+        return
+    record_lag(consumer, offsets)
