@@ -40,7 +40,8 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy libs/gxcore/src libs/contracts/src libs/runtime/src libs/store/src \
-	  services/collector/src services/ingest/src services/scheduler/src services/reports/src services/cli/src libs/meterlab/src
+	  services/collector/src services/ingest/src services/scheduler/src services/reports/src services/cli/src libs/meterlab/src \
+	  docs/generate_settings.py
 
 test: install lint typecheck
 	$(VENV)/bin/python -m pytest -q -p no:randomly

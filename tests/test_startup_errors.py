@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,36 @@ KAFKA_BAD_SETTINGS = [
 BAD_SETTINGS += [
     (service, env) for service in ("collector", "ingest", "scheduler", "reports") for env, _ in KAFKA_BAD_SETTINGS[:1]
 ]
+# Files and folders that are not there, and values out of range, for every service (issue 13, item 6).
+BAD_SETTINGS += [
+    (service, env)
+    for service in ("collector", "ingest", "scheduler", "reports")
+    for env in ({"GXAMI_PROFILES_DIR": "/nonexistent/hunter2"}, {"GXAMI_LOG_LEVEL": "hunter2"})
+]
+BAD_SETTINGS += [
+    ("collector", {"GXAMI_SECRETS_FILE": "/nonexistent/hunter2.yaml"}),
+    ("collector", {"GXAMI_CONCURRENCY": "0"}),
+    ("collector", {"GXAMI_SCHEDULER_API_TOKEN_FILE": "/nonexistent/token"}),
+    ("ingest", {"GXAMI_PARTITION_INTERVAL": "fortnight"}),
+    ("scheduler", {"GXAMI_SHARD_COUNT": "0"}),
+]
+
+
+def test_a_secrets_file_that_does_not_parse_is_one_line_naming_the_file_and_the_field(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text("meters:\n  M1: {pasword: hunter2}\n")  # misspelt field, a secret beside it
+    proc = subprocess.run(
+        [sys.executable, "-m", "gxami_cli", "collector"],
+        env={**os.environ, "GXAMI_SECRETS_FILE": str(secrets), "GXAMI_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"gxami collector: secrets file {secrets}: meters.M1: unknown field 'pasword'"], proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize(("env", "named"), KAFKA_BAD_SETTINGS, ids=[c[1] for c in KAFKA_BAD_SETTINGS])
@@ -109,7 +140,8 @@ def test_bad_setting_is_one_line_and_exit_2(service: str, env: dict[str, str]) -
     assert lines[0].startswith(f"gxami {service}: bad setting"), lines[0]
     assert name in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
-    assert "hunter2" not in proc.stderr + proc.stdout
+    if "FILE" not in name and "DIR" not in name:  # a path is named (it is no secret); a value never
+        assert "hunter2" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize("service", ["scheduler", "ingest", "reports"])

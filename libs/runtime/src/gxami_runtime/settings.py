@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gxami_runtime.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol, check_security
@@ -17,25 +17,32 @@ class ServiceSettings(BaseSettings):
     # hide_input_in_errors: a rejected value (a password, a DSN) never appears in a ValidationError.
     model_config = SettingsConfigDict(env_prefix="GXAMI_", extra="ignore", hide_input_in_errors=True)
 
+    # Kafka bootstrap servers, host:port[,host:port...].
     kafka_bootstrap: str = "127.0.0.1:9092"
     # On for real Kafka; Tansu (the local broker) has no idempotent producer. Correctness does not
     # depend on it: ingest writes are idempotent on the natural key.
     kafka_enable_idempotence: bool = True
+    # How long a Kafka request may take.
     kafka_request_timeout_ms: int = 30_000
     # Tansu completes a group join only after half the session timeout, so the local stack
     # sets these low (GXAMI_KAFKA_SESSION_TIMEOUT_MS=2000); real Kafka keeps the defaults.
     kafka_session_timeout_ms: int = 10_000
+    # Consumer heartbeat interval (a third of the session timeout).
     kafka_heartbeat_interval_ms: int = 3_000
     # Kafka over TLS and SASL (see gxami_runtime.kafka_security). A password comes from a file or
     # from the environment variable named here, never from this process's settings or a URL.
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    # SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (with SASL_SSL).
     kafka_sasl_mechanism: SaslMechanism | None = None
+    # SASL user name.
     kafka_sasl_username: str | None = None
+    # File holding the SASL password (or name a variable in GXAMI_KAFKA_SASL_PASSWORD_ENV).
     kafka_sasl_password_file: Path | None = None
     kafka_sasl_password_env: str | None = Field(default=None, description="name of the variable holding the password")
     kafka_ssl_ca_file: Path | None = Field(default=None, description="CA bundle (PEM); default: the system's")
     kafka_ssl_cert_file: Path | None = Field(default=None, description="client certificate (PEM), for mTLS")
     kafka_ssl_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    # File holding the password of an encrypted client key.
     kafka_ssl_key_password_file: Path | None = None
     # Refused when set (see _check_kafka_security): kept as a field only to say where the password goes.
     kafka_sasl_password: SecretStr | None = Field(default=None, exclude=True, repr=False)
@@ -45,11 +52,14 @@ class ServiceSettings(BaseSettings):
     kafka_create_topics: bool = Field(default=True, description="create missing catalog topics at start (dev)")
     # None: the catalog's (3), capped at the number of brokers the cluster has (1 on a dev broker).
     kafka_replication_factor: int | None = Field(default=None, ge=1, le=7)
+    # PostgreSQL/TimescaleDB DSN; give the password through the environment or a secret, never in logs.
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/gxami")
     # Off where a migration Job runs `gxami db migrate` (Kubernetes): a service then refuses to start
     # on an older schema instead of migrating it at every pod start.
     migrate_on_start: bool = Field(default=True, description="apply pending schema migrations at start")
+    # Address the ops/API server listens on (0.0.0.0 in a container).
     http_host: str = "127.0.0.1"
+    # Port of the ops/API server (/health, /ready, /metrics and the API); 0 picks a free one.
     http_port: int = 0
     # Limits of every HTTP server (see gxami_runtime.http.HttpLimits): slow or huge requests are cut off.
     http_header_timeout_s: float = Field(default=10.0, gt=0, description="a request head must arrive within this")
@@ -62,8 +72,27 @@ class ServiceSettings(BaseSettings):
     http_auth_cache_s: float = Field(default=5.0, ge=0, le=300, description="a verified token is trusted this long")
     http_auth_failure_rate_per_s: float = Field(default=0.1, gt=0, description="failed logins per second per peer")
     http_auth_failure_burst: int = Field(default=10, ge=1, description="failed logins a peer may make at once")
+    # DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
     instance: str = Field(default="", description="name of this replica in logs and metrics")
+    # A folder of device profiles (YAML) added to the built-in ones: one name for every service
+    # (the Kubernetes ConfigMap is mounted there).
+    profiles_dir: Path | None = None
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("not a log level: use DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @field_validator("profiles_dir")
+    @classmethod
+    def _profiles_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such folder {value}")
+        return value
 
     @model_validator(mode="after")
     def _check_kafka_security(self) -> Self:

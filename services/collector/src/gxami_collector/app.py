@@ -46,7 +46,8 @@ from gxami_runtime.kafka import (
     ensure_topics,
     start_clients,
 )
-from gxami_runtime.service import KafkaStartupError, kafka_startup_error
+from gxami_runtime.service import KafkaStartupError, StartupError, kafka_startup_error
+from gxcore.errors import ConfigurationError
 from gxcore.profiles import ProfileCatalog
 
 log = logging.getLogger("gxami.collector")
@@ -294,7 +295,10 @@ class Collector:
 async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -> None:
     s = settings or CollectorSettings()
     extra = (s.profiles_dir,) if s.profiles_dir else ()
-    profiles, secrets = ProfileCatalog(*extra), SecretStore.load(s.secrets_file)
+    try:
+        profiles, secrets = ProfileCatalog(*extra), SecretStore.load(s.secrets_file)
+    except ConfigurationError as exc:  # a secrets file that does not parse, a bad profile: one line, exit 2
+        raise StartupError(exc.reason) from None
     reader = MeterReader(
         profiles,
         secrets,

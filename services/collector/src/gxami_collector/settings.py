@@ -41,12 +41,15 @@ CommaList = Annotated[list[str], NoDecode]
 
 
 class CollectorSettings(ServiceSettings):
+    # The Kafka consumer group of this service's replicas.
     consumer_group: str = "collector"
-    concurrency: int = 64
-    exchange_timeout_s: float = 10.0
+    # Meter sessions this collector runs at once.
+    concurrency: int = Field(default=64, ge=1, le=100_000)
+    # Seconds one request to a meter may take before it is retried or the session fails.
+    exchange_timeout_s: float = Field(default=10.0, gt=0, le=600)
     # Upper bound on one whole meter session (association, all reads, release).
-    session_timeout_s: float = 120.0
-    profiles_dir: Path | None = None
+    session_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    # The meters' passwords and keys (YAML; see the README's secrets-file format).
     secrets_file: Path | None = None
     # DLMS security suite 0: the invocation counter of each meter must never be reused (GCM nonce).
     # Reserved in this file before use, so a restart or a crash never repeats one; it must be on a
@@ -57,8 +60,11 @@ class CollectorSettings(ServiceSettings):
     # Where read jobs may send the collector (see gxami_collector.networks). The default network
     # is loopback only, for a local run and the tests: a deployment lists its meter networks.
     allowed_schemes: CommaList = Field(default_factory=lambda: list(DEFAULT_SCHEMES))
+    # Meter networks read jobs may reach, CIDR[:port-range], comma-separated (default: loopback only).
     allowed_networks: CommaList = Field(default_factory=lambda: list(DEFAULT_NETWORKS))
+    # Serial devices read jobs may open (glob patterns such as /dev/ttyUSB*), comma-separated.
     allowed_serial_devices: CommaList = Field(default_factory=lambda: list(DEFAULT_SERIAL_DEVICES))
+    # How long resolving a meter's host name may take.
     resolve_timeout_s: float = DEFAULT_RESOLVE_TIMEOUT_S
     # Edge collector (see gxami_collector.spool and README "Edge collectors"): with a site, this
     # collector takes only that site's jobs (topic ``<read-jobs>.<site>``, group ``<group>.<site>``)
@@ -72,6 +78,7 @@ class CollectorSettings(ServiceSettings):
     listeners: CommaList = Field(default_factory=list)
     # A push connection (or datagram) that moves nothing for this long is closed.
     push_idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Connections the push and dial-in listeners accept at once; more are refused and counted.
     listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
@@ -80,6 +87,7 @@ class CollectorSettings(ServiceSettings):
     wmbus_receivers: CommaList = Field(default_factory=list)
     # A receiver that delivers nothing for this long is reconnected (its read timeout).
     wmbus_idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    # Connecting to a wM-Bus receiver times out after this.
     wmbus_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     wmbus_reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="backoff cap between connects")
     # The heard list (IDs the fleet does not know, per receiver) for `gxami wmbus heard --from-file`.
@@ -88,6 +96,7 @@ class CollectorSettings(ServiceSettings):
     # finished commands keeps a redelivered command from running twice: a folder on the persistent
     # volume the replicas share (beside the invocation counters), see gxami_collector.command_records.
     commands_enabled: bool = True
+    # Folder of finished command runs (shared by the replicas; see GXAMI_COMMANDS_ENABLED).
     command_records_dir: Path = Field(default_factory=lambda: _state_dir() / "command-runs")
     # A record is kept this long after its command expired (a later redelivery is refused as expired anyway).
     command_records_days: float = Field(default=7.0, gt=0, le=366)
@@ -99,9 +108,19 @@ class CollectorSettings(ServiceSettings):
     # with a viewer token (given here or, better, in a file), checked, cached on disk.
     scheduler_api_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     scheduler_api_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    # File holding the viewer token the collector uses to fetch firmware images.
     scheduler_api_token_file: Path | None = None
+    # Where fetched firmware images are kept, by SHA-256 (re-hashed before each use).
     firmware_cache_dir: Path = Field(default_factory=lambda: _state_dir() / "firmware")
+    # Every read of a firmware image from the scheduler's API times out after this.
     firmware_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+    @field_validator("secrets_file", "scheduler_api_token_file")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {value}")
+        return value
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod

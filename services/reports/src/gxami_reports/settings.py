@@ -6,4 +6,5 @@ from gxami_runtime.settings import ServiceSettings
 
 
 class ReportsSettings(ServiceSettings):
+    # Most rows one report request returns.
     max_rows: int = 100_000

@@ -108,7 +108,7 @@ def import_command(
 
     settings = load_settings("fleet")
     try:
-        profiles = ProfileCatalog(*settings.profile_dirs)
+        profiles = ProfileCatalog(*settings.profile_dirs, *([settings.profiles_dir] if settings.profiles_dir else []))
         summary = asyncio.run(_import(settings, file, profiles))
     except FleetFileError as exc:
         _fail(1, f"fleet file refused, nothing imported:\n{exc}")

@@ -32,6 +32,7 @@ class SchedulerSettings(ServiceSettings):
     profile_dirs: list[Path] = Field(
         default_factory=list, description="extra device-profile folders (JSON list), checked on fleet import"
     )
+    # Database connections the scheduler keeps.
     db_pool_size: int = Field(default=5, ge=2, le=100)
     results_group: str = Field(default="scheduler", min_length=1, description="consumer group for job results")
 
