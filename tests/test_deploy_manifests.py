@@ -414,7 +414,16 @@ def test_each_service_accepts_the_settings_the_manifests_give_it(
     ca = _self_signed_ca(tmp_path)
     password = tmp_path / "password"
     password.write_text("not-a-real-password\n")
-    mounted = {"/etc/gxami/kafka/password": str(password), "/etc/gxami/kafka-ca/ca.crt": str(ca)}
+    profiles, secrets = tmp_path / "profiles", tmp_path / "secrets.yaml"
+    profiles.mkdir()
+    secrets.write_text("meters: {}\n")
+    # The volumes a pod mounts (a missing file or folder is a bad setting at start, exit 2).
+    mounted = {
+        "/etc/gxami/kafka/password": str(password),
+        "/etc/gxami/kafka-ca/ca.crt": str(ca),
+        "/etc/gxami/profiles": str(profiles),
+        "/etc/gxami/meters/secrets.yaml": str(secrets),
+    }
     config = next(c for n, c in of_kind(overlay, "ConfigMap").items() if n == "gxami-config")["data"]
     for name, deployment in of_kind(overlay, "Deployment").items():
         service = name.removeprefix("gxami-")
@@ -428,18 +437,22 @@ def test_each_service_accepts_the_settings_the_manifests_give_it(
         assert settings.kafka_sasl_username == name and settings.kafka_security_protocol == "SASL_SSL"
         if service == "collector":
             assert [str(r) for r in settings.allowed_networks] == [env["GXAMI_ALLOWED_NETWORKS"]]
-            assert str(settings.profiles_dir) == "/etc/gxami/profiles"
+            assert settings.profiles_dir == profiles  # the ConfigMap's folder
             assert str(settings.invocation_counters_file).startswith("/var/lib/gxami/")
         if service == "scheduler":
             assert [str(p) for p in settings.profile_dirs] == ["/etc/gxami/profiles"]
+            assert settings.profiles_dir == profiles
 
 
-def test_each_compose_service_accepts_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_compose_service_accepts_its_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     services = _compose()["services"]
+    secrets = tmp_path / "secrets.yaml"  # the simulator writes it into the shared volume
+    secrets.write_text("meters: {}\n")
+    mounted = {"/shared/secrets.yaml": str(secrets)}
     for name in SERVICES:
         svc = services[name]
         assert svc["command"] == [name]
-        settings = _load(name, {k: str(v) for k, v in svc["environment"].items()}, monkeypatch)
+        settings = _load(name, {k: mounted.get(str(v), str(v)) for k, v in svc["environment"].items()}, monkeypatch)
         assert settings.instance == name and settings.kafka_bootstrap == "kafka:9092"
         if name == "collector":
             assert settings.allowed_networks == ["172.28.0.0/24:4100-4199"]
