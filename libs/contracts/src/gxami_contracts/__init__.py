@@ -1,5 +1,6 @@
 """gxami message contracts: pydantic models, the topic catalog and example messages (no Kafka client)."""
 
+from gxami_contracts.dial_in import DialInClaim, DialInWork
 from gxami_contracts.fleet import Connection, FleetEntry
 from gxami_contracts.messages import (
     CommandKind,
@@ -28,6 +29,8 @@ __all__ = [
     "CommandResult",
     "Connection",
     "DeadLetter",
+    "DialInClaim",
+    "DialInWork",
     "FleetEntry",
     "JobResult",
     "JobStatus",
