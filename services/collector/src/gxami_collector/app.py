@@ -287,7 +287,7 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
             from gxami_collector.listeners import serve_with_listeners
 
-            await serve_with_listeners(s, collector.run, profiles, secrets, stop)
+            await serve_with_listeners(s, collector.run, profiles, secrets, stop, dial_in=reader)
         else:
             await collector.run(stop)
     finally:

@@ -23,6 +23,7 @@ from gxami_runtime.kafka import describe_validation_error
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
 from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
+from gxcore.media import Medium
 from gxcore.profiles import ProfileCatalog
 from gxcore.readings import Reading
 
@@ -151,19 +152,21 @@ class MeterReader:
             self._drivers[protocol] = driver
         return self._drivers[protocol]
 
-    async def run(self, job: ReadJob) -> JobOutcome:
+    async def run(self, job: ReadJob, medium: Medium | None = None) -> JobOutcome:
+        """Run ``job``; with ``medium``, over that open connection (a meter that dialled in), left open."""
         started = datetime.now(UTC)
         if started > job.deadline:
             late = f"meter {job.meter_id}: job expired before it ran (deadline {job.deadline.isoformat()})"
             return self._failed(job, started, "expired", late)
         try:
-            await self._networks.check(job.url)  # before anything connects: a job names any URL it likes
+            if medium is None:  # a dial-in meter's URL is only where it calls: nothing connects to it
+                await self._networks.check(job.url)  # before anything connects: a job names any URL it likes
             profile = self._profiles.get(job.profile)
             driver = self.driver(job.protocol)
             target = MeterTarget(job.meter_id, job.url, job.options, self._secrets.for_meter(job.meter_id))
             request = ReadRequest(frozenset(job.purposes), job.profile_from, job.profile_to)
             async with asyncio.timeout(self._session_timeout):
-                result = await driver.read(target, profile, request, timeout=self._exchange_timeout)
+                result = await driver.read(target, profile, request, timeout=self._exchange_timeout, medium=medium)
         except GxError as exc:
             if exc.meter_id is None:
                 exc.meter_id = job.meter_id
