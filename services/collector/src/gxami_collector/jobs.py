@@ -166,7 +166,10 @@ class MeterReader:
             target = MeterTarget(job.meter_id, job.url, job.options, self._secrets.for_meter(job.meter_id))
             request = ReadRequest(frozenset(job.purposes), job.profile_from, job.profile_to)
             async with asyncio.timeout(self._session_timeout):
-                result = await driver.read(target, profile, request, timeout=self._exchange_timeout, medium=medium)
+                if medium is None:  # a polled meter: the driver opens the job's URL (plug-ins may take no medium)
+                    result = await driver.read(target, profile, request, timeout=self._exchange_timeout)
+                else:
+                    result = await driver.read(target, profile, request, timeout=self._exchange_timeout, medium=medium)
         except GxError as exc:
             if exc.meter_id is None:
                 exc.meter_id = job.meter_id
