@@ -203,6 +203,9 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
             procs,
         )
         assert _q(database_url, "SELECT count(*) AS n FROM job_results")[0]["n"] == 0, "nothing is read until a call"
+        # Where each meter's back-fill starts: HISTORY_H before its first job, kept if the job is planned anew.
+        starts = {r["meter_id"]: r["last_profile_ts"] for r in _q(database_url, "SELECT * FROM dial_in_schedule")}
+        assert len(starts) == METERS and all(starts.values())
 
         # Round 1: no ident lines (the logical device name is read), two calls back to back, one meter stalls.
         first = dial(
@@ -296,7 +299,7 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
     assert shown["dial_in"]["pending_job"] is None and shown["dial_in"]["consecutive_failures"] == 0
 
     # The rows are exactly right: for each meter, every 15-minute boundary of its back-fill window
-    # (HISTORY_H before the job was issued, up to then) plus its billing read at the meter's clock.
+    # (from its start, HISTORY_H before its first job, up to the job served) plus its billing read.
     assert revisions == 0
     by_meter: dict[str, list[asyncpg.Record]] = {}
     for r in rows:
@@ -306,14 +309,16 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
     for index in range(METERS):
         mid = meter_id(SEED, index)
         issued = schedule[mid]["last_profile_ts"]
-        want_ts = _boundaries(issued - timedelta(hours=HISTORY_H), issued)
+        assert issued - starts[mid] >= timedelta(hours=HISTORY_H), mid
+        want_ts = _boundaries(starts[mid], issued)
         mine = by_meter[mid]
         assert {r["job_id"] for r in mine} == {job_of[mid]}, mid
         for quantity, obis in QUANTITIES.items():
             got = {r["ts"]: r["value"] for r in mine if r["quantity"] == quantity}
             extra = set(got) - set(want_ts)
             assert set(want_ts) <= set(got), (mid, quantity)
-            assert len(extra) == 1 and min(extra) > issued, (mid, quantity, extra)  # the billing read
+            # The billing read, at the meter's clock (whole seconds) in the session, after the job was issued.
+            assert len(extra) == 1 and min(extra) >= issued.replace(microsecond=0), (mid, quantity, extra)
             for ts, value in got.items():
                 assert math.isclose(value, float(expected_register(SEED, index, obis, ts)) * 0.001), (mid, ts)
         assert Counter(r["quantity"] for r in mine) == {q: len(want_ts) + 1 for q in QUANTITIES}

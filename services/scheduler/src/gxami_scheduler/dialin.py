@@ -14,7 +14,8 @@ table of their own (``dial_in_schedule``, migration 0014) and:
 * a pending job waits as long as the meter stays away: it is never "lost", never counted as a
   failure, and gets no backoff. Once an interval has passed without a call it is planned anew
   (a new job id, its load-profile window up to now), so a meter that calls after a week gets its
-  whole back-fill in one job;
+  whole back-fill in one job. A meter never read yet keeps the history start of its first plan
+  (``last_profile_ts`` holds it until the first good read), so a re-plan never narrows its window;
 * on the job's result (``ami.job-results``, the results consumer hands them here): success
   clears the pending set (a tombstone) and makes the next read due an interval later; an error
   (the meter stopped answering mid-session) leaves the work pending as a new job, attempt + 1,
@@ -111,8 +112,10 @@ SELECT {_ROW}
 
 _MARK = """
 UPDATE dial_in_schedule d
-   SET pending_job = u.job_id, pending_attempt = u.attempt, pending_since = u.since, pending_profile_to = u.since
-  FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]) AS u(meter_id, job_id, attempt, since)
+   SET pending_job = u.job_id, pending_attempt = u.attempt, pending_since = u.since, pending_profile_to = u.since,
+       last_profile_ts = coalesce(d.last_profile_ts, u.start)
+  FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[])
+       AS u(meter_id, job_id, attempt, since, start)
  WHERE d.meter_id = u.meter_id
 """
 
@@ -221,6 +224,7 @@ async def plan_due(
                 [j.job_id for j in jobs],
                 [j.attempt for j in jobs],
                 [now] * len(jobs),
+                [j.profile_from for j in jobs],
             )
     return jobs
 

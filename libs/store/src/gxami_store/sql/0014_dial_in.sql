@@ -7,7 +7,9 @@
 --   is away, until a job result answers it (a failed session gets a new job, attempt + 1);
 -- * last_contact_at: the last time the meter called and a session with it ended (with or
 --   without success), shown by GET /meters/{id};
--- * the rest as in meter_schedule: failures, last success and error, the load profile's watermark.
+-- * the rest as in meter_schedule: failures, last success and error, the load profile's watermark
+--   (last_profile_ts; before the first good read, the start of the history its first job asked
+--   for, so that a job planned anew for a meter that stayed away keeps the whole window).
 --
 -- Rows are made and removed by the scheduler (gxami_scheduler.dialin) from the meters that the
 -- fleet marks `connection: dial-in`; a meter that leaves the registry takes its row with it.
