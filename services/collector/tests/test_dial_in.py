@@ -22,6 +22,7 @@ from gxami_collector.settings import DIAL_IN_IDENT_PATTERN, CollectorSettings
 from gxami_contracts import DialInClaim, DialInWork, FleetEntry, JobResult, JobStatus, Message, ReadingBatch, ReadJob
 from gxami_meterlab.simulators.dlms import meter_id
 from gxami_meterlab.simulators.dlms_dialin import DialInMeters, run_dialer
+from gxami_meterlab.simulators.iec_dialin import IecDialInMeters
 from gxami_runtime.kafka import Publisher
 from gxcore.media.memory import memory_pair
 from gxcore.profiles import ProfileCatalog
@@ -241,3 +242,47 @@ async def test_calls_are_identified_served_once_and_a_stalled_session_is_an_erro
     by_meter = {(c.index, c.call): c for c in calls}
     assert by_meter[(2, 0)].ended == "stalled"
     assert by_meter[(0, 0)].ended == by_meter[(0, 1)].ended == "hung-up"
+
+
+async def test_an_iec_meter_that_calls_is_identified_by_its_sign_on_answer_and_read() -> None:
+    settings = CollectorSettings(listeners=["iec62056-21-dial-in@tcp://127.0.0.1:0"], exchange_timeout_s=2.0)
+    profiles = ProfileCatalog()
+    reader = MeterReader(profiles, SecretStore.load(None), exchange_timeout=2.0, session_timeout=30)
+    directory = FleetDirectory()
+    iec = fleet_entry(4).model_copy(update={"protocol": "iec62056-21", "profile": "generic-iec62056-21", "options": {}})
+    directory.put(iec)
+    directory.put(fleet_entry(6))  # a DLMS dial-in meter: not served by an IEC listener
+    directory.caught_up.set()
+    board = DialInBoard()
+    board.caught_up.set()
+    now = datetime.now(UTC)
+    for index in (4, 6):
+        pending = job(index, f"iec-{index}", now).model_copy(
+            update={"protocol": "iec62056-21", "profile": "generic-iec62056-21", "options": {}, "purposes": ["billing"]}
+        )
+        board.apply_work(
+            meter_id(SEED, index).encode(),
+            DialInWork(meter_id=meter_id(SEED, index), jobs=[pending], updated_at=now).model_dump_json().encode(),
+        )
+    publisher = RecordingPublisher()
+    service = DialInService(
+        settings,
+        profiles,
+        reader,
+        directory,
+        cast(Publisher, publisher),
+        cast(AIOKafkaProducer, ClaimLog(board)),
+        board,
+    )
+    await service.start()
+    try:
+        meters = IecDialInMeters(8, [("127.0.0.1", service._listeners[0].port)], seed=SEED, idle_timeout=5)
+        calls = [await meters.call(4), await meters.call(6)]
+    finally:
+        await service.close()
+    (result,) = publisher.results()
+    assert result.meter_id == meter_id(SEED, 4) and result.status is JobStatus.OK and result.job_id == "iec-4"
+    (batch,) = [m for _, _, m in publisher.sent if isinstance(m, ReadingBatch)]
+    assert {s.quantity for s in batch.series} >= {"1-0:1.8.0", "1-0:2.8.0"}
+    assert calls[0].ended == "hung-up" and calls[0].answered >= 2  # identification twice, then the readout
+    assert calls[1].answered == 1  # identified, then hung up on: the meter is not an IEC dial-in meter

@@ -1,6 +1,7 @@
 """Dial-in listeners: a meter opens a TCP connection to us, we identify it, serve its due work, hang up.
 
-``GXAMI_LISTENERS=dlms-dial-in@tcp://0.0.0.0:4061`` (beside any ``dlms-push@...``). For each
+``GXAMI_LISTENERS=dlms-dial-in@tcp://0.0.0.0:4061`` (``iec62056-21-dial-in@...`` for IEC 62056-21
+meters; beside any ``dlms-push@...``). For each
 accepted connection (at most ``GXAMI_DIAL_IN_MAX_SESSIONS`` at once; more are refused and the
 meter calls again later):
 
@@ -42,8 +43,10 @@ readings were published, ends in a re-read whose rows ingest stores once (natura
 Bad input: every read has a timeout (the ident wait, every DLMS exchange, the whole session,
 the listener's idle timeout); a caller that does not identify, or is unknown, is counted
 (``gxami_collector_dial_in_sessions_total{outcome}``) and hung up on; nothing logs a key or frame.
-Pending commands have a seam (:attr:`DialInService.commands`) but no executor yet; IEC 62056-21
-and M-Bus callers are not identified yet (DLMS only).
+Pending commands have a seam (:attr:`DialInService.commands`) but no executor yet. IEC 62056-21
+callers (``iec62056-21-dial-in@tcp://...``) are identified by the identification message their
+sign-on answer carries (the collector sends ``/?!``; the ident part names the meter); M-Bus
+callers are not served yet.
 """
 
 from __future__ import annotations
@@ -81,10 +84,12 @@ from gxcore.media import Medium
 from gxcore.media.listener import DialInConnection, ListenerEvent, ListenerSettings, TcpListener
 from gxcore.profiles import ProfileCatalog
 from gxcore.protocols.dlms.parameters import PUBLIC_CLIENT
+from gxcore.protocols.iec62056_21.frames import encode_request, next_line, parse_identification
 
 log = logging.getLogger("gxami.collector.dialin")
 
-KIND: Final = "dlms-dial-in"
+# Listener kind -> the protocol of the meters that call it.
+KINDS: Final = {"dlms-dial-in": "dlms", "iec62056-21-dial-in": "iec62056-21"}
 DEVICE_NAME: Final = "0.0.42.0.0.255"
 SERIAL_NUMBER: Final = "0.0.96.1.0.255"
 IDENT_MAX: Final = 128
@@ -299,6 +304,27 @@ async def read_device_name(connection: Medium, session: DlmsSession) -> str:
     raise IdentityError(f"{connection.describe()}: neither logical device name nor serial number readable")
 
 
+async def read_iec_identity(connection: Medium, timeout: float) -> str:
+    """IEC 62056-21: send the sign-on request ``/?!``, read the identification ``/XXXZ<ident>``; the ident.
+
+    The meter is then left waiting for an option select it never gets; the read job's own sign-on
+    starts it over (a new request always does, by the standard).
+    """
+    await connection.send(encode_request(), timeout=timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    buf = b""
+    while True:
+        consumed, line = next_line(buf)
+        if line is not None and not line.startswith(b"/?"):  # skip our own request, echoed by a probe
+            return parse_identification(line).ident
+        buf = buf[consumed:]
+        left = deadline - loop.time()
+        if left <= 0:
+            raise MeterTimeoutError(f"{connection.describe()}: no IEC 62056-21 identification within {timeout:g} s")
+        buf += await connection.receive(IDENT_MAX, timeout=left)
+
+
 CommandHook = Callable[[FleetEntry, Medium], Awaitable[None]]
 """The seam for pending commands: run after the reads, over the same connection (no executor yet)."""
 
@@ -349,7 +375,8 @@ class DialInService:
             log.info("dial-in caller not identified", extra={"listener": listener, "error": exc.reason})
             return "unidentified"
         entry = self.directory.find(identity) or self.directory.get(identity)
-        if entry is None or not entry.enabled or entry.connection != "dial-in":
+        protocol = KINDS[self._spec(listener).kind]
+        if entry is None or not entry.enabled or entry.connection != "dial-in" or entry.protocol != protocol:
             log.info("dial-in caller unknown", extra={"listener": listener, "identity": identity[:64]})
             return "unknown-meter"
         jobs = self.board.pending(entry.meter_id, datetime.now(UTC))
@@ -372,7 +399,13 @@ class DialInService:
             await self.commands(entry, connection)
         return outcome
 
+    def _spec(self, listener: str) -> ListenerSpec:
+        return next(s for s in self.specs if str(s) == listener)
+
     async def _identify(self, connection: DialInConnection, listener: str) -> str:
+        spec = self._spec(listener)
+        if KINDS[spec.kind] == "iec62056-21":
+            return await read_iec_identity(connection, self.settings.exchange_timeout_s)
         ident = await read_ident(connection, self._pattern, self.settings.dial_in_ident_wait_s)
         if ident is not None:
             return ident
@@ -384,7 +417,6 @@ class DialInService:
             password=None,
             security=None,
         )
-        spec = next(s for s in self.specs if str(s) == listener)
         url = f"tcp://{spec.host or '0.0.0.0'}:{spec.port or 1}"
         session = DlmsSession(url, params, timeout=self.settings.exchange_timeout_s, medium=connection)
         return await read_device_name(connection, session)
@@ -478,7 +510,7 @@ async def publish_outcome(publisher: Publisher, outcome: JobOutcome) -> None:
 
 def _dial_in_specs(settings: CollectorSettings) -> list[ListenerSpec]:
     specs = [ListenerSpec.parse(t) for t in settings.listeners]
-    out = [s for s in specs if s.kind == KIND]
+    out = [s for s in specs if s.kind in KINDS]
     for s in out:
         if s.scheme != "tcp":
             raise ConfigurationError(f"listener {s}: a dial-in listener takes tcp://host:port")
