@@ -23,6 +23,7 @@ from gxami_contracts import DialInClaim, DialInWork, FleetEntry, JobResult, JobS
 from gxami_meterlab.simulators.dlms import meter_id
 from gxami_meterlab.simulators.dlms_dialin import DialInMeters, run_dialer
 from gxami_meterlab.simulators.iec_dialin import IecDialInMeters
+from gxami_meterlab.simulators.mbus_dialin import MBusDialInMeters
 from gxami_runtime.kafka import Publisher
 from gxcore.media.memory import memory_pair
 from gxcore.profiles import ProfileCatalog
@@ -286,3 +287,49 @@ async def test_an_iec_meter_that_calls_is_identified_by_its_sign_on_answer_and_r
     assert {s.quantity for s in batch.series} >= {"1-0:1.8.0", "1-0:2.8.0"}
     assert calls[0].ended == "hung-up" and calls[0].answered >= 2  # identification twice, then the readout
     assert calls[1].answered == 1  # identified, then hung up on: the meter is not an IEC dial-in meter
+
+
+async def test_an_mbus_meter_that_calls_is_identified_by_its_secondary_address_and_read() -> None:
+    settings = CollectorSettings(listeners=["mbus-dial-in@tcp://127.0.0.1:0"], exchange_timeout_s=2.0)
+    profiles = ProfileCatalog()
+    reader = MeterReader(profiles, SecretStore.load(None), exchange_timeout=2.0, session_timeout=30)
+    meters = MBusDialInMeters([31, 32], [("127.0.0.1", 1)], idle_timeout=5)
+    directory = FleetDirectory()
+    board = DialInBoard()
+    now = datetime.now(UTC)
+    for index, listed in ((0, meters.secondary_address(0)[:8]), (1, meters.secondary_address(1))):
+        name = f"MB{index}"
+        options = {"secondary_address": meters.secondary_address(index)}
+        directory.put(
+            fleet_entry(0).model_copy(
+                update={"meter_id": name, "protocol": "mbus", "profile": "generic-mbus-heat", "serial": listed}
+            )
+        )
+        pending = job(0, f"mbus-{index}", now).model_copy(
+            update={"meter_id": name, "protocol": "mbus", "profile": "generic-mbus-heat", "options": options}
+        )
+        board.apply_work(
+            name.encode(), DialInWork(meter_id=name, jobs=[pending], updated_at=now).model_dump_json().encode()
+        )
+    directory.caught_up.set()
+    board.caught_up.set()
+    publisher = RecordingPublisher()
+    service = DialInService(
+        settings,
+        profiles,
+        reader,
+        directory,
+        cast(Publisher, publisher),
+        cast(AIOKafkaProducer, ClaimLog(board)),
+        board,
+    )
+    await service.start()
+    try:
+        meters.targets = [("127.0.0.1", service._listeners[0].port)]
+        calls = [await meters.call(0), await meters.call(1)]
+    finally:
+        await service.close()
+    results = {r.meter_id: r for r in publisher.results()}
+    assert sorted(results) == ["MB0", "MB1"], "found by the 8 id digits and by the whole secondary address"
+    assert all(r.status is JobStatus.OK and r.readings_count > 0 for r in results.values())
+    assert [c.ended for c in calls] == ["hung-up", "hung-up"]

@@ -1,7 +1,7 @@
 """Dial-in listeners: a meter opens a TCP connection to us, we identify it, serve its due work, hang up.
 
 ``GXAMI_LISTENERS=dlms-dial-in@tcp://0.0.0.0:4061`` (``iec62056-21-dial-in@...`` for IEC 62056-21
-meters; beside any ``dlms-push@...``). For each
+meters, ``mbus-dial-in@...`` for M-Bus; beside any ``dlms-push@...``). For each
 accepted connection (at most ``GXAMI_DIAL_IN_MAX_SESSIONS`` at once; more are refused and the
 meter calls again later):
 
@@ -46,7 +46,9 @@ the listener's idle timeout); a caller that does not identify, or is unknown, is
 Pending commands have a seam (:attr:`DialInService.commands`) but no executor yet. IEC 62056-21
 callers (``iec62056-21-dial-in@tcp://...``) are identified by the identification message their
 sign-on answer carries (the collector sends ``/?!``; the ident part names the meter); M-Bus
-callers are not served yet.
+callers (``mbus-dial-in@tcp://...``) by the secondary address of their first RSP_UD (SND_NKE and
+REQ_UD2 to the broadcast-with-reply address 0xFE), listed in the fleet as ``serial`` whole or as
+its 8 id digits.
 """
 
 from __future__ import annotations
@@ -85,14 +87,17 @@ from gxcore.media.listener import DialInConnection, ListenerEvent, ListenerSetti
 from gxcore.profiles import ProfileCatalog
 from gxcore.protocols.dlms.parameters import PUBLIC_CLIENT
 from gxcore.protocols.iec62056_21.frames import encode_request, next_line, parse_identification
+from gxcore.protocols.mbus.frame import ADDRESS_BROADCAST_REPLY, Ack, LongFrame, decode_frame, req_ud2, snd_nke
+from gxcore.protocols.mbus.telegram import decode_user_data
 
 log = logging.getLogger("gxami.collector.dialin")
 
 # Listener kind -> the protocol of the meters that call it.
-KINDS: Final = {"dlms-dial-in": "dlms", "iec62056-21-dial-in": "iec62056-21"}
+KINDS: Final = {"dlms-dial-in": "dlms", "iec62056-21-dial-in": "iec62056-21", "mbus-dial-in": "mbus"}
 DEVICE_NAME: Final = "0.0.42.0.0.255"
 SERIAL_NUMBER: Final = "0.0.96.1.0.255"
 IDENT_MAX: Final = 128
+MBUS_READ_MAX: Final = 512
 CAUGHT_UP_WAIT_S: Final = 30.0
 FETCH_TIMEOUT_MS: Final = 500
 RETRY_S: Final = 2.0
@@ -304,6 +309,40 @@ async def read_device_name(connection: Medium, session: DlmsSession) -> str:
     raise IdentityError(f"{connection.describe()}: neither logical device name nor serial number readable")
 
 
+async def _mbus_reply(connection: Medium, deadline: float, what: str) -> tuple[bytes, LongFrame | Ack | None]:
+    """The next whole M-Bus frame from the connection (bytes before it are dropped), by ``deadline``."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while True:
+        consumed, frame = decode_frame(buf)
+        if frame is not None:
+            if isinstance(frame, LongFrame | Ack):
+                return buf[consumed:], frame
+            raise IdentityError(f"{connection.describe()}: {what}: not an M-Bus reply")
+        buf = buf[consumed:]
+        left = deadline - loop.time()
+        if left <= 0:
+            raise MeterTimeoutError(f"{connection.describe()}: no M-Bus {what} in time")
+        buf += await connection.receive(MBUS_READ_MAX, timeout=left)
+
+
+async def read_mbus_identity(connection: Medium, timeout: float) -> str:
+    """M-Bus: SND_NKE and REQ_UD2 to the broadcast-with-reply address; the RSP_UD's secondary address.
+
+    A caller is one meter (or one gateway slave) on its own line, so the broadcast has one answer.
+    """
+    loop = asyncio.get_running_loop()
+    await connection.send(snd_nke(ADDRESS_BROADCAST_REPLY), timeout=timeout)
+    _, ack = await _mbus_reply(connection, loop.time() + timeout, "acknowledgement")
+    if not isinstance(ack, Ack):
+        raise IdentityError(f"{connection.describe()}: SND_NKE not acknowledged")
+    await connection.send(req_ud2(ADDRESS_BROADCAST_REPLY, True), timeout=timeout)
+    _, reply = await _mbus_reply(connection, loop.time() + timeout, "RSP_UD")
+    if not isinstance(reply, LongFrame):
+        raise IdentityError(f"{connection.describe()}: REQ_UD2 answered without user data")
+    return decode_user_data(reply.ci, reply.data, address=reply.address).secondary_address
+
+
 async def read_iec_identity(connection: Medium, timeout: float) -> str:
     """IEC 62056-21: send the sign-on request ``/?!``, read the identification ``/XXXZ<ident>``; the ident.
 
@@ -374,8 +413,10 @@ class DialInService:
         except GxError as exc:
             log.info("dial-in caller not identified", extra={"listener": listener, "error": exc.reason})
             return "unidentified"
-        entry = self.directory.find(identity) or self.directory.get(identity)
         protocol = KINDS[self._spec(listener).kind]
+        entry = self.directory.find(identity) or self.directory.get(identity)
+        if entry is None and protocol == "mbus":  # a secondary address may be listed as its 8 id digits
+            entry = self.directory.find(identity[:8])
         if entry is None or not entry.enabled or entry.connection != "dial-in" or entry.protocol != protocol:
             log.info("dial-in caller unknown", extra={"listener": listener, "identity": identity[:64]})
             return "unknown-meter"
@@ -406,6 +447,8 @@ class DialInService:
         spec = self._spec(listener)
         if KINDS[spec.kind] == "iec62056-21":
             return await read_iec_identity(connection, self.settings.exchange_timeout_s)
+        if KINDS[spec.kind] == "mbus":
+            return await read_mbus_identity(connection, self.settings.exchange_timeout_s)
         ident = await read_ident(connection, self._pattern, self.settings.dial_in_ident_wait_s)
         if ident is not None:
             return ident

@@ -81,7 +81,9 @@ FLUSH_S: Final = 0.5
 REFUSAL_QUEUE: Final = 1024
 CAUGHT_UP_WAIT_S: Final = 30.0
 MAX_UDP_IN_FLIGHT: Final = 256
-KINDS: Final = frozenset({"dlms-push", "dlms-dial-in", "iec62056-21-dial-in"})  # dial-in: gxami_collector.dialin
+KINDS: Final = frozenset(
+    {"dlms-push", "dlms-dial-in", "iec62056-21-dial-in", "mbus-dial-in"}
+)  # see gxami_collector.dialin
 
 
 @dataclass(frozen=True, slots=True)
