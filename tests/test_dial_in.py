@@ -254,6 +254,17 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
             120,
             procs,
         )
+        # Every call is a contact, also those with nothing to do: each meter's last one is its second-round call.
+        second_at = {c["meter_id"]: datetime.fromisoformat(c["started_at"]) for c in second}
+        _until(
+            "every second-round call recorded as the meter's last contact",
+            lambda: all(
+                r["last_contact_at"] is not None and r["last_contact_at"] >= second_at[r["meter_id"]]
+                for r in _q(database_url, "SELECT meter_id, last_contact_at FROM dial_in_schedule")
+            ),
+            60,
+            procs,
+        )
         # Readings settle (ingest batches): the count stops moving.
         last, stable = -1, time.monotonic()
         while time.monotonic() - stable < 2:

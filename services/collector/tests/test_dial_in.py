@@ -19,7 +19,17 @@ from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import DIAL_IN_IDENT_PATTERN, CollectorSettings
-from gxami_contracts import DialInClaim, DialInWork, FleetEntry, JobResult, JobStatus, Message, ReadingBatch, ReadJob
+from gxami_contracts import (
+    DialInClaim,
+    DialInContact,
+    DialInWork,
+    FleetEntry,
+    JobResult,
+    JobStatus,
+    Message,
+    ReadingBatch,
+    ReadJob,
+)
 from gxami_meterlab.simulators.dlms import meter_id
 from gxami_meterlab.simulators.dlms_dialin import DialInMeters, run_dialer
 from gxami_meterlab.simulators.iec_dialin import IecDialInMeters
@@ -240,6 +250,17 @@ async def test_calls_are_identified_served_once_and_a_stalled_session_is_an_erro
     batches = [m for _, _, m in publisher.sent if isinstance(m, ReadingBatch)]
     assert {b.meter_id for b in batches} == {meter_id(SEED, 0), meter_id(SEED, 1)}
     assert all(b.job_id in {"job-0", "job-1"} for b in batches)
+    # Every call of a known dial-in meter is reported as a contact; unknown callers are not.
+    contacts = sorted(
+        (m.meter_id, m.outcome, m.jobs_served) for _, _, m in publisher.sent if isinstance(m, DialInContact)
+    )
+    assert contacts == [
+        (meter_id(SEED, 0), "no-work", 0),
+        (meter_id(SEED, 0), "served", 1),
+        (meter_id(SEED, 1), "served", 1),
+        (meter_id(SEED, 2), "failed", 0),
+        (meter_id(SEED, 3), "claimed-elsewhere", 0),
+    ]
     by_meter = {(c.index, c.call): c for c in calls}
     assert by_meter[(2, 0)].ended == "stalled"
     assert by_meter[(0, 0)].ended == by_meter[(0, 1)].ended == "hung-up"

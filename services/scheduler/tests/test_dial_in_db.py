@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from gxami_contracts import DialInWork, JobResult, JobStatus, Message
-from gxami_scheduler.dialin import DialInPlanner, dial_in_state, plan_due, record_dial_in_results, sync_meters
+from gxami_contracts import DialInContact, DialInWork, JobResult, JobStatus, Message
+from gxami_scheduler.dialin import (
+    DialInPlanner,
+    dial_in_state,
+    plan_due,
+    record_contacts,
+    record_dial_in_results,
+    sync_meters,
+)
 from gxami_scheduler.fleet import FleetMeter
 from gxami_scheduler.planner import SchedulePolicy, Shard
 from gxami_scheduler.registry import import_fleet
@@ -31,6 +38,10 @@ def _meter(i: int, connection: str = "dial-in", **changes: object) -> FleetMeter
         **changes,
     }
     return FleetMeter.model_validate(data)
+
+
+def _contact(meter_id: str, at: datetime, outcome: str) -> DialInContact:
+    return DialInContact.model_validate({"meter_id": meter_id, "at": at, "replica": "r1", "outcome": outcome})
 
 
 def _result(job_id: str, meter_id: str, status: JobStatus, minutes: float, attempt: int = 1) -> JobResult:
@@ -83,6 +94,12 @@ async def test_due_work_waits_for_the_call_is_renewed_on_error_and_cleared_on_su
     assert row["pending_job"] is None and row["consecutive_failures"] == 0
     assert row["last_profile_ts"] == T0 and row["next_due_at"] == T0 + timedelta(hours=1) - timedelta(seconds=7)
     assert row["last_contact_at"] == T0 + timedelta(minutes=90)
+    # A call with nothing to do still counts as a contact; an older report never moves it back.
+    seen = T0 + timedelta(minutes=100)
+    await record_contacts(
+        db, [_contact("d001", seen, "no-work"), _contact("d001", seen - timedelta(hours=1), "served")]
+    )
+    assert await db.fetchval("SELECT last_contact_at FROM dial_in_schedule WHERE meter_id = 'd001'") == seen
 
     # An hour on: d001's next read is due (back-filling from its watermark); d002 never called for a
     # whole interval, so its job is planned anew (its window up to now), not failed.

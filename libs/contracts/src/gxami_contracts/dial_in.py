@@ -18,16 +18,21 @@ the meter happens to reach). Instead:
   scheduler's next :class:`DialInWork` arrives there. A claim lives until ``expires_at`` (a
   replica that died mid-session frees the job then);
 * the replica publishes readings, events and a JobResult exactly as for a read job; the
-  scheduler, on the result, publishes the meter's new pending set (a tombstone when none).
+  scheduler, on the result, publishes the meter's new pending set (a tombstone when none);
+* every call of a known dial-in meter, served or not (nothing pending, claimed elsewhere, failed),
+  is reported as a :class:`DialInContact` on ``ami.dial-in-contacts``: the scheduler records the
+  meter's last contact from it, also for calls that had no work.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from gxami_contracts.messages import Instant, Message, MessageId, MeterId, ReadJob, Text
+
+ContactOutcome = Literal["served", "failed", "no-work", "claimed-elsewhere"]
 
 MAX_PENDING_JOBS = 16
 
@@ -53,3 +58,15 @@ class DialInClaim(Message):
     replica: Annotated[Text, Field(min_length=1, max_length=200)]
     claimed_at: Instant
     expires_at: Instant
+
+
+class DialInContact(Message):
+    """A known dial-in meter called a collector replica; what came of the call. Keyed by meter id."""
+
+    max_wire_bytes: ClassVar[int] = 4 * 1024
+
+    meter_id: MeterId
+    at: Instant  # when the call ended
+    replica: Annotated[Text, Field(min_length=1, max_length=200)]
+    outcome: ContactOutcome
+    jobs_served: Annotated[int, Field(ge=0, le=MAX_PENDING_JOBS)] = 0

@@ -40,6 +40,9 @@ race, no shared database. A claim that cannot be confirmed in ``GXAMI_DIAL_IN_CL
 not served (the meter calls again). What the claims cannot cover, a result lost after its
 readings were published, ends in a re-read whose rows ingest stores once (natural key).
 
+Every call of a known dial-in meter is reported on ``ami.dial-in-contacts`` (its outcome, how many
+jobs were served), so the scheduler records the last contact also of calls that had no work.
+
 Bad input: every read has a timeout (the ident wait, every DLMS exchange, the whole session,
 the listener's idle timeout); a caller that does not identify, or is unknown, is counted
 (``gxami_collector_dial_in_sessions_total{outcome}``) and hung up on; nothing logs a key or frame.
@@ -76,8 +79,8 @@ from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.listeners import ListenerSpec
 from gxami_collector.settings import CollectorSettings
-from gxami_contracts import DialInClaim, DialInWork, FleetEntry, JobStatus, ReadJob
-from gxami_contracts.topics import DIAL_IN_CLAIMS, DIAL_IN_WORK, EVENTS, JOB_RESULTS, READINGS
+from gxami_contracts import DialInClaim, DialInContact, DialInWork, FleetEntry, JobStatus, ReadJob
+from gxami_contracts.topics import DIAL_IN_CLAIMS, DIAL_IN_CONTACTS, DIAL_IN_WORK, EVENTS, JOB_RESULTS, READINGS
 from gxami_runtime.kafka import Publisher, consumer_options, describe_validation_error, ensure_topics
 from gxcore.drivers.dlms.driver import dlms_parameters
 from gxcore.drivers.dlms.reader import DlmsSession
@@ -398,12 +401,24 @@ class DialInService:
     # -- one call ----------------------------------------------------------------------
 
     async def serve(self, connection: DialInConnection, listener: str) -> str:
-        """Serve one call; returns its outcome (also counted)."""
-        outcome = await self._serve(connection, listener)
+        """Serve one call; returns its outcome (also counted, and reported as a contact for a known meter)."""
+        outcome, meter, served = await self._serve(connection, listener)
         SESSIONS.labels(listener, outcome).inc()
+        if meter is not None:
+            contact = DialInContact(
+                meter_id=meter,
+                at=datetime.now(UTC),
+                replica=self.replica,
+                outcome=outcome,  # type: ignore[arg-type]  # one of ContactOutcome once the meter is known
+                jobs_served=served,
+            )
+            try:
+                await self._publisher.send(DIAL_IN_CONTACTS.name, meter, contact)
+            except KafkaError as exc:  # the job results carry the contact too; the call is done
+                log.warning("dial-in contact not published", extra={"meter_id": meter, "error": type(exc).__name__})
         return outcome
 
-    async def _serve(self, connection: DialInConnection, listener: str) -> str:
+    async def _serve(self, connection: DialInConnection, listener: str) -> tuple[str, str | None, int]:
         for ready in (self.directory.caught_up, self.board.caught_up):
             if not ready.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -412,22 +427,21 @@ class DialInService:
             identity = await self._identify(connection, listener)
         except GxError as exc:
             log.info("dial-in caller not identified", extra={"listener": listener, "error": exc.reason})
-            return "unidentified"
+            return "unidentified", None, 0
         protocol = KINDS[self._spec(listener).kind]
         entry = self.directory.find(identity) or self.directory.get(identity)
         if entry is None and protocol == "mbus":  # a secondary address may be listed as its 8 id digits
             entry = self.directory.find(identity[:8])
         if entry is None or not entry.enabled or entry.connection != "dial-in" or entry.protocol != protocol:
             log.info("dial-in caller unknown", extra={"listener": listener, "identity": identity[:64]})
-            return "unknown-meter"
+            return "unknown-meter", None, 0
         jobs = self.board.pending(entry.meter_id, datetime.now(UTC))
         if not jobs:
-            return "no-work"
+            return "no-work", entry.meter_id, 0
         won = await self._claim(entry.meter_id, jobs)
         if not won:
-            return "claimed-elsewhere"
-        outcome = "served"
-        for job in won:
+            return "claimed-elsewhere", entry.meter_id, 0
+        for served, job in enumerate(won):
             result = await self._run(job, connection)
             DIAL_IN_JOBS.labels(result.result.status.value).inc()
             if result.result.status is JobStatus.ERROR:
@@ -435,10 +449,10 @@ class DialInService:
                     "dial-in session failed; the work stays pending",
                     extra={"meter_id": entry.meter_id, "error_kind": result.result.error_kind},
                 )
-                return "failed"
+                return "failed", entry.meter_id, served
         if self.commands is not None:
             await self.commands(entry, connection)
-        return outcome
+        return "served", entry.meter_id, len(won)
 
     def _spec(self, listener: str) -> ListenerSpec:
         return next(s for s in self.specs if str(s) == listener)

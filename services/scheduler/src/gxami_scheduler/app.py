@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gxami_contracts import DEAD_LETTER, JobResult, Message
-from gxami_contracts.topics import DIAL_IN_WORK, FLEET, JOB_RESULTS, READ_JOBS
+from gxami_contracts.topics import DIAL_IN_CONTACTS, DIAL_IN_WORK, FLEET, JOB_RESULTS, READ_JOBS
 from gxami_runtime.auth import Authenticator, PoolTokens
 from gxami_runtime.http import OpsServer
 from gxami_runtime.isolation import database_refusal
@@ -217,7 +217,10 @@ async def _start_kafka(
     settings: SchedulerSettings, stack: contextlib.AsyncExitStack
 ) -> tuple[Publisher, AIOKafkaConsumer, AIOKafkaProducer]:
     try:
-        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name, DIAL_IN_WORK.name])
+        await ensure_topics(
+            settings,
+            [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name, DIAL_IN_WORK.name, DIAL_IN_CONTACTS.name],
+        )
         producer = make_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
@@ -247,6 +250,9 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         metrics = SchedulerMetrics(process=True)
         scheduler = Scheduler(settings, pool, publisher, metrics, clock)
         fleet_sender = FleetPublisher(publisher, producer, settings)
+        # Dial-in meters' calls (their last contact), in a group of their own beside the results'.
+        contacts = make_consumer(settings, f"{settings.results_group}.dial-in", settings.topic(DIAL_IN_CONTACTS.name))
+        stack.push_async_callback(contacts.stop)
         scheduler.dial_in = DialInPlanner(
             pool, fleet_sender, settings.policy(), settings.shard(), clock, tick_s=settings.tick_seconds
         )
@@ -275,6 +281,10 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             ),
             # Dial-in meters' due work, for whichever collector replica they call (ami.dial-in-work).
             asyncio.create_task(scheduler.dial_in.run(stop), name="dial-in"),
+            asyncio.create_task(
+                scheduler.dial_in.run_contacts(contacts, DeadLetters(publisher, "scheduler"), stop),
+                name="dial-in-contacts",
+            ),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:

@@ -20,6 +20,9 @@ table of their own (``dial_in_schedule``, migration 0014) and:
   clears the pending set (a tombstone) and makes the next read due an interval later; an error
   (the meter stopped answering mid-session) leaves the work pending as a new job, attempt + 1,
   served at the meter's next call. Either way the meter's ``last_contact_at`` is recorded;
+* every call of a known dial-in meter, served or not, comes as a
+  :class:`~gxami_contracts.DialInContact` on ``ami.dial-in-contacts``: it moves ``last_contact_at``
+  too, so a meter that called with nothing due is seen as alive;
 * every ``full_sync_s`` (and at start) the whole pending set of the shard is published again, and
   tombstones go out for meters published earlier that have nothing pending, so a publish that
   failed, or a topic that lost data, heals.
@@ -41,10 +44,12 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from gxami_contracts import DialInWork, JobResult, JobStatus, Message, ReadJob
+from gxami_contracts import DialInContact, DialInWork, JobResult, JobStatus, Message, ReadJob
 from gxami_contracts.topics import DIAL_IN_WORK
+from gxami_runtime.kafka import DeadLetters, Decoded, consume_batches
 from gxami_scheduler.planner import SchedulePolicy, Shard, next_slot, profile_from, shard_sql
 from gxami_scheduler.registry import CONTACT_KEY, DbConn, split_options
 
@@ -129,7 +134,8 @@ SELECT {_ROW}
 
 _CONTACT = """
 UPDATE dial_in_schedule d SET last_contact_at = greatest(d.last_contact_at, u.at)
-  FROM unnest($1::text[], $2::timestamptz[]) AS u(meter_id, at)
+  FROM (SELECT meter_id, max(at) AS at FROM unnest($1::text[], $2::timestamptz[]) AS x(meter_id, at)
+         GROUP BY meter_id) AS u  -- one row per meter: an UPDATE applies only one joined row
  WHERE d.meter_id = u.meter_id
 """
 
@@ -308,6 +314,20 @@ async def dial_in_state(conn: DbConn, meter_id: str) -> dict[str, Any] | None:
     return {"last_contact_at": out.pop("last_contact_at"), "dial_in": out}
 
 
+async def record_contacts(conn: DbConn, contacts: Sequence[DialInContact]) -> None:
+    """Move the last contact of each meter that called (idempotent: the latest time wins)."""
+    await conn.execute(_CONTACT, [c.meter_id for c in contacts], [c.at for c in contacts])
+
+
+async def _rewind(consumer: AIOKafkaConsumer) -> None:
+    for tp in consumer.assignment():
+        committed = await consumer.committed(tp)
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+
 class DialInPlanner:
     """Keeps ``ami.dial-in-work`` equal to the pending jobs of this shard's dial-in meters."""
 
@@ -369,6 +389,35 @@ class DialInPlanner:
         await self._publish(list(changes.jobs.values()), changes.cleared)
         self.applied += changes.applied
         return changes.applied
+
+    async def handle_contacts(self, batch: list[Decoded[DialInContact]]) -> None:
+        async with self._pool.acquire() as conn:
+            await record_contacts(conn, [d.message for d in batch])
+
+    async def run_contacts(self, consumer: AIOKafkaConsumer, dead_letters: DeadLetters, stop: asyncio.Event) -> None:
+        """Consume ``ami.dial-in-contacts`` until ``stop`` (the consumer is started here); failures re-read."""
+        starting = asyncio.create_task(consumer.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError, OSError):
+                await starting
+            return
+        starting.result()
+        rewind = False
+        while not stop.is_set():
+            try:
+                if rewind:
+                    await _rewind(consumer)
+                    rewind = False
+                await consume_batches(consumer, DialInContact, self.handle_contacts, dead_letters, stop=stop.is_set)
+            except (*DB_ERRORS, KafkaError) as exc:
+                rewind = True
+                log.warning("recording dial-in contacts failed; re-reading", extra={"error": type(exc).__name__})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=RETRY_S)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Plan every ``tick_s`` until ``stop``; database or broker trouble is logged and retried."""
