@@ -150,6 +150,12 @@ def dial(o: DialInOptions) -> None:
         who = len(o.only) if o.only else o.meters
         typer.echo(f"{who} DLMS meters dialling in to {', '.join(o.targets)}")
         await run_dialer(fleet, stop, calls=o.calls, every_s=o.every, only=o.only or None, on_call=logged)
+        # A secured meter saw one (system title, invocation counter) twice: a reused GCM nonce.
+        repeats = [(i, counter) for i, state in enumerate(fleet.states) for _, counter in state.counters.repeats]
+        if repeats:
+            shown = ", ".join(f"meter {i}: counter {c}" for i, c in repeats[:5])
+            typer.echo(f"gxami simulate dlms: invocation counters used twice (GCM nonce reuse): {shown}", err=True)
+            raise typer.Exit(1)
 
     try:
         with contextlib.suppress(KeyboardInterrupt):

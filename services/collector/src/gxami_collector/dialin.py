@@ -37,7 +37,10 @@ whose winning claim is its own. The winner of a job is the first claim on it in 
 later claim wins only once the holder's ``expires_at`` has passed (a replica that died mid-session
 frees the job then). Every replica reads the same log in the same order, so all agree: no clock
 race, no shared database. A claim that cannot be confirmed in ``GXAMI_DIAL_IN_CLAIM_WAIT_S`` is
-not served (the meter calls again). What the claims cannot cover, a result lost after its
+not served (the meter calls again). The claims topic is compacted (the latest claim per meter);
+a replica that restarts and reads it may see a later, losing claim where the winning one was
+compacted away: it then takes the loser for the holder, which only ever blocks a serve until that
+claim expires, never allows a second one. What the claims cannot cover, a result lost after its
 readings were published, ends in a re-read whose rows ingest stores once (natural key).
 
 Every call of a known dial-in meter is reported on ``ami.dial-in-contacts`` (its outcome, how many
@@ -108,7 +111,6 @@ RETRY_S: Final = 2.0
 SESSIONS = Counter("gxami_collector_dial_in_sessions_total", "Dial-in calls by outcome", ["listener", "outcome"])
 DIAL_IN_JOBS = Counter("gxami_collector_dial_in_jobs_total", "Dial-in jobs served, by status", ["status"])
 PENDING_METERS = Gauge("gxami_collector_dial_in_pending_meters", "Dial-in meters with pending work (ami.dial-in-work)")
-PENDING_JOBS = Gauge("gxami_collector_dial_in_pending_jobs", "Dial-in jobs pending and not claimed")
 REFUSED = Counter("gxami_collector_dial_in_records_refused_total", "Dial-in work or claim records that do not decode")
 
 
@@ -189,9 +191,7 @@ class DialInBoard:
         return hold.claim_id if hold is not None else None
 
     def _gauges(self) -> None:
-        PENDING_METERS.set(len(self._work))
-        now = datetime.now(UTC)
-        PENDING_JOBS.set(sum(len(self.pending(m, now)) for m in self._work))
+        PENDING_METERS.set(len(self._work))  # O(1): called for every record of a catch-up
 
     @property
     def meters(self) -> int:

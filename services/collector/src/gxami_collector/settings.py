@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from gxami_collector.networks import (
@@ -101,6 +101,15 @@ class CollectorSettings(ServiceSettings):
         if "id" not in compiled.groupindex:
             raise ValueError("needs a named group (?P<id>...) for the meter's identity")
         return value
+
+    @model_validator(mode="after")
+    def _claim_outlives_session(self) -> CollectorSettings:
+        # A claim must hold while its session can still run, or another replica could serve the job too.
+        if self.dial_in_claim_s <= self.session_timeout_s:
+            raise ValueError(
+                f"dial_in_claim_s ({self.dial_in_claim_s:g}) must exceed session_timeout_s ({self.session_timeout_s:g})"
+            )
+        return self
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
