@@ -254,7 +254,13 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         contacts = make_consumer(settings, f"{settings.results_group}.dial-in", settings.topic(DIAL_IN_CONTACTS.name))
         stack.push_async_callback(contacts.stop)
         scheduler.dial_in = DialInPlanner(
-            pool, fleet_sender, settings.policy(), settings.shard(), clock, tick_s=settings.tick_seconds
+            pool,
+            fleet_sender,
+            settings.policy(),
+            settings.shard(),
+            clock,
+            tick_s=settings.tick_seconds,
+            limit=settings.claim_limit,
         )
         auth = Authenticator.from_settings(settings, PoolTokens(pool))
         ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
