@@ -1,5 +1,6 @@
 """gxami message contracts: pydantic models, the topic catalog and example messages (no Kafka client)."""
 
+from gxami_contracts.dial_in import DialInClaim, DialInContact, DialInWork
 from gxami_contracts.fleet import Connection, FleetEntry
 from gxami_contracts.messages import (
     CommandKind,
@@ -28,6 +29,9 @@ __all__ = [
     "CommandResult",
     "Connection",
     "DeadLetter",
+    "DialInClaim",
+    "DialInContact",
+    "DialInWork",
     "FleetEntry",
     "JobResult",
     "JobStatus",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gxami_contracts.dial_in import DialInClaim, DialInContact, DialInWork
 from gxami_contracts.fleet import FleetEntry
 from gxami_contracts.messages import (
     CommandResult,
@@ -119,6 +120,28 @@ DEAD_LETTERS = TopicSpec(
 # The registry as collectors need it (see gxami_contracts.fleet): compacted, a tombstone removes a meter.
 FLEET = TopicSpec("ami.fleet", FleetEntry, "meter_id", 6, ("scheduler",), ("collector",), compacted=True)
 
+# Dial-in meters (see gxami_contracts.dial_in): each meter's pending jobs, and the replicas' claims on them.
+DIAL_IN_WORK = TopicSpec("ami.dial-in-work", DialInWork, "meter_id", 6, ("scheduler",), ("collector",), compacted=True)
+DIAL_IN_CLAIMS = TopicSpec(
+    "ami.dial-in-claims", DialInClaim, "meter_id", 6, ("collector",), ("collector",), compacted=True
+)
+DIAL_IN_CONTACTS = TopicSpec(
+    "ami.dial-in-contacts", DialInContact, "meter_id", 6, ("collector",), ("scheduler",), retention_ms=7 * 86_400_000
+)
+
 CATALOG: dict[str, TopicSpec] = {
-    t.name: t for t in (READ_JOBS, READINGS, JOB_RESULTS, EVENTS, COMMANDS, COMMAND_RESULTS, DEAD_LETTERS, FLEET)
+    t.name: t
+    for t in (
+        READ_JOBS,
+        READINGS,
+        JOB_RESULTS,
+        EVENTS,
+        COMMANDS,
+        COMMAND_RESULTS,
+        DEAD_LETTERS,
+        FLEET,
+        DIAL_IN_WORK,
+        DIAL_IN_CLAIMS,
+        DIAL_IN_CONTACTS,
+    )
 }

@@ -57,18 +57,56 @@ def dlms(
     ciphered: bool = typer.Option(False, help="with --push-to: general-glo-ciphered pushes (the meters' own keys)"),
     pushes: int = typer.Option(0, min=0, help="with --push-to: stop each meter after this many pushes (0: never)"),
     sent_log: Path | None = typer.Option(None, help="with --push-to: append one JSON line per push sent"),
-    write_only: bool = typer.Option(False, help="with --push-to: write the fleet and secrets files, then exit"),
+    write_only: bool = typer.Option(
+        False, help="with --push-to/--dial-in: write the fleet and secrets files, then exit"
+    ),
     firmware_block_refusal_rate: float = typer.Option(
         0.0, min=0.0, max=1.0, help="share of image blocks a meter refuses (seeded, per meter)"
     ),
     firmware_verify_failure_rate: float = typer.Option(
         0.0, min=0.0, max=1.0, help="share of image_verify calls that fail (seeded, per meter)"
     ),
+    dial_in: list[str] = typer.Option(
+        [], help="HOST:PORT of a dial-in listener; the meters call there (repeat: each call picks one at random)"
+    ),
+    calls: int = typer.Option(1, min=0, help="with --dial-in: calls per meter, --every apart (0: until stopped)"),
+    ident: bool = typer.Option(True, help="with --dial-in: send an identification line (the meter id) first"),
+    only: list[int] = typer.Option([], help="with --dial-in: only these meter indexes call (repeat)"),
+    stall_meter: list[int] = typer.Option(
+        [], help="with --dial-in: this meter (index) stops answering mid-session on its first call (repeat)"
+    ),
+    stall_after: int = typer.Option(3, min=0, help="with --stall-meter: requests answered before it goes silent"),
+    idle: float = typer.Option(10.0, help="with --dial-in: hang up after this many silent seconds"),
+    call_log: Path | None = typer.Option(None, help="with --dial-in: append one JSON line per call made"),
 ) -> None:
-    """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; or push (--push-to)."""
+    """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; push (--push-to); dial in."""
     import asyncio
     import secrets
 
+    if dial_in:
+        from gxami_meterlab.cli_dialin import DialInOptions, dial
+
+        dial(
+            DialInOptions(
+                meters=meters,
+                seed=seed,
+                targets=dial_in,
+                every=_every_seconds(every),
+                calls=calls,
+                ident=ident,
+                only=only,
+                stall=dict.fromkeys(stall_meter, stall_after),
+                idle_s=idle,
+                authentication=authentication,
+                security_policy=security_policy,
+                schedule=schedule,
+                fleet_out=fleet_out,
+                secrets_out=secrets_out,
+                call_log=call_log,
+                write_only=write_only,
+            )
+        )
+        return
     if push_to:
         files = (fleet_out, secrets_out)
         _push(meters, seed, push_to, every, ciphered, pushes, security_policy, files, sent_log, write_only=write_only)

@@ -321,7 +321,7 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
             from gxami_collector.listeners import serve_with_listeners
 
-            await serve_with_listeners(s, run, profiles, secrets, stop)
+            await serve_with_listeners(s, run, profiles, secrets, stop, dial_in=reader)
         else:
             await run(stop)
     finally:

@@ -24,6 +24,7 @@ from gxami_runtime.kafka import describe_validation_error
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
 from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
+from gxcore.media import Medium
 from gxcore.profiles import DeviceProfile, ProfileCatalog
 from gxcore.readings import Reading
 
@@ -165,11 +166,19 @@ class MeterReader:
         return self._session_timeout
 
     async def meter(
-        self, meter_id: str, url: str, protocol: str, profile: str, options: Mapping[str, str]
+        self,
+        meter_id: str,
+        url: str,
+        protocol: str,
+        profile: str,
+        options: Mapping[str, str],
+        *,
+        check_url: bool = True,
     ) -> tuple[Driver, DeviceProfile, MeterTarget]:
         """The driver, profile and target (with its secrets) for one meter session; the URL checked
         against the allow-list before anything connects. Raises GxError (configuration) when refused."""
-        await self._networks.check(url)  # a job or a command names any URL it likes
+        if check_url:
+            await self._networks.check(url)  # a job or a command names any URL it likes
         found = self._profiles.get(profile)
         driver = self.driver(protocol)
         return driver, found, MeterTarget(meter_id, url, options, self._secrets.for_meter(meter_id))
@@ -182,16 +191,23 @@ class MeterReader:
             self._drivers[protocol] = driver
         return self._drivers[protocol]
 
-    async def run(self, job: ReadJob) -> JobOutcome:
+    async def run(self, job: ReadJob, medium: Medium | None = None) -> JobOutcome:
+        """Run ``job``; with ``medium``, over that open connection (a meter that dialled in), left open."""
         started = datetime.now(UTC)
         if started > job.deadline:
             late = f"meter {job.meter_id}: job expired before it ran (deadline {job.deadline.isoformat()})"
             return self._failed(job, started, "expired", late)
         try:
-            driver, profile, target = await self.meter(job.meter_id, job.url, job.protocol, job.profile, job.options)
+            # A dial-in meter's URL is only where it calls (medium given): nothing connects to it.
+            driver, profile, target = await self.meter(
+                job.meter_id, job.url, job.protocol, job.profile, job.options, check_url=medium is None
+            )
             request = ReadRequest(frozenset(job.purposes), job.profile_from, job.profile_to)
             async with asyncio.timeout(self._session_timeout):
-                result = await driver.read(target, profile, request, timeout=self._exchange_timeout)
+                if medium is None:  # a polled meter: the driver opens the job's URL (plug-ins may take no medium)
+                    result = await driver.read(target, profile, request, timeout=self._exchange_timeout)
+                else:
+                    result = await driver.read(target, profile, request, timeout=self._exchange_timeout, medium=medium)
         except GxError as exc:
             if exc.meter_id is None:
                 exc.meter_id = job.meter_id

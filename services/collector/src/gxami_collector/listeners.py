@@ -55,6 +55,7 @@ from pydantic import ValidationError
 
 from gxami_collector.batches import fitting_batches, reading_batch
 from gxami_collector.fleet_cache import FleetDirectory, FleetFollower
+from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_contracts import MeterEvent
@@ -80,7 +81,9 @@ FLUSH_S: Final = 0.5
 REFUSAL_QUEUE: Final = 1024
 CAUGHT_UP_WAIT_S: Final = 30.0
 MAX_UDP_IN_FLIGHT: Final = 256
-KINDS: Final = frozenset({"dlms-push"})
+KINDS: Final = frozenset(
+    {"dlms-push", "dlms-dial-in", "iec62056-21-dial-in", "mbus-dial-in"}
+)  # see gxami_collector.dialin
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +464,8 @@ class PushListeners:
         s = self.settings
         for spec in self.specs:
             name = str(spec)
+            if spec.kind != "dlms-push":
+                continue  # a dial-in listener (gxami_collector.dialin)
             if spec.scheme == "tcp":
 
                 async def handler(conn: DialInConnection, name: str = name) -> None:
@@ -536,20 +541,27 @@ async def serve_with_listeners(
     profiles: ProfileCatalog,
     secrets: SecretStore,
     stop: asyncio.Event,
+    dial_in: MeterReader | None = None,
 ) -> None:
-    """Run the job loop and the push listeners side by side; either failing stops both."""
+    """Run the job loop and the push (and dial-in) listeners side by side; one failing stops all."""
     producer = make_producer(settings)
     await producer.start()
     try:
         publisher = Publisher(producer, settings)
         counters = PushCounters(settings.push_counters_file)
+        directory = FleetDirectory()
         listeners = PushListeners(
-            settings, profiles, secrets, FleetDirectory(), publisher, DeadLetters(publisher, "collector"), counters
+            settings, profiles, secrets, directory, publisher, DeadLetters(publisher, "collector"), counters
         )
         tasks = [
             asyncio.create_task(jobs(stop), name="jobs"),
             asyncio.create_task(listeners.run(stop), name="listeners"),
         ]
+        if dial_in is not None:  # meters that call us (gxami_collector.dialin), on the same fleet directory
+            from gxami_collector.dialin import DialInService
+
+            service = DialInService(settings, profiles, dial_in, directory, publisher, producer)
+            tasks.append(asyncio.create_task(service.run(stop), name="dial-in"))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from gxami_collector.networks import (
@@ -35,6 +36,9 @@ def _state_file() -> Path:
     """``$XDG_STATE_HOME/gxami/invocation-counters.json`` (``~/.local/state`` without XDG_STATE_HOME)."""
     return _state_dir() / "invocation-counters.json"
 
+
+# An identification line such as ``SIM00200007\r\n`` (printable, no spaces), before any DLMS frame.
+DIAL_IN_IDENT_PATTERN = r"^(?P<id>[A-Za-z0-9][A-Za-z0-9._:-]{0,63})\r?\n"
 
 # Comma-separated in the environment (GXAMI_ALLOWED_NETWORKS=10.20.0.0/16:4059,10.30.0.0/16); empty: none.
 CommaList = Annotated[list[str], NoDecode]
@@ -121,6 +125,39 @@ class CollectorSettings(ServiceSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no such file {value}")
         return value
+
+    # Dial-in listeners (gxami_collector.dialin; kind ``dlms-dial-in`` in GXAMI_LISTENERS).
+    dial_in_max_sessions: int = Field(default=256, ge=1, le=100_000, description="dial-in sessions at once")
+    # A modem may send an identification line first; the ``id`` group names the meter (serial / meter id).
+    dial_in_ident_pattern: str = DIAL_IN_IDENT_PATTERN
+    dial_in_ident_wait_s: float = Field(default=1.0, gt=0, le=60, description="wait for an ident line, then associate")
+    # Association parameters (public client) for reading the logical device name of an unnamed caller.
+    dial_in_profile: str = Field(default="generic-dlms", min_length=1, max_length=100)
+    # A caller silent this long between bytes is hung up on (a typed timeout; its work stays pending).
+    dial_in_idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # How long a replica's claim on a meter's jobs holds if it never reports (it died mid-session).
+    dial_in_claim_s: float = Field(default=180.0, ge=10, le=86_400)
+    dial_in_claim_wait_s: float = Field(default=10.0, gt=0, le=120, description="bound on seeing our own claim")
+
+    @field_validator("dial_in_ident_pattern")
+    @classmethod
+    def _ident_pattern(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value.encode())
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if "id" not in compiled.groupindex:
+            raise ValueError("needs a named group (?P<id>...) for the meter's identity")
+        return value
+
+    @model_validator(mode="after")
+    def _claim_outlives_session(self) -> CollectorSettings:
+        # A claim must hold while its session can still run, or another replica could serve the job too.
+        if self.dial_in_claim_s <= self.session_timeout_s:
+            raise ValueError(
+                f"dial_in_claim_s ({self.dial_in_claim_s:g}) must exceed session_timeout_s ({self.session_timeout_s:g})"
+            )
+        return self
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gxami_runtime.auth import Role, principal_of, requires
 from gxami_runtime.http import json_error, read_json_object
+from gxami_scheduler.dialin import dial_in_state
 from gxami_scheduler.registry import ReadRequestOutcome, get_meter, list_meters, request_read
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,11 @@ class FleetApi:
         meter_id = request.match_info["meter_id"]
         async with self._pool.acquire() as conn:
             meter = await get_meter(conn, meter_id)
+            dial_in = await dial_in_state(conn, meter_id) if meter is not None else None
         if meter is None:
             return json_error(404, f"unknown meter {meter_id!r}")
+        if dial_in is not None:  # a meter that calls us: its last contact and pending job
+            meter.update(dial_in)
         return web.json_response(meter)
 
     async def read_now(self, request: web.Request) -> web.StreamResponse:

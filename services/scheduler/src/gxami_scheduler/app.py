@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -15,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gxami_contracts import DEAD_LETTER, JobResult, Message
-from gxami_contracts.topics import FLEET, JOB_RESULTS, READ_JOBS
+from gxami_contracts.topics import DIAL_IN_CONTACTS, DIAL_IN_WORK, FLEET, JOB_RESULTS, READ_JOBS
 from gxami_runtime.auth import Authenticator, PoolTokens
 from gxami_runtime.http import OpsServer
 from gxami_runtime.isolation import database_refusal
@@ -30,6 +31,7 @@ from gxami_runtime.kafka import (
 )
 from gxami_runtime.service import StartupError, check_database, kafka_startup_error, redact_dsn
 from gxami_scheduler.api import FleetApi
+from gxami_scheduler.dialin import DialInPlanner
 from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
@@ -75,6 +77,7 @@ class Scheduler:
         self._metrics = metrics
         self._clock = clock
         self.ready = False
+        self.dial_in: DialInPlanner | None = None  # dial-in meters' results go there too (gxami_scheduler.dialin)
 
     async def tick(self) -> int:
         """Claim, commit, publish once; returns the number of jobs emitted."""
@@ -125,6 +128,10 @@ class Scheduler:
         """Apply one batch of job results (one transaction); raises if the database fails."""
         async with self._pool.acquire() as conn:
             outcome = await record_results(conn, [d.message for d in batch], self._clock(), self._policy)
+        if self.dial_in is not None:  # dial-in meters have no meter_schedule row: "stale" there, applied here
+            outcome = replace(
+                outcome, stale=outcome.stale - await self.dial_in.apply_results([d.message for d in batch])
+            )
         for item in batch:
             self._metrics.job_results.labels(status=item.message.status.value).inc()
         if outcome.stale:
@@ -211,7 +218,10 @@ async def _start_kafka(
     settings: SchedulerSettings, stack: contextlib.AsyncExitStack
 ) -> tuple[Publisher, AIOKafkaConsumer, AIOKafkaProducer]:
     try:
-        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name])
+        await ensure_topics(
+            settings,
+            [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name, DIAL_IN_WORK.name, DIAL_IN_CONTACTS.name],
+        )
         producer = make_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
@@ -240,6 +250,19 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         publisher, consumer, producer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
         scheduler = Scheduler(settings, pool, publisher, metrics, clock)
+        fleet_sender = FleetPublisher(publisher, producer, settings)
+        # Dial-in meters' calls (their last contact), in a group of their own beside the results'.
+        contacts = make_consumer(settings, f"{settings.results_group}.dial-in", settings.topic(DIAL_IN_CONTACTS.name))
+        stack.push_async_callback(contacts.stop)
+        scheduler.dial_in = DialInPlanner(
+            pool,
+            fleet_sender,
+            settings.policy(),
+            settings.shard(),
+            clock,
+            tick_s=settings.tick_seconds,
+            limit=settings.claim_limit,
+        )
         auth = Authenticator.from_settings(settings, PoolTokens(pool))
         ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
         FleetApi(pool, clock).install(ops.app)
@@ -261,8 +284,14 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             ),
             # The registry for collectors that must recognise meters contacting them (ami.fleet).
             asyncio.create_task(
-                FleetFeed(pool, FleetPublisher(publisher, producer, settings), settings.shard()).run(stop),
+                FleetFeed(pool, fleet_sender, settings.shard()).run(stop),
                 name="fleet",
+            ),
+            # Dial-in meters' due work, for whichever collector replica they call (ami.dial-in-work).
+            asyncio.create_task(scheduler.dial_in.run(stop), name="dial-in"),
+            asyncio.create_task(
+                scheduler.dial_in.run_contacts(contacts, DeadLetters(publisher, "scheduler"), stop),
+                name="dial-in-contacts",
             ),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop")
