@@ -311,3 +311,23 @@ async def _columns(conn: asyncpg.Connection, table: str) -> set[str]:
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped", table
     )
     return {r["attname"] for r in rows}
+
+
+def test_only_the_community_edition_of_timescaledb_takes_the_timescaledb_path() -> None:
+    from gxami_store.migrations import timescale_edition_usable
+
+    assert timescale_edition_usable("timescale") and timescale_edition_usable(None)
+    assert not timescale_edition_usable("apache") and not timescale_edition_usable(" Apache ")
+
+
+async def test_pglite_reports_its_edition_and_the_schema_follows_it(pglite_url: str) -> None:
+    from gxami_store.migrations import has_timescaledb, timescale_edition_usable
+
+    conn = await _db(pglite_url)
+    try:
+        edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        assert edition == "timescale"  # PGlite's TimescaleDB is the Community build
+        assert await has_timescaledb(conn) == timescale_edition_usable(edition)
+        assert await storage_kind(conn) == "timescaledb"
+    finally:
+        conn.terminate()

@@ -70,8 +70,28 @@ MIGRATIONS = _load()
 
 
 async def has_timescaledb(conn: Conn) -> bool:
-    """True if the timescaledb extension is installed or can be."""
-    return bool(await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"))
+    """True if the TimescaleDB *Community* edition is installed or can be: the schema's TimescaleDB
+    path needs compression and continuous aggregates, which the Apache-2 edition lacks.
+
+    The edition is the server's ``timescaledb.license`` setting (``timescale`` for Community,
+    ``apache`` for the Apache-2 build that many managed services and distribution packages ship);
+    on an Apache edition the database gets the partitioned path (native partitions, the roll-ups as
+    plain tables refreshed by ingest), which needs nothing beyond PostgreSQL.
+    """
+    available = bool(await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"))
+    if not available:
+        return False
+    edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+    return timescale_edition_usable(edition)
+
+
+def timescale_edition_usable(edition: str | None) -> bool:
+    """Whether a TimescaleDB of this ``timescaledb.license`` has what the TimescaleDB path uses.
+
+    None (the library not preloaded yet: the setting appears once the extension loads) counts as
+    Community, the default edition of TimescaleDB's own packages and images; ``apache`` never does.
+    """
+    return (edition or "timescale").strip().lower() != "apache"
 
 
 def _render(sql: str, timescale: bool) -> str:
