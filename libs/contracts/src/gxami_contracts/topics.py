@@ -58,15 +58,14 @@ READINGS = TopicSpec(
 )
 JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler",))
 EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest",), planned_consumers=("reports",))
-# Commands come with the command API (issue 9): nothing sends or reads them yet.
+# Commands (issue 9): the scheduler's command API queues them and applies their results.
 COMMANDS = TopicSpec(
     "ami.commands",
     MeterCommand,
     "link_id",
     6,
+    ("scheduler",),
     (),
-    (),
-    planned_producers=("scheduler",),
     planned_consumers=("collector",),
 )
 COMMAND_RESULTS = TopicSpec(
@@ -75,9 +74,8 @@ COMMAND_RESULTS = TopicSpec(
     "meter_id",
     6,
     (),
-    (),
+    ("scheduler",),
     planned_producers=("collector",),
-    planned_consumers=("scheduler",),
 )
 DEAD_LETTERS = TopicSpec(
     DEAD_LETTER,
