@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from gxami_cli import db, dlms_tools, field, token, wmbus_tools
+from gxami_cli import command, db, dlms_tools, field, token, wmbus_tools
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -92,6 +92,7 @@ app.add_typer(field.decode_app, name="decode")
 app.add_typer(field.profile_app, name="profile")
 app.command("read")(field.read_command)
 app.add_typer(wmbus_tools.app, name="wmbus")
+app.add_typer(command.app, name="command")
 
 
 def main() -> None:
