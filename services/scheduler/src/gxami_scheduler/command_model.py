@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -173,7 +173,8 @@ class CommandRequest:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    """In UTC: the same instant written with another offset is the same request."""
+    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 def _time(body: Mapping[str, Any], name: str) -> datetime | None:
