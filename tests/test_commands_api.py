@@ -442,7 +442,7 @@ async def test_commands_through_the_scheduler(
                 "disconnect", "e6", "--expires", "10m", "--id", "cli-1", "--token-env", "OPA_TOKEN"
             )
             assert code == 0, err
-            assert out.startswith("cli-1: approved (disconnect") or out.startswith("cli-1: queued (disconnect")
+            assert out.startswith(("cli-1: approved (disconnect", "cli-1: queued (disconnect"))
             code, out, err = await cli("disconnect", "nope", "--token-env", "OPA_TOKEN")
             assert code == 1
             assert 'refused (404): {"error": "unknown meter \'nope\'"}' in err
