@@ -165,3 +165,20 @@ def test_a_commands_state_summarises_its_meters() -> None:
     assert summary_state([s.SUCCEEDED, s.SENT, s.QUEUED]) is s.SENT
     assert summary_state([s.SUCCEEDED, s.APPROVED]) is s.APPROVED
     assert summary_state([s.REQUESTED]) is s.REQUESTED
+
+
+def test_the_command_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from gxami_scheduler.settings import SchedulerSettings
+
+    monkeypatch.setenv("GXAMI_CLOCK_SYNC_PERIOD", "3600")
+    monkeypatch.setenv("GXAMI_COMMAND_FOUR_EYES_ABOVE", "3")
+    settings = SchedulerSettings()
+    assert (settings.clock_sync_period, settings.command_four_eyes_above) == (timedelta(hours=1), 3)
+    monkeypatch.setenv("GXAMI_CLOCK_SYNC_PERIOD", "PT6H")
+    assert SchedulerSettings().clock_sync_period == timedelta(hours=6)
+    for bad in ("0", "soon"):
+        monkeypatch.setenv("GXAMI_CLOCK_SYNC_PERIOD", bad)
+        with pytest.raises(ValidationError, match="clock_sync_period"):
+            SchedulerSettings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gxami_runtime.settings import ServiceSettings
 from gxami_scheduler.planner import SchedulePolicy, Shard
@@ -53,6 +53,14 @@ class SchedulerSettings(ServiceSettings):
         gt=timedelta(0),
         description="at most one automatic clock-sync per meter this often (seconds, or ISO 8601 like P1D)",
     )
+
+    @field_validator("clock_sync_period", mode="before")
+    @classmethod
+    def _seconds_or_iso(cls, value: object) -> object:
+        """A plain number (as the environment gives it, text) is seconds; anything else ISO 8601."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> SchedulerSettings:
