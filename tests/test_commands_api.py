@@ -420,6 +420,11 @@ async def test_commands_through_the_scheduler(
                 "cancel-5",
             }
 
+            async with http.get(f"{base}/metrics") as resp:
+                metrics = await resp.text()
+            assert 'gxami_scheduler_command_results_total{outcome="failed"} 1.0' in metrics
+            assert "gxami_scheduler_commands_expired_total 1.0" in metrics  # late-5
+
             # --- the CLI, a real process against the same API.
             env = {**os.environ, "OPA_TOKEN": tokens["op-a"], "VIEW_TOKEN": tokens["viewer"], "GXAMI_API_URL": base}
 

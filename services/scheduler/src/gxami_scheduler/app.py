@@ -272,7 +272,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         )
         FleetApi(pool, clock).install(ops.app)
         CommandApi(pool, clock, settings).install(ops.app)
-        command_queue = CommandQueue(settings, pool, publisher, clock)
+        command_queue = CommandQueue(settings, pool, publisher, clock, metrics)
         command_results = make_consumer(settings, settings.command_results_group, settings.topic(COMMAND_RESULTS.name))
         stack.push_async_callback(command_results.stop)
         port = await ops.start()

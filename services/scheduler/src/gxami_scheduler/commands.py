@@ -45,6 +45,7 @@ from gxami_scheduler.command_store import (
     resolve_meters,
     unqueue,
 )
+from gxami_scheduler.metrics import SchedulerMetrics
 from gxami_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,15 @@ class CommandQueue:
 
     results_retry_s = RESULTS_RETRY_S
 
-    def __init__(self, settings: SchedulerSettings, pool: asyncpg.Pool, sender: CommandSender, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        pool: asyncpg.Pool,
+        sender: CommandSender,
+        clock: Clock,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or SchedulerMetrics()
         self._settings = settings
         self._pool = pool
         self._sender = sender
@@ -213,13 +222,15 @@ class CommandQueue:
         """Expire, claim, publish once; returns the number of meter commands published."""
         now = self._clock()
         async with self._pool.acquire() as conn:
-            await expire_overdue(
+            expired = await expire_overdue(
                 conn,
                 now,
                 result_grace=timedelta(seconds=self._settings.result_grace_s),
                 lost_after=timedelta(seconds=self._settings.job_timeout_s),
             )
             queued = await claim_due_commands(conn, now, limit=self._settings.claim_limit)
+        if expired:
+            self._metrics.commands_expired.inc(expired)
         if not queued:
             return 0
         by_site: dict[str | None, list[tuple[str, Message]]] = {}
@@ -236,6 +247,7 @@ class CommandQueue:
             async with self._pool.acquire() as conn:
                 await unqueue(conn, [q.message for q in queued], self._clock())
             raise
+        self._metrics.commands_queued.inc(len(queued))
         log.info("queued commands", extra={"commands": len(queued)})
         return len(queued)
 
@@ -254,6 +266,8 @@ class CommandQueue:
     async def handle_results(self, batch: list[Decoded[CommandResult]]) -> None:
         async with self._pool.acquire() as conn:
             await apply_results(conn, [d.message for d in batch], self._clock())
+        for item in batch:
+            self._metrics.command_results.labels(outcome=item.message.outcome.value).inc()
 
     async def run_results(self, consumer: AIOKafkaConsumer, dead_letters: DeadLetters, stop: asyncio.Event) -> None:
         """Consume ami.command-results until ``stop``; a result for no queued command is dead-lettered."""
