@@ -58,25 +58,10 @@ READINGS = TopicSpec(
 )
 JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler",))
 EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest",), planned_consumers=("reports",))
-# Commands (issue 9): the scheduler's command API queues them and applies their results.
-COMMANDS = TopicSpec(
-    "ami.commands",
-    MeterCommand,
-    "link_id",
-    6,
-    ("scheduler",),
-    (),
-    planned_consumers=("collector",),
-)
-COMMAND_RESULTS = TopicSpec(
-    "ami.command-results",
-    CommandResult,
-    "meter_id",
-    6,
-    (),
-    ("scheduler",),
-    planned_producers=("collector",),
-)
+# Commands (issue 9): the scheduler's command API queues them, the collector executes them
+# (gxami_collector.commands) and reports back, the scheduler applies the results.
+COMMANDS = TopicSpec("ami.commands", MeterCommand, "link_id", 6, ("scheduler",), ("collector",))
+COMMAND_RESULTS = TopicSpec("ami.command-results", CommandResult, "meter_id", 6, ("collector",), ("scheduler",))
 DEAD_LETTERS = TopicSpec(
     DEAD_LETTER,
     DeadLetter,

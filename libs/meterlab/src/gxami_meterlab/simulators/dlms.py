@@ -363,6 +363,20 @@ def push_message(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutedCommand:
+    """One state change a simulated meter made on a client's request (or its button): the meter's own log.
+
+    ``action`` is ``remote-disconnect``, ``remote-reconnect`` (class 70 methods 1 and 2),
+    ``clock-set`` (class 8 attribute 2 written), ``set`` (a Data value written) or ``button``;
+    ``detail`` what it changed to; ``at`` the simulator's (true) clock when it did.
+    """
+
+    at: datetime
+    action: str
+    detail: str = ""
+
+
 @dataclass(slots=True)
 class MeterState:
     """What a simulated meter remembers across associations: clock offset, supply switch, counters.
@@ -370,6 +384,10 @@ class MeterState:
     ``control_mode`` is the disconnect control's (Blue Book class 70): 1, remote reconnect
     closes the relay; 2, it arms the meter (ready-for-reconnection, ``armed``) and the
     customer's button (:meth:`press_button`) closes it. ``data`` holds written Data values.
+    ``clock_offset`` is how far the meter's clock is from the true one (a drifted meter starts
+    with one, see ``DlmsFleetSimulator(clock_offset=...)``; a clock write resets it).
+    ``executed`` logs every command the meter carried out, oldest first (:class:`ExecutedCommand`),
+    so a test can prove one never reached it.
     """
 
     clock_offset: timedelta = timedelta(0)
@@ -378,11 +396,13 @@ class MeterState:
     control_mode: int = 1
     armed: bool = False
     data: dict[str, int] = field(default_factory=dict)
+    executed: list[ExecutedCommand] = field(default_factory=list)
 
     def press_button(self) -> None:
         """Manual reconnection: an armed meter closes its relay; otherwise nothing happens."""
         if self.armed:
             self.connected, self.armed = True, False
+            self.executed.append(ExecutedCommand(utc_now(), "button", "connected"))
 
 
 class _MeterValues:
@@ -436,9 +456,11 @@ class _MeterValues:
 
     def set_clock(self, meter_time: datetime, now: datetime) -> None:
         self.state.clock_offset = meter_time - now
+        self.state.executed.append(ExecutedCommand(now, "clock-set", meter_time.isoformat()))
 
     def set_data_value(self, obis: str, value: int) -> None:
         self.state.data[obis] = value
+        self.state.executed.append(ExecutedCommand(utc_now(), "set", f"{obis}={value}"))
 
     def supply(self) -> tuple[bool, int]:
         state = self.state
@@ -449,6 +471,7 @@ class _MeterValues:
 
     def switch_supply(self, connect: bool) -> None:
         state = self.state
+        state.executed.append(ExecutedCommand(utc_now(), "remote-reconnect" if connect else "remote-disconnect"))
         if not connect:
             state.connected = state.armed = False
         elif state.connected:
@@ -517,6 +540,7 @@ class DlmsFleetSimulator:
         interface: Interface = "wrapper",
         security_policy: SecurityPolicy = "authenticated-encrypted",
         fail_on_repeat: bool = True,
+        clock_offset: timedelta = timedelta(0),
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
@@ -537,7 +561,8 @@ class DlmsFleetSimulator:
         self.fail_on_repeat = fail_on_repeat
         self.meters: list[SimulatedMeter] = []
         # Per-meter memory (clock offset, supply switch); survives connections, not restarts.
-        self.states = [MeterState() for _ in range(meters)]
+        # ``clock_offset``: every meter's clock starts that far off (a drifted fleet, for clock-sync tests).
+        self.states = [MeterState(clock_offset=clock_offset) for _ in range(meters)]
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 

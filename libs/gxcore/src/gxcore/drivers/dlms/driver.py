@@ -170,6 +170,7 @@ class DlmsDriver(BaseDriver):
     """Reads DLMS/COSEM meters over TCP, UDP or serial described by device profiles (protocol ``dlms``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = PARAMETERS | frozenset(ALIASES)
 
     def __init__(
         self,
@@ -236,6 +237,7 @@ class DlmsDriver(BaseDriver):
         failures: list[GxError] = []
         async with session:
             meter_time = await session.read_clock()
+            clock_read_at = self.clock()  # beside meter_time: the drift without the session's length
             for vp in values:
                 try:
                     got = await session.read_register(vp.value)
@@ -256,7 +258,7 @@ class DlmsDriver(BaseDriver):
                     failures.append(exc)
         if failures and not readings and not events:
             raise failures[0]
-        return ReadResult(readings=readings, meter_time=meter_time, events=events)
+        return ReadResult(readings=readings, meter_time=meter_time, events=events, clock_read_at=clock_read_at)
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
