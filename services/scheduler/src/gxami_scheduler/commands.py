@@ -240,8 +240,8 @@ class CommandQueue:
             central = by_site.pop(None, [])
             if central:
                 await self._sender.send_many(COMMANDS.name, central)
-            for site, items in by_site.items():  # an edge site's collectors read <topic>.<site>
-                await self._sender.send_many(f"{COMMANDS.name}.{site}", items)
+            for site, items in by_site.items():  # an edge site's collectors read <physical topic>.<site>
+                await self._sender.send_many(f"{self._settings.topic(COMMANDS.name)}.{site}", items)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("publishing commands failed; back to approved", extra={"error": f"{type(exc).__name__}"})
             async with self._pool.acquire() as conn:
