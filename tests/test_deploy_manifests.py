@@ -456,7 +456,7 @@ def test_the_external_secret_example_fills_the_secrets_the_readme_asks_for() -> 
 
 # Set by the manifests ahead of the services: names reserved for settings the lead adds (README
 # "Kubernetes"); until then the services ignore them.
-PENDING_SETTINGS = {"GXAMI_KAFKA_CREATE_TOPICS", "GXAMI_MIGRATE_ON_START"}
+PENDING_SETTINGS: set[str] = set()  # settings the manifests set before a service reads them: none now
 
 
 def test_every_gxami_variable_the_manifests_set_is_a_setting_of_some_service() -> None:

@@ -58,6 +58,12 @@ def dlms(
     pushes: int = typer.Option(0, min=0, help="with --push-to: stop each meter after this many pushes (0: never)"),
     sent_log: Path | None = typer.Option(None, help="with --push-to: append one JSON line per push sent"),
     write_only: bool = typer.Option(False, help="with --push-to: write the fleet and secrets files, then exit"),
+    firmware_block_refusal_rate: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="share of image blocks a meter refuses (seeded, per meter)"
+    ),
+    firmware_verify_failure_rate: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="share of image_verify calls that fail (seeded, per meter)"
+    ),
 ) -> None:
     """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; or push (--push-to)."""
     import asyncio
@@ -68,6 +74,7 @@ def dlms(
         _push(meters, seed, push_to, every, ciphered, pushes, security_policy, files, sent_log, write_only=write_only)
         return
 
+    from gxami_meterlab.dlms.image_transfer import FirmwareFaults
     from gxami_meterlab.simulators.dlms import SimulatedMeter, meter_secrets, meter_system_title, run_simulator
 
     if authentication not in {"none", "low", "high-gmac"}:
@@ -128,6 +135,7 @@ def dlms(
             stop,
             on_started=started,
             security_policy=security_policy,  # type: ignore[arg-type]  # as above
+            firmware_faults=FirmwareFaults(firmware_block_refusal_rate, firmware_verify_failure_rate),
         )
 
     with contextlib.suppress(KeyboardInterrupt):

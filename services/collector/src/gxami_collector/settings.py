@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from gxami_collector.networks import (
@@ -95,6 +95,13 @@ class CollectorSettings(ServiceSettings):
     command_early_wait_s: float = Field(default=30.0, ge=0, le=600)
     # How far a clock read back after clock-set/clock-sync may be from the time set, and still succeed.
     command_clock_tolerance_s: float = Field(default=5.0, gt=0, le=3600)
+    # Firmware images (gxami_collector.firmware_images): fetched by SHA-256 from the scheduler's API
+    # with a viewer token (given here or, better, in a file), checked, cached on disk.
+    scheduler_api_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    scheduler_api_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    scheduler_api_token_file: Path | None = None
+    firmware_cache_dir: Path = Field(default_factory=lambda: _state_dir() / "firmware")
+    firmware_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod

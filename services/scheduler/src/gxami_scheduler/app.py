@@ -33,11 +33,12 @@ from gxami_runtime.service import StartupError, check_database, kafka_startup_er
 from gxami_scheduler.api import FleetApi
 from gxami_scheduler.clock_sync import ClockSync
 from gxami_scheduler.commands import CommandApi, CommandQueue
+from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
-from gxami_store import migrate
+from gxami_store.migrations import prepare_schema
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         try:
             conn = await asyncpg.connect(dsn, timeout=10)
             try:
-                applied = await migrate(conn)
+                applied = await prepare_schema(conn, migrate_now=settings.migrate_on_start)
             finally:
                 await conn.close()
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.db_pool_size, timeout=10)
@@ -271,6 +272,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             client_key=principal_or_address,
         )
         FleetApi(pool, clock).install(ops.app)
+        FirmwareApi(pool, clock).install(ops.app)
         CommandApi(pool, clock, settings).install(ops.app)
         command_queue = CommandQueue(settings, pool, publisher, clock, metrics)
         command_results = make_consumer(settings, settings.command_results_group, settings.topic(COMMAND_RESULTS.name))

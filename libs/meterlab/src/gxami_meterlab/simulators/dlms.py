@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,10 @@ from typing import Final
 
 from gurux_dlms.enums import DataType
 
+from gxami_meterlab.dlms.image_transfer import FirmwareFaults, ImageTransferState
 from gxami_meterlab.dlms.meter_security import MeterCounters
 from gxami_meterlab.dlms.notify import PushRegister, encode_push, push_body
+from gxami_meterlab.dlms.programmable import ProgrammableObjects
 from gxami_meterlab.dlms.server import (
     CosemMeterCore,
     DataSpec,
@@ -46,6 +50,7 @@ from gxami_meterlab.dlms.server import (
     ProfileSpec,
     RegisterSpec,
 )
+from gxami_meterlab.dlms.tariff_calendar import CalendarState
 from gxcore.errors import ConfigurationError, GxError
 from gxcore.protocols.dlms.ciphering import SecurityPolicy
 from gxcore.protocols.dlms.obis import UNIT_CODES, apply_scaler, dotted, reduced
@@ -397,6 +402,9 @@ class MeterState:
     armed: bool = False
     data: dict[str, int] = field(default_factory=dict)
     executed: list[ExecutedCommand] = field(default_factory=list)
+    # Image transfer and tariff calendars (see gxami_meterlab.dlms.programmable): kept across connections.
+    firmware: ImageTransferState = field(default_factory=ImageTransferState)
+    calendar: CalendarState = field(default_factory=CalendarState)
 
     def press_button(self) -> None:
         """Manual reconnection: an armed meter closes its relay; otherwise nothing happens."""
@@ -541,6 +549,7 @@ class DlmsFleetSimulator:
         security_policy: SecurityPolicy = "authenticated-encrypted",
         fail_on_repeat: bool = True,
         clock_offset: timedelta = timedelta(0),
+        firmware_faults: FirmwareFaults | None = None,
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
@@ -563,8 +572,17 @@ class DlmsFleetSimulator:
         # Per-meter memory (clock offset, supply switch); survives connections, not restarts.
         # ``clock_offset``: every meter's clock starts that far off (a drifted fleet, for clock-sync tests).
         self.states = [MeterState(clock_offset=clock_offset) for _ in range(meters)]
+        self._seed_firmware(firmware_faults)
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    def _seed_firmware(self, faults: FirmwareFaults | None) -> None:
+        """Each meter's image transfer faults (a copy of ``faults``) drawn from its own seeded generator."""
+        for index, state in enumerate(self.states):
+            # Simulated faults must repeat from the seed: not a secret.
+            state.firmware.rng = random.Random(f"gxami-firmware:{self.seed}:{index}")  # noqa: S311
+            if faults is not None:
+                state.firmware.faults = dataclasses.replace(faults)
 
     async def start(self) -> None:
         """Listen for every meter; with ``base_port`` 0 each gets a free port."""
@@ -637,7 +655,10 @@ class DlmsFleetSimulator:
                     else None
                 ),
                 counters=self.states[index].counters,
+                programs=ProgrammableObjects(self.states[index].firmware, self.states[index].calendar),
             )
+            firmware = self.states[index].firmware
+            firmware.connection_opened()
             while data := await reader.read(65536):
                 if index in self.silent_meters:
                     continue  # swallow requests: the client must time out
@@ -645,6 +666,9 @@ class DlmsFleetSimulator:
                     out = core.receive_data(data, self.clock())
                 except GxError:
                     return  # this connection's stream is out of step; the listener lives on
+                if firmware.drop_now:
+                    writer.transport.abort()  # the meter drops the link mid-transfer, before its reply
+                    return
                 if out:
                     writer.write(out)
                     await writer.drain()
@@ -668,6 +692,7 @@ async def run_simulator(
     interface: Interface = "wrapper",
     security_policy: SecurityPolicy = "authenticated-encrypted",
     on_started: Callable[[list[SimulatedMeter]], None] | None = None,
+    firmware_faults: FirmwareFaults | None = None,
 ) -> None:
     """Serve a fleet until ``stop`` is set; ``on_started`` gets the meters once they listen."""
     async with DlmsFleetSimulator(
@@ -680,6 +705,7 @@ async def run_simulator(
         interface=interface,
         security_policy=security_policy,
         fail_on_repeat=False,  # a long-running dev simulator; tests use the class directly
+        firmware_faults=firmware_faults,
     ) as fleet:
         if on_started is not None:
             on_started(list(fleet.meters))
