@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from gxami_contracts import CommandKind, CommandOutcome, CommandResult, MeterCommand
+from gxami_scheduler import firmware
 from gxami_scheduler.command_model import (
     FINAL,
     OUTCOME_STATE,
@@ -502,6 +503,8 @@ async def apply_results(conn: DbConn, results: Sequence[CommandResult], now: dat
                     error_kind=result.error_kind,
                     error_message=result.error_message,
                 )
+            if result.kind is CommandKind.FIRMWARE_UPDATE:  # a rollout wave's: its progress too
+                await firmware.record_result(conn, result, now)
             detail = result.error_message or (f"state {result.state}" if result.state else "")
             done = await _move(
                 conn, result.command_id, [result.meter_id], new, result.finished_at, actor, detail[:500], **columns

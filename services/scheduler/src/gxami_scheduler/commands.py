@@ -46,6 +46,7 @@ from gxami_scheduler.command_store import (
     unqueue,
 )
 from gxami_scheduler.metrics import SchedulerMetrics
+from gxami_scheduler.rollout_commands import advance_rollouts
 from gxami_scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ class CommandQueue:
         """Expire, claim, publish once; returns the number of meter commands published."""
         now = self._clock()
         async with self._pool.acquire() as conn:
+            await advance_rollouts(conn, now)  # a started firmware wave becomes a command
             expired = await expire_overdue(
                 conn,
                 now,
