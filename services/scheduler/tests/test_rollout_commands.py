@@ -7,7 +7,7 @@ from datetime import timedelta
 import asyncpg
 
 from gxami_contracts import CommandKind, CommandOutcome, CommandResult
-from gxami_scheduler.command_store import apply_results, claim_due_commands
+from gxami_scheduler.command_store import apply_results, claim_due_commands, expire_overdue
 from gxami_scheduler.firmware import create_rollout, rollout_progress, store_image
 from gxami_scheduler.fleet import parse_fleet
 from gxami_scheduler.registry import import_fleet
@@ -61,8 +61,19 @@ async def test_each_wave_is_one_command_and_its_results_advance_the_rollout(
     [second] = await claim_due_commands(db, now, limit=10)
     assert second.message.command_id == f"firmware-rollout-{rollout}-wave-1"
     assert second.message.meter_id != sent.meter_id
+    # Sent long past its wave's expiry, a transfer is not given up on; anything else would be.
+    await apply_results(db, [result(CommandOutcome.SENT)], now)  # no-op: wave 0 has ended
+    second_sent = CommandResult(
+        command_id=second.message.command_id,
+        meter_id=second.message.meter_id,
+        kind=CommandKind.FIRMWARE_UPDATE,
+        outcome=CommandOutcome.SENT,
+        finished_at=now,
+    )
+    await apply_results(db, [second_sent], now)
+    assert await expire_overdue(db, now + timedelta(days=3), result_grace=timedelta(0), lost_after=timedelta(0)) == 0
     states = await db.fetch("SELECT command_id, state FROM commands ORDER BY command_id")
     assert [tuple(r.values()) for r in states] == [
         (f"firmware-rollout-{rollout}-wave-0", "succeeded"),
-        (f"firmware-rollout-{rollout}-wave-1", "queued"),
+        (f"firmware-rollout-{rollout}-wave-1", "sent"),
     ]

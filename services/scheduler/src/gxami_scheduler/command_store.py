@@ -331,13 +331,14 @@ async def expire_overdue(conn: DbConn, now: datetime, *, result_grace: timedelta
     """Expire what waits past its expiry (never sent); give up on queued or sent ones the collector never answered."""
     moved = 0
     async with conn.transaction():
-        rules: tuple[tuple[list[str], datetime, MeterState, str, dict[str, str]], ...] = (
+        rules: tuple[tuple[list[str], datetime, MeterState, str, dict[str, str], list[str]], ...] = (
             (
                 [s.value for s in WAITING],
                 now,
                 MeterState.EXPIRED,
                 "expired in the scheduler before it was sent; never executed",
                 {},
+                [],
             ),
             (
                 [MeterState.QUEUED.value],
@@ -345,6 +346,7 @@ async def expire_overdue(conn: DbConn, now: datetime, *, result_grace: timedelta
                 MeterState.EXPIRED,
                 "no answer from the collector by its expiry; the collector executes nothing expired",
                 {"error_kind": "no-result"},
+                [],
             ),
             (
                 [MeterState.SENT.value],
@@ -352,16 +354,20 @@ async def expire_overdue(conn: DbConn, now: datetime, *, result_grace: timedelta
                 MeterState.FAILED,
                 "the collector started it but sent no final result",
                 {"error_kind": "lost", "error_message": "no final result from the collector"},
+                # A firmware transfer may run for hours past its wave's expiry: it ends with its result.
+                [CommandKind.FIRMWARE_UPDATE.value],
             ),
         )
         touched: set[str] = set()
-        for states, before, new, detail, columns in rules:
+        for states, before, new, detail, columns, spared in rules:
             rows = await conn.fetch(
                 "SELECT cm.command_id, array_agg(cm.meter_id) AS meters FROM command_meters cm"
                 " JOIN commands c ON c.command_id = cm.command_id"
-                " WHERE cm.state = ANY($1::text[]) AND c.expires_at <= $2 GROUP BY cm.command_id",
+                " WHERE cm.state = ANY($1::text[]) AND c.expires_at <= $2 AND NOT c.kind = ANY($3::text[])"
+                " GROUP BY cm.command_id",
                 states,
                 before,
+                spared,
             )
             for r in rows:
                 done = await _move(conn, r["command_id"], r["meters"], new, now, SYSTEM_EXPIRY, detail, **columns)
