@@ -158,6 +158,27 @@ async def test_repeated_failures_from_one_peer_are_rate_limited(pool: asyncpg.Po
     assert isinstance(forbidden, Refusal) and forbidden.status == 403  # a weak role is no failed login
 
 
+async def test_repeated_forbidden_requests_of_one_token_are_rate_limited_per_token(pool: asyncpg.Pool) -> None:
+    clock = Clock()
+    check = Authenticator(PoolTokens(pool), AuthPolicy(failure_rate_per_s=0.5, failure_burst=2), clock=clock)
+    async with pool.acquire() as conn:
+        weak = await create_token(conn, "weak", Role.VIEWER, "ops")
+        other = await create_token(conn, "other", Role.VIEWER, "ops")
+    statuses = []
+    for _ in range(3):
+        outcome = await check.check(bearer(weak.token), "10.0.0.7", Role.OPERATOR)
+        assert isinstance(outcome, Refusal)
+        statuses.append(outcome.status)
+    assert statuses == [403, 403, 429]
+    # The token's reads still work, and so do the peer's other tokens: only that token's 403s are limited.
+    assert isinstance(await check.check(bearer(weak.token), "10.0.0.7", Role.VIEWER), Principal)
+    refused = await check.check(bearer(other.token), "10.0.0.7", Role.OPERATOR)
+    assert isinstance(refused, Refusal) and refused.status == 403
+    clock.now += 2.0
+    again = await check.check(bearer(weak.token), "10.0.0.7", Role.OPERATOR)
+    assert isinstance(again, Refusal) and again.status == 403
+
+
 async def test_the_server_answers_401_403_429_in_json_and_never_logs_a_token(
     pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -84,15 +84,15 @@ EVENTS = TopicSpec(
     planned_consumers=("reports",),
     retention_ms=30 * _DAY_MS,
 )
-# Commands come with the command API (issue 9): the collector executes them (gxami_collector.commands).
+# Commands (issue 9): the scheduler's command API queues them, the collector executes them
+# (gxami_collector.commands) and reports back, the scheduler applies the results.
 COMMANDS = TopicSpec(
     "ami.commands",
     MeterCommand,
     "link_id",
     6,
-    (),
+    ("scheduler",),
     ("collector",),
-    planned_producers=("scheduler",),
     retention_ms=7 * _DAY_MS,
 )
 COMMAND_RESULTS = TopicSpec(
@@ -101,8 +101,7 @@ COMMAND_RESULTS = TopicSpec(
     "meter_id",
     6,
     ("collector",),
-    (),
-    planned_consumers=("scheduler",),
+    ("scheduler",),
     retention_ms=30 * _DAY_MS,
 )
 DEAD_LETTERS = TopicSpec(

@@ -15,6 +15,7 @@ OpsServer refuses to start with a route that declares nothing. A verified token 
 
 Repeated failures (no token, a malformed, unknown or revoked token) are rate-limited per peer
 address with a token bucket; a peer past its bucket gets 429 without its token being looked up.
+Repeated 403s of one known token (its role is too weak) are limited per token the same way.
 No token, digest or Authorization header is ever logged, put in an error or in a metric label.
 """
 
@@ -264,6 +265,7 @@ class Authenticator:
         self._tokens = tokens
         self._clock = clock
         self._failures = TokenBuckets(self.policy.failure_rate_per_s, self.policy.failure_burst, clock=clock)
+        self._forbidden = TokenBuckets(self.policy.failure_rate_per_s, self.policy.failure_burst, clock=clock)
         self._blocked: dict[str, float] = {}  # peer -> monotonic time its next attempt is looked at
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()  # digest -> (who, until)
 
@@ -299,6 +301,11 @@ class Authenticator:
             who = found
             self._remember(digest, who, now)
         if not who.role.includes(needed):
+            # A known token trying what its role does not allow is limited per token, not per
+            # peer: it is no failed login, and the peer's other tokens keep working.
+            wait = self._forbidden.take(who.token_id)
+            if wait > 0:
+                return self._too_many(wait)
             return Refusal(
                 403,
                 f"token {who.name!r} has the {who.role} role; this needs {needed}",

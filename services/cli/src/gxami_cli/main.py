@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from gxami_cli import adhoc, db, dlms_tools, field, token, wmbus_tools
+from gxami_cli import adhoc, command, db, dlms_tools, field, token, wmbus_tools
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -94,6 +94,7 @@ app.command("read")(field.read_command)
 app.add_typer(adhoc.get_app, name="get")
 app.add_typer(adhoc.scan_app, name="scan")
 app.add_typer(wmbus_tools.app, name="wmbus")
+app.add_typer(command.app, name="command")
 
 
 def main() -> None:

@@ -6,19 +6,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gxami_contracts import DEAD_LETTER, JobResult, Message
-from gxami_contracts.topics import DIAL_IN_CONTACTS, DIAL_IN_WORK, FLEET, JOB_RESULTS, READ_JOBS
-from gxami_runtime.auth import Authenticator, PoolTokens
-from gxami_runtime.http import OpsServer
+from gxami_contracts.topics import (
+    COMMAND_RESULTS,
+    COMMANDS,
+    DIAL_IN_CONTACTS,
+    DIAL_IN_WORK,
+    FLEET,
+    JOB_RESULTS,
+    READ_JOBS,
+)
+from gxami_runtime.auth import Authenticator, PoolTokens, principal_of
+from gxami_runtime.http import OpsServer, client_address
 from gxami_runtime.isolation import database_refusal
 from gxami_runtime.kafka import (
     DeadLetters,
@@ -31,6 +40,8 @@ from gxami_runtime.kafka import (
 )
 from gxami_runtime.service import StartupError, check_database, kafka_startup_error, redact_dsn
 from gxami_scheduler.api import FleetApi
+from gxami_scheduler.clock_sync import ClockSync
+from gxami_scheduler.commands import CommandApi, CommandQueue
 from gxami_scheduler.dialin import DialInPlanner
 from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
@@ -68,7 +79,9 @@ class Scheduler:
         sender: JobSender,
         metrics: SchedulerMetrics,
         clock: Callable[[], datetime] = utc_now,
+        after_results: Callable[[Sequence[JobResult]], Awaitable[object]] | None = None,
     ) -> None:
+        self._after_results = after_results  # the clock-sync check (commands)
         self._settings = settings
         self._policy = settings.policy()
         self._shard = settings.shard()
@@ -132,6 +145,8 @@ class Scheduler:
             outcome = replace(
                 outcome, stale=outcome.stale - await self.dial_in.apply_results([d.message for d in batch])
             )
+        if self._after_results is not None:  # idempotent: a re-read batch issues nothing twice
+            await self._after_results([d.message for d in batch])
         for item in batch:
             self._metrics.job_results.labels(status=item.message.status.value).inc()
         if outcome.stale:
@@ -220,7 +235,16 @@ async def _start_kafka(
     try:
         await ensure_topics(
             settings,
-            [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name, DIAL_IN_WORK.name, DIAL_IN_CONTACTS.name],
+            [
+                READ_JOBS.name,
+                JOB_RESULTS.name,
+                DEAD_LETTER,
+                FLEET.name,
+                DIAL_IN_WORK.name,
+                DIAL_IN_CONTACTS.name,
+                COMMANDS.name,
+                COMMAND_RESULTS.name,
+            ],
         )
         producer = make_producer(settings)
         await producer.start()
@@ -230,6 +254,12 @@ async def _start_kafka(
     except (KafkaError, OSError) as exc:
         raise kafka_startup_error(settings.kafka_bootstrap, exc) from None
     return Publisher(producer, settings), consumer, producer
+
+
+def principal_or_address(request: web.Request) -> str:
+    """Write rate limits per token once the request is authenticated, else per peer address."""
+    who = principal_of(request)
+    return f"token:{who.token_id}" if who is not None else client_address(request)
 
 
 async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Callable[[], datetime] = utc_now) -> None:
@@ -249,7 +279,15 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             raise StartupError(f"cannot use the database at {redact_dsn(dsn)}: {type(exc).__name__}: {exc}") from None
         publisher, consumer, producer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
-        scheduler = Scheduler(settings, pool, publisher, metrics, clock)
+        expiry = timedelta(seconds=settings.command_default_expiry_s)
+        clock_sync = ClockSync(
+            pool,
+            threshold_s=settings.clock_sync_threshold_s,
+            period=settings.clock_sync_period,
+            expiry=expiry,
+            clock=clock,
+        )
+        scheduler = Scheduler(settings, pool, publisher, metrics, clock, after_results=clock_sync.after_results)
         fleet_sender = FleetPublisher(publisher, producer, settings)
         # Dial-in meters' calls (their last contact), in a group of their own beside the results'.
         contacts = make_consumer(settings, f"{settings.results_group}.dial-in", settings.topic(DIAL_IN_CONTACTS.name))
@@ -264,9 +302,19 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             limit=settings.claim_limit,
         )
         auth = Authenticator.from_settings(settings, PoolTokens(pool))
-        ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
+        ops = OpsServer.from_settings(
+            settings,
+            ready=lambda: scheduler.ready,
+            registry=metrics.registry,
+            auth=auth,
+            client_key=principal_or_address,
+        )
         FleetApi(pool, clock).install(ops.app)
         FirmwareApi(pool, clock).install(ops.app)
+        CommandApi(pool, clock, settings).install(ops.app)
+        command_queue = CommandQueue(settings, pool, publisher, clock, metrics)
+        command_results = make_consumer(settings, settings.command_results_group, settings.topic(COMMAND_RESULTS.name))
+        stack.push_async_callback(command_results.stop)
         port = await ops.start()
         stack.push_async_callback(ops.stop)
         log.info(
@@ -292,6 +340,11 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             asyncio.create_task(
                 scheduler.dial_in.run_contacts(contacts, DeadLetters(publisher, "scheduler"), stop),
                 name="dial-in-contacts",
+            ),
+            asyncio.create_task(command_queue.run(stop), name="commands"),
+            asyncio.create_task(
+                command_queue.run_results(command_results, DeadLetters(publisher, "scheduler"), stop),
+                name="command-results",
             ),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop")

@@ -47,3 +47,22 @@ class SchedulerMetrics:
         )
         for status in ("ok", "error"):
             self.job_results.labels(status=status)
+        # Commands (issue 9)
+        self.commands_queued = Counter(
+            "gxami_scheduler_commands_queued_total",
+            "Meter commands published to ami.commands",
+            registry=self.registry,
+        )
+        self.commands_expired = Counter(
+            "gxami_scheduler_commands_expired_total",
+            "Meter commands the scheduler ended itself: expired waiting, or no answer from the collector",
+            registry=self.registry,
+        )
+        self.command_results = Counter(
+            "gxami_scheduler_command_results_total",
+            "Command results consumed, by outcome (sent, succeeded, failed, expired)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("sent", "succeeded", "failed", "expired"):
+            self.command_results.labels(outcome=outcome)

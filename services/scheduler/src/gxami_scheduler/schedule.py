@@ -144,9 +144,9 @@ class ResultsApplied:
 
 _STORE_RESULTS = """
 INSERT INTO job_results (job_id, attempt, meter_id, status, started_at, finished_at, readings_count,
-                         error_kind, error_message)
+                         error_kind, error_message, meter_time, collector_time, clock_drift_s)
 SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-                     $7::int[], $8::text[], $9::text[])
+                     $7::int[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::float8[])
 ON CONFLICT (job_id, attempt) DO NOTHING
 """
 
@@ -176,6 +176,13 @@ UPDATE meter_schedule s
 """
 
 
+def clock_drift_s(result: JobResult) -> float | None:
+    """How far the meter's clock was ahead of the collector's in this job (negative: behind); None if unknown."""
+    if result.meter_time is None or result.collector_time is None:
+        return None
+    return (result.meter_time - result.collector_time).total_seconds()
+
+
 async def record_results(
     conn: DbConn, results: Sequence[JobResult], now: datetime, policy: SchedulePolicy
 ) -> ResultsApplied:
@@ -192,6 +199,9 @@ async def record_results(
             [r.readings_count for r in results],
             [r.error_kind for r in results],
             [r.error_message for r in results],
+            [r.meter_time for r in results],
+            [r.collector_time for r in results],
+            [clock_drift_s(r) for r in results],
         )
         stored = int(status.rsplit(" ", 1)[-1])
         waiting = {row["meter_id"]: row for row in await conn.fetch(_WAITING, sorted({r.meter_id for r in results}))}

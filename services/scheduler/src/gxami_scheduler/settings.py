@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gxami_runtime.settings import ServiceSettings
 from gxami_scheduler.planner import SchedulePolicy, Shard
@@ -35,6 +36,32 @@ class SchedulerSettings(ServiceSettings):
     # Database connections the scheduler keeps.
     db_pool_size: int = Field(default=5, ge=2, le=100)
     results_group: str = Field(default="scheduler", min_length=1, description="consumer group for job results")
+    # Commands (issue 9): see the README section "Commands".
+    command_results_group: str = Field(
+        default="scheduler-commands", min_length=1, description="consumer group for command results"
+    )
+    command_default_expiry_s: float = Field(
+        default=900.0, gt=0, le=30 * 86400, description="a command's lifetime when the request gives no expires_at"
+    )
+    command_four_eyes_above: int = Field(
+        default=10, ge=0, description="a command for more meters than this needs a second operator's approval"
+    )
+    clock_sync_threshold_s: float = Field(
+        default=10.0, gt=0, description="a meter clock drifting more than this gets a clock-sync command"
+    )
+    clock_sync_period: timedelta = Field(
+        default=timedelta(days=1),
+        gt=timedelta(0),
+        description="at most one automatic clock-sync per meter this often (seconds, or ISO 8601 like P1D)",
+    )
+
+    @field_validator("clock_sync_period", mode="before")
+    @classmethod
+    def _seconds_or_iso(cls, value: object) -> object:
+        """A plain number (as the environment gives it, text) is seconds; anything else ISO 8601."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> SchedulerSettings:
