@@ -188,6 +188,11 @@ class DlmsDriver(BaseDriver):
         dlms_parameters(profile)
         for point in profile.points:
             dlms_point(point)
+        for obis in [o.obis for o in profile.push_objects] + [profile.push_identity or "0.0.96.1.0.255"]:
+            try:
+                dotted(obis)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"profile {profile.name}: push: {exc.reason}") from None
 
     def _session(
         self, target: MeterTarget, profile: DeviceProfile, timeout: float, medium: Medium | None = None
@@ -273,15 +278,27 @@ class DlmsDriver(BaseDriver):
         *,
         idle_timeout: float,
         on_refused: RefusalHook | None = None,
+        layout: DeviceProfile | None = None,
     ) -> AsyncIterator[PushServed]:
         """The pushes a meter sends over ``connection`` (see :mod:`gxcore.drivers.dlms.pushes` for identity).
 
         Each is a :class:`PushServed` (a Served with identity and invocation counter);
-        ``on_refused`` hears of every frame that could not be served, with the frame.
+        ``on_refused`` hears of every frame that could not be served, with the frame;
+        ``layout`` is the profile whose push objects name a plain push's meter (HAN lists).
         """
         if not idle_timeout > 0:
             raise ConfigurationError(f"idle timeout must be positive, not {idle_timeout!r}")
-        return serve_pushes(connection, lookup, self._resolve, idle_timeout=idle_timeout, on_refused=on_refused)
+        if layout is not None:
+            self.validate_profile(layout)
+        return serve_pushes(
+            connection,
+            lookup,
+            self._resolve,
+            idle_timeout=idle_timeout,
+            on_refused=on_refused,
+            clock=self.clock,
+            layout=layout,
+        )
 
     def _resolve(self, target: MeterTarget, profile: DeviceProfile) -> tuple[DlmsParameters, list[DlmsPoint]]:
         self.validate_profile(profile)

@@ -32,16 +32,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from gxcore.drivers.api import MeterLookup, MeterTarget, ReadResult, Served
-from gxcore.errors import GxError, MediaError, MeterTimeoutError
+from gxcore.errors import DecryptionError, GxError, KeyMissingError, MediaError, MeterTimeoutError
 from gxcore.media import Medium
 from gxcore.profiles.model import DeviceProfile
 from gxcore.protocols.dlms import hdlc, wrapper
-from gxcore.protocols.dlms.obis import dotted
+from gxcore.protocols.dlms.association import meter_key
+from gxcore.protocols.dlms.ciphering import GENERAL_DED_CIPHERING
+from gxcore.protocols.dlms.events import EVENT_CODE, STANDARD_EVENTS, DlmsEvent, is_event_code
+from gxcore.protocols.dlms.obis import dotted, reduced
 from gxcore.protocols.dlms.parameters import DlmsParameters
-from gxcore.protocols.dlms.push import DlmsPush, decode_dlms_push, unwrap
+from gxcore.protocols.dlms.push import NAMES, DlmsPush, PushColumn, decode_dlms_push, unwrap
 from gxcore.readings import MeterEventRecord, Reading
 
 if TYPE_CHECKING:
@@ -56,7 +60,8 @@ _CIPHERED: Final = frozenset({0xDB, 0xDC})
 ALARM_REGISTERS: Final = "0.0.97.98."  # alarm register 1/2, alarm filter, alarm descriptor: 0-0:97.98.x
 
 Resolve = Callable[[MeterTarget, DeviceProfile], "tuple[DlmsParameters, list[DlmsPoint]]"]
-RefusalKind = Literal["unknown-meter", "undecodable"]
+RefusalKind = Literal["unknown-meter", "undecodable", "wrong-key", "key-missing"]
+DEDICATED_KEY: Final = "dedicated_key"  # the secret a general-ded-ciphered push is deciphered with
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +97,15 @@ async def serve_pushes(
     *,
     idle_timeout: float,
     on_refused: RefusalHook | None = None,
+    clock: Callable[[], datetime],
+    layout: DeviceProfile | None = None,
 ) -> AsyncIterator[PushServed]:
-    """Yield what each push on ``connection`` carried, until the peer closes or goes quiet (see the module doc)."""
+    """Yield what each push on ``connection`` carried, until the peer closes or goes quiet (see the module doc).
+
+    ``clock`` gives the receive time (the readings' time when the push carries none);
+    ``layout`` is the profile that says how plain pushes on this connection name their meter
+    (a HAN port's list of bare values: see :func:`push_layout`).
+    """
     where = connection.describe()
     pending = bytearray()
     while True:
@@ -106,7 +118,7 @@ async def serve_pushes(
             return
         pending += data
         for frame in _frames(pending, where):
-            served = _serve_one(frame, lookup, resolve, where, on_refused)
+            served = _serve_one(frame, lookup, resolve, where, on_refused, clock(), layout)
             if served is not None:
                 yield served
         if len(pending) > MAX_PENDING:
@@ -144,13 +156,33 @@ def _refuse(hook: RefusalHook | None, refusal: PushRefusal) -> None:
             log.exception("push refusal hook failed on %s", refusal.where)
 
 
+def push_layout(profile: DeviceProfile) -> tuple[list[PushColumn], tuple[str, ...]]:
+    """The profile's push objects as columns, and the logical names whose text names the meter."""
+    columns = [PushColumn(dotted(o.obis), o.scaler, o.unit) for o in profile.push_objects]
+    names = (dotted(profile.push_identity),) if profile.push_identity else NAMES
+    return columns, names
+
+
+def _refusal_kind(exc: GxError) -> RefusalKind:
+    if isinstance(exc, KeyMissingError):
+        return "key-missing"
+    return "wrong-key" if isinstance(exc, DecryptionError) else "undecodable"
+
+
 def _serve_one(
-    frame: bytes, lookup: MeterLookup, resolve: Resolve, where: str, on_refused: RefusalHook | None
+    frame: bytes,
+    lookup: MeterLookup,
+    resolve: Resolve,
+    where: str,
+    on_refused: RefusalHook | None,
+    received_at: datetime,
+    layout: DeviceProfile | None,
 ) -> PushServed | None:
     """One push decoded and attributed, or None (logged, reported) when it cannot be."""
     identity: str | None = None
     try:
-        identity = _identity(frame)
+        apdu = unwrap(frame)
+        identity = _identity(frame, apdu, layout)
         found = lookup(identity) if identity is not None else None
         if found is None:
             log.warning("push on %s from %s: no such meter, skipped", where, identity or "an unnamed meter")
@@ -160,14 +192,23 @@ def _serve_one(
         target, profile = found
         params, points = resolve(target, profile)
         security = params.security
+        key = security.block_cipher_key if security is not None else None
+        if apdu and apdu[0] == GENERAL_DED_CIPHERING:
+            # general-ded-ciphering: the meter's dedicated key (its secret store entry), never the global one
+            key = meter_key(target.secrets, DEDICATED_KEY, "dedicated key", f"meter {target.meter_id}")
+        columns, names = push_layout(profile)
         push = decode_dlms_push(
             frame,
-            key=security.block_cipher_key if security is not None else None,
+            key=key,
             auth_key=security.authentication_key if security is not None else None,
+            columns=columns,
+            received_at=received_at,
+            names=names,
         )
     except GxError as exc:
         log.warning("push on %s skipped (%s: %s)", where, exc.kind, exc.reason)
-        _refuse(on_refused, PushRefusal("undecodable", f"{exc.kind}: {exc.reason}", identity, frame, where))
+        kind = _refusal_kind(exc)
+        _refuse(on_refused, PushRefusal(kind, f"{exc.kind}: {exc.reason}", identity, frame, where))
         return None
     readings, events = _split_alarms(target.meter_id, _readings(push, points), push)
     return PushServed(
@@ -188,31 +229,38 @@ def _split_alarms(
     for r in readings:
         source = r.extra.get("source")
         obis = dotted(str(source)) if source is not None else ""
-        if obis.startswith(ALARM_REGISTERS) and isinstance(r.value, int) and not isinstance(r.value, bool):
+        code = r.value if isinstance(r.value, int) and not isinstance(r.value, bool) else None
+        if obis.startswith(ALARM_REGISTERS) and code is not None:
             events.append(
                 MeterEventRecord(
                     meter_id=meter_id,
                     timestamp=push.timestamp or r.ts,
                     kind="alarm",
                     source=obis,
-                    code=r.value,
+                    code=code,
                     severity="alarm",
                 )
             )
+        elif obis and is_event_code(obis) and code is not None and code >= 0:
+            # An event push setup sends the event code object (0-x:96.11.n): an event, not a reading.
+            name = STANDARD_EVENTS.get(code) if obis == EVENT_CODE else None
+            events.append(DlmsEvent(push.timestamp or r.ts, code, reduced(obis), name).record(meter_id))
         else:
             kept.append(r)
     return kept, events
 
 
-def _identity(frame: bytes) -> str | None:
+def _identity(frame: bytes, apdu: bytes, layout: DeviceProfile | None) -> str | None:
     """The ciphered APDU's system title as hex, else the name the plain body carries."""
-    apdu = unwrap(frame)
     if apdu and apdu[0] in _CIPHERED and len(apdu) > 1:
         size = apdu[1]
         title = bytes(apdu[2 : 2 + size])
         if size and len(title) == size:
             return title.hex()
-    return decode_dlms_push(frame).meter_id
+    if layout is None:
+        return decode_dlms_push(frame).meter_id
+    columns, names = push_layout(layout)
+    return decode_dlms_push(frame, columns=columns, names=names).meter_id
 
 
 def _readings(push: DlmsPush, points: Sequence[DlmsPoint]) -> list[Reading]:
