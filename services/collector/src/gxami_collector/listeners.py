@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -76,6 +76,11 @@ CONNECTIONS = Counter(
     "gxami_collector_listener_connections_total", "Listener connections by fate", ["listener", "kind"]
 )
 PUSH_READINGS = Counter("gxami_collector_push_readings_total", "Readings of served pushes published")
+FAULTS = Counter(
+    "gxami_collector_listener_faults_total",
+    "Listener connections that ended in a fault, by reason (framing: garbage; timeout: a frame trickled; ...)",
+    ["listener", "reason"],
+)
 FLUSH_S: Final = 0.5
 REFUSAL_QUEUE: Final = 1024
 CAUGHT_UP_WAIT_S: Final = 30.0
@@ -85,12 +90,17 @@ KINDS: Final = frozenset({"dlms-push"})
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """One ``kind@scheme://host:port`` of GXAMI_LISTENERS."""
+    """One ``kind@scheme://host:port[?profile=NAME]`` of GXAMI_LISTENERS.
+
+    ``profile`` names the device profile whose push objects say how plain pushes on this
+    listener name their meter (a HAN port's list of bare values, see ``han-kaifa``).
+    """
 
     kind: str
     scheme: str
     host: str
     port: int
+    profile: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ListenerSpec:
@@ -102,7 +112,11 @@ class ListenerSpec:
         parts = urlsplit(url)
         if parts.scheme not in {"tcp", "udp"} or parts.port is None or parts.path not in {"", "/"}:
             raise ConfigurationError(f"listener {text!r}: the address must be tcp://host:port or udp://host:port")
-        return cls(kind, parts.scheme, parts.hostname or "", parts.port)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if set(query) - {"profile"} or any(len(v) != 1 or not v[0] for v in query.values()):
+            raise ConfigurationError(f"listener {text!r}: the only query is ?profile=<device profile>")
+        profile = query["profile"][0] if "profile" in query else None
+        return cls(kind, parts.scheme, parts.hostname or "", parts.port, profile)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -267,6 +281,7 @@ class UdpPushListener:
             CONNECTIONS.labels(name, "done").inc()
         except Exception as exc:  # noqa: BLE001 - one datagram's fault is that datagram's
             CONNECTIONS.labels(name, "failed").inc()
+            FAULTS.labels(name, _fault_reason(exc)).inc()
             log.warning("push datagram failed", extra={"listener": name, "error": type(exc).__name__})
 
     async def close(self) -> None:
@@ -320,6 +335,13 @@ class PushListeners:
         self._refusals: asyncio.Queue[tuple[str, PushRefusal]] = asyncio.Queue(REFUSAL_QUEUE)
         self._tcp: list[TcpListener] = []
         self._udp: list[UdpPushListener] = []
+        # The listener's own profile (HAN lists): checked now, so a wrong name stops the start.
+        self._layouts: dict[str, DeviceProfile] = {}
+        for spec in self.specs:
+            if spec.profile is not None:
+                layout = profiles.get(spec.profile)
+                self._driver.validate_profile(layout)
+                self._layouts[str(spec)] = layout
 
     # -- identity -> meter ------------------------------------------------------------
 
@@ -357,8 +379,16 @@ class PushListeners:
             except asyncio.QueueFull:
                 PUSHES.labels(listener, "refusal-dropped").inc()
 
+        idle = self.settings.push_idle_timeout_s
+        # The TCP listener's watchdog closes a silent connection (counted ``idle``); the driver's
+        # own idle wait is longer so that it never races it. A frame begun has ``idle`` to finish.
         stream = self._driver.serve(
-            connection, self.lookup, idle_timeout=self.settings.push_idle_timeout_s, on_refused=refused
+            connection,
+            self.lookup,
+            idle_timeout=2 * idle if isinstance(connection, DialInConnection) else idle,
+            on_refused=refused,
+            layout=self._layouts.get(listener),
+            frame_timeout=idle,
         )
         async for served in stream:
             await self._publish(served, listener)
@@ -469,6 +499,7 @@ class PushListeners:
                 def on_event(event: ListenerEvent, name: str = name) -> None:
                     CONNECTIONS.labels(name, event.kind).inc()
                     if event.kind == "failed" and event.error is not None:
+                        FAULTS.labels(name, _fault_reason(event.error)).inc()
                         log.info(
                             "push connection failed",
                             extra={"listener": name, "peer": event.peer, "error": _error_name(event.error)},
@@ -523,6 +554,11 @@ class PushListeners:
             await self.close()
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _fault_reason(exc: BaseException) -> str:
+    """A connection fault's reason for the metric: the gxcore error kind (framing, timeout, ...), else ``internal``."""
+    return exc.kind if isinstance(exc, GxError) else "internal"
 
 
 def _error_name(exc: BaseException) -> str:

@@ -279,12 +279,14 @@ class DlmsDriver(BaseDriver):
         idle_timeout: float,
         on_refused: RefusalHook | None = None,
         layout: DeviceProfile | None = None,
+        frame_timeout: float | None = None,
     ) -> AsyncIterator[PushServed]:
         """The pushes a meter sends over ``connection`` (see :mod:`gxcore.drivers.dlms.pushes` for identity).
 
         Each is a :class:`PushServed` (a Served with identity and invocation counter);
         ``on_refused`` hears of every frame that could not be served, with the frame;
-        ``layout`` is the profile whose push objects name a plain push's meter (HAN lists).
+        ``layout`` is the profile whose push objects name a plain push's meter (HAN lists);
+        ``frame_timeout`` (default ``idle_timeout``) bounds how long one frame may trickle in.
         """
         if not idle_timeout > 0:
             raise ConfigurationError(f"idle timeout must be positive, not {idle_timeout!r}")
@@ -298,6 +300,7 @@ class DlmsDriver(BaseDriver):
             on_refused=on_refused,
             clock=self.clock,
             layout=layout,
+            frame_timeout=frame_timeout,
         )
 
     def _resolve(self, target: MeterTarget, profile: DeviceProfile) -> tuple[DlmsParameters, list[DlmsPoint]]:

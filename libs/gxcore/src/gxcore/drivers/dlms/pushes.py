@@ -24,11 +24,13 @@ reported to ``on_refused`` (a :class:`PushRefusal` with the frame, for a dead le
 skipped; the pushes before and after it are served. A wrapper header that does not parse
 leaves the stream out of step: what was served stays served and the FramingError is raised.
 Serving ends, without error, when the peer closes the connection or nothing arrives for
-``idle_timeout`` seconds.
+``idle_timeout`` seconds; a frame begun must be whole within ``frame_timeout`` (else
+MeterTimeoutError: a sender trickling bytes cannot hold a connection for ever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -99,19 +101,29 @@ async def serve_pushes(
     on_refused: RefusalHook | None = None,
     clock: Callable[[], datetime],
     layout: DeviceProfile | None = None,
+    frame_timeout: float | None = None,
 ) -> AsyncIterator[PushServed]:
     """Yield what each push on ``connection`` carried, until the peer closes or goes quiet (see the module doc).
 
     ``clock`` gives the receive time (the readings' time when the push carries none);
     ``layout`` is the profile that says how plain pushes on this connection name their meter
-    (a HAN port's list of bare values: see :func:`push_layout`).
+    (a HAN port's list of bare values: see :func:`push_layout`); ``frame_timeout`` (default
+    ``idle_timeout``) is how long a frame begun may take to become whole.
     """
+    frame_s = frame_timeout if frame_timeout is not None else idle_timeout
     where = connection.describe()
     pending = bytearray()
+    loop = asyncio.get_running_loop()
+    frame_deadline: float | None = None  # when the partial frame in ``pending`` must be whole
     while True:
+        wait = idle_timeout if frame_deadline is None else frame_deadline - loop.time()
+        if wait <= 0:
+            raise MeterTimeoutError(f"{where}: a frame begun {frame_s:g} s ago is still not whole")
         try:
-            data = await connection.receive(READ_CHUNK, timeout=idle_timeout)
+            data = await connection.receive(READ_CHUNK, timeout=min(idle_timeout, wait))
         except MeterTimeoutError:
+            if frame_deadline is not None:
+                continue  # the deadline decides, above
             return
         except MediaError as exc:
             log.debug("push connection %s ended: %s", where, exc.reason)
@@ -123,6 +135,12 @@ async def serve_pushes(
                 yield served
         if len(pending) > MAX_PENDING:
             raise MediaError(f"{where}: {len(pending)} bytes without a whole DLMS frame")
+        # A sender trickling a frame (one byte a second) keeps the connection busy but must not
+        # hold it for ever: a frame begun has ``frame_s`` to become whole.
+        if not pending:
+            frame_deadline = None
+        elif frame_deadline is None:
+            frame_deadline = loop.time() + frame_s
 
 
 def _frames(pending: bytearray, where: str) -> list[bytes]:
