@@ -38,7 +38,7 @@ PLAIN = {1: "generic-dlms", 2: "han-kaifa", 3: "han-kamstrup"}
 
 
 def lookup(identity: str) -> tuple[MeterTarget, DeviceProfile] | None:
-    if identity == meter_system_title(SEED, 0).hex():
+    if identity in (meter_system_title(SEED, 0).hex(), meter_id(SEED, 0)):
         secrets = {k: Secret(v) for k, v in meter_secrets(SEED, 0).items()}
         return MeterTarget("M0", "tcp://127.0.0.1:4059", options=OPTIONS, secrets=secrets), PROFILE
     for index, profile in PLAIN.items():
@@ -169,3 +169,9 @@ def test_an_event_code_pushed_by_an_event_push_setup_becomes_an_event() -> None:
     assert [(e.kind, e.code, e.source, e.timestamp) for e in one.result.events] == [
         ("power-down", 1, "0-0:96.11.0", AT)
     ]
+
+
+def test_a_plain_push_naming_a_ciphered_meter_is_refused_as_unprotected() -> None:
+    served, refusals = asyncio.run(_serve(push_message(SEED, 0, AT)))
+    assert served == []
+    assert [(r.kind, r.identity) for r in refusals] == [("unprotected", meter_id(SEED, 0))]

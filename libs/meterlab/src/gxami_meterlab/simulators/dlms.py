@@ -713,8 +713,14 @@ async def run_pusher(
     pushes: int = 0,
     on_sent: Callable[[SentPush], None] | None = None,
     timeout: float = 10.0,
+    interface: Interface = "wrapper",
+    dedicated: bool = False,
+    han: HanStyle | None = None,
 ) -> None:
     """Meters that push their registers every ``every_s`` (staggered), to the targets in turn.
+
+    ``interface`` frames them (wrapper or HDLC); ``dedicated`` ciphers them general-ded with
+    each meter's :func:`dedicated_key`; ``han`` sends HAN-port lists (HDLC) instead.
 
     Push ``n`` of meter ``i`` goes to ``targets[(i + n) % len(targets)]``; ``pushes`` > 0 stops each
     meter after that many. The invocation counter is the Unix time in seconds (strictly rising
@@ -733,7 +739,16 @@ async def run_pusher(
             at = now if last_at is None or now > last_at else last_at + timedelta(seconds=1)
             counter = max(last_counter + 1, int(time.time()))
             host, port = targets[(index + n) % len(targets)]
-            frame = push_message(seed, index, at, policy=policy if ciphered else None, invocation_counter=counter)
+            frame = push_message(
+                seed,
+                index,
+                at,
+                policy=policy if ciphered else None,
+                invocation_counter=counter,
+                dedicated_key=dedicated_key(seed, index) if ciphered and dedicated else None,
+                interface=interface,
+                han=han,
+            )
             try:
                 await _send_frame(host, port, frame, timeout)
             except (OSError, TimeoutError) as exc:

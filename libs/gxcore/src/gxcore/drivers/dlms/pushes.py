@@ -18,6 +18,9 @@ found by, the sender's system title and the push's **invocation counter** (authe
 the GCM tag, so a listener can refuse a replay: a counter not above the last one it saw).
 Objects of the alarm registers (0-0:97.98.x) become alarm events, not readings.
 
+A meter whose parameters set up ciphering is served only ciphered pushes: a plain push
+naming it is refused (``unprotected``), whatever it carries.
+
 Rule for bad input: a frame that does not decode (a bad checksum inside, a wrong key, an
 unknown meter, a body we cannot read) is logged as a warning naming its typed error,
 reported to ``on_refused`` (a :class:`PushRefusal` with the frame, for a dead letter) and
@@ -62,7 +65,7 @@ _CIPHERED: Final = frozenset({0xDB, 0xDC})
 ALARM_REGISTERS: Final = "0.0.97.98."  # alarm register 1/2, alarm filter, alarm descriptor: 0-0:97.98.x
 
 Resolve = Callable[[MeterTarget, DeviceProfile], "tuple[DlmsParameters, list[DlmsPoint]]"]
-RefusalKind = Literal["unknown-meter", "undecodable", "wrong-key", "key-missing"]
+RefusalKind = Literal["unknown-meter", "undecodable", "wrong-key", "key-missing", "unprotected"]
 DEDICATED_KEY: Final = "dedicated_key"  # the secret a general-ded-ciphered push is deciphered with
 
 
@@ -211,6 +214,12 @@ def _serve_one(
         params, points = resolve(target, profile)
         security = params.security
         key = security.block_cipher_key if security is not None else None
+        if security is not None and not (apdu and apdu[0] in _CIPHERED):
+            # A meter set up for ciphering never pushes in clear: a plain push naming it is someone else's.
+            log.warning("push on %s: plain push for ciphered meter %s refused", where, target.meter_id)
+            reason = f"meter {target.meter_id} is set up for ciphering; a plain push naming it is refused"
+            _refuse(on_refused, PushRefusal("unprotected", reason, identity, frame, where))
+            return None
         if apdu and apdu[0] == GENERAL_DED_CIPHERING:
             # general-ded-ciphering: the meter's dedicated key (its secret store entry), never the global one
             key = meter_key(target.secrets, DEDICATED_KEY, "dedicated key", f"meter {target.meter_id}")
