@@ -181,6 +181,7 @@ class DlmsDriver(BaseDriver):
         self.counters = counters  # required for ciphered meters; set by whoever loads the driver
         self.media = media  # the medium for a meter URL; tests and bench hand in an in-memory peer
         self.clock = clock  # the time a clock-sync sets and relay readings carry
+        self._resolved: dict[str, tuple[DeviceProfile, list[DlmsPoint]]] = {}  # pushes: points per profile
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         if profile.protocol != PROTOCOL:
@@ -304,8 +305,14 @@ class DlmsDriver(BaseDriver):
         )
 
     def _resolve(self, target: MeterTarget, profile: DeviceProfile) -> tuple[DlmsParameters, list[DlmsPoint]]:
-        self.validate_profile(profile)
-        return dlms_parameters(profile, target), [dlms_point(p) for p in profile.points]
+        # A listener resolves every push: the profile's points are checked and resolved once per
+        # profile object (profiles are frozen), the meter's parameters (its secrets) each time.
+        cached = self._resolved.get(profile.name)
+        if cached is None or cached[0] is not profile:
+            self.validate_profile(profile)
+            cached = (profile, [dlms_point(p) for p in profile.points])
+            self._resolved[profile.name] = cached
+        return dlms_parameters(profile, target), cached[1]
 
 
 async def _read_rows(
