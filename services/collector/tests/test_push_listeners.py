@@ -219,3 +219,59 @@ def test_an_accepted_counter_is_taken_back_when_its_push_was_not_published(tmp_p
     assert c.accept("aa" * 8, 6), "the same push sent again is not a replay"
     c.undo("aa" * 8, 5, 4)  # a later counter came since: nothing is taken back
     assert c.last("aa" * 8) == 6
+
+
+async def test_an_unknown_meter_is_served_and_its_registration_asked_for_with_auto_register(tmp_path: Path) -> None:
+    settings = CollectorSettings(
+        listeners=["dlms-push@tcp://127.0.0.1:0"],
+        push_counters_file=tmp_path / "c.json",
+        push_idle_timeout_s=2,
+        push_auto_register="generic-dlms",
+        kafka_bootstrap="127.0.0.1:1",
+    )
+    publisher = RecordingPublisher()
+    directory = FleetDirectory()
+    directory.put(entry(1, serial="SHARED"))
+    directory.put(entry(2, serial="SHARED"))
+    directory.caught_up.set()
+    listeners = PushListeners(
+        settings,
+        ProfileCatalog(),
+        SecretStore(),
+        directory,
+        cast(Publisher, publisher),
+        DeadLetters(cast(Publisher, publisher), "collector"),
+        PushCounters(settings.push_counters_file),
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(listeners.run(stop))
+    stranger = meter_id(SEED, 7)
+    try:
+        while not listeners._tcp:
+            await asyncio.sleep(0.01)
+        port = listeners._tcp[0].port
+        await _push(port, push_message(SEED, 7, AT) + push_message(SEED, 7, AT + timedelta(minutes=15)))
+        assert listeners.lookup("SHARED") is None, "an identity two meters claim registers no third"
+        for _ in range(300):
+            if any(t == "ami.registrations" for t, _, _ in publisher.sent) and len(publisher.sent) >= 3:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await run
+    registrations = [m for t, _, m in publisher.sent if t == "ami.registrations"]
+    assert len(registrations) == 1, "asked once, though it pushed twice"
+    (reg,) = registrations
+    assert (reg.meter_id, reg.profile, reg.serial, reg.system_title, reg.connection) == (  # type: ignore[attr-defined]
+        stranger,
+        "generic-dlms",
+        stranger,
+        None,
+        "push",
+    )
+    batches = cast(list[ReadingBatch], [m for t, _, m in publisher.sent if t == "ami.readings"])
+    assert sorted((b.meter_id, b.series[0].ts[0]) for b in batches) == [
+        (stranger, AT),
+        (stranger, AT + timedelta(minutes=15)),
+    ]
+    assert directory.find(stranger) is not None

@@ -1,6 +1,6 @@
 """gxami message contracts: pydantic models, the topic catalog and example messages (no Kafka client)."""
 
-from gxami_contracts.fleet import Connection, FleetEntry
+from gxami_contracts.fleet import Connection, FleetEntry, MeterRegistration
 from gxami_contracts.messages import (
     CommandKind,
     CommandOutcome,
@@ -34,6 +34,7 @@ __all__ = [
     "Message",
     "MeterCommand",
     "MeterEvent",
+    "MeterRegistration",
     "ReadJob",
     "ReadingBatch",
     "ReadingSeries",

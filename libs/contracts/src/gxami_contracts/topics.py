@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gxami_contracts.fleet import FleetEntry
+from gxami_contracts.fleet import FleetEntry, MeterRegistration
 from gxami_contracts.messages import (
     CommandResult,
     DeadLetter,
@@ -93,6 +93,10 @@ DEAD_LETTERS = TopicSpec(
 # The registry as collectors need it (see gxami_contracts.fleet): compacted, a tombstone removes a meter.
 FLEET = TopicSpec("ami.fleet", FleetEntry, "meter_id", 6, ("scheduler",), ("collector",), compacted=True)
 
+# Meters a listener heard and the registry lacks (auto-registration): the scheduler registers them.
+REGISTRATIONS = TopicSpec("ami.registrations", MeterRegistration, "meter_id", 3, ("collector",), ("scheduler",))
+
 CATALOG: dict[str, TopicSpec] = {
-    t.name: t for t in (READ_JOBS, READINGS, JOB_RESULTS, EVENTS, COMMANDS, COMMAND_RESULTS, DEAD_LETTERS, FLEET)
+    t.name: t
+    for t in (READ_JOBS, READINGS, JOB_RESULTS, EVENTS, COMMANDS, COMMAND_RESULTS, DEAD_LETTERS, FLEET, REGISTRATIONS)
 }

@@ -74,6 +74,9 @@ class CollectorSettings(ServiceSettings):
     listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
+    # A push from an unknown meter registers it with this device profile (as Gurux AMI4 does):
+    # served at once, and the scheduler asked (ami.registrations) to add it to the registry.
+    push_auto_register: str | None = Field(default=None, min_length=1, max_length=100)
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod

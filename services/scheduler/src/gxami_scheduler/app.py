@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from gxami_contracts import DEAD_LETTER, JobResult, Message
-from gxami_contracts.topics import FLEET, JOB_RESULTS, READ_JOBS
+from gxami_contracts.topics import FLEET, JOB_RESULTS, READ_JOBS, REGISTRATIONS
 from gxami_runtime.auth import Authenticator, PoolTokens
 from gxami_runtime.http import OpsServer
 from gxami_runtime.isolation import database_refusal
@@ -32,6 +32,7 @@ from gxami_runtime.service import StartupError, check_database, kafka_startup_er
 from gxami_scheduler.api import FleetApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
+from gxami_scheduler.registrations import RegistrationIntake
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
 from gxami_store import migrate
@@ -210,7 +211,7 @@ async def _start_kafka(
     settings: SchedulerSettings, stack: contextlib.AsyncExitStack
 ) -> tuple[Publisher, AIOKafkaConsumer, AIOKafkaProducer]:
     try:
-        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name])
+        await ensure_topics(settings, [READ_JOBS.name, JOB_RESULTS.name, DEAD_LETTER, FLEET.name, REGISTRATIONS.name])
         producer = make_producer(settings)
         await producer.start()
         stack.push_async_callback(producer.stop)
@@ -261,6 +262,17 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             asyncio.create_task(
                 FleetFeed(pool, FleetPublisher(publisher, producer, settings), settings.shard()).run(stop),
                 name="fleet",
+            ),
+            # Meters a collector's listener heard and the registry lacks (auto-registration).
+            asyncio.create_task(
+                RegistrationIntake(
+                    pool,
+                    make_consumer(
+                        settings, f"{settings.results_group}.registrations", settings.topic(REGISTRATIONS.name)
+                    ),
+                    DeadLetters(publisher, "scheduler"),
+                ).run(stop),
+                name="registrations",
             ),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop")
