@@ -39,6 +39,7 @@ PUSHES = 2
 SEED = 11
 POLICY: SecurityPolicy = "authenticated-encrypted"
 PLAIN = METERS  # index of one more meter, registered without ciphering: its pushes are named by serial
+STRANGER = METERS + 1  # a plain meter nobody registered: replica 0 auto-registers it
 # quantity -> (OBIS, factor from the meter's unit to the profile's: Wh -> kWh, W -> kW)
 QUANTITIES = {
     "1-0:1.8.0": ("1.0.1.8.0.255", 0.001),
@@ -56,6 +57,7 @@ TOPICS = (
     "ami.command-results",
     "ami.dead-letter",
     "ami.fleet",
+    "ami.registrations",
 )
 
 
@@ -148,6 +150,7 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
             GXAMI_LISTENERS=f"dlms-push@tcp://127.0.0.1:{listen[i]}",
             GXAMI_PUSH_COUNTERS_FILE=str(tmp_path / f"push-counters-{i}.json"),
             GXAMI_PUSH_IDLE_TIMEOUT_S="5",
+            **({"GXAMI_PUSH_AUTO_REGISTER": "generic-dlms"} if i == 0 else {}),
         )
 
     def port_of(p: ServiceProcess) -> str:
@@ -201,8 +204,9 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         )
         replica = listen.index(int(first["target"].rsplit(":", 1)[1]))
         _send(listen[replica], replay)
-        # A meter nobody registered (its own title and keys): dead-lettered with the reason.
-        _send(listen[0], push_message(SEED, METERS + 5, datetime.fromisoformat(first["at"]), policy=POLICY))
+        # A meter nobody registered (its own title and keys), to the replica without auto-registration:
+        # dead-lettered with the reason.
+        _send(listen[1], push_message(SEED, METERS + 5, datetime.fromisoformat(first["at"]), policy=POLICY))
 
         # HDLC-framed (meter 3), general-ded-ciphered (meter 4), plain named by its serial: an
         # hour before the simulator's pushes, with counters above the ones the meters used.
@@ -217,10 +221,11 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
                 ),
             ),
             (PLAIN, push_message(SEED, PLAIN, extra_at)),
+            (STRANGER, push_message(SEED, STRANGER, extra_at)),  # to replica 0: auto-registered
         ]
         assert extras[0][1][0] == 0x7E and extras[1][1][8] == 0xDC
-        for n, (_, frame) in enumerate(extras):
-            _send(listen[n % 2], frame)
+        for n, (i, frame) in enumerate(extras):
+            _send(listen[0] if i == STRANGER else listen[n % 2], frame)
         sent.extend(
             {"meter_id": meter_id(SEED, i), "index": i, "at": extra_at.isoformat(), "counter": counter}
             for i, _ in extras
@@ -243,12 +248,28 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         _until(
             "the unknown meter dead-lettered",
             lambda: (
-                _metric(port_of(replicas[0]), "gxami_dead_letters_total", consumer="collector", outcome="sent") >= 1
+                _metric(port_of(replicas[1]), "gxami_dead_letters_total", consumer="collector", outcome="sent") >= 1
             ),
             30,
             procs,
         )
-        assert _metric(port_of(replicas[0]), "gxami_collector_pushes_total", outcome="unknown-meter") == 1
+        assert _metric(port_of(replicas[1]), "gxami_collector_pushes_total", outcome="unknown-meter") == 1
+        # The stranger: registered by the scheduler (the row exists) and so known to the other replica too.
+        _until(
+            "the auto-registered meter known to both replicas",
+            lambda: all(_metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 2 for c in replicas),
+            60,
+            procs,
+        )
+        assert _metric(port_of(replicas[0]), "gxami_collector_push_auto_registered_total") == 1
+        registered = asyncio.run(
+            _scalar(
+                database_url,
+                f"SELECT count(*) FROM meters WHERE meter_id = '{meter_id(SEED, STRANGER)}'"
+                " AND profile = 'generic-dlms' AND options->'_contact'->>'connection' = 'push'",
+            )
+        )
+        assert registered == 1
 
         # The replica restarts: its last counters were kept, the replay is refused again.
         old = replicas[replica]
@@ -257,7 +278,7 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         replicas[replica] = collector(replica)
         _until(
             "the restarted replica to know the fleet",
-            lambda: _metric(port_of(replicas[replica]), "gxami_collector_fleet_meters") == METERS + 1,
+            lambda: _metric(port_of(replicas[replica]), "gxami_collector_fleet_meters") == METERS + 2,
             120,
             procs,
         )
