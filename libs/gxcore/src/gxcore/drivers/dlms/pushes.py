@@ -154,7 +154,8 @@ def _frames(pending: bytearray, where: str) -> list[bytes]:
             try:
                 consumed, frame = hdlc.decode(pending)
             except GxError as exc:
-                log.warning("push on %s: bad HDLC frame skipped (%s: %s)", where, exc.kind, exc.reason)
+                # debug: garbage after a flag costs one of these per byte, and must not flood the log
+                log.debug("push on %s: bad HDLC frame skipped (%s: %s)", where, exc.kind, exc.reason)
                 del pending[:1]
                 continue
             raw = frame.raw if frame is not None else None
