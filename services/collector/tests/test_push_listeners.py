@@ -16,7 +16,7 @@ from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.listeners import ListenerSpec, PushCounters, PushListeners
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_contracts import FleetEntry, Message, ReadingBatch
+from gxami_contracts import FleetEntry, Message, MeterRegistration, ReadingBatch
 from gxami_meterlab.simulators.dlms import dedicated_key, meter_id, meter_secrets, meter_system_title, push_message
 from gxami_runtime.kafka import DeadLetters, Publisher
 from gxcore.errors import ConfigurationError
@@ -262,7 +262,7 @@ async def test_an_unknown_meter_is_served_and_its_registration_asked_for_with_au
     listeners = PushListeners(
         settings,
         ProfileCatalog(),
-        SecretStore(),
+        SecretStore(default={k: Secret(v) for k, v in meter_secrets(SEED, 8).items()}),  # keys for strangers
         directory,
         cast(Publisher, publisher),
         DeadLetters(cast(Publisher, publisher), "collector"),
@@ -276,18 +276,22 @@ async def test_an_unknown_meter_is_served_and_its_registration_asked_for_with_au
             await asyncio.sleep(0.01)
         port = listeners._tcp[0].port
         await _push(port, push_message(SEED, 7, AT) + push_message(SEED, 7, AT + timedelta(minutes=15)))
+        await _push(port, push_message(SEED, 8, AT, policy="authenticated-encrypted", invocation_counter=3))
         assert listeners.lookup("SHARED") is None, "an identity two meters claim registers no third"
         for _ in range(300):
-            if any(t == "ami.registrations" for t, _, _ in publisher.sent) and len(publisher.sent) >= 3:
+            if sum(t == "ami.registrations" for t, _, _ in publisher.sent) >= 2 and len(publisher.sent) >= 5:
                 break
             await asyncio.sleep(0.02)
     finally:
         stop.set()
         await run
-    registrations = [m for t, _, m in publisher.sent if t == "ami.registrations"]
-    assert len(registrations) == 1, "asked once, though it pushed twice"
-    (reg,) = registrations
-    assert (reg.meter_id, reg.profile, reg.serial, reg.system_title, reg.connection) == (  # type: ignore[attr-defined]
+    registrations = [cast(MeterRegistration, m) for t, _, m in publisher.sent if t == "ami.registrations"]
+    assert len(registrations) == 2, "asked once per meter, though one pushed twice"
+    reg, ciphered = sorted(registrations, key=lambda r: r.system_title or "")
+    title = meter_system_title(SEED, 8).hex()
+    assert (ciphered.meter_id, ciphered.system_title, ciphered.serial) == (title, title, None)
+    assert ciphered.options == {"authentication": "high-gmac", "security_policy": "authenticated-encrypted"}
+    assert (reg.meter_id, reg.profile, reg.serial, reg.system_title, reg.connection) == (
         stranger,
         "generic-dlms",
         stranger,
@@ -296,6 +300,7 @@ async def test_an_unknown_meter_is_served_and_its_registration_asked_for_with_au
     )
     batches = cast(list[ReadingBatch], [m for t, _, m in publisher.sent if t == "ami.readings"])
     assert sorted((b.meter_id, b.series[0].ts[0]) for b in batches) == [
+        (title, AT),
         (stranger, AT),
         (stranger, AT + timedelta(minutes=15)),
     ]

@@ -93,6 +93,7 @@ class MeterRegistration(Message):
     url: MeterUrl  # the listener that heard it
     profile: ProfileName
     connection: Connection = "push"
+    options: Options = Field(default_factory=dict)  # e.g. the security a ciphered push showed; never a key
     system_title: SystemTitle | None = None
     serial: DeviceName | None = None
     heard_at: Instant

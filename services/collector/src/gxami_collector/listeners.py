@@ -398,6 +398,8 @@ class PushListeners:
         if identity not in self._auto_registered and len(self._auto_registered) >= AUTO_REGISTER_MAX:
             return None
         title = identity if _TITLE.match(identity) else None
+        # A ciphered push (found by its title) is deciphered with the secret store's default keys.
+        options = {"authentication": "high-gmac", "security_policy": "authenticated-encrypted"} if title else {}
         spec = self.specs[0]
         now = datetime.now(UTC)
         entry = FleetEntry(
@@ -408,6 +410,7 @@ class PushListeners:
             profile=self._auto_profile,
             connection="push",
             interval_s=900,
+            options=options,
             system_title=title,
             serial=None if title else identity,
             updated_at=now,
@@ -417,6 +420,7 @@ class PushListeners:
             protocol=entry.protocol,
             url=entry.url,
             profile=entry.profile,
+            options=dict(entry.options),
             system_title=entry.system_title,
             serial=entry.serial,
             heard_at=now,

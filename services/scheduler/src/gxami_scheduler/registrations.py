@@ -56,7 +56,7 @@ async def register_meters(conn: DbConn, registrations: Sequence[MeterRegistratio
         [r.protocol for r in regs],
         [r.url for r in regs],
         [r.profile for r in regs],
-        [stored_options({}, ["billing"], c) for c in contacts],
+        [stored_options(r.options, ["billing"], c) for r, c in zip(regs, contacts, strict=True)],
         PUSH_INTERVAL_S,
     )
     return [row["meter_id"] for row in rows]
