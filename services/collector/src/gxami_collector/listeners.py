@@ -67,7 +67,8 @@ from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_contracts import FleetEntry, MeterEvent, MeterRegistration
 from gxami_contracts.topics import EVENTS, READINGS, REGISTRATIONS
-from gxami_runtime.kafka import DeadLetters, Publisher, describe_validation_error, make_producer
+from gxami_runtime.kafka import DeadLetters, Publisher, describe_validation_error, make_producer, start_producer
+from gxami_runtime.service import StartupError
 from gxcore.drivers import MeterEventRecord, MeterTarget
 from gxcore.drivers.dlms.driver import DlmsDriver
 from gxcore.drivers.dlms.pushes import PushRefusal, PushServed
@@ -663,15 +664,23 @@ async def serve_with_listeners(
     secrets: SecretStore,
     stop: asyncio.Event,
 ) -> None:
-    """Run the job loop and the push listeners side by side; either failing stops both."""
+    """Run the job loop and the push listeners side by side; either failing stops both.
+
+    A listener setting that does not hold (a spec, a profile it names, the counters file) or a
+    broker that cannot be reached stops the start with one line (StartupError: exit 2).
+    """
     producer = make_producer(settings)
-    await producer.start()
+    publisher = Publisher(producer, settings)
     try:
-        publisher = Publisher(producer, settings)
         counters = PushCounters(settings.push_counters_file)
         listeners = PushListeners(
             settings, profiles, secrets, FleetDirectory(), publisher, DeadLetters(publisher, "collector"), counters
         )
+    except ConfigurationError as exc:
+        await producer.stop()  # never started: this only releases it
+        raise StartupError(f"push listeners: {exc.reason}") from None
+    await start_producer(producer, settings)
+    try:
         tasks = [
             asyncio.create_task(jobs(stop), name="jobs"),
             asyncio.create_task(listeners.run(stop), name="listeners"),
