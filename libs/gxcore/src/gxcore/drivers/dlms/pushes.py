@@ -5,18 +5,25 @@ told apart by each frame's first byte. Each is decoded with
 :func:`~gxcore.protocols.dlms.push.decode_dlms_push` and its meter looked up by identity:
 
 * a ciphered push (general-glo/ded-ciphering) by the sender's **system title**, as 16
-  lower-case hex digits; it is deciphered with the keys of the meter found (its profile's
-  ``security_policy`` and ``target.secrets`` ``key``/``auth_key``, as for reads);
-* a plain push by the name its body carries (serial number 0-0:96.1.0, else logical device
-  name 0-0:42.0.0), as text.
+  lower-case hex digits; it is deciphered with the keys of the meter found: general-glo with
+  ``target.secrets`` ``key``/``auth_key`` (as for reads), general-ded with ``dedicated_key``
+  and ``auth_key``;
+* a plain push by the name its body carries: the element the profile's ``push_identity``
+  names (an OBIS code), by default the serial number 0-0:96.1.0, else the logical device name
+  0-0:42.0.0, as text. Where the body names no OBIS (a HAN list of bare values) the
+  connection's ``layout`` profile says which element is which.
 
-Readings of objects the profile names as value points become the points' readings (unit,
-scale and offset as for a read); others stay as decoded (reduced OBIS, the meter's unit).
+The body is read with the meter's profile's ``push_objects`` (element ``k`` is object ``k``;
+scaler and unit for bare values); the readings' time is the notification's date-time, else the
+body's clock, else ``clock()`` when it was received. Readings of objects the profile names as
+value points become the points' readings (unit, scale and offset as for a read); others stay
+as decoded (reduced OBIS, the meter's unit).
 
 Each push is yielded as a :class:`PushServed`: the :class:`Served` plus the identity it was
 found by, the sender's system title and the push's **invocation counter** (authenticated by
 the GCM tag, so a listener can refuse a replay: a counter not above the last one it saw).
-Objects of the alarm registers (0-0:97.98.x) become alarm events, not readings.
+Objects of the alarm registers (0-0:97.98.x) become alarm events, and event codes
+(0-x:96.11.n, what an event push setup sends) meter events, not readings.
 
 A meter whose parameters set up ciphering is served only ciphered pushes: a plain push
 naming it is refused (``unprotected``), whatever it carries.
