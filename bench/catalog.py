@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import ciphering, cli_start, decoding, dlms_frames, ingest, sessions, storage
+from bench import ciphering, cli_start, decoding, dlms_frames, ingest, pushes, sessions, storage
 from bench.figures import Benchmark
 
 _ALL = (
@@ -56,6 +56,11 @@ _ALL = (
     ),
     Benchmark(
         "dlms_decrypt", "ciphered DLMS APDUs decrypted/s: gxcore and gurux vs cryptography AES-GCM", ciphering.run
+    ),
+    Benchmark(
+        "dlms_pushes_listener",
+        "ciphered DLMS pushes accepted and published/s by the real listener (one core) vs decoding them in memory",
+        pushes.run,
     ),
     Benchmark(
         "ingest_kafka_to_rows",

@@ -5,6 +5,9 @@ on ``ami.fleet``, two collectors with push listeners follow it, ``gxami simulate
 sends ciphered DataNotifications to both in turn, ingest stores them. Every pushed value is in
 the database exactly once and equals what the simulator sent; a replayed push is refused (also
 after the replica restarts: its counters are on disk); an unknown meter's push is dead-lettered.
+Beside the simulator's wrapper pushes: one HDLC-framed push, one general-ded-ciphered push (the
+meter's dedicated key from the secrets file) and one plain push named by its serial, each
+stored exactly once.
 """
 
 from __future__ import annotations
@@ -16,23 +19,27 @@ import re
 import socket
 import time
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+import yaml
 
 from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
 from gxami_meterlab.devstack import StackEndpoints
 from gxami_meterlab.devstack_procs import free_port
-from gxami_meterlab.simulators.dlms import expected_register, push_message
+from gxami_meterlab.simulators.dlms import dedicated_key, expected_register, meter_id, push_message
+from gxcore.protocols.dlms.ciphering import SecurityPolicy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
 METERS = 200
 PUSHES = 2
 SEED = 11
-POLICY = "authenticated-encrypted"
+POLICY: SecurityPolicy = "authenticated-encrypted"
+PLAIN = METERS  # index of one more meter, registered without ciphering: its pushes are named by serial
+STRANGER = METERS + 1  # a plain meter nobody registered: replica 0 auto-registers it
 # quantity -> (OBIS, factor from the meter's unit to the profile's: Wh -> kWh, W -> kW)
 QUANTITIES = {
     "1-0:1.8.0": ("1.0.1.8.0.255", 0.001),
@@ -50,6 +57,7 @@ TOPICS = (
     "ami.command-results",
     "ami.dead-letter",
     "ami.fleet",
+    "ami.registrations",
 )
 
 
@@ -142,6 +150,7 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
             GXAMI_LISTENERS=f"dlms-push@tcp://127.0.0.1:{listen[i]}",
             GXAMI_PUSH_COUNTERS_FILE=str(tmp_path / f"push-counters-{i}.json"),
             GXAMI_PUSH_IDLE_TIMEOUT_S="5",
+            **({"GXAMI_PUSH_AUTO_REGISTER": "generic-dlms"} if i == 0 else {}),
         )
 
     def port_of(p: ServiceProcess) -> str:
@@ -149,6 +158,12 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
 
     try:
         run("files", *common, "--fleet-out", str(fleet), "--secrets-out", str(secrets), "--write-only")
+        doc = yaml.safe_load(fleet.read_text())
+        plain = {**doc["meters"][0], "meter_id": meter_id(SEED, PLAIN), "serial": meter_id(SEED, PLAIN)}
+        plain.pop("system_title")
+        plain["options"] = {"authentication": "none"}
+        doc["meters"].append(plain)
+        fleet.write_text(yaml.safe_dump(doc))
         run("db", "db", "migrate")
         run("fleet", "fleet", "import", str(fleet))
         assert asyncio.run(_scalar(database_url, "SELECT count(*) FROM meter_schedule")) == 0, (
@@ -166,7 +181,7 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         for c in replicas:
             _until(
                 f"{c.name} to know the fleet",
-                lambda c=c: _metric(port_of(c), "gxami_collector_fleet_meters") == METERS,
+                lambda c=c: _metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 1,
                 120,
                 procs,
             )
@@ -189,10 +204,34 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         )
         replica = listen.index(int(first["target"].rsplit(":", 1)[1]))
         _send(listen[replica], replay)
-        # A meter nobody registered (its own title and keys): dead-lettered with the reason.
-        _send(listen[0], push_message(SEED, METERS + 5, datetime.fromisoformat(first["at"]), policy=POLICY))
+        # A meter nobody registered (its own title and keys), to the replica without auto-registration:
+        # dead-lettered with the reason.
+        _send(listen[1], push_message(SEED, METERS + 5, datetime.fromisoformat(first["at"]), policy=POLICY))
 
-        want = METERS * PUSHES * len(QUANTITIES)
+        # HDLC-framed (meter 3), general-ded-ciphered (meter 4), plain named by its serial: an
+        # hour before the simulator's pushes, with counters above the ones the meters used.
+        extra_at = datetime.fromisoformat(first["at"]).replace(microsecond=0) - timedelta(hours=1)
+        counter = max(s["counter"] for s in sent) + 10
+        extras = [
+            (3, push_message(SEED, 3, extra_at, policy=POLICY, invocation_counter=counter, interface="hdlc")),
+            (
+                4,
+                push_message(
+                    SEED, 4, extra_at, policy=POLICY, invocation_counter=counter, dedicated_key=dedicated_key(SEED, 4)
+                ),
+            ),
+            (PLAIN, push_message(SEED, PLAIN, extra_at)),
+            (STRANGER, push_message(SEED, STRANGER, extra_at)),  # to replica 0: auto-registered
+        ]
+        assert extras[0][1][0] == 0x7E and extras[1][1][8] == 0xDC
+        for n, (i, frame) in enumerate(extras):
+            _send(listen[0] if i == STRANGER else listen[n % 2], frame)
+        sent.extend(
+            {"meter_id": meter_id(SEED, i), "index": i, "at": extra_at.isoformat(), "counter": counter}
+            for i, _ in extras
+        )
+
+        want = (METERS * PUSHES + len(extras)) * len(QUANTITIES)
         _until(
             "every pushed value in the database",
             lambda: asyncio.run(_scalar(database_url, "SELECT count(*) FROM readings")) >= want,
@@ -209,12 +248,28 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         _until(
             "the unknown meter dead-lettered",
             lambda: (
-                _metric(port_of(replicas[0]), "gxami_dead_letters_total", consumer="collector", outcome="sent") >= 1
+                _metric(port_of(replicas[1]), "gxami_dead_letters_total", consumer="collector", outcome="sent") >= 1
             ),
             30,
             procs,
         )
-        assert _metric(port_of(replicas[0]), "gxami_collector_pushes_total", outcome="unknown-meter") == 1
+        assert _metric(port_of(replicas[1]), "gxami_collector_pushes_total", outcome="unknown-meter") == 1
+        # The stranger: registered by the scheduler (the row exists) and so known to the other replica too.
+        _until(
+            "the auto-registered meter known to both replicas",
+            lambda: all(_metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 2 for c in replicas),
+            60,
+            procs,
+        )
+        assert _metric(port_of(replicas[0]), "gxami_collector_push_auto_registered_total") == 1
+        registered = asyncio.run(
+            _scalar(
+                database_url,
+                f"SELECT count(*) FROM meters WHERE meter_id = '{meter_id(SEED, STRANGER)}'"
+                " AND profile = 'generic-dlms' AND options->'_contact'->>'connection' = 'push'",
+            )
+        )
+        assert registered == 1
 
         # The replica restarts: its last counters were kept, the replay is refused again.
         old = replicas[replica]
@@ -223,7 +278,7 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         replicas[replica] = collector(replica)
         _until(
             "the restarted replica to know the fleet",
-            lambda: _metric(port_of(replicas[replica]), "gxami_collector_fleet_meters") == METERS,
+            lambda: _metric(port_of(replicas[replica]), "gxami_collector_fleet_meters") == METERS + 2,
             120,
             procs,
         )

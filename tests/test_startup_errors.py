@@ -26,6 +26,21 @@ CASES = [
         {"GXAMI_DATABASE_URL": "postgresql://gx:hunter2@127.0.0.1:1/none"},
         "cannot reach the database at postgresql://gx:***@127.0.0.1:1/none",
     ),
+    # With push listeners (issue 8): the broker, and a profile the listener settings name.
+    (
+        "collector",
+        {"GXAMI_KAFKA_BOOTSTRAP": "127.0.0.1:1", "GXAMI_LISTENERS": "dlms-push@tcp://127.0.0.1:0"},
+        "cannot reach the Kafka broker at 127.0.0.1:1",
+    ),
+    (
+        "collector",
+        {
+            "GXAMI_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+            "GXAMI_LISTENERS": "dlms-push@tcp://127.0.0.1:0?profile=han-kaifa",
+            "GXAMI_PUSH_AUTO_REGISTER": "no-such-profile",
+        },
+        "push listeners: unknown device profile 'no-such-profile'",
+    ),
 ]
 
 

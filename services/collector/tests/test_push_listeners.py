@@ -16,8 +16,8 @@ from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.listeners import ListenerSpec, PushCounters, PushListeners
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_contracts import FleetEntry, Message, ReadingBatch
-from gxami_meterlab.simulators.dlms import meter_id, meter_secrets, meter_system_title, push_message
+from gxami_contracts import FleetEntry, Message, MeterRegistration, ReadingBatch
+from gxami_meterlab.simulators.dlms import dedicated_key, meter_id, meter_secrets, meter_system_title, push_message
 from gxami_runtime.kafka import DeadLetters, Publisher
 from gxcore.errors import ConfigurationError
 from gxcore.profiles import ProfileCatalog
@@ -84,7 +84,17 @@ def test_replay_counters_refuse_what_is_not_above_the_last_and_hold_across_a_res
         PushCounters(path)
 
 
-@pytest.mark.parametrize("text", ["tcp://0.0.0.0:4059", "dlms-push@http://h:1", "dlms-push@tcp://h", "other@tcp://h:1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tcp://0.0.0.0:4059",
+        "dlms-push@http://h:1",
+        "dlms-push@tcp://h",
+        "other@tcp://h:1",
+        "dlms-push@tcp://h:1?profile=",
+        "dlms-push@tcp://h:1?key=00",
+    ],
+)
 def test_a_listener_spec_that_does_not_parse_is_refused(text: str) -> None:
     with pytest.raises(ConfigurationError, match="listener"):
         ListenerSpec.parse(text)
@@ -92,6 +102,7 @@ def test_a_listener_spec_that_does_not_parse_is_refused(text: str) -> None:
 
 def test_listener_specs_parse() -> None:
     assert str(ListenerSpec.parse(" dlms-push@udp://0.0.0.0:4059 ")) == "dlms-push@udp://0.0.0.0:4059"
+    assert ListenerSpec.parse("dlms-push@tcp://0.0.0.0:4060?profile=han-kaifa").profile == "han-kaifa"
     s = CollectorSettings(listeners="dlms-push@tcp://127.0.0.1:0, dlms-push@udp://127.0.0.1:0")  # type: ignore[arg-type]
     assert len(s.listeners) == 2
 
@@ -201,14 +212,28 @@ async def test_a_push_in_a_udp_datagram_is_served(tmp_path: Path) -> None:
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port))
         transport.sendto(b"\x00\x01garbage")  # a bad datagram costs only itself
         transport.sendto(push_message(SEED, 0, AT, policy="authenticated-encrypted", invocation_counter=3))
+        later = AT + timedelta(minutes=15)
+        hdlc = push_message(SEED, 0, later, policy="authenticated-encrypted", invocation_counter=4, interface="hdlc")
+        transport.sendto(hdlc)
+        ded = push_message(
+            SEED,
+            0,
+            later + timedelta(minutes=15),
+            policy="authenticated-encrypted",
+            invocation_counter=5,
+            dedicated_key=dedicated_key(SEED, 0),
+        )
+        transport.sendto(ded)
         transport.close()
         for _ in range(200):
-            if publisher.sent:
+            if len(publisher.sent) >= 3:
                 break
             await asyncio.sleep(0.02)
     finally:
         await listeners.close()
-    assert [(t, k) for t, k, _ in publisher.sent] == [("ami.readings", meter_id(SEED, 0))]
+    assert [(t, k) for t, k, _ in publisher.sent] == [("ami.readings", meter_id(SEED, 0))] * 3
+    stamps = sorted(cast(ReadingBatch, m).series[0].ts[0] for _, _, m in publisher.sent)
+    assert stamps == [AT, later, later + timedelta(minutes=15)], "wrapper, HDLC and general-ded datagrams"
 
 
 def test_an_accepted_counter_is_taken_back_when_its_push_was_not_published(tmp_path: Path) -> None:
@@ -219,3 +244,108 @@ def test_an_accepted_counter_is_taken_back_when_its_push_was_not_published(tmp_p
     assert c.accept("aa" * 8, 6), "the same push sent again is not a replay"
     c.undo("aa" * 8, 5, 4)  # a later counter came since: nothing is taken back
     assert c.last("aa" * 8) == 6
+
+
+async def test_an_unknown_meter_is_served_and_its_registration_asked_for_with_auto_register(tmp_path: Path) -> None:
+    settings = CollectorSettings(
+        listeners=["dlms-push@tcp://127.0.0.1:0"],
+        push_counters_file=tmp_path / "c.json",
+        push_idle_timeout_s=2,
+        push_auto_register="generic-dlms",
+        kafka_bootstrap="127.0.0.1:1",
+    )
+    publisher = RecordingPublisher()
+    directory = FleetDirectory()
+    directory.put(entry(1, serial="SHARED"))
+    directory.put(entry(2, serial="SHARED"))
+    directory.caught_up.set()
+    listeners = PushListeners(
+        settings,
+        ProfileCatalog(),
+        SecretStore(default={k: Secret(v) for k, v in meter_secrets(SEED, 8).items()}),  # keys for strangers
+        directory,
+        cast(Publisher, publisher),
+        DeadLetters(cast(Publisher, publisher), "collector"),
+        PushCounters(settings.push_counters_file),
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(listeners.run(stop))
+    stranger = meter_id(SEED, 7)
+    try:
+        while not listeners._tcp:
+            await asyncio.sleep(0.01)
+        port = listeners._tcp[0].port
+        await _push(port, push_message(SEED, 7, AT) + push_message(SEED, 7, AT + timedelta(minutes=15)))
+        await _push(port, push_message(SEED, 8, AT, policy="authenticated-encrypted", invocation_counter=3))
+        assert listeners.lookup("SHARED") is None, "an identity two meters claim registers no third"
+        for _ in range(300):
+            if sum(t == "ami.registrations" for t, _, _ in publisher.sent) >= 2 and len(publisher.sent) >= 5:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await run
+    registrations = [cast(MeterRegistration, m) for t, _, m in publisher.sent if t == "ami.registrations"]
+    assert len(registrations) == 2, "asked once per meter, though one pushed twice"
+    reg, ciphered = sorted(registrations, key=lambda r: r.system_title or "")
+    title = meter_system_title(SEED, 8).hex()
+    assert (ciphered.meter_id, ciphered.system_title, ciphered.serial) == (title, title, None)
+    assert ciphered.options == {"authentication": "high-gmac", "security_policy": "authenticated-encrypted"}
+    assert (reg.meter_id, reg.profile, reg.serial, reg.system_title, reg.connection) == (
+        stranger,
+        "generic-dlms",
+        stranger,
+        None,
+        "push",
+    )
+    batches = cast(list[ReadingBatch], [m for t, _, m in publisher.sent if t == "ami.readings"])
+    assert sorted((b.meter_id, b.series[0].ts[0]) for b in batches) == [
+        (title, AT),
+        (stranger, AT),
+        (stranger, AT + timedelta(minutes=15)),
+    ]
+    assert directory.find(stranger) is not None
+
+
+async def test_a_han_listener_reads_bare_lists_with_the_profile_it_names(tmp_path: Path) -> None:
+    settings = CollectorSettings(
+        listeners=["dlms-push@tcp://127.0.0.1:0?profile=han-kaifa"],
+        push_counters_file=tmp_path / "c.json",
+        push_idle_timeout_s=2,
+        kafka_bootstrap="127.0.0.1:1",
+    )
+    publisher = RecordingPublisher()
+    directory = FleetDirectory()
+    directory.put(entry(3, profile="han-kaifa", options={"authentication": "none"}, system_title=None))
+    directory.caught_up.set()
+    listeners = PushListeners(
+        settings,
+        ProfileCatalog(),
+        SecretStore(),
+        directory,
+        cast(Publisher, publisher),
+        DeadLetters(cast(Publisher, publisher), "collector"),
+        PushCounters(settings.push_counters_file),
+    )
+    await listeners.start()
+    try:
+        await _push(listeners._tcp[0].port, push_message(SEED, 3, AT, han="kaifa"))
+        for _ in range(200):
+            if publisher.sent:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await listeners.close()
+    (batch,) = [cast(ReadingBatch, m) for t, _, m in publisher.sent if t == "ami.readings"]
+    assert batch.meter_id == meter_id(SEED, 3)
+    assert {s.quantity for s in batch.series} == {"1-0:1.8.0", "1-0:2.8.0", "1-0:1.7.0", "1-0:32.7.0", "1-0:31.7.0"}
+    with pytest.raises(ConfigurationError, match="profile"):
+        PushListeners(
+            CollectorSettings(listeners=["dlms-push@tcp://127.0.0.1:0?profile=no-such"], kafka_bootstrap="127.0.0.1:1"),
+            ProfileCatalog(),
+            SecretStore(),
+            directory,
+            cast(Publisher, publisher),
+            DeadLetters(cast(Publisher, publisher), "collector"),
+            PushCounters(settings.push_counters_file),
+        )

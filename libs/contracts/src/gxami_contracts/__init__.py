@@ -1,7 +1,7 @@
 """gxami message contracts: pydantic models, the topic catalog and example messages (no Kafka client)."""
 
 from gxami_contracts.dial_in import DialInClaim, DialInContact, DialInWork
-from gxami_contracts.fleet import Connection, FleetEntry
+from gxami_contracts.fleet import Connection, FleetEntry, MeterRegistration
 from gxami_contracts.messages import (
     CommandKind,
     CommandOutcome,
@@ -38,6 +38,7 @@ __all__ = [
     "Message",
     "MeterCommand",
     "MeterEvent",
+    "MeterRegistration",
     "ReadJob",
     "ReadingBatch",
     "ReadingSeries",

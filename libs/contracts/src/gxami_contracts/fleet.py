@@ -75,3 +75,25 @@ class FleetEntry(Message):
     def identities(self) -> list[str]:
         """The identities this meter is found by, as drivers report them (system title hex, names)."""
         return [i for i in (self.system_title, self.serial, self.wmbus_id) if i]
+
+
+class MeterRegistration(Message):
+    """A collector heard a meter the registry does not have and asks the scheduler to register it.
+
+    Sent on ``ami.registrations`` (keyed by meter id) when a listener runs with auto-registration
+    (``GXAMI_PUSH_AUTO_REGISTER=<default profile>``, as Gurux AMI4 does). The scheduler owns the
+    registry: it inserts the meter (never overwriting one an operator registered meanwhile) and
+    publishes it on ``ami.fleet`` like any other, so every replica comes to know it. Never a key.
+    """
+
+    max_wire_bytes: ClassVar[int] = 16 * 1024
+
+    meter_id: MeterId
+    protocol: ProtocolName
+    url: MeterUrl  # the listener that heard it
+    profile: ProfileName
+    connection: Connection = "push"
+    options: Options = Field(default_factory=dict)  # e.g. the security a ciphered push showed; never a key
+    system_title: SystemTitle | None = None
+    serial: DeviceName | None = None
+    heard_at: Instant

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gxami_contracts.dial_in import DialInClaim, DialInContact, DialInWork
-from gxami_contracts.fleet import FleetEntry
+from gxami_contracts.fleet import FleetEntry, MeterRegistration
 from gxami_contracts.messages import (
     CommandResult,
     DeadLetter,
@@ -119,6 +119,10 @@ DEAD_LETTERS = TopicSpec(
 # The registry as collectors need it (see gxami_contracts.fleet): compacted, a tombstone removes a meter.
 FLEET = TopicSpec("ami.fleet", FleetEntry, "meter_id", 6, ("scheduler",), ("collector",), compacted=True)
 
+# Meters a listener heard and the registry lacks (auto-registration): the scheduler registers them.
+REGISTRATIONS = TopicSpec(
+    "ami.registrations", MeterRegistration, "meter_id", 3, ("collector",), ("scheduler",), retention_ms=7 * _DAY_MS
+)
 # Dial-in meters (see gxami_contracts.dial_in): each meter's pending jobs, and the replicas' claims on them.
 DIAL_IN_WORK = TopicSpec("ami.dial-in-work", DialInWork, "meter_id", 6, ("scheduler",), ("collector",), compacted=True)
 DIAL_IN_CLAIMS = TopicSpec(
@@ -142,5 +146,6 @@ CATALOG: dict[str, TopicSpec] = {
         DIAL_IN_WORK,
         DIAL_IN_CLAIMS,
         DIAL_IN_CONTACTS,
+        REGISTRATIONS,
     )
 }

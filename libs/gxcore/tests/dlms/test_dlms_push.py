@@ -56,7 +56,7 @@ def test_published_tirol_push_decodes_exactly() -> None:
         "1-0:4.8.0": (9.0, "varh"),
     }
     assert all(r.timestamp == push.timestamp for r in push.readings)
-    assert len(push.values) == 12  # 8 readings + clock name, clock value, serial, logical device name
+    assert len(push.values) == 11  # 8 readings + the clock (a flat name/value pair), serial, logical device name
 
 
 def test_a_plain_push_from_gurux_notify_decodes_like_gurux_reads_it() -> None:
@@ -146,7 +146,10 @@ def test_columns_name_a_bare_array_and_received_at_dates_it() -> None:
     push = decode_dlms_push(
         raw, columns=[PushColumn("1.0.1.8.0.255", 0, "Wh"), PushColumn("1.0.32.7.0.255", -1, "V")], received_at=at
     )
-    assert push.values == (Reading("1-0:1.8.0", 1234.0, "Wh", at), Reading("1-0:32.7.0", Decimal("0.7"), "V", at))
+    assert push.values == (
+        Reading("1-0:1.8.0", 1234.0, "Wh", at, extra={"source": "1.0.1.8.0.255"}),
+        Reading("1-0:32.7.0", Decimal("0.7"), "V", at, extra={"source": "1.0.32.7.0.255"}),
+    )
     assert decode_dlms_push(encode_push(body, at=AT)).readings[0].value == 5.0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,11 @@ def dlms(
     stall_after: int = typer.Option(3, min=0, help="with --stall-meter: requests answered before it goes silent"),
     idle: float = typer.Option(10.0, help="with --dial-in: hang up after this many silent seconds"),
     call_log: Path | None = typer.Option(None, help="with --dial-in: append one JSON line per call made"),
+    push_framing: str = typer.Option("wrapper", help="with --push-to: wrapper or hdlc"),
+    dedicated: bool = typer.Option(False, help="with --push-to --ciphered: general-ded, each meter's dedicated key"),
+    han: str | None = typer.Option(
+        None, help="with --push-to: HAN-port lists over HDLC, kaifa or kamstrup style (profile han-<style>)"
+    ),
 ) -> None:
     """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; push (--push-to); dial in."""
     import asyncio
@@ -109,7 +115,23 @@ def dlms(
         return
     if push_to:
         files = (fleet_out, secrets_out)
-        _push(meters, seed, push_to, every, ciphered, pushes, security_policy, files, sent_log, write_only=write_only)
+        if push_framing not in {"wrapper", "hdlc"} or han not in {None, "kaifa", "kamstrup"}:
+            typer.echo("gxami simulate dlms: --push-framing is wrapper or hdlc; --han kaifa or kamstrup", err=True)
+            raise typer.Exit(2)
+        style = PushStyle(push_framing, dedicated, han)
+        _push(
+            meters,
+            seed,
+            push_to,
+            every,
+            ciphered,
+            pushes,
+            security_policy,
+            files,
+            sent_log,
+            write_only=write_only,
+            style=style,
+        )
         return
 
     from gxami_meterlab.dlms.image_transfer import FirmwareFaults
@@ -193,6 +215,15 @@ def _every_seconds(text: str) -> float:
     return seconds
 
 
+@dataclass(frozen=True, slots=True)
+class PushStyle:
+    """How the simulated meters frame and cipher their pushes (``--push-framing``, ``--dedicated``, ``--han``)."""
+
+    framing: str = "wrapper"
+    dedicated: bool = False
+    han: str | None = None
+
+
 def _push(
     meters: int,
     seed: int,
@@ -205,8 +236,10 @@ def _push(
     sent_log: Path | None,
     *,
     write_only: bool = False,
+    style: PushStyle | None = None,
 ) -> None:
     """Meters that push to listeners (issue 8): fleet file with ``connection: push`` and identities."""
+    style = style or PushStyle()
     fleet_out, secrets_out = files
     import asyncio
     import json
@@ -239,7 +272,7 @@ def _push(
                         "meter_id": ids[i],
                         "protocol": "dlms",
                         "address": f"tcp://{targets[i % len(targets)][0]}:{targets[i % len(targets)][1]}",
-                        "profile": "generic-dlms",
+                        "profile": f"han-{style.han}" if style.han else "generic-dlms",
                         "group": f"sim-{seed}",
                         "schedule": every if every_s >= 60 else "1m",
                         "connection": "push",
@@ -278,6 +311,9 @@ def _push(
             policy=security_policy,  # type: ignore[arg-type]  # typer gives str; the driver checks it
             pushes=pushes,
             on_sent=sent,
+            interface=style.framing,  # type: ignore[arg-type]  # checked above: wrapper or hdlc
+            dedicated=style.dedicated,
+            han=style.han,  # type: ignore[arg-type]  # checked above: kaifa or kamstrup
         )
 
     try:

@@ -233,6 +233,16 @@ async def start_clients(
     return producer, consumer
 
 
+async def start_producer(producer: AIOKafkaProducer, settings: ServiceSettings) -> None:
+    """Start ``producer``; an unreachable broker becomes a StartupError naming it (said once), the producer released."""
+    try:
+        with _quiet_client_errors():
+            await producer.start()
+    except (KafkaError, OSError) as exc:
+        await producer.stop()
+        raise kafka_startup_error(settings.kafka_bootstrap, exc, settings.kafka_security()) from None
+
+
 class Publisher:
     """Sends contract messages as JSON, keyed as the catalog says."""
 

@@ -84,6 +84,10 @@ class FleetDirectory:
     def get(self, meter_id: str) -> FleetEntry | None:
         return self._entries.get(meter_id)
 
+    def claimed(self, identity: str) -> bool:
+        """True when some meter claims ``identity`` (also when two do, and :meth:`find` matches neither)."""
+        return identity in self._by_identity
+
     def find(self, identity: str) -> FleetEntry | None:
         """The meter an identity names (as a driver reports it), or None."""
         meter_id = self._by_identity.get(identity)

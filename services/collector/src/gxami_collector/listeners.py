@@ -29,7 +29,14 @@ a compacted topic) would make the second fleet-wide too, at a write per push.
 Bad input never stops a listener: every read has the listener's idle timeout, a connection's
 failure ends only that connection, at most ``listener_max_connections`` are served at once,
 refusals queue in a bounded queue (dropped and counted beyond it). Nothing here logs a key,
-a tag or a frame's bytes. Auto-registration of unknown meters is not implemented.
+a tag or a frame's bytes.
+
+Auto-registration (``GXAMI_PUSH_AUTO_REGISTER=<default profile>``, as Gurux AMI4 does): a push
+from an unknown meter is served at once under a provisional directory entry (meter id = the
+name or system title it gave, the default profile, its keys, if ciphered, from the secret
+store's defaults), and a :class:`~gxami_contracts.MeterRegistration` goes to the scheduler on
+``ami.registrations``. The scheduler owns the registry: it inserts the row and publishes it on
+``ami.fleet``, which replaces the provisional entry here and teaches every other replica.
 """
 
 from __future__ import annotations
@@ -40,13 +47,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -58,9 +66,10 @@ from gxami_collector.fleet_cache import FleetDirectory, FleetFollower
 from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_contracts import MeterEvent
-from gxami_contracts.topics import EVENTS, READINGS
-from gxami_runtime.kafka import DeadLetters, Publisher, describe_validation_error, make_producer
+from gxami_contracts import FleetEntry, MeterEvent, MeterRegistration
+from gxami_contracts.topics import EVENTS, READINGS, REGISTRATIONS
+from gxami_runtime.kafka import DeadLetters, Publisher, describe_validation_error, make_producer, start_producer
+from gxami_runtime.service import StartupError
 from gxcore.drivers import MeterEventRecord, MeterTarget
 from gxcore.drivers.dlms.driver import DlmsDriver
 from gxcore.drivers.dlms.pushes import PushRefusal, PushServed
@@ -77,7 +86,18 @@ CONNECTIONS = Counter(
     "gxami_collector_listener_connections_total", "Listener connections by fate", ["listener", "kind"]
 )
 PUSH_READINGS = Counter("gxami_collector_push_readings_total", "Readings of served pushes published")
+FAULTS = Counter(
+    "gxami_collector_listener_faults_total",
+    "Listener connections that ended in a fault, by reason (framing: garbage; timeout: a frame trickled; ...)",
+    ["listener", "reason"],
+)
+AUTO_REGISTERED = Counter(
+    "gxami_collector_push_auto_registered_total", "Unknown pushing meters registered (GXAMI_PUSH_AUTO_REGISTER)"
+)
 FLUSH_S: Final = 0.5
+AUTO_REGISTER_MAX: Final = 100_000  # meters one process registers at most: a flood of made-up names stops here
+_METER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_TITLE = re.compile(r"^[0-9a-f]{16}$")
 REFUSAL_QUEUE: Final = 1024
 CAUGHT_UP_WAIT_S: Final = 30.0
 MAX_UDP_IN_FLIGHT: Final = 256
@@ -88,12 +108,17 @@ KINDS: Final = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """One ``kind@scheme://host:port`` of GXAMI_LISTENERS."""
+    """One ``kind@scheme://host:port[?profile=NAME]`` of GXAMI_LISTENERS.
+
+    ``profile`` names the device profile whose push objects say how plain pushes on this
+    listener name their meter (a HAN port's list of bare values, see ``han-kaifa``).
+    """
 
     kind: str
     scheme: str
     host: str
     port: int
+    profile: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ListenerSpec:
@@ -105,7 +130,11 @@ class ListenerSpec:
         parts = urlsplit(url)
         if parts.scheme not in {"tcp", "udp"} or parts.port is None or parts.path not in {"", "/"}:
             raise ConfigurationError(f"listener {text!r}: the address must be tcp://host:port or udp://host:port")
-        return cls(kind, parts.scheme, parts.hostname or "", parts.port)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if set(query) - {"profile"} or any(len(v) != 1 or not v[0] for v in query.values()):
+            raise ConfigurationError(f"listener {text!r}: the only query is ?profile=<device profile>")
+        profile = query["profile"][0] if "profile" in query else None
+        return cls(kind, parts.scheme, parts.hostname or "", parts.port, profile)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -270,6 +299,7 @@ class UdpPushListener:
             CONNECTIONS.labels(name, "done").inc()
         except Exception as exc:  # noqa: BLE001 - one datagram's fault is that datagram's
             CONNECTIONS.labels(name, "failed").inc()
+            FAULTS.labels(name, _fault_reason(exc)).inc()
             log.warning("push datagram failed", extra={"listener": name, "error": type(exc).__name__})
 
     async def close(self) -> None:
@@ -323,12 +353,26 @@ class PushListeners:
         self._refusals: asyncio.Queue[tuple[str, PushRefusal]] = asyncio.Queue(REFUSAL_QUEUE)
         self._tcp: list[TcpListener] = []
         self._udp: list[UdpPushListener] = []
+        self._auto_profile = settings.push_auto_register
+        if self._auto_profile is not None:
+            self._driver.validate_profile(profiles.get(self._auto_profile))  # a wrong name stops the start
+        self._registrations: asyncio.Queue[MeterRegistration] = asyncio.Queue(REFUSAL_QUEUE)
+        self._auto_registered: set[str] = set()
+        # The listener's own profile (HAN lists): checked now, so a wrong name stops the start.
+        self._layouts: dict[str, DeviceProfile] = {}
+        for spec in self.specs:
+            if spec.profile is not None:
+                layout = profiles.get(spec.profile)
+                self._driver.validate_profile(layout)
+                self._layouts[str(spec)] = layout
 
     # -- identity -> meter ------------------------------------------------------------
 
     def lookup(self, identity: str) -> tuple[MeterTarget, DeviceProfile] | None:
         """The meter an identity names, with its secrets and profile; None if unknown or disabled."""
         entry = self.directory.find(identity)
+        if entry is None and self._auto_profile is not None and self.directory.caught_up.is_set():
+            entry = self._auto_register(identity)
         if entry is None or not entry.enabled:
             return None
         profile = self._profile_cache.get(entry.profile)
@@ -343,6 +387,74 @@ class PushListeners:
             entry.meter_id, entry.url, options=dict(entry.options), secrets=self._secrets.for_meter(entry.meter_id)
         )
         return target, profile
+
+    def _auto_register(self, identity: str) -> FleetEntry | None:
+        """A provisional entry for an unknown meter (served at once) and a registration request.
+
+        The meter id is the name it gave (its serial or logical device name) or its system title
+        (hex). The scheduler inserts the row and publishes it on ami.fleet; that entry then
+        replaces this one. Only names that can be meter ids, and at most AUTO_REGISTER_MAX.
+        """
+        if self._auto_profile is None or not _METER_ID.match(identity):
+            return None
+        if self.directory.get(identity) is not None or self.directory.claimed(identity):
+            return None  # known, or claimed by two meters: never a third
+        if identity not in self._auto_registered and len(self._auto_registered) >= AUTO_REGISTER_MAX:
+            return None
+        title = identity if _TITLE.match(identity) else None
+        # A ciphered push (found by its title) is deciphered with the secret store's default keys.
+        options = {"authentication": "high-gmac", "security_policy": "authenticated-encrypted"} if title else {}
+        spec = self.specs[0]
+        now = datetime.now(UTC)
+        entry = FleetEntry(
+            meter_id=identity,
+            protocol="dlms",
+            url=f"{spec.scheme}://{spec.host or '0.0.0.0'}:{spec.port}",
+            link_id=f"push:{identity}",
+            profile=self._auto_profile,
+            connection="push",
+            interval_s=900,
+            options=options,
+            system_title=title,
+            serial=None if title else identity,
+            updated_at=now,
+        )
+        registration = MeterRegistration(
+            meter_id=entry.meter_id,
+            protocol=entry.protocol,
+            url=entry.url,
+            profile=entry.profile,
+            options=dict(entry.options),
+            system_title=entry.system_title,
+            serial=entry.serial,
+            heard_at=now,
+        )
+        try:
+            self._registrations.put_nowait(registration)
+        except asyncio.QueueFull:
+            return None  # the broker is behind: the meter is heard again at its next push
+        self.directory.put(entry)
+        self._auto_registered.add(identity)
+        AUTO_REGISTERED.inc()
+        log.info("unknown pushing meter registered", extra={"meter_id": identity, "profile": self._auto_profile})
+        return entry
+
+    async def _send_registrations(self, stop: asyncio.Event) -> None:
+        """Hand each registration to the scheduler (ami.registrations); kept and retried while the broker is away."""
+        pending: MeterRegistration | None = None
+        while not stop.is_set():
+            if pending is None:
+                try:
+                    pending = await asyncio.wait_for(self._registrations.get(), timeout=0.5)
+                except TimeoutError:
+                    continue
+            try:
+                await self._publisher.send(REGISTRATIONS.name, pending.meter_id, pending)
+                pending = None
+            except KafkaError as exc:
+                log.warning("could not ask for a registration; retrying", extra={"error": type(exc).__name__})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     # -- serving ---------------------------------------------------------------------
 
@@ -360,8 +472,16 @@ class PushListeners:
             except asyncio.QueueFull:
                 PUSHES.labels(listener, "refusal-dropped").inc()
 
+        idle = self.settings.push_idle_timeout_s
+        # The TCP listener's watchdog closes a silent connection (counted ``idle``); the driver's
+        # own idle wait is longer so that it never races it. A frame begun has ``idle`` to finish.
         stream = self._driver.serve(
-            connection, self.lookup, idle_timeout=self.settings.push_idle_timeout_s, on_refused=refused
+            connection,
+            self.lookup,
+            idle_timeout=2 * idle if isinstance(connection, DialInConnection) else idle,
+            on_refused=refused,
+            layout=self._layouts.get(listener),
+            frame_timeout=idle,
         )
         async for served in stream:
             await self._publish(served, listener)
@@ -474,6 +594,7 @@ class PushListeners:
                 def on_event(event: ListenerEvent, name: str = name) -> None:
                     CONNECTIONS.labels(name, event.kind).inc()
                     if event.kind == "failed" and event.error is not None:
+                        FAULTS.labels(name, _fault_reason(event.error)).inc()
                         log.info(
                             "push connection failed",
                             extra={"listener": name, "peer": event.peer, "error": _error_name(event.error)},
@@ -520,6 +641,7 @@ class PushListeners:
             asyncio.create_task(follower.run(stop), name="fleet"),
             asyncio.create_task(self._dead_letter_refusals(stop), name="push-refusals"),
             asyncio.create_task(self._flush_counters(stop), name="push-counters"),
+            asyncio.create_task(self._send_registrations(stop), name="push-registrations"),
         ]
         try:
             await self.start()
@@ -528,6 +650,11 @@ class PushListeners:
             await self.close()
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _fault_reason(exc: BaseException) -> str:
+    """A connection fault's reason for the metric: the gxcore error kind (framing, timeout, ...), else ``internal``."""
+    return exc.kind if isinstance(exc, GxError) else "internal"
 
 
 def _error_name(exc: BaseException) -> str:
@@ -543,16 +670,24 @@ async def serve_with_listeners(
     stop: asyncio.Event,
     dial_in: MeterReader | None = None,
 ) -> None:
-    """Run the job loop and the push (and dial-in) listeners side by side; one failing stops all."""
+    """Run the job loop and the push (and dial-in) listeners side by side; one failing stops all.
+
+    A listener setting that does not hold (a spec, a profile it names, the counters file) or a
+    broker that cannot be reached stops the start with one line (StartupError: exit 2).
+    """
     producer = make_producer(settings)
-    await producer.start()
+    publisher = Publisher(producer, settings)
     try:
-        publisher = Publisher(producer, settings)
         counters = PushCounters(settings.push_counters_file)
         directory = FleetDirectory()
         listeners = PushListeners(
             settings, profiles, secrets, directory, publisher, DeadLetters(publisher, "collector"), counters
         )
+    except ConfigurationError as exc:
+        await producer.stop()  # never started: this only releases it
+        raise StartupError(f"push listeners: {exc.reason}") from None
+    await start_producer(producer, settings)
+    try:
         tasks = [
             asyncio.create_task(jobs(stop), name="jobs"),
             asyncio.create_task(listeners.run(stop), name="listeners"),

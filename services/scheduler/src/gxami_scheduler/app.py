@@ -25,6 +25,7 @@ from gxami_contracts.topics import (
     FLEET,
     JOB_RESULTS,
     READ_JOBS,
+    REGISTRATIONS,
 )
 from gxami_runtime.auth import Authenticator, PoolTokens, principal_of
 from gxami_runtime.http import OpsServer, client_address
@@ -46,6 +47,7 @@ from gxami_scheduler.dialin import DialInPlanner
 from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
+from gxami_scheduler.registrations import RegistrationIntake
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
 from gxami_store.migrations import prepare_schema
@@ -244,6 +246,7 @@ async def _start_kafka(
                 DIAL_IN_CONTACTS.name,
                 COMMANDS.name,
                 COMMAND_RESULTS.name,
+                REGISTRATIONS.name,
             ],
         )
         producer = make_producer(settings)
@@ -345,6 +348,17 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             asyncio.create_task(
                 command_queue.run_results(command_results, DeadLetters(publisher, "scheduler"), stop),
                 name="command-results",
+            ),
+            # Meters a collector's listener heard and the registry lacks (auto-registration).
+            asyncio.create_task(
+                RegistrationIntake(
+                    pool,
+                    make_consumer(
+                        settings, f"{settings.results_group}.registrations", settings.topic(REGISTRATIONS.name)
+                    ),
+                    DeadLetters(publisher, "scheduler"),
+                ).run(stop),
+                name="registrations",
             ),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop")

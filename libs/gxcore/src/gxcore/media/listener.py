@@ -59,6 +59,9 @@ class ListenerSettings:
     max_connections: int = 64
     idle_timeout: float = 120.0
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
+    # Connections the kernel queues before we accept them: meters pushing at the quarter hour
+    # arrive together, and a full queue drops their SYNs (each then waits a second to retry).
+    backlog: int = 1024
 
     def __post_init__(self) -> None:
         check_port(self.port, allow_zero=True)
@@ -66,6 +69,8 @@ class ListenerSettings:
             raise ConfigurationError(f"max_connections must be 1..100000, got {self.max_connections}")
         check_positive("idle_timeout", self.idle_timeout)
         check_buffer_limit(self.buffer_limit)
+        if not 1 <= self.backlog <= 65535:
+            raise ConfigurationError(f"backlog must be 1..65535, got {self.backlog}")
 
 
 def _peer_name(address: object) -> str:
@@ -138,7 +143,11 @@ class TcpListener:
         self._accepting = True
         try:
             self._server = await asyncio.start_server(
-                self._accept, self.settings.host or None, self.settings.port, limit=self.settings.buffer_limit
+                self._accept,
+                self.settings.host or None,
+                self.settings.port,
+                limit=self.settings.buffer_limit,
+                backlog=self.settings.backlog,
             )
         except OSError as exc:
             self._accepting = False

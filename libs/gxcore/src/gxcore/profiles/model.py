@@ -42,6 +42,22 @@ class ProfilePoint(BaseModel):
     options: dict[str, OptionValue] = Field(default_factory=dict)
 
 
+class PushObject(BaseModel):
+    """One element of a meter's push body, in push order (its push setup's object list).
+
+    ``scaler`` and ``unit`` (the meter's unit symbol, e.g. ``Wh``) apply where the push carries
+    a bare value; a value that describes itself keeps its own scaler and unit.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    obis: Annotated[str, Field(pattern=r"^[0-9]{1,3}[.-][0-9.:-]{5,}$", description="OBIS, 1.0.1.8.0.255 or 1-0:1.8.0")]
+    class_id: int = Field(default=3, ge=1, le=0xFFFF)
+    attribute: int = Field(default=2, ge=1, le=127)
+    scaler: int = Field(default=0, ge=-128, le=127)
+    unit: str = ""
+
+
 class DeviceProfile(BaseModel):
     """What to read from one device type, over one protocol."""
 
@@ -54,6 +70,11 @@ class DeviceProfile(BaseModel):
     model: str = ""
     parameters: dict[str, OptionValue] = Field(default_factory=dict)
     points: list[ProfilePoint] = Field(min_length=1)
+    # Pushes (meters that push): what each element of the push body is, in push order, and
+    # the logical name whose text names a plain push's meter (default: the serial number
+    # 0.0.96.1.0.255, else the logical device name 0.0.42.0.0.255). Empty: the body describes itself.
+    push_objects: list[PushObject] = Field(default_factory=list, max_length=1024)
+    push_identity: Annotated[str | None, Field(pattern=r"^[0-9]{1,3}[.-][0-9.:-]{5,}$")] = None
 
     def points_for(self, purposes: frozenset[str]) -> list[ProfilePoint]:
         """Points whose purposes intersect ``purposes``."""

@@ -8,6 +8,18 @@ The body is self-describing, the way many push setups are configured::
         {logical name, value, {scaler, unit}}  ...      one per :class:`PushRegister`
     }
 
+HAN ports (the customer interfaces of Norwegian, Swedish and Austrian meters) push plain
+lists over HDLC (a UI frame, LLC ``E6 E7 00``, then the APDU) in one of two shapes
+(:func:`han_body`): Kaifa style, bare values in the order the meter's push object list fixes::
+
+    structure { list id, serial, meter type, value, value, ... }
+
+or Kamstrup style, a flat list of logical names each followed by its bare value::
+
+    structure { list id, 1.1.0.0.5.255, serial, 1.1.96.1.1.255, meter type, OBIS, value, ... }
+
+Neither carries scalers or units: the profile's ``push_objects`` give them.
+
 Ciphered pushes use general-glo-ciphering (``DB``), or general-ded-ciphering (``DC``)
 with a dedicated key; the AES-GCM is ours (see :mod:`gxcore.protocols.dlms.gurux`).
 """
@@ -17,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
 
 from gurux_dlms import GXByteBuffer, GXCiphering
 from gurux_dlms.ConnectionState import ConnectionState
@@ -64,6 +76,34 @@ def push_body(registers: Sequence[PushRegister], *, name: bytes | None = None, c
         out.setUInt8(2)
         _GXCommon.setData(None, out, DataType.INT8, reg.scaler)
         _GXCommon.setData(None, out, DataType.ENUM, reg.unit)
+    return bytes(out.array())
+
+
+HanStyle = Literal["kaifa", "kamstrup"]
+HAN_LIST_IDS: Final[dict[str, str]] = {"kaifa": "KFM_001", "kamstrup": "Kamstrup_V0001"}
+HAN_METER_TYPE: Final = b"GXSIM-HAN"
+KAMSTRUP_SERIAL: Final = "1.1.0.0.5.255"  # where a Kamstrup list names the meter (its GS1 number)
+KAMSTRUP_TYPE: Final = "1.1.96.1.1.255"
+
+
+def han_body(registers: Sequence[PushRegister], *, serial: bytes, style: HanStyle) -> bytes:
+    """A HAN-port list (see the module doc): no scalers, no units, a list id first."""
+    out = GXByteBuffer()
+    out.setUInt8(DataType.STRUCTURE)
+    named = style == "kamstrup"
+    _GXCommon.setObjectCount(3 + len(registers) + (2 + len(registers) if named else 0), out)
+    _GXCommon.setData(None, out, DataType.STRING, HAN_LIST_IDS[style])
+    for obis, kind, value in (
+        (KAMSTRUP_SERIAL, DataType.OCTET_STRING, serial),
+        (KAMSTRUP_TYPE, DataType.OCTET_STRING, HAN_METER_TYPE),
+    ):
+        if named:
+            _GXCommon.setData(None, out, DataType.OCTET_STRING, obis_to_bytes(obis))
+        _GXCommon.setData(None, out, kind, value)
+    for reg in registers:
+        if named:
+            _GXCommon.setData(None, out, DataType.OCTET_STRING, obis_to_bytes(reg.obis))
+        _GXCommon.setData(None, out, reg.data_type, reg.value)
     return bytes(out.array())
 
 

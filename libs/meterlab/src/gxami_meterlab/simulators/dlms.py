@@ -40,7 +40,7 @@ from gurux_dlms.enums import DataType
 
 from gxami_meterlab.dlms.image_transfer import FirmwareFaults, ImageTransferState
 from gxami_meterlab.dlms.meter_security import MeterCounters
-from gxami_meterlab.dlms.notify import PushRegister, encode_push, push_body
+from gxami_meterlab.dlms.notify import HanStyle, PushRegister, encode_push, han_body, push_body
 from gxami_meterlab.dlms.programmable import ProgrammableObjects
 from gxami_meterlab.dlms.server import (
     CosemMeterCore,
@@ -332,12 +332,19 @@ def client_security(
 
 
 def meter_secrets(seed: int, index: int) -> dict[str, str]:
-    """The secrets a collector needs for meter ``index`` of a high-gmac fleet: ``key`` and ``auth_key`` as hex."""
+    """The secrets a collector needs for meter ``index`` of a high-gmac fleet: ``key``, ``auth_key`` and
+    ``dedicated_key`` (what its general-ded-ciphered pushes use) as hex."""
     security = meter_security(seed, index)
     return {
         "key": security.block_cipher_key.reveal().hex(),
         "auth_key": security.authentication_key.reveal().hex(),
+        "dedicated_key": dedicated_key(seed, index).reveal().hex(),
     }
+
+
+def dedicated_key(seed: int, index: int) -> Secret:
+    """Meter ``index``'s dedicated key: the one its general-ded-ciphered pushes are ciphered with."""
+    return _key(seed, index, "dk")
 
 
 def push_message(
@@ -349,18 +356,28 @@ def push_message(
     invocation_counter: int = 1,
     dedicated_key: Secret | None = None,
     interface: Interface = "wrapper",
+    han: HanStyle | None = None,
+    stamped: bool = True,
 ) -> bytes:
     """The DataNotification meter ``index`` pushes at ``at``: its name, clock and registers.
 
     Ciphered (general-glo, or general-ded with ``dedicated_key``) with the meter's own keys
-    when ``policy`` is given; the values equal :func:`expected_register` at ``at``.
+    when ``policy`` is given; the values equal :func:`expected_register` at ``at``. ``han``:
+    a HAN-port list over HDLC instead (see :func:`~gxami_meterlab.dlms.notify.han_body`; the
+    ``han-<style>`` profile reads it). ``stamped`` False: no date-time in the notification
+    header (nor a clock element), so the receiver dates it.
     """
     house, t = Household.of(seed, index), _seconds(at)
     registers = [PushRegister(r.obis, house.raw(r.obis, t), r.data_type, r.scaler, r.unit) for r in REGISTERS]
-    body = push_body(registers, name=meter_id(seed, index).encode(), clock=at.replace(microsecond=0))
+    name = meter_id(seed, index).encode()
+    if han is not None:
+        body = han_body(registers, serial=name, style=han)
+        interface = "hdlc"
+    else:
+        body = push_body(registers, name=name, clock=at.replace(microsecond=0) if stamped else None)
     return encode_push(
         body,
-        at=at.replace(microsecond=0),
+        at=at.replace(microsecond=0) if stamped else None,
         security=meter_security(seed, index, policy) if policy is not None else None,
         invocation_counter=invocation_counter,
         dedicated_key=dedicated_key,
@@ -747,8 +764,14 @@ async def run_pusher(
     pushes: int = 0,
     on_sent: Callable[[SentPush], None] | None = None,
     timeout: float = 10.0,
+    interface: Interface = "wrapper",
+    dedicated: bool = False,
+    han: HanStyle | None = None,
 ) -> None:
     """Meters that push their registers every ``every_s`` (staggered), to the targets in turn.
+
+    ``interface`` frames them (wrapper or HDLC); ``dedicated`` ciphers them general-ded with
+    each meter's :func:`dedicated_key`; ``han`` sends HAN-port lists (HDLC) instead.
 
     Push ``n`` of meter ``i`` goes to ``targets[(i + n) % len(targets)]``; ``pushes`` > 0 stops each
     meter after that many. The invocation counter is the Unix time in seconds (strictly rising
@@ -767,7 +790,16 @@ async def run_pusher(
             at = now if last_at is None or now > last_at else last_at + timedelta(seconds=1)
             counter = max(last_counter + 1, int(time.time()))
             host, port = targets[(index + n) % len(targets)]
-            frame = push_message(seed, index, at, policy=policy if ciphered else None, invocation_counter=counter)
+            frame = push_message(
+                seed,
+                index,
+                at,
+                policy=policy if ciphered else None,
+                invocation_counter=counter,
+                dedicated_key=dedicated_key(seed, index) if ciphered and dedicated else None,
+                interface=interface,
+                han=han,
+            )
             try:
                 await _send_frame(host, port, frame, timeout)
             except (OSError, TimeoutError) as exc:

@@ -186,6 +186,7 @@ class DlmsDriver(BaseDriver):
         self.media = media  # the medium for a meter URL; tests and bench hand in an in-memory peer
         self.clock = clock  # the time a clock-sync sets and relay readings carry
         self.firmware_progress = firmware_progress  # hears how far each image transfer is
+        self._resolved: dict[str, tuple[DeviceProfile, list[DlmsPoint]]] = {}  # pushes: points per profile
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         if profile.protocol != PROTOCOL:
@@ -193,6 +194,11 @@ class DlmsDriver(BaseDriver):
         dlms_parameters(profile)
         for point in profile.points:
             dlms_point(point)
+        for obis in [o.obis for o in profile.push_objects] + [profile.push_identity or "0.0.96.1.0.255"]:
+            try:
+                dotted(obis)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"profile {profile.name}: push: {exc.reason}") from None
 
     def _session(
         self, target: MeterTarget, profile: DeviceProfile, timeout: float, medium: Medium | None = None
@@ -285,19 +291,40 @@ class DlmsDriver(BaseDriver):
         *,
         idle_timeout: float,
         on_refused: RefusalHook | None = None,
+        layout: DeviceProfile | None = None,
+        frame_timeout: float | None = None,
     ) -> AsyncIterator[PushServed]:
         """The pushes a meter sends over ``connection`` (see :mod:`gxcore.drivers.dlms.pushes` for identity).
 
         Each is a :class:`PushServed` (a Served with identity and invocation counter);
-        ``on_refused`` hears of every frame that could not be served, with the frame.
+        ``on_refused`` hears of every frame that could not be served, with the frame;
+        ``layout`` is the profile whose push objects name a plain push's meter (HAN lists);
+        ``frame_timeout`` (default ``idle_timeout``) bounds how long one frame may trickle in.
         """
         if not idle_timeout > 0:
             raise ConfigurationError(f"idle timeout must be positive, not {idle_timeout!r}")
-        return serve_pushes(connection, lookup, self._resolve, idle_timeout=idle_timeout, on_refused=on_refused)
+        if layout is not None:
+            self.validate_profile(layout)
+        return serve_pushes(
+            connection,
+            lookup,
+            self._resolve,
+            idle_timeout=idle_timeout,
+            on_refused=on_refused,
+            clock=self.clock,
+            layout=layout,
+            frame_timeout=frame_timeout,
+        )
 
     def _resolve(self, target: MeterTarget, profile: DeviceProfile) -> tuple[DlmsParameters, list[DlmsPoint]]:
-        self.validate_profile(profile)
-        return dlms_parameters(profile, target), [dlms_point(p) for p in profile.points]
+        # A listener resolves every push: the profile's points are checked and resolved once per
+        # profile object (profiles are frozen), the meter's parameters (its secrets) each time.
+        cached = self._resolved.get(profile.name)
+        if cached is None or cached[0] is not profile:
+            self.validate_profile(profile)
+            cached = (profile, [dlms_point(p) for p in profile.points])
+            self._resolved[profile.name] = cached
+        return dlms_parameters(profile, target), cached[1]
 
 
 async def _read_rows(

@@ -133,3 +133,8 @@ def integer(value: object, what: str) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     raise ConfigurationError(f"DLMS {what} must be an integer, not {value!r}")
+
+
+def meter_key(secrets: Mapping[str, Secret], name: str, what: str, owner: str) -> Secret:
+    """A 16-byte key from a meter's secrets (raw or 32 hex digits); KeyMissingError when absent; never shown."""
+    return _key(secrets, name, what, owner)

@@ -6,14 +6,17 @@ the bare APDU. The APDU is a data-notification, or one wrapped in general-glo-ci
 
     0F  long-invoke-id-and-priority (4)  date-time (00 absent | 0C + 12 bytes)  notification-body (A-XDR Data)
 
-Values: the body is usually a structure. Its elements become :class:`Reading` where they
-describe themselves — ``{logical name, value, {scaler, unit}}`` (a register), or
-``{logical name, number}`` — or where ``columns`` names them (element ``i`` is column
-``i``). ``{0.0.1.0.0.255, date-time}`` (or the pair flattened into the structure) is the
-capture time; ``{0.0.96.1.0.255 | 0.0.42.0.0.255, text}`` (serial number, else logical device name)
-names the meter. Everything
-else stays a raw value in ``values``. A reading needs a time: the notification's own, the
-clock element's, else ``received_at``; with none, numbers stay raw.
+Values: the body is usually a structure; element ``k`` is push object ``columns[k]`` (the
+push setup's object list, in push order). An element is a bare value, a self-describing
+``{logical name, value[, {scaler, unit}]}`` (a register), or a logical name followed by its
+value in the same structure (the flat OBIS/value lists of HAN ports, Kamstrup style). A
+numeric element with a logical name (its own, else its column's) becomes a :class:`Reading`;
+the scaler and unit are the push's own where it carries them, else the column's (by
+position, else by OBIS). ``{0.0.1.0.0.255, date-time}`` is the capture time; the text of the
+first of ``names`` present (serial number 0.0.96.1.0.255, then logical device name
+0.0.42.0.0.255, unless the caller names others) names the meter. Everything else stays a raw
+value in ``values``. The reading time is the notification's own date-time, else the body's
+clock element, else ``received_at``; with none, numbers stay raw.
 
 A missing key is KeyMissingError, a wrong one DecryptionError; neither message holds a
 key or a tag. Anything else that does not decode is a FramingError/ProtocolError.
@@ -30,7 +33,7 @@ from typing import Final
 from gxcore.errors import FramingError, GxError, KeyMissingError, ProtocolError
 from gxcore.protocols.dlms import axdr, ciphering, hdlc, wrapper
 from gxcore.protocols.dlms.cosem_time import decode_datetime
-from gxcore.protocols.dlms.obis import apply_scaler, obis_from_bytes, reduced, unit_symbol
+from gxcore.protocols.dlms.obis import apply_scaler, dotted, obis_from_bytes, reduced, unit_symbol
 from gxcore.readings import Reading
 from gxcore.secrets import Secret
 
@@ -103,10 +106,14 @@ def decode_dlms_push(
     auth_key: Secret | None = None,
     columns: Sequence[PushColumn] | None = None,
     received_at: datetime | None = None,
+    names: Sequence[str] = NAMES,
 ) -> DlmsPush:
-    """Decode one push (see the module doc for framing, deciphering and value rules)."""
+    """Decode one push (see the module doc for framing, deciphering and value rules).
+
+    ``names``: the logical names whose text names the meter, in order of preference.
+    """
     try:
-        return _decode(bytes(data), key, auth_key, columns, received_at)
+        return _decode(bytes(data), key, auth_key, columns, received_at, tuple(dotted(n) for n in names))
     except GxError:
         raise
     except (IndexError, KeyError, ValueError, TypeError, OverflowError, struct.error) as exc:
@@ -121,6 +128,7 @@ def _decode(
     auth_key: Secret | None,
     columns: Sequence[PushColumn] | None,
     received_at: datetime | None,
+    names: Sequence[str],
 ) -> DlmsPush:
     apdu = unwrap(data)
     if not apdu:
@@ -132,8 +140,9 @@ def _decode(
         if head.end != len(apdu):
             raise FramingError("bytes after the ciphered APDU", offset=head.end, frame=apdu)
         title, security, counter = head.system_title, head.security_control & 0x30, head.invocation_counter
+        which = "dedicated" if apdu[0] == ciphering.GENERAL_DED_CIPHERING else "block cipher"
         if key is None:
-            raise KeyMissingError("push is ciphered and no block cipher key was given")
+            raise KeyMissingError(f"push is ciphered and no {which} key was given")
         if security & ciphering.AUTHENTICATED and auth_key is None:
             raise KeyMissingError("push is authenticated and no authentication key was given")
         apdu = ciphering.unseal(
@@ -156,33 +165,70 @@ def _decode(
     if size == 12 and stamp is None:
         raise ProtocolError("data-notification date-time is cut short", offset=6, frame=apdu)
     body = axdr.decode_all(apdu[6 + size :])
-    values, meter_name, body_time = _values(body, columns, stamp or received_at)
+    elements = _elements(body, columns)
+    meter_name, body_time = _name_and_clock(elements, names)
+    # The reading time: the notification's own date-time, else the clock element of the body,
+    # else when we received it (a HAN list without a clock is "now").
+    at = stamp or body_time or received_at
+    values = [_reading(e, at) or e.item for e in elements]
     meter_id = meter_name or _title_text(title)
     return DlmsPush(title, meter_id, stamp or body_time, invoke, _POLICY_NAMES[security], counter, tuple(values), body)
 
 
-def _values(
-    body: axdr.AxdrValue, columns: Sequence[PushColumn] | None, at: datetime | None
-) -> tuple[list[Reading | axdr.AxdrValue], str | None, datetime | None]:
+@dataclass(frozen=True, slots=True)
+class _Element:
+    """Element ``k`` of a push body: a bare value, ``{logical name, value[, {scaler, unit}]}``, or a
+    logical name followed by its value (a flat HAN list); ``obis`` from the push, else the column."""
+
+    item: axdr.AxdrValue
+    obis: str | None
+    value: axdr.AxdrValue
+    scaler: int | None
+    unit: str | None
+
+
+def _elements(body: axdr.AxdrValue, columns: Sequence[PushColumn] | None) -> list[_Element]:
+    """The body's elements in push order; element ``k`` is push object ``columns[k]``."""
     items: list[axdr.AxdrValue] = body if isinstance(body, list) else [body]
-    names: dict[str, str] = {}
+    by_obis = {dotted(c.obis): c for c in columns or ()}
+    out: list[_Element] = []
+    pos = 0
+    while pos < len(items):
+        column = columns[len(out)] if columns and len(out) < len(columns) else None
+        item = items[pos]
+        named = _named(item)
+        pair = None if named else _pair(items, pos)
+        if named is not None or pair is not None:
+            obis, value = named or pair  # type: ignore[misc]  # one of the two is set
+            scaler, unit = _scaler_unit(item) if named is not None else (None, None)
+            if scaler is None:
+                # The push gave a bare value: the profile's object (this position, else this OBIS) says.
+                own = column if column is not None and dotted(column.obis) == obis else by_obis.get(obis)
+                if own is not None:
+                    scaler, unit = own.scaler, own.unit
+            if pair is not None:
+                item = [items[pos], items[pos + 1]]
+                pos += 1
+            out.append(_Element(item, obis, value, scaler, unit))
+        elif column is not None:
+            out.append(_Element(item, dotted(column.obis), item, column.scaler, column.unit))
+        else:
+            out.append(_Element(item, None, item, None, None))
+        pos += 1
+    return out
+
+
+def _name_and_clock(elements: Sequence[_Element], names: Sequence[str]) -> tuple[str | None, datetime | None]:
+    """The meter's name (the first of ``names`` the body carries as text) and the body's clock element."""
+    found: dict[str, str] = {}
     clock: datetime | None = None
-    # First pass: find the meter's name and the capture time wherever they are.
-    for pos, item in enumerate(items):
-        named = _named(item) or _pair(items, pos)
-        if named is None:
-            continue
-        obis, value = named
-        if obis == CLOCK and isinstance(value, bytes) and len(value) == 12:
-            clock = clock or decode_datetime(value)
-        elif obis in NAMES and isinstance(value, bytes | str):
-            names.setdefault(obis, value if isinstance(value, str) else value.decode("ascii", "replace"))
-    name = next((names[n] for n in NAMES if n in names), None)
-    at = at or clock
-    out: list[Reading | axdr.AxdrValue] = []
-    for pos, item in enumerate(items):
-        out.append(_reading(item, columns[pos] if columns and pos < len(columns) else None, at) or item)
-    return out, name, clock
+    for e in elements:
+        if e.obis == CLOCK and isinstance(e.value, bytes) and len(e.value) == 12:
+            clock = clock or decode_datetime(e.value)
+        elif e.obis is not None and e.obis in names and isinstance(e.value, bytes | str) and e.value:
+            text = e.value if isinstance(e.value, str) else e.value.decode("ascii", "replace")
+            found.setdefault(e.obis, text)
+    return next((found[n] for n in names if n in found), None), clock
 
 
 def _named(item: axdr.AxdrValue) -> tuple[str, axdr.AxdrValue] | None:
@@ -200,32 +246,28 @@ def _pair(items: list[axdr.AxdrValue], pos: int) -> tuple[str, axdr.AxdrValue] |
     return None
 
 
-def _reading(item: axdr.AxdrValue, column: PushColumn | None, at: datetime | None) -> Reading | None:
-    if at is None:
+def _scaler_unit(item: axdr.AxdrValue) -> tuple[int | None, str | None]:
+    """The ``{scaler, unit}`` of a ``{logical name, value, {scaler, unit}}`` element; (None, None) if absent or odd."""
+    if not (isinstance(item, list) and len(item) == 3):
+        return None, None
+    su = item[2]
+    if not (isinstance(su, list) and len(su) == 2):
+        return None, None
+    raw_scaler, code = su
+    if not isinstance(raw_scaler, int) or not isinstance(code, int) or isinstance(raw_scaler, bool):
+        return None, None
+    if not -128 <= raw_scaler <= 127:
+        return None, None
+    return raw_scaler, unit_symbol(code)
+
+
+def _reading(e: _Element, at: datetime | None) -> Reading | None:
+    """A numeric element with a logical name, at ``at``; None for names, the clock, text, or no time."""
+    if at is None or e.obis is None or e.obis == CLOCK or e.obis in NAMES:
         return None
-    if column is not None:
-        if isinstance(item, bool) or not isinstance(item, int | float) or column.obis == CLOCK:
-            return None
-        return Reading(reduced(column.obis), apply_scaler(item, column.scaler), column.unit, at)
-    named = _named(item)
-    if named is None or named[0] == CLOCK or named[0] in NAMES:
+    if isinstance(e.value, bool) or not isinstance(e.value, int | float):
         return None
-    obis, value = named
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    scaler, unit = 0, ""
-    assert isinstance(item, list)  # _named matched a structure
-    if len(item) == 3:
-        su = item[2]
-        if not (isinstance(su, list) and len(su) == 2):
-            return None
-        raw_scaler, code = su
-        if not isinstance(raw_scaler, int) or not isinstance(code, int) or isinstance(raw_scaler, bool):
-            return None
-        if not -128 <= raw_scaler <= 127:
-            return None
-        scaler, unit = raw_scaler, unit_symbol(code)
-    return Reading(reduced(obis), apply_scaler(value, scaler), unit, at, extra={"source": obis})
+    return Reading(reduced(e.obis), apply_scaler(e.value, e.scaler or 0), e.unit or "", at, extra={"source": e.obis})
 
 
 def _title_text(title: bytes | None) -> str | None:
