@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import subprocess
 import time
 import urllib.request
@@ -32,6 +31,7 @@ from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
 from gxami_meterlab.devstack import StackEndpoints
 from gxami_meterlab.devstack_procs import free_port
 from gxami_meterlab.simulators.dlms import ROW_PERIOD, expected_register, meter_id
+from gxami_meterlab.testkit import scrape_metric, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -52,33 +52,6 @@ TOPICS = (
     "ami.dial-in-work",
     "ami.dial-in-claims",
 )
-
-
-def _metric(port: str, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if not m:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def _until(what: str, pred: Any, timeout: float, procs: list[ServiceProcess]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.alive(), f"{p.name} died; log: {p.log_path.read_text()[-3000:]}"
-        try:
-            if pred():
-                return
-        except OSError:
-            pass  # an ops server is not up yet
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
@@ -149,10 +122,10 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
     ]
 
     def total(name: str, **labels: str) -> float:
-        return sum(_metric(c.env["GXAMI_HTTP_PORT"], name, **labels) for c in collectors)
+        return sum(scrape_metric(c.env["GXAMI_HTTP_PORT"], name, **labels) for c in collectors)
 
     def each(name: str, **labels: str) -> list[float]:
-        return [_metric(c.env["GXAMI_HTTP_PORT"], name, **labels) for c in collectors]
+        return [scrape_metric(c.env["GXAMI_HTTP_PORT"], name, **labels) for c in collectors]
 
     def dial(*extra: str) -> list[dict[str, Any]]:
         before = len(call_log.read_text().splitlines()) if call_log.exists() else 0
@@ -193,7 +166,7 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
             GXAMI_BATCH_MAX_READINGS="400",
             GXAMI_BATCH_MAX_AGE_MS="50",
         )
-        _until(
+        wait_until(
             "both replicas to know every meter and its due work",
             lambda: (
                 each("gxami_collector_fleet_meters") == [METERS, METERS]
@@ -215,7 +188,7 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
         assert {c["target"] for c in first} == {f"127.0.0.1:{p}" for p in listen}, "both replicas were called"
         stalled_call = next(c for c in first if c["index"] == STALLED and c["call"] == 0)
         assert stalled_call["ended"] == "stalled"
-        _until(
+        wait_until(
             "every first-round result applied",
             lambda: (
                 _q(
@@ -234,7 +207,7 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
             f"SELECT 1 FROM dial_in_schedule WHERE meter_id = '{meter_id(SEED, STALLED)}' AND pending_job IS NOT NULL",
         )
         want_pending = 0 if served_early else 1
-        _until(
+        wait_until(
             "both replicas to see what is still pending",
             lambda: each("gxami_collector_dial_in_pending_meters") == [want_pending, want_pending],
             60,
@@ -244,7 +217,7 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
         # Round 2: every meter calls once more, announcing itself; only the stalled meter has work.
         second = dial("--calls", "1")
         assert len(second) == METERS
-        _until(
+        wait_until(
             "the stalled meter's work served",
             lambda: (
                 _q(database_url, "SELECT count(*) AS n FROM dial_in_schedule WHERE pending_job IS NULL")[0]["n"]
@@ -256,7 +229,7 @@ def test_dial_in_meters_are_served_once_by_whichever_replica_they_call(
         )
         # Every call is a contact, also those with nothing to do: each meter's last one is its second-round call.
         second_at = {c["meter_id"]: datetime.fromisoformat(c["started_at"]) for c in second}
-        _until(
+        wait_until(
             "every second-round call recorded as the meter's last contact",
             lambda: all(
                 r["last_contact_at"] is not None and r["last_contact_at"] >= second_at[r["meter_id"]]

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import socket
 import time
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
 from gxami_meterlab.devstack import StackEndpoints
 from gxami_meterlab.devstack_procs import free_port
 from gxami_meterlab.simulators.dlms import dedicated_key, expected_register, meter_id, push_message
+from gxami_meterlab.testkit import scrape_metric, wait_until
 from gxcore.protocols.dlms.ciphering import SecurityPolicy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -59,33 +58,6 @@ TOPICS = (
     "ami.fleet",
     "ami.registrations",
 )
-
-
-def _metric(port: str, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if not m:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def _until(what: str, pred: object, timeout: float, procs: list[ServiceProcess]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.alive(), f"{p.name} died; log: {p.log_path.read_text()[-3000:]}"
-        try:
-            if callable(pred) and pred():
-                return
-        except OSError:
-            pass  # the ops server is not up yet
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _send(port: int, frame: bytes) -> None:
@@ -179,9 +151,9 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         )
         replicas = [collector(0), collector(1)]
         for c in replicas:
-            _until(
+            wait_until(
                 f"{c.name} to know the fleet",
-                lambda c=c: _metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 1,
+                lambda c=c: scrape_metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 1,
                 120,
                 procs,
             )
@@ -232,36 +204,37 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         )
 
         want = (METERS * PUSHES + len(extras)) * len(QUANTITIES)
-        _until(
+        wait_until(
             "every pushed value in the database",
             lambda: asyncio.run(_scalar(database_url, "SELECT count(*) FROM readings")) >= want,
             180,
             procs,
         )
         elapsed = time.monotonic() - started
-        _until(
+        wait_until(
             "the replay refused",
-            lambda: _metric(port_of(replicas[replica]), "gxami_collector_pushes_total", outcome="replayed") == 1,
+            lambda: scrape_metric(port_of(replicas[replica]), "gxami_collector_pushes_total", outcome="replayed") == 1,
             30,
             procs,
         )
-        _until(
+        wait_until(
             "the unknown meter dead-lettered",
             lambda: (
-                _metric(port_of(replicas[1]), "gxami_dead_letters_total", consumer="collector", outcome="sent") >= 1
+                scrape_metric(port_of(replicas[1]), "gxami_dead_letters_total", consumer="collector", outcome="sent")
+                >= 1
             ),
             30,
             procs,
         )
-        assert _metric(port_of(replicas[1]), "gxami_collector_pushes_total", outcome="unknown-meter") == 1
+        assert scrape_metric(port_of(replicas[1]), "gxami_collector_pushes_total", outcome="unknown-meter") == 1
         # The stranger: registered by the scheduler (the row exists) and so known to the other replica too.
-        _until(
+        wait_until(
             "the auto-registered meter known to both replicas",
-            lambda: all(_metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 2 for c in replicas),
+            lambda: all(scrape_metric(port_of(c), "gxami_collector_fleet_meters") == METERS + 2 for c in replicas),
             60,
             procs,
         )
-        assert _metric(port_of(replicas[0]), "gxami_collector_push_auto_registered_total") == 1
+        assert scrape_metric(port_of(replicas[0]), "gxami_collector_push_auto_registered_total") == 1
         registered = asyncio.run(
             _scalar(
                 database_url,
@@ -276,16 +249,16 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         old.stop()
         procs.remove(old)
         replicas[replica] = collector(replica)
-        _until(
+        wait_until(
             "the restarted replica to know the fleet",
-            lambda: _metric(port_of(replicas[replica]), "gxami_collector_fleet_meters") == METERS + 2,
+            lambda: scrape_metric(port_of(replicas[replica]), "gxami_collector_fleet_meters") == METERS + 2,
             120,
             procs,
         )
         _send(listen[replica], replay)
-        _until(
+        wait_until(
             "the replay refused after the restart",
-            lambda: _metric(port_of(replicas[replica]), "gxami_collector_pushes_total", outcome="replayed") == 1,
+            lambda: scrape_metric(port_of(replicas[replica]), "gxami_collector_pushes_total", outcome="replayed") == 1,
             30,
             procs,
         )

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import subprocess
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
 from gxami_meterlab.devstack import StackEndpoints
 from gxami_meterlab.devstack_procs import free_port
 from gxami_meterlab.simulators.wmbus import MANUFACTURER, WMBusFeedServer, WMBusTelegramGenerator, volume_litres
+from gxami_meterlab.testkit import scrape_metric, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -55,33 +54,6 @@ TOPICS = (
     "ami.dead-letter",
     "ami.fleet",
 )
-
-
-def _metric(port: str, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if not m:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def _until(what: str, pred: object, timeout: float, procs: list[ServiceProcess]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.alive(), f"{p.name} died; log: {p.log_path.read_text()[-3000:]}"
-        try:
-            if callable(pred) and pred():
-                return
-        except OSError:
-            pass  # the ops server is not up yet
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _rows(dsn: str) -> list[tuple[str, str, datetime, float]]:
@@ -187,22 +159,22 @@ def test_receivers_store_every_registered_telegram_once_and_list_unknown_ids(
             GXAMI_WMBUS_RECONNECT_MAX_S="1",
         )
         port = collector.env["GXAMI_HTTP_PORT"]
-        _until(
+        wait_until(
             "the collector to know the fleet",
-            lambda: _metric(port, "gxami_collector_fleet_meters") == REGISTERED,
+            lambda: scrape_metric(port, "gxami_collector_fleet_meters") == REGISTERED,
             120,
             procs,
         )
-        _until(
+        wait_until(
             "both receivers tried and refused (nothing listens yet)",
             lambda: all(
-                _metric(port, "gxami_collector_wmbus_receiver_connects_total", receiver=n, outcome="failed") >= 1
+                scrape_metric(port, "gxami_collector_wmbus_receiver_connects_total", receiver=n, outcome="failed") >= 1
                 for n in names.values()
             ),
             60,
             procs,
         )
-        assert _metric(port, "gxami_collector_wmbus_receiver_connected") == 0
+        assert scrape_metric(port, "gxami_collector_wmbus_receiver_connected") == 0
 
         # The receivers come up: 33 meters each at its own interval, 4 telegrams each, junk between them.
         for framing, p in ports.items():
@@ -215,28 +187,28 @@ def test_receivers_store_every_registered_telegram_once_and_list_unknown_ids(
                     "--time-scale", str(TIME_SCALE),
                 ),
             )  # fmt: skip
-        _until(
+        wait_until(
             "both receivers connected",
-            lambda: _metric(port, "gxami_collector_wmbus_receiver_connected") == len(FRAMINGS),
+            lambda: scrape_metric(port, "gxami_collector_wmbus_receiver_connected") == len(FRAMINGS),
             60,
             procs,
         )
 
         served = REGISTERED - 1  # all but the wrong key
         want = served * PER_METER * len(QUANTITIES)
-        _until(
+        wait_until(
             "every telegram's readings in the database",
             lambda: asyncio.run(_scalar(database_url, "SELECT count(*) FROM readings")) >= want,
             180,
             procs,
         )
         unknown_each = (HEARD - REGISTERED) * PER_METER
-        _until(
+        wait_until(
             "every telegram heard on both receivers",
             lambda: all(
-                _metric(port, "gxami_collector_wmbus_telegrams_total", receiver=n, outcome="unknown-meter")
+                scrape_metric(port, "gxami_collector_wmbus_telegrams_total", receiver=n, outcome="unknown-meter")
                 == unknown_each
-                and _metric(port, "gxami_collector_wmbus_telegrams_total", receiver=n, outcome="undecryptable")
+                and scrape_metric(port, "gxami_collector_wmbus_telegrams_total", receiver=n, outcome="undecryptable")
                 == PER_METER
                 for n in names.values()
             ),
@@ -244,7 +216,7 @@ def test_receivers_store_every_registered_telegram_once_and_list_unknown_ids(
             procs,
         )
         telegrams = {
-            outcome: _metric(port, "gxami_collector_wmbus_telegrams_total", outcome=outcome)
+            outcome: scrape_metric(port, "gxami_collector_wmbus_telegrams_total", outcome=outcome)
             for outcome in ("published", "duplicate", "damaged", "not-served", "no-readings", "publish-failed")
         }
         time.sleep(1.0)  # anything published twice would reach the database by now
@@ -255,10 +227,10 @@ def test_receivers_store_every_registered_telegram_once_and_list_unknown_ids(
             written = json.loads(heard_file.read_text())
             return all(r["telegrams"] == HEARD * PER_METER for r in written["receivers"])
 
-        _until("the heard file to have every telegram", heard_all, 30, procs)
+        wait_until("the heard file to have every telegram", heard_all, 30, procs)
         listed = json.loads(run("heard-cli", "wmbus", "heard", "--from-file", str(heard_file)))
-        assert _metric(port, "gxami_collector_wmbus_receiver_last_telegram_seconds") > 0
-        assert _metric(port, "gxami_collector_wmbus_skipped_total") > 0, "the junk was skipped, not fatal"
+        assert scrape_metric(port, "gxami_collector_wmbus_receiver_last_telegram_seconds") > 0
+        assert scrape_metric(port, "gxami_collector_wmbus_skipped_total") > 0, "the junk was skipped, not fatal"
         rows = asyncio.run(_rows(database_url))
         revisions = asyncio.run(_scalar(database_url, "SELECT count(*) FROM reading_revisions"))
         schedules = asyncio.run(_scalar(database_url, "SELECT count(*) FROM meter_schedule"))

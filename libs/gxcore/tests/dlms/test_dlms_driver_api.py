@@ -191,6 +191,22 @@ async def test_clock_sync_and_clock_set_report_before_and_after() -> None:
             await DlmsDriver().execute(meter, PROFILE, DriverCommand("clock-set"), timeout=2)
 
 
+async def test_clock_sync_by_shift_time_where_the_meter_limits_an_adjustment() -> None:
+    # IDIS meters take clock corrections as shift_time (class 8, method 6) of at most 900 s.
+    limited = PROFILE.model_copy(update={"parameters": {**PROFILE.parameters, "clock_max_shift_s": 900}})
+    async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW, clock_offset=timedelta(minutes=-5)) as sim:
+        meter = target(sim.meters[0].port)
+        synced = await DlmsDriver(clock=lambda: NOW).execute(meter, limited, DriverCommand("clock-sync"), timeout=2)
+        assert synced.detail == "shift_time +300 s"
+        assert (synced.meter_time_before, synced.meter_time_after) == (NOW - timedelta(minutes=5), NOW)
+        assert sim.states[0].clock_offset == timedelta(0)
+        sim.states[0].clock_offset = timedelta(minutes=25)  # ahead by more than one shift may correct
+        again = await DlmsDriver(clock=lambda: NOW).execute(meter, limited, DriverCommand("clock-sync"), timeout=2)
+        assert again.detail == "shift_time -900 s"
+        assert sim.states[0].clock_offset == timedelta(minutes=10)  # the rest is for the next sync
+        assert [c.action for c in sim.states[0].executed] == ["clock-shift", "clock-shift"]  # never a clock-set
+
+
 async def test_set_attribute_writes_only_writable_points_and_reads_them_back() -> None:
     async with DlmsFleetSimulator(1, seed=SEED, clock=lambda: NOW) as sim:
         meter, driver = target(sim.meters[0].port), DlmsDriver()

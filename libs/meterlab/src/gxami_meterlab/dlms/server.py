@@ -78,6 +78,9 @@ MAX_ROWS_PER_READ: Final = 31 * 96  # one reply holds at most 31 days of 15-minu
 DISCONNECT_CONTROL: Final = "0.0.96.3.10.255"
 
 
+CLOCK_SHIFT_TIME = 6  # Clock (class 8) method 6: shift_time(long seconds)
+
+
 class CosemMeterCore:
     """One meter connection: wrapper frames in, wrapper frames out, values frozen per association."""
 
@@ -314,7 +317,10 @@ class CosemMeterCore:
         return self._server.items.findByLN(kind, obis) is not None
 
     def callable_method(self, target: object, index: int) -> bool:
-        """Methods of the programmable objects (image transfer, calendars) this meter lets clients call."""
+        """Methods of the programmable objects (image transfer, calendars) this meter lets clients call,
+        and the clock's shift_time where the model can shift its clock."""
+        if isinstance(target, GXDLMSClock) and index == CLOCK_SHIFT_TIME:
+            return hasattr(self.model, "shift_clock")
         return self._programs is not None and self._programs.callable_method(target, index)
 
     def act(self, arg: object) -> None:
@@ -328,9 +334,26 @@ class CosemMeterCore:
                 arg.handled = True  # type: ignore[attr-defined]
                 arg.value = 0  # type: ignore[attr-defined]  # no return parameters
                 return
+        if isinstance(getattr(arg, "target", None), GXDLMSClock) and getattr(arg, "index", 0) == CLOCK_SHIFT_TIME:
+            self._shift_clock(arg)
+            return
         if not isinstance(getattr(arg, "target", None), GXDLMSDisconnectControl):
             return  # the association's HLS method is answered by MeterAssociation
         self.model.switch_supply(getattr(arg, "index", 0) == 2)
+        arg.handled = True  # type: ignore[attr-defined]
+        arg.value = 0  # type: ignore[attr-defined]  # no return parameters
+
+    def _shift_clock(self, arg: object) -> None:
+        """shift_time (class 8, method 6): a long of -900..900 seconds; anything else is refused."""
+        seconds = getattr(arg, "parameters", None)
+        shift = getattr(self.model, "shift_clock", None)
+        now = self._frame_now
+        if shift is None or now is None or type(seconds) is not int or not -900 <= seconds <= 900:
+            arg.error = ErrorCode.OTHER_REASON  # type: ignore[attr-defined]  # gurux ValueEventArgs
+        else:
+            shift(timedelta(seconds=seconds), now)
+            if self.session_now is not None:  # the session's meter time moves with the clock, as on a set
+                self.session_now += timedelta(seconds=seconds)
         arg.handled = True  # type: ignore[attr-defined]
         arg.value = 0  # type: ignore[attr-defined]  # no return parameters
 

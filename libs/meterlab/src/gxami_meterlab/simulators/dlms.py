@@ -390,7 +390,8 @@ class ExecutedCommand:
     """One state change a simulated meter made on a client's request (or its button): the meter's own log.
 
     ``action`` is ``remote-disconnect``, ``remote-reconnect`` (class 70 methods 1 and 2),
-    ``clock-set`` (class 8 attribute 2 written), ``set`` (a Data value written) or ``button``;
+    ``clock-set`` (class 8 attribute 2 written), ``clock-shift`` (class 8 method 6, shift_time),
+    ``set`` (a Data value written) or ``button``;
     ``detail`` what it changed to; ``at`` the simulator's (true) clock when it did.
     """
 
@@ -482,6 +483,11 @@ class _MeterValues:
     def set_clock(self, meter_time: datetime, now: datetime) -> None:
         self.state.clock_offset = meter_time - now
         self.state.executed.append(ExecutedCommand(now, "clock-set", meter_time.isoformat()))
+
+    def shift_clock(self, by: timedelta, now: datetime) -> None:
+        """shift_time: the clock moves by ``by`` (the server refuses more than 900 s either way)."""
+        self.state.clock_offset += by
+        self.state.executed.append(ExecutedCommand(now, "clock-shift", f"{by.total_seconds():+g}"))
 
     def set_data_value(self, obis: str, value: int) -> None:
         self.state.data[obis] = value

@@ -22,10 +22,11 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Final
 
 from gxcore.drivers.api import CommandResult, CommandValue, DriverCommand
-from gxcore.drivers.dlms.control import DISCONNECT_CONTROL, DlmsCommand, run_command
+from gxcore.drivers.dlms.control import DISCONNECT_CONTROL, SHIFT_LIMIT, DlmsCommand, run_command
 from gxcore.drivers.dlms.reader import DlmsSession
 from gxcore.errors import ConfigurationError, ProtocolError
 from gxcore.profiles.model import DeviceProfile
+from gxcore.protocols.dlms.association import integer
 from gxcore.protocols.dlms.obis import dotted
 from gxcore.protocols.dlms.parameters import CLASS_REGISTER
 from gxcore.readings import Reading
@@ -85,8 +86,13 @@ async def execute_command(
     if kind in _CLOCK:
         if kind == "clock-set" and command.clock is None:
             raise ConfigurationError(f"meter {meter_id}: clock-set needs DriverCommand.clock")
-        done = await run_command(session, _CLOCK[kind], clock=clock, at=command.clock)
-        return CommandResult(command, meter_time_before=done.meter_time_before, meter_time_after=done.meter_time_after)
+        limit = profile.parameters.get("clock_max_shift_s")
+        max_shift = None if limit is None else max(1, min(SHIFT_LIMIT, integer(limit, "clock_max_shift_s")))
+        done = await run_command(session, _CLOCK[kind], clock=clock, at=command.clock, max_shift_s=max_shift)
+        detail = f"shift_time {done.shifted_s:+d} s" if done.shifted_s is not None else ""
+        return CommandResult(
+            command, meter_time_before=done.meter_time_before, meter_time_after=done.meter_time_after, detail=detail
+        )
     if kind == "set-attribute":
         point = writable_point(profile, points, command.point, meter_id)
         async with session:

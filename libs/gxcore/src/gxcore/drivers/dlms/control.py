@@ -53,6 +53,20 @@ class DlmsCommandResult:
     supply: SupplyState | None = None
     meter_time_before: datetime | None = None
     meter_time_after: datetime | None = None
+    shifted_s: int | None = None  # a clock-sync by shift_time: the seconds shifted (clamped to the meter's limit)
+
+
+CLASS_CLOCK: Final = 8
+CLOCK_OBIS: Final = "0.0.1.0.0.255"
+SHIFT_TIME: Final = 6  # shift_time(long: -900..900 seconds), Blue Book 4.5.1
+SHIFT_LIMIT: Final = 900
+
+
+def shift_time_parameter(seconds: int) -> bytes:
+    """The A-XDR ``long`` (int16) a shift_time takes; the standard bounds it to +/-900 s."""
+    if not -SHIFT_LIMIT <= seconds <= SHIFT_LIMIT:
+        raise ConfigurationError(f"shift_time takes -{SHIFT_LIMIT}..{SHIFT_LIMIT} seconds, not {seconds}")
+    return b"\x10" + seconds.to_bytes(2, "big", signed=True)
 
 
 async def read_supply(session: DlmsSession, obis: str = DISCONNECT_CONTROL) -> SupplyState:
@@ -98,13 +112,27 @@ async def run_command(
     clock: Callable[[], datetime] = utc_now,
     at: datetime | None = None,
     disconnect_control: str = DISCONNECT_CONTROL,
+    max_shift_s: int | None = None,
 ) -> DlmsCommandResult:
-    """Open ``session`` (not yet entered), act, read the effect back and check it (see :func:`run_dlms_command`)."""
+    """Open ``session`` (not yet entered), act, read the effect back and check it (see :func:`run_dlms_command`).
+
+    With ``max_shift_s`` a clock-sync uses the clock's ``shift_time`` (class 8, method 6) by the drift,
+    clamped to that many seconds, instead of setting the time: a meter that limits the size of an
+    adjustment accepts it, and what is left is corrected by the next sync.
+    """
     if command not in COMMANDS:
         raise ConfigurationError(f"unknown DLMS command {command!r}")
     if command == "clock-set" and (at is None or at.tzinfo is None):
         raise ConfigurationError("clock-set needs an aware time to set the meter clock to")
     async with session:
+        if command == "clock-sync" and max_shift_s is not None:
+            before = await session.read_clock()
+            drift = round((clock() - before).total_seconds())
+            step = max(-max_shift_s, min(max_shift_s, drift))
+            if step:
+                await session.call(CLASS_CLOCK, CLOCK_OBIS, SHIFT_TIME, shift_time_parameter(step))
+            after = await session.read_clock()
+            return DlmsCommandResult(command, meter_time_before=before, meter_time_after=after, shifted_s=step)
         if command in ("clock-sync", "clock-set"):
             before = await session.read_clock()
             await session.set_clock(at if command == "clock-set" and at is not None else clock())

@@ -30,6 +30,9 @@ PARAMETERS: Final = frozenset(
         "server_system_title",
         "frame_counter_obis",
         "referencing",
+        # Clock-sync by shift_time (class 8, method 6) of at most this many seconds, for meters that
+        # limit the size of a clock adjustment (IDIS: +/-900 s); unset: the time is set outright.
+        "clock_max_shift_s",
     }
 )
 # Short spellings a fleet file may use for the per-meter addresses.
