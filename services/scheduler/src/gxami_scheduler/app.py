@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -32,8 +31,10 @@ from gxami_runtime.service import StartupError, check_database, kafka_startup_er
 from gxami_scheduler.api import FleetApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
+from gxami_scheduler.planner import PlannedRead
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
+from gxami_scheduler.sites import JobSender, NoSites, SitePublishers, SiteSenders
 from gxami_store import migrate
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,6 @@ RESULTS_RETRY_S = 2.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class JobSender(Protocol):
-    """What the tick loop needs of the broker (``gxami_runtime.kafka.Publisher`` fits)."""
-
-    async def send_many(self, logical_topic: str, items: Sequence[tuple[str, Message]]) -> None: ...
 
 
 class Scheduler:
@@ -65,8 +60,10 @@ class Scheduler:
         sender: JobSender,
         metrics: SchedulerMetrics,
         clock: Callable[[], datetime] = utc_now,
+        sites: SiteSenders | None = None,
     ) -> None:
         self._settings = settings
+        self._sites = sites or NoSites()
         self._policy = settings.policy()
         self._shard = settings.shard()
         self._pool = pool
@@ -85,25 +82,45 @@ class Scheduler:
             # Fewer than the limit claimed means nothing else was due (bar rows another replica holds).
             due = len(planned) + (await count_due(conn, now, self._shard) if len(planned) >= limit else 0)
         self._metrics.meters_due.set(due)
-        if planned:
+        sent = await self._publish(planned) if planned else 0
+        if sent:
+            self._metrics.jobs_emitted.inc(sent)
+            log.debug("emitted read jobs", extra={"jobs": sent})
+        self._metrics.tick_seconds.observe(time.perf_counter() - started)
+        return sent
+
+    async def _publish(self, planned: list[PlannedRead]) -> int:
+        """Send each site's jobs to its topic (the others to the central one); returns how many went out.
+
+        A site whose jobs cannot be sent holds back only its own: they are released and the
+        other sites' jobs still go. Only when nothing could be sent is the error raised.
+        """
+        by_site: dict[str | None, list[PlannedRead]] = {}
+        for p in planned:
+            by_site.setdefault(p.site, []).append(p)
+        failed: list[PlannedRead] = []
+        first_error: BaseException | None = None
+        for site, group in by_site.items():
             try:
-                await self._sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in planned])
-            except (KafkaError, OSError, TimeoutError) as exc:
+                sender = self._sender if site is None else await self._sites.for_site(site)
+                await sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in group])
+            except (KafkaError, OSError, TimeoutError, LookupError) as exc:
                 # Claimed but not (all) published: release them now rather than wait for the
                 # in-flight timeout. A job that did go out will find its result stale; the reading
                 # it produced is stored anyway (ingest is idempotent).
                 self._metrics.publish_failures.inc()
                 log.warning(
                     "publishing read jobs failed; meters released",
-                    extra={"jobs": len(planned), "error": f"{type(exc).__name__}: {exc}"},
+                    extra={"jobs": len(group), "site": site, "error": f"{type(exc).__name__}: {exc}"},
                 )
-                async with self._pool.acquire() as conn:
-                    await release(conn, [p.job.job_id for p in planned])
-                raise
-            self._metrics.jobs_emitted.inc(len(planned))
-            log.debug("emitted read jobs", extra={"jobs": len(planned)})
-        self._metrics.tick_seconds.observe(time.perf_counter() - started)
-        return len(planned)
+                failed += group
+                first_error = first_error or exc
+        if failed:
+            async with self._pool.acquire() as conn:
+                await release(conn, [p.job.job_id for p in failed])
+        if first_error is not None and len(failed) == len(planned):
+            raise first_error
+        return len(planned) - len(failed)
 
     async def run_ticks(self, stop: asyncio.Event) -> None:
         """Tick every ``tick_seconds`` until ``stop``; the current tick always finishes."""
@@ -238,7 +255,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             raise StartupError(f"cannot use the database at {redact_dsn(dsn)}: {type(exc).__name__}: {exc}") from None
         publisher, consumer, producer = await _start_kafka(settings, stack)
         metrics = SchedulerMetrics(process=True)
-        scheduler = Scheduler(settings, pool, publisher, metrics, clock)
+        scheduler = Scheduler(settings, pool, publisher, metrics, clock, SitePublishers(producer, settings))
         auth = Authenticator.from_settings(settings, PoolTokens(pool))
         ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
         FleetApi(pool, clock).install(ops.app)
