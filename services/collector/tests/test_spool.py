@@ -13,16 +13,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from gxami_collector.app import Collector
 from gxami_collector.jobs import MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_collector.spool import SPOOL_FULL, Outgoing, Spool, SpoolError, forward
-from gxami_contracts import JobResult, JobStatus, ReadingBatch, ReadJob
+from gxami_collector.spool import SPOOL_FULL, Outgoing, Spool, SpoolError, SpoolPublisher, forward
+from gxami_contracts import DeadLetter, JobResult, JobStatus, ReadingBatch, ReadingValue, ReadJob
 from gxami_meterlab.devstack import StackEndpoints
 from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
-from gxami_runtime.kafka import ensure_topics, make_consumer, make_producer
+from gxami_runtime.kafka import DeadLetters, ensure_topics, make_consumer, make_producer
 from gxami_runtime.settings import ServiceSettings
 from gxcore.profiles import ProfileCatalog
 from gxcore.secrets import Secret
@@ -251,3 +252,83 @@ async def test_a_site_collector_takes_only_its_sites_jobs_and_publishes_through_
     assert results[north.meter_id].status is JobStatus.OK
     assert [b.meter_id for b in batches] == [north.meter_id]
     assert left == 0, "everything spooled was acknowledged and deleted"
+
+
+async def test_dead_letters_and_push_readings_go_through_the_spool_with_a_spool_publisher(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
+    try:
+        publisher = SpoolPublisher(spool)
+        raw = b'{"not": "a job"}'
+        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+            "ami.read-jobs.north", 3, 17, 0, 0, b"link-1", raw, None, 6, len(raw), ()
+        )
+        await DeadLetters(publisher, "collector").send(record, "job_id: field required")
+        now = datetime.now(UTC)
+        batch = ReadingBatch.of(
+            batch_id="b1",
+            meter_id="M1",
+            collected_at=now,
+            readings=[ReadingValue(quantity="1-0:1.8.0", ts=now, value=1.5, unit="kWh")],
+        )
+        await publisher.send_many("ami.readings", [("M1", batch)])
+        head = await spool.head(10)
+    finally:
+        await spool.close()
+    assert [(s.record.topic, s.record.key) for s in head] == [("ami.dead-letter", b"link-1"), ("ami.readings", b"M1")]
+    letter = DeadLetter.model_validate_json(head[0].record.value)
+    assert (letter.source_topic, letter.offset, letter.reason) == ("ami.read-jobs.north", 17, "job_id: field required")
+    assert ReadingBatch.model_validate_json(head[1].record.value) == batch
+
+
+class _FullSpool(Spool):
+    """A spool that counts how often the collector asks whether it is full (one ask per loop round)."""
+
+    asked = 0
+
+    @property
+    def full(self) -> bool:
+        type(self).asked += 1
+        return super().full
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.fetched = asyncio.Event()
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[object, list[object]]:
+        del max_records
+        self.fetches += 1
+        self.fetched.set()
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+async def test_above_the_high_water_mark_the_collector_takes_no_new_jobs_until_the_spool_drains(tmp_path: Path) -> None:
+    spool = await _FullSpool.open(tmp_path, max_bytes=10_000, high_water=0.5)
+    consumer = _Consumer()
+    stop = asyncio.Event()
+    try:
+        await spool.put([_rec(i, size=998) for i in range(6)])  # 6,000 of 10,000 bytes: above the mark
+        assert spool.full
+        assert SPOOL_FULL._value.get() == 1, "the alarm is raised"
+        settings = CollectorSettings(spool_dir=tmp_path)
+        reader = MeterReader(ProfileCatalog(), SecretStore(), exchange_timeout=1, session_timeout=5)
+        collector = Collector(settings, reader, spool)
+        _FullSpool.asked = 0
+        loop = asyncio.create_task(
+            collector._loop(consumer, None, None, stop)  # type: ignore[arg-type]  # fetches nothing: no publisher needed
+        )
+        while _FullSpool.asked < 3:  # three rounds of the loop, each finding the spool full
+            assert not loop.done()
+            await asyncio.sleep(0.1)
+        assert consumer.fetches == 0, "no jobs fetched while the spool is above its high-water mark"
+        await spool.delete(await spool.head(2))  # the uplink drains two records: 4,000 bytes left
+        assert not spool.full
+        assert SPOOL_FULL._value.get() == 0, "the alarm clears"
+        await asyncio.wait_for(consumer.fetched.wait(), 10)
+        assert spool.records == 4, "nothing was dropped"
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 10)
+        await spool.close()

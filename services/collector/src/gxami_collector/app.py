@@ -33,7 +33,7 @@ from gxami_collector.fleet_cache import FleetFollower
 from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_collector.spool import Outgoing, Spool, drain, forward
+from gxami_collector.spool import Outgoing, Spool, SpoolPublisher, drain, forward
 from gxami_contracts import JobStatus, ReadJob
 from gxami_contracts.messages import Message
 from gxami_contracts.topics import EVENTS, JOB_RESULTS, READ_JOBS, READINGS
@@ -252,7 +252,8 @@ class Collector:
     ) -> None:
         s = self.settings
         publisher = Publisher(producer, s)
-        dead = DeadLetters(publisher, "collector")
+        # With a spool, dead letters go its way too: written down at once, sent when the uplink is up.
+        dead = DeadLetters(SpoolPublisher(self.spool) if self.spool is not None else publisher, "collector")
         forwarder = None
         if self.spool is not None:
             forwarder = self._forwarder = asyncio.create_task(
