@@ -74,6 +74,7 @@ def test_the_local_schedule_reads_the_sites_polled_meters_once_per_slot_only_whi
     assert [e.meter_id for e in fleet.meters()] == ["h1", "off", "pushes", "q15"], "only this site's meters"
     edge = EdgeSchedule(fleet, LocalPolicy(autonomous_after_s=120, job_timeout_s=60), started=T0)
     assert edge.due(T0 + timedelta(seconds=110)) == [], "not away yet: 2 minutes from the start"
+    assert not edge.autonomous
     at = T0 + timedelta(seconds=150)  # 12:02:37
     first = edge.due(at)
     assert _ids(first) == ["h1", "q15"], "polled and enabled meters, each slot 2 minutes old"
@@ -101,10 +102,11 @@ def test_the_local_schedule_reads_the_sites_polled_meters_once_per_slot_only_whi
         issued_at=T0,
         deadline=T0 + timedelta(minutes=5),
     )
+    assert edge.autonomous
     edge.scheduler_job(stale, back)  # a backlog job past its deadline says nothing of the scheduler
-    assert edge.autonomous(back)
+    assert edge.autonomous
     edge.scheduler_job(stale.model_copy(update={"deadline": back + timedelta(minutes=5)}), back)
-    assert not edge.autonomous(back)
+    assert not edge.autonomous
     assert edge.due(datetime(2026, 3, 1, 13, 1, 0, tzinfo=UTC)) == [], "the scheduler sent a job 30 min ago"
     # Away again (nothing since 12:30:10): h1 is due at 13:02, q15 (read by the scheduler at 12:30) too.
     assert _ids(edge.due(datetime(2026, 3, 1, 13, 2, 30, tzinfo=UTC))) == ["h1", "q15"]
@@ -269,3 +271,25 @@ async def test_an_edge_with_no_jobs_reads_its_site_from_ami_fleet_and_again_afte
     assert {e.meter_id for e in saved.meters()} == north, "the fleet copy on disk"
     assert set(spooled) == north
     assert all(r.status is JobStatus.OK and r.job_id.startswith("local-") for r in spooled.values())
+
+
+def test_a_healthy_scheduler_with_long_quiet_between_its_slots_never_sees_a_local_read(tmp_path: Path) -> None:
+    fleet = SiteFleet("north", tmp_path / STATE_FILE)
+    fleet.put(_entry("q15"))
+    edge = EdgeSchedule(fleet, LocalPolicy(autonomous_after_s=120), started=T0)
+    for minute in (0, 15, 30):
+        at = datetime(2026, 3, 1, 12, minute, 9, tzinfo=UTC)
+        job = ReadJob(
+            job_id=uuid.uuid4().hex,
+            meter_id="q15",
+            link_id="x",
+            protocol="dlms",
+            url="tcp://127.0.0.1:4059",
+            profile="generic-dlms",
+            issued_at=at,
+            deadline=at + timedelta(minutes=5),
+        )
+        edge.scheduler_job(job, at)
+        for later in (3, 10, 14):  # quiet for up to 14 minutes: the slot's read was the scheduler's
+            assert edge.due(at + timedelta(minutes=later)) == []
+    assert not edge.autonomous

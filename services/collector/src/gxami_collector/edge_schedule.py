@@ -11,7 +11,10 @@ asked for:
   on the clock as the scheduler's do: ``floor(t / interval) * interval``), no sooner than
   ``min(autonomous_after, interval / 2)`` after the slot began, and only if no read of it (the
   scheduler's or a local one) was started in that slot: a late scheduler job of the slot wins,
-  and a meter is not read twice for one slot by this collector.
+  and a meter is not read twice for one slot by this collector. So a healthy scheduler, whose
+  jobs come at the start of each slot, never sees a local read, however long the quiet between
+  its slots; a meter the scheduler holds back (retry backoff after failures) may be tried once
+  per slot locally while the scheduler is quiet.
 * *What*: the meter's purposes from its fleet entry; the load profile from where the last good
   read of it left off (kept on disk), else ``LOCAL_HISTORY`` back. The job goes through the same
   reader and the same spool as the scheduler's jobs, so it produces the same readings, events and
@@ -184,20 +187,23 @@ class EdgeSchedule:
         self._last_start: dict[str, datetime] = {}  # meter id -> when its last read (either kind) was started
         self._autonomous = False
 
-    def autonomous(self, now: datetime) -> bool:
-        """True while no fresh job of the scheduler came for ``autonomous_after_s``."""
-        away = (now - self.last_scheduler_job).total_seconds() >= self.policy.autonomous_after_s
-        if away != self._autonomous:
-            self._autonomous = away
-            AUTONOMOUS.set(1 if away else 0)
-            if away:
-                log.warning(
-                    "no read jobs from the scheduler; reading on the local schedule",
-                    extra={"since": self.last_scheduler_job.isoformat(), "meters": len(self.fleet)},
-                )
-            else:
-                log.info("read jobs from the scheduler again; local schedule stopped")
-        return away
+    @property
+    def autonomous(self) -> bool:
+        """True from the first local job until the scheduler's next fresh job."""
+        return self._autonomous
+
+    def _set_autonomous(self, on: bool) -> None:
+        if on == self._autonomous:
+            return
+        self._autonomous = on
+        AUTONOMOUS.set(1 if on else 0)
+        if on:
+            log.warning(
+                "no read jobs from the scheduler; reading on the local schedule",
+                extra={"since": self.last_scheduler_job.isoformat(), "meters": len(self.fleet)},
+            )
+        else:
+            log.info("read jobs from the scheduler again; local schedule stopped")
 
     def scheduler_job(self, job: ReadJob, now: datetime) -> None:
         """A job fetched from the site's topic; one past its deadline (a backlog) says nothing."""
@@ -205,7 +211,7 @@ class EdgeSchedule:
             return
         self.last_scheduler_job = max(self.last_scheduler_job, now)
         self._last_start[job.meter_id] = now
-        self.autonomous(now)
+        self._set_autonomous(False)
 
     def finished(self, job: ReadJob, ok: bool) -> None:
         """A job (either kind) is done; a good one moves the meter's load-profile horizon."""
@@ -214,12 +220,14 @@ class EdgeSchedule:
 
     def due(self, now: datetime) -> list[ReadJob]:
         """The local jobs to run now (none while the scheduler's jobs come); each is marked started."""
-        if not self.autonomous(now):
+        if (now - self.last_scheduler_job).total_seconds() < self.policy.autonomous_after_s:
             return []
         jobs = [self._job(e, now) for e in self._due_meters(self.fleet.meters(), now)]
         for job in jobs:
             self._last_start[job.meter_id] = now
-        LOCAL_JOBS.inc(len(jobs))
+        if jobs:
+            self._set_autonomous(True)
+            LOCAL_JOBS.inc(len(jobs))
         return jobs
 
     def _due_meters(self, entries: Iterable[FleetEntry], now: datetime) -> Iterable[FleetEntry]:
