@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gxami_collector.app import Collector
+from gxami_collector.app import Collector, _loopback
 from gxami_collector.edge_schedule import (
     LOCAL_HISTORY,
     STATE_FILE,
@@ -293,3 +293,10 @@ def test_a_healthy_scheduler_with_long_quiet_between_its_slots_never_sees_a_loca
         for later in (3, 10, 14):  # quiet for up to 14 minutes: the slot's read was the scheduler's
             assert edge.due(at + timedelta(minutes=later)) == []
     assert not edge.autonomous
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("edge", False)]
+)
+def test_an_edges_ops_server_counts_as_closed_only_on_loopback(host: str, loopback: bool) -> None:
+    assert _loopback(host) is loopback

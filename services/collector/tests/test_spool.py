@@ -16,13 +16,21 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from gxami_collector.app import Collector
+from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.jobs import MeterReader
+from gxami_collector.listeners import PushCounters, PushListeners
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
 from gxami_collector.spool import SPOOL_FULL, Outgoing, Spool, SpoolError, SpoolPublisher, forward
-from gxami_contracts import DeadLetter, JobResult, JobStatus, ReadingBatch, ReadingValue, ReadJob
+from gxami_contracts import DeadLetter, FleetEntry, JobResult, JobStatus, ReadingBatch, ReadingValue, ReadJob
 from gxami_meterlab.devstack import StackEndpoints
-from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
+from gxami_meterlab.simulators.dlms import (
+    DlmsFleetSimulator,
+    meter_id,
+    meter_secrets,
+    meter_system_title,
+    push_message,
+)
 from gxami_runtime.kafka import DeadLetters, ensure_topics, make_consumer, make_producer
 from gxami_runtime.settings import ServiceSettings
 from gxcore.profiles import ProfileCatalog
@@ -332,3 +340,57 @@ async def test_above_the_high_water_mark_the_collector_takes_no_new_jobs_until_t
         stop.set()
         await asyncio.wait_for(loop, 10)
         await spool.close()
+
+
+async def test_an_edges_push_listener_puts_what_it_serves_into_the_spool(tmp_path: Path) -> None:
+    seed, at = 5, datetime(2026, 11, 26, 3, 15, tzinfo=UTC)
+    settings = CollectorSettings(
+        listeners=["dlms-push@udp://127.0.0.1:0"],
+        push_counters_file=tmp_path / "c.json",
+        kafka_bootstrap="127.0.0.1:1",  # no broker at all: the spool holds it
+    )
+    secrets = SecretStore(meters={meter_id(seed, 0): {k: Secret(v) for k, v in meter_secrets(seed, 0).items()}})
+    directory = FleetDirectory()
+    directory.put(
+        FleetEntry(
+            meter_id=meter_id(seed, 0),
+            protocol="dlms",
+            url="tcp://127.0.0.1:4059",
+            link_id="push:0",
+            profile="generic-dlms",
+            connection="push",
+            interval_s=900,
+            options={"authentication": "high-gmac", "client": "1", "security_policy": "authenticated-encrypted"},
+            system_title=meter_system_title(seed, 0).hex(),
+            updated_at=at,
+        )
+    )
+    directory.caught_up.set()
+    spool = await Spool.open(tmp_path / "spool", max_bytes=1 << 20)
+    publisher = SpoolPublisher(spool)
+    listeners = PushListeners(
+        settings,
+        ProfileCatalog(),
+        secrets,
+        directory,
+        publisher,
+        DeadLetters(publisher, "collector"),
+        PushCounters(settings.push_counters_file),
+    )
+    await listeners.start()
+    try:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", listeners._udp[0].port)
+        )
+        transport.sendto(push_message(seed, 0, at, policy="authenticated-encrypted", invocation_counter=3))
+        transport.close()
+        deadline = loop.time() + 10
+        while not spool.records and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        head = await spool.head(10)
+    finally:
+        await listeners.close()
+        await spool.close()
+    assert [(s.record.topic, s.record.key) for s in head] == [("ami.readings", meter_id(seed, 0).encode())]
+    assert ReadingBatch.model_validate_json(head[0].record.value).meter_id == meter_id(seed, 0)

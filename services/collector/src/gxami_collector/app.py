@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import sqlite3
 import traceback
@@ -73,6 +74,16 @@ LOCAL_TICK_S = 1.0
 def _broker_away(exc: KafkaStartupError) -> bool:
     """The broker is away (refused, timed out), not refusing us (TLS, SASL, a wrong address)."""
     return exc.cause in {"connection refused", "connection failed", "timed out"}
+
+
+def _loopback(host: str) -> bool:
+    """True for a host name or address that binds to loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Collector:
@@ -185,6 +196,12 @@ class Collector:
         # The ops server first: an edge waiting for its broker shows its spool in /metrics meanwhile.
         ops = OpsServer.from_settings(self.settings, ready=lambda: self.ready)
         port = await ops.start()
+        if self.settings.site is not None and not _loopback(self.settings.http_host):
+            # An edge opens no port to the outside but its meters' listeners; the ops server
+            # binds to loopback by default (GXAMI_HTTP_HOST), and this says when it was changed.
+            log.warning(
+                "an edge collector's ops server listens beyond loopback", extra={"http_host": self.settings.http_host}
+            )
         local = None
         if self.local is not None:  # reading on its own needs no broker: it starts before connecting
             await asyncio.to_thread(self.local.fleet.load)
@@ -369,7 +386,8 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
             from gxami_collector.listeners import serve_with_listeners
 
-            await serve_with_listeners(s, collector.run, profiles, secrets, stop)
+            spooled = SpoolPublisher(spool) if spool is not None else None  # pushes and dead letters too
+            await serve_with_listeners(s, collector.run, profiles, secrets, stop, spooled)
         else:
             await collector.run(stop)
     finally:

@@ -536,12 +536,13 @@ async def serve_with_listeners(
     profiles: ProfileCatalog,
     secrets: SecretStore,
     stop: asyncio.Event,
+    spooled: Publisher | None = None,
 ) -> None:
     """Run the job loop and the push listeners side by side; either failing stops both."""
     producer = make_producer(settings)
     await producer.start()
     try:
-        publisher = Publisher(producer, settings)
+        publisher = spooled or Publisher(producer, settings)  # an edge's pushes go through its spool
         counters = PushCounters(settings.push_counters_file)
         listeners = PushListeners(
             settings, profiles, secrets, FleetDirectory(), publisher, DeadLetters(publisher, "collector"), counters
