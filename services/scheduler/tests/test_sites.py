@@ -71,31 +71,32 @@ async def test_a_site_whose_jobs_cannot_be_sent_holds_back_only_its_own(
     central, north, south = _Recorder("centre"), _Recorder("north", fail=True), _Recorder("south")
     metrics = SchedulerMetrics()
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    later = T0 + timedelta(minutes=1)
+    now = [T0 + timedelta(minutes=1)]
     try:
-        scheduler = Scheduler(
-            SchedulerSettings(),
-            pool,
-            central,
-            metrics,
-            clock=lambda: later,
-            sites=_Sites({"north": north, "south": south}),
-        )
+        sites = _Sites({"north": north, "south": south})
+        scheduler = Scheduler(SchedulerSettings(), pool, central, metrics, clock=lambda: now[0], sites=sites)
         assert await scheduler.tick() == 2, "the centre's and south's jobs went out"
         assert [j.meter_id for j in central.jobs] == ["c1"]
         assert [j.meter_id for j in south.jobs] == ["b1"]
+        assert metrics.publish_failures._value.get() == 1
+        # North's claims stay in flight (not released to crowd every next claim) ...
         in_flight = {
             r["meter_id"] for r in await db.fetch("SELECT meter_id FROM meter_schedule WHERE in_flight_job IS NOT NULL")
         }
-        assert in_flight == {"c1", "b1"}, "north's meters were released, to be claimed again"
-        assert metrics.publish_failures._value.get() == 1
+        assert in_flight == {"c1", "a1", "a2", "b1"}
+        now[0] += timedelta(seconds=10)
+        assert await scheduler.tick() == 0, "... so they are not claimed at the next tick"
+        # ... until their deadline has passed: then they come back as lost jobs, with a failure counted.
         north.fail = False
-        assert await scheduler.tick() == 2, "north's jobs go once its topic takes them"
+        now[0] += timedelta(minutes=10)
+        assert await scheduler.tick() == 4
         assert sorted(j.meter_id for j in north.jobs) == ["a1", "a2"]
-        # Nothing at all can be sent: the tick fails as before (the broker is away).
+        assert {j.attempt for j in north.jobs} == {2}, "the unsent job counts as a lost one"
+        # Nothing at all can be sent: every claim is released and the tick fails, as before sites.
         central.fail = south.fail = north.fail = True
-        await db.execute("UPDATE meter_schedule SET in_flight_job = NULL, in_flight_until = NULL")
+        now[0] += timedelta(minutes=10)
         with pytest.raises(OSError):
             await scheduler.tick()
+        assert await db.fetchval("SELECT count(*) FROM meter_schedule WHERE in_flight_job IS NOT NULL") == 0
     finally:
         await pool.close()

@@ -90,37 +90,41 @@ class Scheduler:
         return sent
 
     async def _publish(self, planned: list[PlannedRead]) -> int:
-        """Send each site's jobs to its topic (the others to the central one); returns how many went out.
+        """Send each site's jobs to its topic (the others to the central one), all at once; how many went out.
 
-        A site whose jobs cannot be sent holds back only its own: they are released and the
-        other sites' jobs still go. Only when nothing could be sent is the error raised.
+        Nothing sent at all (the broker away): every claim is released, to be claimed again at the
+        next tick, and the error raised, as before sites. Some sites' jobs not sent (a site's topic
+        missing or refused): the others went, and the failed ones stay in flight until their
+        deadline, then come back as lost jobs, with backoff. Released instead, they would be the
+        oldest due meters at every tick and could crowd the claim limit, holding other sites back.
         """
         by_site: dict[str | None, list[PlannedRead]] = {}
         for p in planned:
             by_site.setdefault(p.site, []).append(p)
-        failed: list[PlannedRead] = []
-        first_error: BaseException | None = None
-        for site, group in by_site.items():
-            try:
-                sender = self._sender if site is None else await self._sites.for_site(site)
-                await sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in group])
-            except (KafkaError, OSError, TimeoutError, LookupError) as exc:
-                # Claimed but not (all) published: release them now rather than wait for the
-                # in-flight timeout. A job that did go out will find its result stale; the reading
-                # it produced is stored anyway (ingest is idempotent).
-                self._metrics.publish_failures.inc()
-                log.warning(
-                    "publishing read jobs failed; meters released",
-                    extra={"jobs": len(group), "site": site, "error": f"{type(exc).__name__}: {exc}"},
-                )
-                failed += group
-                first_error = first_error or exc
-        if failed:
+        outcomes = await asyncio.gather(*(self._send_site(site, group) for site, group in by_site.items()))
+        errors = [exc for exc in outcomes if exc is not None]
+        if errors and len(errors) == len(by_site):
+            # Claimed but not published: release them now rather than wait for the in-flight
+            # timeout. A job that did go out will find its result stale; the reading it produced
+            # is stored anyway (ingest is idempotent).
             async with self._pool.acquire() as conn:
-                await release(conn, [p.job.job_id for p in failed])
-        if first_error is not None and len(failed) == len(planned):
-            raise first_error
-        return len(planned) - len(failed)
+                await release(conn, [p.job.job_id for p in planned])
+            raise errors[0]
+        return sum(len(group) for group, exc in zip(by_site.values(), outcomes, strict=True) if exc is None)
+
+    async def _send_site(self, site: str | None, group: list[PlannedRead]) -> BaseException | None:
+        """Send one site's jobs (``None``: the central topic's); the error if they could not be sent."""
+        try:
+            sender = self._sender if site is None else await self._sites.for_site(site)
+            await sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in group])
+        except (KafkaError, OSError, TimeoutError, LookupError) as exc:
+            self._metrics.publish_failures.inc()
+            log.warning(
+                "publishing read jobs failed",
+                extra={"jobs": len(group), "site": site, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            return exc
+        return None
 
     async def run_ticks(self, stop: asyncio.Event) -> None:
         """Tick every ``tick_seconds`` until ``stop``; the current tick always finishes."""
