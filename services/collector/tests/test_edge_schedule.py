@@ -83,6 +83,11 @@ def test_the_local_schedule_reads_the_sites_polled_meters_once_per_slot_only_whi
     assert (q15.profile_from, q15.profile_to) == (at - LOCAL_HISTORY, at), "no earlier read known"
     assert q15.purposes == ["billing", "load-profile"]
     assert edge.due(at + timedelta(seconds=30)) == [], "each meter once per slot"
+    fleet.write(fleet.snapshot())
+    restarted = SiteFleet("north", tmp_path / STATE_FILE)
+    restarted.load()
+    again = EdgeSchedule(restarted, LocalPolicy(autonomous_after_s=120), started=at + timedelta(seconds=5))
+    assert again.due(at + timedelta(seconds=200)) == [], "restarted in the slot: not read twice in it"
     edge.finished(q15, ok=True)
     # 12:15:30: the q15 slot began 30 s ago; the scheduler has until 12:17:00 to send its job.
     assert edge.due(datetime(2026, 3, 1, 12, 15, 30, tzinfo=UTC)) == []

@@ -11,7 +11,8 @@ asked for:
   on the clock as the scheduler's do: ``floor(t / interval) * interval``), no sooner than
   ``min(autonomous_after, interval / 2)`` after the slot began, and only if no read of it (the
   scheduler's or a local one) was started in that slot: a late scheduler job of the slot wins,
-  and a meter is not read twice for one slot by this collector. So a healthy scheduler, whose
+  and a meter is not read twice for one slot by this collector (when reads started is kept on
+  disk, so across a restart too). So a healthy scheduler, whose
   jobs come at the start of each slot, never sees a local read, however long the quiet between
   its slots; a meter the scheduler holds back (retry backoff after failures) may be tried once
   per slot locally while the scheduler is quiet.
@@ -69,6 +70,9 @@ class SiteFleet(FleetDirectory):
         self.site = site
         self.path = path
         self.profile_to: dict[str, datetime] = {}  # meter id -> end of its last good load-profile read
+        # meter id -> when its last read (the scheduler's or a local one) started: kept on disk so
+        # that a restarted edge does not read a meter twice in one slot.
+        self.started: dict[str, datetime] = {}
         self.dirty = False
         self._unconfirmed: set[str] = set()  # loaded from disk, not yet seen again on the topic
 
@@ -78,10 +82,12 @@ class SiteFleet(FleetDirectory):
             self.remove(entry.meter_id)
             return
         dirty = self.dirty or self.get(entry.meter_id) != entry
-        horizon = self.profile_to.get(entry.meter_id)
-        super().put(entry)  # which removes the old entry first (and with it the horizon)
+        horizon, started = self.profile_to.get(entry.meter_id), self.started.get(entry.meter_id)
+        super().put(entry)  # which removes the old entry first (and with it what we know of its reads)
         if horizon is not None:
             self.profile_to[entry.meter_id] = horizon
+        if started is not None:
+            self.started[entry.meter_id] = started
         self.dirty = dirty
         SITE_METERS.set(len(self))
 
@@ -90,6 +96,7 @@ class SiteFleet(FleetDirectory):
         if self.get(meter_id) is not None:
             self.dirty = True
             self.profile_to.pop(meter_id, None)
+            self.started.pop(meter_id, None)
         super().remove(meter_id)
         SITE_METERS.set(len(self))
 
@@ -110,12 +117,17 @@ class SiteFleet(FleetDirectory):
             self.profile_to[meter_id] = profile_to
             self.dirty = True
 
+    def mark_started(self, meter_id: str, at: datetime) -> None:
+        """A read of ``meter_id`` started at ``at``."""
+        self.started[meter_id] = at
+        self.dirty = True
+
     def load(self) -> None:
         """Read the copy on disk (blocking: call it in a thread); a damaged copy is logged and left out."""
         try:
             data: Any = json.loads(self.path.read_text(encoding="utf-8"))
             entries = data["entries"]
-            horizons = data.get("profile_to", {})
+            times = {name: data.get(name, {}) for name in ("profile_to", "started")}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -134,12 +146,14 @@ class SiteFleet(FleetDirectory):
                 continue
             self.put(entry)
             self._unconfirmed.add(entry.meter_id)
-        for meter_id, ts in horizons.items() if isinstance(horizons, dict) else ():
-            if self.get(meter_id) is not None:
-                try:
-                    self.profile_to[meter_id] = datetime.fromisoformat(ts)
-                except (TypeError, ValueError):
-                    continue
+        for name, target in (("profile_to", self.profile_to), ("started", self.started)):
+            given = times[name]
+            for meter_id, ts in given.items() if isinstance(given, dict) else ():
+                if self.get(meter_id) is not None:
+                    try:
+                        target[meter_id] = datetime.fromisoformat(ts)
+                    except (TypeError, ValueError):
+                        continue
         self.dirty = False
         log.info("local fleet copy loaded", extra={"meters": len(self), "site": self.site})
 
@@ -149,6 +163,7 @@ class SiteFleet(FleetDirectory):
             "site": self.site,
             "entries": [e.model_dump(mode="json") for e in self.meters()],
             "profile_to": {m: ts.isoformat() for m, ts in sorted(self.profile_to.items())},
+            "started": {m: ts.isoformat() for m, ts in sorted(self.started.items()) if self.get(m) is not None},
         }
         self.dirty = False
         return json.dumps(data).encode()
@@ -184,7 +199,6 @@ class EdgeSchedule:
         self.fleet = fleet
         self.policy = policy
         self.last_scheduler_job = started
-        self._last_start: dict[str, datetime] = {}  # meter id -> when its last read (either kind) was started
         self._autonomous = False
 
     @property
@@ -210,7 +224,7 @@ class EdgeSchedule:
         if job.deadline < now:
             return
         self.last_scheduler_job = max(self.last_scheduler_job, now)
-        self._last_start[job.meter_id] = now
+        self.fleet.mark_started(job.meter_id, now)
         self._set_autonomous(False)
 
     def finished(self, job: ReadJob, ok: bool) -> None:
@@ -224,7 +238,7 @@ class EdgeSchedule:
             return []
         jobs = [self._job(e, now) for e in self._due_meters(self.fleet.meters(), now)]
         for job in jobs:
-            self._last_start[job.meter_id] = now
+            self.fleet.mark_started(job.meter_id, now)
         if jobs:
             self._set_autonomous(True)
             LOCAL_JOBS.inc(len(jobs))
@@ -236,7 +250,7 @@ class EdgeSchedule:
                 continue
             slot = slot_start(now, e.interval_s)
             grace = timedelta(seconds=min(self.policy.autonomous_after_s, e.interval_s / 2))
-            last = self._last_start.get(e.meter_id)
+            last = self.fleet.started.get(e.meter_id)
             if now >= slot + grace and (last is None or last < slot):
                 yield e
 
