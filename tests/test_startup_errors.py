@@ -110,3 +110,23 @@ def test_bad_setting_is_one_line_and_exit_2(service: str, env: dict[str, str]) -
     assert name in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("service", ["scheduler", "ingest", "reports"])
+def test_a_service_that_may_not_migrate_names_the_missing_migration_and_exits_2(
+    service: str, database_url: str
+) -> None:
+    # Kubernetes runs `gxami db migrate` as a Job and sets GXAMI_MIGRATE_ON_START=false.
+    proc = subprocess.run(
+        [sys.executable, "-m", "gxami_cli", service],
+        env={**os.environ, "GXAMI_DATABASE_URL": database_url, "GXAMI_MIGRATE_ON_START": "false"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"gxami {service}: the database lacks ")
+    assert "run `gxami db migrate` (the migration Job) first" in lines[0]

@@ -37,7 +37,7 @@ async def test_discover_prints_a_profile_that_validates(tmp_path: Path) -> None:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"
         shown = await invoke("profile", "discover", url)
         out = tmp_path / "meter.yaml"
-        written = await invoke("profile", "discover", url, "--name", "lab-meter", "-o", str(out))
+        written = await invoke("profile", "discover", url, "--name", "lab-meter", "--output", str(out))
     assert shown.exit_code == 0, shown.stderr
     document = yaml.safe_load(shown.stdout)
     assert document["name"] == "discovered-sim00300000" and document["protocol"] == "dlms"
@@ -58,7 +58,7 @@ async def test_discover_over_hls_gmac_takes_keys_from_the_environment(monkeypatc
     monkeypatch.setenv("GX_AK", keys.authentication_key.reveal().hex())
     async with DlmsFleetSimulator(1, seed=3, clock=lambda: NOW, authentication="high-gmac") as sim:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"
-        common = ("profile", "discover", url, "--client", "1", "--authentication", "high-gmac")
+        common = ("profile", "discover", url, "-o", "client=1", "-o", "authentication=high-gmac")
         result = await invoke(*common, "--key-env", "GX_EK", "--auth-key-env", "GX_AK")
         missing = await invoke(*common, "--key-env", "GX_EK")
     assert result.exit_code == 0, result.stderr

@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,34 @@ def test_odd_hex_and_undecodable_frames_are_bad_input() -> None:
     assert "checksum" in one_line_error(invoke("decode", "mbus", changed_checksum), 2).lower()
 
 
+# rscada/libmbus test/error-frames/premature_end_of_data1.hex: its last record has no data.
+PREMATURE_END = "68 1C 1C 68 08 02 72 78 56 34 12 24 40 01 07 55 00 00 00 03 13 15 31 00 DA 02 3B 13 01 8B 60 04 C7 16"
+
+
+def test_decode_mbus_is_tolerant_by_default_and_strict_on_request() -> None:
+    result = invoke("decode", "mbus", PREMATURE_END)
+    document = ok_json(result)
+    assert [r["value"] for r in document["records"]] == [12.565, 0.113]
+    assert document["unparsed"] == [{"offset": 29, "hex": "8B6004", "reason": document["unparsed"][0]["reason"]}]
+    assert "premature end" in document["unparsed"][0]["reason"]
+    assert result.stderr.startswith("gxami decode mbus: warning: 3 byte(s) at offset 29 not decoded")
+    line = one_line_error(invoke("decode", "mbus", "--strict", PREMATURE_END), 2)
+    assert "premature end" in line
+    padded = ok_json(invoke("decode", "mbus", OMS_GAS_WIRED + " 00"))  # one byte more than the L field says
+    assert padded["records"] == ok_json(invoke("decode", "mbus", OMS_GAS_WIRED))["records"]
+    assert padded["unparsed"][0]["hex"] == "00"
+    assert "trailing" in one_line_error(invoke("decode", "mbus", "--strict", OMS_GAS_WIRED + " 00"), 2)
+
+
+def test_decode_mbus_all_records_adds_raw_bytes_errors_and_the_header() -> None:
+    plain = ok_json(invoke("decode", "mbus", PREMATURE_END))
+    full = ok_json(invoke("decode", "mbus", "--all-records", PREMATURE_END))
+    assert "raw" not in plain["records"][0] and "secondary_address" not in plain
+    assert full["secondary_address"] == "1234567840240107" and full["ci"] == 0x72
+    assert [(r["raw"], r["error"]) for r in full["records"]] == [("153100", None), ("1301", None)]
+    assert [{k: v for k, v in r.items() if k not in ("raw", "error")} for r in full["records"]] == plain["records"]
+
+
 def test_decode_wmbus_with_a_key() -> None:
     document = ok_json(invoke("decode", "wmbus", OMS_MODE5, "--key", OMS_MODE5_KEY))
     assert (document["id"], document["manufacturer"], document["security_mode"]) == ("12345678", "ELS", 5)
@@ -221,6 +249,23 @@ def test_decode_dsmr_crc_mismatch_and_missing_file(tmp_path: Path) -> None:
     path.write_bytes(TELEGRAM_V5.replace(b"(000004.426*kWh)", b"(000004.427*kWh)"))
     assert "CRC" in one_line_error(invoke("decode", "dsmr", str(path)), 2)
     assert "cannot read" in one_line_error(invoke("decode", "dsmr", str(tmp_path / "nope.txt")), 2)
+
+
+def test_decode_dsmr_sets_an_odd_line_aside_unless_strict(tmp_path: Path) -> None:
+    from gxcore.protocols.dsmr import encode_telegram
+
+    odd = "1-0:99.97.0(231231235959W)(0-0:96.7.19)(231231235959W)(0000000240*s)"
+    lines = ["1-3:0.2.8(50)", "0-0:1.0.0(240101120000W)", "1-0:1.8.1*255(000004.426*kWh)", odd]
+    path = tmp_path / "odd.txt"
+    path.write_bytes(encode_telegram("XMX5TEST", lines))
+    result = invoke("decode", "dsmr", str(path))
+    document = ok_json(result)
+    assert [(r["quantity"], r["value"]) for r in document["records"] if r["kind"] == "register"] == [
+        ("1-0:1.8.1", 4.426)
+    ]
+    assert document["unparsed"][0]["line"] == 6 and document["unparsed"][0]["text"] == odd
+    assert "warning: " in result.stderr and "line 6" in result.stderr
+    assert "line 6" in one_line_error(invoke("decode", "dsmr", "--strict", str(path)), 2)
 
 
 def test_decode_iec62056_21_readout(tmp_path: Path) -> None:
@@ -325,6 +370,28 @@ async def test_read_dlms_with_a_password_from_the_environment() -> None:
     assert "not-the-pw" not in denied.output and "pw-123456" not in line
 
 
+async def test_read_dlms_load_profile_over_a_range_and_hints_at_the_framing() -> None:
+    async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT) as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        start, end = AT - timedelta(hours=2), AT
+        ranged = await invoke_async(
+            "read", url, "-p", "dlms", "--from", start.isoformat(), "--to", end.isoformat(), "--purpose", "billing"
+        )
+        wrong_framing = await invoke_async("read", url, "-p", "dlms", "-o", "interface=hdlc", "--timeout", "0.3")
+        unranged = await invoke_async("read", url, "-p", "dlms", "--purpose", "load-profile")
+    assert ok_json(unranged)["readings"] == []
+    assert "warning: no readings: load-profile points need a range: give --from/--to or --last" in unranged.stderr
+    rows = [r for r in ok_json(ranged)["readings"] if r["quantity"] == "1-0:2.8.0"]
+    stamps = sorted(datetime.fromisoformat(r["timestamp"]) for r in rows)
+    boundaries = [start.replace(minute=15 * (start.minute // 15 + 1), second=0)]
+    while boundaries[-1] + timedelta(minutes=15) <= end:
+        boundaries.append(boundaries[-1] + timedelta(minutes=15))
+    # Every 15-minute row in the range, and the billing reading at the meter's clock beside them.
+    assert stamps == [*boundaries, AT]
+    line = one_line_error(wrong_framing, 1)
+    assert "hint: a meter on TCP may speak the DLMS wrapper: try -o interface=wrapper" in line
+
+
 async def test_read_wmbus_with_a_key_from_the_environment() -> None:
     generator = WMBusTelegramGenerator(seed=4, count=2)
     meter = generator.meters[0]
@@ -372,6 +439,16 @@ async def test_read_failures_of_the_meter_exit_1(unused_tcp_port: int) -> None:
         (["read", "tcp://127.0.0.1:1", "-p", "dsmr", "--key-env", "GX_UNSET_VAR_X"], {}, "GX_UNSET_VAR_X is not set"),
         (["read", "tcp://127.0.0.1:1", "-p", "mbus"], {}, "give options primary_address"),
         (["read", "tcp://127.0.0.1:1", "-p", "dsmr", "--key-env", "K"], {"K": "abcd"}, "32 hex digits"),
+        (
+            ["read", "tcp://127.0.0.1:1", "-p", "modbus", "-o", "unitid=3"],
+            {},
+            "unknown option unitid for protocol modbus (valid: unit_id)",
+        ),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "-o", "intreface=hdlc"], {}, "unknown option intreface"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "--last", "2 days"], {}, "not a duration such as 24h"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "--from", "yesterday"], {}, "not an ISO time"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dlms", "--to", "2026-01-01"], {}, "--to needs --from or --last"),
+        (["read", "tcp://127.0.0.1:1", "-p", "dsmr", "--last", "24h"], {}, "has no load-profile points"),
     ],
 )
 async def test_bad_read_input_exits_2(args: list[str], env: dict[str, str], message: str) -> None:

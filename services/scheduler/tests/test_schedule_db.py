@@ -11,7 +11,7 @@ import asyncpg
 from gxami_contracts import JobResult, JobStatus
 from gxami_scheduler.fleet import FleetMeter
 from gxami_scheduler.planner import SchedulePolicy, Shard, shard_of
-from gxami_scheduler.registry import import_fleet
+from gxami_scheduler.registry import import_fleet, request_read
 from gxami_scheduler.schedule import LOST_JOB_KIND, claim_due, count_due, record_results, release
 
 from .conftest import T0
@@ -263,3 +263,13 @@ async def test_release_after_failed_publish_makes_meters_claimable_at_once(db: a
     again = await claim_due(db, LATER, POLICY, limit=10)
     assert len(again) == 3
     assert all(p.job.attempt == 1 for p in again)  # a released job is not a lost one
+
+
+async def test_a_push_meter_is_never_claimed_even_after_an_on_demand_read(db: asyncpg.Connection) -> None:
+    await _fleet(db, 2)
+    wm = _meter(7, protocol="wmbus", address="tcp://10.0.0.9:2000", connection="push", wmbus_id="12345678")
+    await import_fleet(db, [wm], T0)
+    assert await request_read(db, wm.meter_id, T0) is not None  # makes a schedule row for it
+    assert await count_due(db, LATER) == 2
+    planned = await claim_due(db, LATER, POLICY, limit=10)
+    assert sorted(p.job.meter_id for p in planned) == ["m000", "m001"]  # the wM-Bus meter's telegrams are its reads

@@ -41,7 +41,10 @@ class TopicSpec:
     consumers: tuple[str, ...]
     dead_letter: str | None = DEAD_LETTER
     retention_ms: int | None = None
-    compacted: bool = False  # cleanup.policy=compact: the latest record per key is kept for ever
+    compacted: bool = False
+    # Copies of each partition in production (the Kubernetes KafkaTopics, and a dev broker as far as
+    # it has brokers: see gxami_runtime.kafka.ensure_topics).
+    replication_factor: int = 3  # cleanup.policy=compact: the latest record per key is kept for ever
     planned_producers: tuple[str, ...] = ()
     planned_consumers: tuple[str, ...] = ()
 
@@ -51,33 +54,55 @@ class TopicSpec:
         return not self.producers and not self.consumers
 
 
-READ_JOBS = TopicSpec("ami.read-jobs", ReadJob, "link_id", 12, ("scheduler",), ("collector",))
+_DAY_MS = 86_400_000
+# Retention: a job older than a day is past its deadline; readings, events and results are in the
+# database within seconds, so a week covers an ingest outage or an edge uplink coming back; dead
+# letters and command results are kept a month for operators and the audit trail.
+READ_JOBS = TopicSpec("ami.read-jobs", ReadJob, "link_id", 12, ("scheduler",), ("collector",), retention_ms=_DAY_MS)
 # reports will read readings and events for streaming aggregates and alarms; today it reads the database.
 READINGS = TopicSpec(
-    "ami.readings", ReadingBatch, "meter_id", 12, ("collector",), ("ingest",), planned_consumers=("reports",)
+    "ami.readings",
+    ReadingBatch,
+    "meter_id",
+    12,
+    ("collector",),
+    ("ingest",),
+    planned_consumers=("reports",),
+    retention_ms=7 * _DAY_MS,
 )
-JOB_RESULTS = TopicSpec("ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler",))
-EVENTS = TopicSpec("ami.events", MeterEvent, "meter_id", 6, ("collector",), ("ingest",), planned_consumers=("reports",))
-# Commands come with the command API (issue 9): nothing sends or reads them yet.
+JOB_RESULTS = TopicSpec(
+    "ami.job-results", JobResult, "meter_id", 6, ("collector",), ("scheduler",), retention_ms=7 * _DAY_MS
+)
+EVENTS = TopicSpec(
+    "ami.events",
+    MeterEvent,
+    "meter_id",
+    6,
+    ("collector",),
+    ("ingest",),
+    planned_consumers=("reports",),
+    retention_ms=30 * _DAY_MS,
+)
+# Commands come with the command API (issue 9): the collector executes them (gxami_collector.commands).
 COMMANDS = TopicSpec(
     "ami.commands",
     MeterCommand,
     "link_id",
     6,
     (),
-    (),
+    ("collector",),
     planned_producers=("scheduler",),
-    planned_consumers=("collector",),
+    retention_ms=7 * _DAY_MS,
 )
 COMMAND_RESULTS = TopicSpec(
     "ami.command-results",
     CommandResult,
     "meter_id",
     6,
+    ("collector",),
     (),
-    (),
-    planned_producers=("collector",),
     planned_consumers=("scheduler",),
+    retention_ms=30 * _DAY_MS,
 )
 DEAD_LETTERS = TopicSpec(
     DEAD_LETTER,
@@ -88,6 +113,7 @@ DEAD_LETTERS = TopicSpec(
     ("ingest",),  # `gxami dlq list|replay`, which operators run, lives in the ingest package
     dead_letter=None,
     planned_producers=("reports",),
+    retention_ms=30 * _DAY_MS,
 )
 
 # The registry as collectors need it (see gxami_contracts.fleet): compacted, a tombstone removes a meter.

@@ -117,6 +117,33 @@ class Reading:
         return self.ts
 
 
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """Bytes or a line a tolerant decoder could not read, kept as they were, with where and why.
+
+    A decoder returns every complete record it read and one of these for the rest (trailing fill,
+    a record cut short, an odd line); ``--strict`` refuses instead. Checksums and decryption are
+    never tolerant: a bad CRC or a wrong key is still an error.
+    """
+
+    offset: int  # byte offset in the input
+    data: bytes
+    reason: str
+    line: int | None = None  # for line-based formats (DSMR, IEC 62056-21): the 1-based line number
+
+    def to_json_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"offset": self.offset, "hex": self.data.hex().upper(), "reason": self.reason}
+        if self.line is not None:
+            out["line"] = self.line
+            out["text"] = self.data.decode("ascii", "replace")
+        return out
+
+    @property
+    def warning(self) -> str:
+        where = f"line {self.line} (byte offset {self.offset})" if self.line is not None else f"offset {self.offset}"
+        return f"{len(self.data)} byte(s) at {where} not decoded: {self.reason}"
+
+
 def stable_event_id(meter_id: str, source: str, timestamp: datetime, code: int | str) -> str:
     """An id that is the same every time the same event is read: from meter, source, time and code.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -101,19 +102,41 @@ def test_gateway_trailer_after_the_telegram_is_noise() -> None:
     assert reader.rejected == 0
 
 
-def test_short_crc_is_a_framing_error() -> None:
+def test_a_cut_crc_does_not_match_and_strict_wants_four_digits() -> None:
     raw = telegram()
     bang = raw.index(b"!")
     errors: list[GxError] = []
     P1Reader(on_error=errors.append).feed(raw[: bang + 3] + b"\r\n")
-    assert isinstance(errors[0], FramingError)
-    assert not isinstance(errors[0], ChecksumError)
+    assert isinstance(errors[0], ChecksumError)  # "A6" is read as 0x00A6: not this telegram's CRC
+    with pytest.raises(FramingError, match="not 4 hex digits") as info:
+        decode_dsmr_telegram(raw[: bang + 3], strict=True)
+    assert not isinstance(info.value, ChecksumError)
+
+
+def test_a_crc_written_without_its_leading_zeros_is_accepted_when_it_matches() -> None:
+    # Some meters print the CRC with %X, not %04X: "!3A7" for 0x03A7.
+    value = 9  # found by search: this telegram's CRC is 0x0E04
+    lines = [*LINES[:3], f"1-0:1.8.1({value:06d}.426*kWh)", f"1-0:1.8.2({value * 37:06d}.100*kWh)"]
+    body = encode_telegram("XMX5TEST", lines, with_crc=False).rstrip(b"\r\n")
+    crc = crc16_arc(body)
+    assert crc == 0x0E04
+    short = body + f"{crc:X}".encode() + b"\r\n"
+    t = decode_dsmr_telegram(short)
+    assert t.crc == crc and t.warnings and "hex digit" in t.warnings[0]
+    assert t.find("1-0:1.8.1")[0].value == Decimal(f"{value}.426")
+    with pytest.raises(FramingError, match="not 4 hex digits"):
+        decode_dsmr_telegram(short, strict=True)
 
 
 def test_malformed_line_names_line_number_and_offset() -> None:
     raw = telegram([*LINES[:3], "1-0:1.8.1(abc*kWh)", *LINES[4:]])
+    tolerant = decode_dsmr_telegram(raw)
+    (bad,) = tolerant.unparsed
+    assert (bad.line, bad.offset, bad.data) == (6, raw.index(b"1-0:1.8.1(abc"), b"1-0:1.8.1(abc*kWh)")
+    assert tolerant.find("1-0:1.8.1") == []
+    assert tolerant.find("0-1:24.2.1")[0].value == Decimal("12.345")  # the other lines still decode
     with pytest.raises(FramingError) as info:
-        decode_dsmr_telegram(raw)
+        decode_dsmr_telegram(raw, strict=True)
     assert "line 6" in str(info.value)  # header, blank line, three lines, then the bad one
     assert info.value.offset == raw.index(b"1-0:1.8.1(abc")
     assert "kWh" in info.value.reason or info.value.frame is not None
@@ -122,19 +145,50 @@ def test_malformed_line_names_line_number_and_offset() -> None:
 def test_line_without_obis_reference() -> None:
     raw = telegram([*LINES, "hello(1)"])
     with pytest.raises(FramingError, match="line 10: expected an OBIS reference"):
-        decode_dsmr_telegram(raw)
+        decode_dsmr_telegram(raw, strict=True)
+    t = decode_dsmr_telegram(raw)
+    assert [(u.line, u.data) for u in t.unparsed] == [(10, b"hello(1)")]
+    assert len(t.records) == len(decode_dsmr_telegram(telegram()).records)
 
 
 def test_event_log_count_must_match_entries() -> None:
     raw = telegram([*LINES[:4], "1-0:99.97.0(2)(0-0:96.7.19)(231231235959W)(0000000240*s)"])
     with pytest.raises(FramingError, match="announces 2 entries"):
-        decode_dsmr_telegram(raw)
+        decode_dsmr_telegram(raw, strict=True)
+    assert "announces 2 entries" in decode_dsmr_telegram(raw).unparsed[0].reason
 
 
-def test_dsmr5_without_crc_is_rejected() -> None:
+def test_a_history_line_with_a_time_where_the_count_belongs_is_set_aside() -> None:
+    # Seen from Sagemcom/Kaifa firmware: the power-failure log starts with a time, not the count.
+    odd = "1-0:99.97.0(231231235959W)(0-0:96.7.19)(231231235959W)(0000000240*s)"
+    raw = telegram([*LINES[:4], odd, *LINES[5:]])
+    t = decode_dsmr_telegram(raw)
+    assert [u.line for u in t.unparsed] == [7] and "not a count" in t.unparsed[0].reason
+    assert t.find("1-0:1.8.1")[0].value == Decimal("4.426")
+    assert t.find("0-1:24.2.1")[0].value == Decimal("12.345")
+    document = t.to_json_dict()
+    assert document["unparsed"][0]["text"] == odd and document["unparsed"][0]["line"] == 7
+
+
+def test_dsmr5_without_crc_is_rejected_when_strict_and_read_with_a_warning_otherwise() -> None:
     raw = encode_telegram("XMX5TEST", LINES, with_crc=False)
     with pytest.raises(ChecksumError, match="without a CRC"):
-        decode_dsmr_telegram(raw)
+        decode_dsmr_telegram(raw, strict=True)
+    t = decode_dsmr_telegram(raw)
+    assert t.crc is None and "without a CRC" in t.warnings[0]
+    assert len(t.records) == len(decode_dsmr_telegram(telegram()).records)
+
+
+def test_lines_after_the_end_line_are_ignored_and_reported() -> None:
+    # An older meter without a CRC, and a gateway that appends its own lines after '!'.
+    raw = encode_telegram("ESY5Q3DB1024 V3.04", ["1-0:1.8.0*255(00052185.7825309*kWh)"], with_crc=False)
+    raw += b"  25803103\r\nGW-STATUS OK\r\n"
+    t = decode_dsmr_telegram(raw)
+    (record,) = t.records
+    assert (record.quantity, record.value) == ("1-0:1.8.0", Decimal("52185.7825309"))  # no "*255"
+    assert t.unparsed[0].data.startswith(b"  25803103") and "after the '!'" in t.unparsed[0].reason
+    with pytest.raises(FramingError, match="after the '!' line"):
+        decode_dsmr_telegram(raw, strict=True)
 
 
 def test_non_ascii_byte_offset() -> None:

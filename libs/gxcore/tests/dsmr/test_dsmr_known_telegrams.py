@@ -422,15 +422,16 @@ def test_landis_gyr_and_sagemcom_units() -> None:
     assert reactive.unit == "var"
 
 
-def test_easymeter_keeps_obis_as_written_and_unlisted_as_raw() -> None:
+def test_easymeter_drops_the_unused_f_255_and_keeps_unlisted_as_raw() -> None:
     t = decode_dsmr_telegram(TELEGRAM_EASYMETER)
     assert t.header.ident == "Q3DA1004 V3.04"
-    assert one(t, "1-0:1.8.0*255") == Decimal("32549.5061662")
-    (status,) = t.find("1-0:96.5.5*255")
+    assert one(t, "1-0:1.8.0") == Decimal("32549.5061662")
+    assert not [r for r in t.records if r.quantity.endswith("*255")]
+    (status,) = t.find("1-0:96.5.5")
     assert (status.value, status.kind) == ("80", "text")
-    (unlisted,) = t.find("0-0:96.1.255*255")
+    (unlisted,) = t.find("0-0:96.1.255")
     assert (unlisted.value, unlisted.kind) == ("1ESY1336001560", "raw")
-    assert t.find("1-0:1.7.0*255")[0].unit == "W"
+    assert t.find("1-0:1.7.0")[0].unit == "W"
 
 
 def test_json_dict_shape() -> None:

@@ -123,3 +123,29 @@ def test_encode_decode_round_trip(lines: list[str]) -> None:
     assert telegram.crc == int(raw.rstrip()[-4:], 16)
     registers = [r for r in telegram.records if r.kind == "register"]
     assert [f"{r.quantity}({r.value}*{r.unit})" for r in registers] == lines
+
+
+@given(st.sampled_from(CORPUS), st.data())
+@SETTINGS
+def test_an_odd_line_costs_only_itself(good: bytes, data: st.DataObject) -> None:
+    # Tolerant decoding: one line replaced by anything printable keeps every other line's records,
+    # and the odd line is either decoded or reported in ``unparsed`` with its line number.
+    whole = decode_dsmr_telegram(good, strict=True)
+    body = good.rstrip(b"\r\n")
+    lines = body[: body.index(b"!")].split(b"\r\n")
+    data_lines = [i for i, line in enumerate(lines) if line and i > 0 and not line.startswith(b"(")]
+    index = data.draw(st.sampled_from(data_lines))
+    junk = data.draw(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40))
+    if junk.startswith("(") or "!" in junk or "/" in junk:
+        return
+    lines[index] = junk.encode()
+    changed = b"\r\n".join(lines) + b"!"
+    try:
+        telegram = decode_dsmr_telegram(changed + f"{crc16_arc(changed):04X}".encode())
+    except GxError:
+        return  # e.g. the junk is an M-Bus device-type line that changes another line's medium
+    kept = [r for r in telegram.records if r.quantity != lines[index].split(b"(")[0].decode(errors="replace")]
+    original_line = good.split(b"\r\n")[index]
+    before = [r for r in whole.records if not original_line.startswith(r.quantity.encode())]
+    assert {(r.quantity, r.value) for r in before} <= {(r.quantity, r.value) for r in kept}
+    assert all(u.line == index + 1 for u in telegram.unparsed)

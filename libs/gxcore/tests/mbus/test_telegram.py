@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gxcore.errors import GxError, ProtocolError
+from gxcore.errors import ChecksumError, GxError, ProtocolError
 from gxcore.protocols.mbus import decode_mbus_telegram
 from gxcore.protocols.mbus.frame import LongFrame, encode_frame
 from gxcore.protocols.mbus.records import MBusRecord, parse_records
@@ -211,7 +212,7 @@ HEADER = h("78563412 2C2D 01 07 10 00 0000")  # ID, KAM, version 1, water, acces
 
 
 def records(payload: bytes, medium: int = 0x07) -> list[MBusRecord]:
-    return parse_records(payload, medium=medium)[0]
+    return parse_records(payload, medium=medium, strict=True)[0]
 
 
 @pytest.mark.parametrize(
@@ -320,6 +321,66 @@ def test_truncated_and_reserved_records_raise(payload: str, message: str) -> Non
         records(h(payload))
 
 
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("04", "VIF missing"),
+        ("0413 0102", "premature end of data"),
+        ("84" + "80" * 11 + "13", "more than 10 DIFEs"),
+        ("3F", "reserved special DIF"),
+        ("0D13 F7", "reserved LVAR"),
+    ],
+)
+def test_tolerant_records_keep_what_came_before_and_report_the_rest(payload: str, message: str) -> None:
+    good = h("0413 39300000")  # 12.345 m³
+    got, more, unparsed = parse_records(good + h(payload), medium=0x07, base_offset=19)
+    assert [(r.quantity, r.value) for r in got] == [("8-0:1.0.0", Decimal("12.345"))]
+    assert not more
+    assert len(unparsed) == 1
+    assert unparsed[0].offset == 19 + len(good)
+    assert unparsed[0].data == h(payload)
+    assert message in unparsed[0].reason
+
+
+# rscada/libmbus test/error-frames/premature_end_of_data1.hex: the last record (8B 60 04) has no data.
+PREMATURE_END = h(
+    "68 1C 1C 68 08 02 72 78 56 34 12 24 40 01 07 55 00 00 00 03 13 15 31 00 DA 02 3B 13 01 8B 60 04 C7 16"
+)
+
+
+def test_a_record_cut_short_at_the_end_keeps_the_complete_records() -> None:
+    with pytest.raises(ProtocolError, match="premature end"):
+        decode_mbus_telegram(PREMATURE_END, strict=True)
+    t = decode_mbus_telegram(PREMATURE_END)
+    assert t.id == "12345678"
+    assert [r.value for r in t.records] == [Decimal("12.565"), Decimal("0.113")]
+    assert t.records[1].function == "maximum"
+    assert [(u.offset, u.data) for u in t.unparsed] == [(29, h("8B 60 04"))]
+    body = t.to_json_dict()
+    assert body["unparsed"] == [{"offset": 29, "hex": "8B6004", "reason": t.unparsed[0].reason}]
+
+
+def test_bytes_after_the_stop_byte_and_fill_after_the_last_record() -> None:
+    wired = frame(0x72, HEADER + h("0413 39300000 2F2F2F"))
+    t = decode_mbus_telegram(wired + h("00"))  # one byte more than the L field says
+    assert [r.value for r in t.records] == [Decimal("12.345")]
+    assert [(u.offset, u.data) for u in t.unparsed] == [(len(wired), b"\x00")]
+    with pytest.raises(GxError, match="trailing"):
+        decode_mbus_telegram(wired + h("00"), strict=True)
+    assert decode_mbus_telegram(wired).unparsed == []  # 0x2F fill is no loss: nothing to report
+    # Fill that is not 0x2F: the records before it are kept, the fill is reported.
+    t = decode_mbus_telegram(frame(0x72, HEADER + h("0413 39300000 00")))
+    assert [r.value for r in t.records] == [Decimal("12.345")]
+    assert t.unparsed[0].data == b"\x00" and "VIF missing" in t.unparsed[0].reason
+
+
+def test_a_bad_checksum_is_still_refused_in_tolerant_mode() -> None:
+    wired = bytearray(frame(0x72, HEADER + h("0413 39300000")))
+    wired[-2] ^= 0xFF
+    with pytest.raises(ChecksumError):
+        decode_mbus_telegram(bytes(wired) + h("00"))
+
+
 def test_application_error_and_short_header() -> None:
     with pytest.raises(ProtocolError, match="application busy"):
         decode_mbus_telegram(frame(0x70, b"\x08"))
@@ -365,3 +426,30 @@ def test_mutated_published_frames_decode_or_raise_a_gxcore_error(vector: bytes, 
         mutated += data.draw(st.binary(min_size=1, max_size=10))
     with contextlib.suppress(GxError):
         decode_mbus_telegram(bytes(mutated))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=252), st.booleans())
+def test_tolerant_records_are_exactly_what_the_strict_decoder_reads_from_the_bytes_before_the_rest(
+    payload: bytes, msb: bool
+) -> None:
+    # Never a record invented from garbage: every record the tolerant decoder returns is one the
+    # strict decoder reads from the bytes before ``unparsed``, and the unparsed bytes are the rest.
+    got, more, unparsed = parse_records(payload, medium=0x02, msb_first=msb)
+    if not unparsed:
+        assert (got, more) == parse_records(payload, medium=0x02, msb_first=msb, strict=True)[:2]
+        return
+    (rest,) = unparsed
+    assert payload[rest.offset :] == rest.data and rest.data
+    assert parse_records(payload[: rest.offset], medium=0x02, msb_first=msb, strict=True)[:2] == (got, False)
+    with pytest.raises(ProtocolError):
+        parse_records(payload, medium=0x02, msb_first=msb, strict=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VECTORS), st.binary(min_size=1, max_size=12))
+def test_published_frames_with_bytes_after_them_keep_every_record(vector: bytes, extra: bytes) -> None:
+    whole = decode_mbus_telegram(vector)
+    padded = decode_mbus_telegram(vector + extra)
+    assert padded.records == whole.records
+    assert padded.unparsed[-1].data == extra and padded.unparsed[-1].offset == len(vector)

@@ -129,7 +129,7 @@ async def test_rs485_requested_on_a_port_without_it_fails_loudly(pty_peer: PtyPe
 
 
 async def test_missing_device_and_hang_up_are_media_errors(pty_peer: PtyPeer) -> None:
-    with pytest.raises(MediaError, match="open"):
+    with pytest.raises(MediaError, match="open: no such device"):
         await open_medium("serial:///dev/does-not-exist-gxami").open()
     async with port_for(pty_peer) as medium:
         pty_peer.hang_up()

@@ -104,10 +104,16 @@ async def test_peer_close_mid_exact_read_reports_partial(tcp_peer: TcpPeer) -> N
 async def test_connection_refused_is_media_error_quickly() -> None:
     medium = client(free_port())
     started = time.monotonic()
-    with pytest.raises(MediaError, match="connect"):
+    with pytest.raises(MediaError, match="connect: connection refused"):
         await medium.open()
     assert time.monotonic() - started < 1.0
     assert not medium.is_open
+
+
+async def test_an_unknown_host_name_is_named_as_such() -> None:
+    medium = TcpClient(TcpSettings("meter.invalid", 4059))  # .invalid never resolves (RFC 6761)
+    with pytest.raises(MediaError, match="connect: host name not resolved"):
+        await medium.open()
 
 
 async def test_connect_timeout_is_meter_timeout() -> None:

@@ -38,10 +38,26 @@ def test_a_wrong_key_ends_the_wait_at_once() -> None:
         core.result()
 
 
+def test_a_telegram_cut_short_in_its_records_gives_the_complete_records() -> None:
+    ours = GENERATOR.meters[3]
+    whole = GENERATOR.telegram(3, AT)
+    damaged = bytearray(whole)
+    del damaged[-3:]  # the last record cut short: the records before it are still the meter's
+    damaged[0] = len(damaged) - 1
+    core = MeterTelegram(ours.id, None, framing="hex", crc="absent", now=0.0, wait=3.0, meter_id="w")
+    core.receive_data(line(bytes(damaged)), now=1.0)
+    assert core.done
+    got = core.result()
+    full = MeterTelegram(ours.id, None, framing="hex", crc="auto", now=0.0, wait=3.0)
+    full.receive_data(line(whole), now=1.0)
+    expected = full.result().records
+    assert got.records == expected[: len(got.records)] and len(got.records) == len(expected) - 1
+    assert len(got.unparsed) == 1 and got.unparsed[0].offset == len(damaged) - len(got.unparsed[0].data)
+
+
 def test_a_damaged_telegram_of_ours_is_named_in_the_timeout() -> None:
     ours = GENERATOR.meters[3]
-    damaged = bytearray(GENERATOR.telegram(3, AT))
-    del damaged[-3:]  # records cut short: it frames (the ID is readable) but does not decode
+    damaged = bytearray(GENERATOR.telegram(3, AT)[:13])  # the transport header cut short: nothing to read
     damaged[0] = len(damaged) - 1
     core = MeterTelegram(ours.id, None, framing="hex", crc="absent", now=0.0, wait=3.0, meter_id="w")
     core.receive_data(line(bytes(damaged)), now=1.0)

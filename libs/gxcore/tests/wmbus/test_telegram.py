@@ -171,6 +171,32 @@ def test_plain_telegrams_and_dll_crcs() -> None:
     assert float(find(sontex, "Flow temperature").value) == pytest.approx(25.16)
 
 
+@pytest.mark.parametrize(
+    ("telegram", "key", "crc"), [*[(t, k, "auto") for t, k in VECTORS], (SONTEX_WITH_CRC, None, "present")]
+)
+def test_bytes_beyond_the_l_field_are_reported_and_every_record_kept(
+    telegram: bytes, key: bytes | None, crc: str
+) -> None:
+    # Receivers append an RSSI byte or padding after the telegram; the L field says where it ends.
+    whole = decode_wmbus_telegram(telegram, key, crc=crc)  # type: ignore[arg-type]
+    extra = h("C5")  # e.g. an RSSI byte
+    padded = decode_wmbus_telegram(telegram + extra, key, crc=crc)  # type: ignore[arg-type]
+    assert padded.records == whole.records
+    assert [(u.offset, u.data) for u in padded.unparsed] == [(len(telegram), extra)]
+    with pytest.raises(GxError, match=r"L field|fits no frame format"):
+        decode_wmbus_telegram(telegram + extra, key, crc=crc, strict=True)  # type: ignore[arg-type]
+
+
+def test_a_record_cut_short_keeps_the_records_before_it() -> None:
+    cut = bytearray(IPERL_PLAIN[:-2])  # 02 3B 0000: the flow record loses its data
+    cut[0] = len(cut) - 1
+    t = decode_wmbus_telegram(bytes(cut), crc="absent")
+    assert float(find(t, "Volume").value) == pytest.approx(123.529)
+    assert [u.data for u in t.unparsed] == [h("023B")]
+    with pytest.raises(GxError, match="premature end"):
+        decode_wmbus_telegram(bytes(cut), crc="absent", strict=True)
+
+
 def test_manufacturer_specific_ci_keeps_the_raw_payload() -> None:
     t = decode_wmbus_telegram(MKRADIO3)
     assert (t.id, t.manufacturer, t.ci) == ("34333231", "TCH", 0xA2)

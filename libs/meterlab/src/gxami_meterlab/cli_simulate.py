@@ -58,6 +58,12 @@ def dlms(
     pushes: int = typer.Option(0, min=0, help="with --push-to: stop each meter after this many pushes (0: never)"),
     sent_log: Path | None = typer.Option(None, help="with --push-to: append one JSON line per push sent"),
     write_only: bool = typer.Option(False, help="with --push-to: write the fleet and secrets files, then exit"),
+    firmware_block_refusal_rate: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="share of image blocks a meter refuses (seeded, per meter)"
+    ),
+    firmware_verify_failure_rate: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="share of image_verify calls that fail (seeded, per meter)"
+    ),
 ) -> None:
     """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; or push (--push-to)."""
     import asyncio
@@ -68,6 +74,7 @@ def dlms(
         _push(meters, seed, push_to, every, ciphered, pushes, security_policy, files, sent_log, write_only=write_only)
         return
 
+    from gxami_meterlab.dlms.image_transfer import FirmwareFaults
     from gxami_meterlab.simulators.dlms import SimulatedMeter, meter_secrets, meter_system_title, run_simulator
 
     if authentication not in {"none", "low", "high-gmac"}:
@@ -128,6 +135,7 @@ def dlms(
             stop,
             on_started=started,
             security_policy=security_policy,  # type: ignore[arg-type]  # as above
+            firmware_faults=FirmwareFaults(firmware_block_refusal_rate, firmware_verify_failure_rate),
         )
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -326,6 +334,15 @@ def wmbus(
     telegrams: int | None = typer.Option(None, "--telegrams", min=1, help="telegrams per meter (default: endless)"),
     junk: bool = typer.Option(False, "--junk", help="mix comments, noise and dongle status frames into the feed"),
     keys_out: Path | None = typer.Option(None, help="write the meters' AES keys here (a secrets file)"),
+    fleet_out: Path | None = typer.Option(
+        None, help="write a fleet file of the meters (connection: push, meter id = wM-Bus ID, as --keys-out)"
+    ),
+    start: datetime | None = typer.Option(
+        None, "--start", formats=["%Y-%m-%dT%H:%M:%S%z"], help="the meters' clock at the first telegram (default: now)"
+    ),
+    time_scale: float = typer.Option(
+        1.0, "--time-scale", min=0.001, help="meter-clock seconds per real second between telegrams (own schedule)"
+    ),
 ) -> None:
     """Serve a wM-Bus receiver's TCP feed: N meters sending raw telegrams, in a receiver's framing."""
     import asyncio
@@ -349,17 +366,26 @@ def wmbus(
         port=port,
         framing=framing,  # type: ignore[arg-type]  # checked against the framings above
         interval=interval,
-        start=_now(),
+        start=(start.astimezone(UTC) if start.tzinfo else start.replace(tzinfo=UTC)) if start else _now(),
         own_intervals=schedule == "own",
         rounds=telegrams if schedule == "rounds" else None,
         per_meter=telegrams if schedule == "own" else None,
         junk=junk,
+        time_scale=time_scale,
     )
     if keys_out is not None:
         keys = {str(k): v.hex() for k, v in gen.keys().items() if v is not None}
         _write_atomic(keys_out, {"meters": {m: {"key": k} for m, k in keys.items()}})
 
     def banner() -> str:
+        if fleet_out is not None:  # once the feed is up: its port is the meters' (informative) address
+            address = f"tcp://{host}:{server.port}"
+            rows = [
+                {"meter_id": m.id, "protocol": "wmbus", "address": address, "profile": "generic-wmbus-water",
+                 "schedule": "15m", "connection": "push", "wmbus_id": m.id, "purposes": ["billing", "diagnostics"]}
+                for m in gen.meters
+            ]  # fmt: skip
+            _write_atomic(fleet_out, {"meters": rows})
         each = f"{telegrams} telegrams each" if telegrams else "endlessly"
         how = "each at its own interval" if schedule == "own" else "in rounds"
         return (

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+from weakref import WeakKeyDictionary
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,10 +28,11 @@ from aiokafka.errors import (
     ProducerClosed,
     TopicAlreadyExistsError,
 )
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from gxami_contracts import CATALOG, DEAD_LETTER, DeadLetter, Message
+from gxami_contracts.topics import TopicSpec
 from gxami_runtime.isolation import Refusal, store_isolating
 from gxami_runtime.kafka_security import CONNECT_FAILURES, client_options
 from gxami_runtime.service import kafka_startup_error
@@ -108,8 +110,34 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(**producer_options(settings))
 
 
+# Every consuming service's own lag (issue 13, item 5): after each commit, how far each committed
+# partition is behind its end (the high-water mark of the last fetch). An operator sees it in the
+# service's /metrics without a Kafka exporter; KEDA scales on the broker's view of the same number.
+CONSUMER_LAG = Gauge(
+    "gxami_consumer_lag",
+    "Records between the last committed offset and the end of the partition",
+    ["group", "topic", "partition"],
+)
+CONSUMER_COMMITTED_AT = Gauge(
+    "gxami_consumer_last_commit_timestamp_seconds", "Unix time of the group's last successful commit", ["group"]
+)
+_GROUPS: WeakKeyDictionary[AIOKafkaConsumer, str] = WeakKeyDictionary()
+
+
 def make_consumer(settings: ServiceSettings, group_id: str, *topics: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(*topics, **consumer_options(settings, group_id))
+    consumer = AIOKafkaConsumer(*topics, **consumer_options(settings, group_id))
+    _GROUPS[consumer] = group_id
+    return consumer
+
+
+def record_lag(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Set the lag gauges of the partitions just committed (``offsets``: the next offset to read)."""
+    group = _GROUPS.get(consumer, "unknown")
+    for tp, offset in offsets.items():
+        end = consumer.highwater(tp)
+        if end is not None:
+            CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(0, end - offset))
+    CONSUMER_COMMITTED_AT.labels(group).set_to_current_time()
 
 
 @contextlib.contextmanager
@@ -129,23 +157,49 @@ def _quiet_client_errors() -> Iterator[None]:
         logger.setLevel(level)
 
 
+async def _broker_count(admin: AIOKafkaAdminClient) -> int:
+    """How many brokers the cluster has (a replication factor above it cannot be created)."""
+    try:
+        cluster = await admin.describe_cluster()
+        return max(1, len(cluster.get("brokers", ())))
+    except (KafkaError, KeyError, TypeError, ValueError):
+        # A broker without DescribeCluster (v0 is Kafka 2.8+): the metadata list_topics just fetched.
+        return max(1, len(admin._client.cluster.brokers()))  # aiokafka has no public accessor
+
+
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    """The topic settings the catalog gives: cleanup policy and retention."""
+    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.retention_ms is not None and not spec.compacted:
+        configs["retention.ms"] = str(spec.retention_ms)
+    return configs
+
+
 async def ensure_topics(settings: ServiceSettings, names: Sequence[str] | None = None) -> None:
-    """Create the catalog's topics (physical names) if they do not exist yet."""
+    """Create the catalog's topics (physical names) if they do not exist yet; nothing when
+    ``kafka_create_topics`` is off (production: the platform makes them).
+
+    Partitions, retention and cleanup policy come from the catalog, and so does the replication
+    factor (``kafka_replication_factor`` overrides it), capped at the brokers the cluster has.
+    """
+    if not settings.kafka_create_topics:
+        return
     admin = AIOKafkaAdminClient(**_common(settings))
     with _quiet_client_errors():
         await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [CATALOG[n] for n in (names or list(CATALOG))]
+        missing = [t for t in wanted if settings.topic(t.name) not in existing]
+        brokers = await _broker_count(admin) if missing else 1
         new = [
             NewTopic(
                 settings.topic(t.name),
                 t.partitions,
-                1,
-                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+                min(settings.kafka_replication_factor or t.replication_factor, brokers),
+                topic_configs=topic_configs(t),
             )
-            for t in wanted
-            if settings.topic(t.name) not in existing
+            for t in missing
         ]
         if new:
             # Another pod may create them first: that is what we wanted.
@@ -396,3 +450,5 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int])
         await consumer.commit(offsets)
     except KafkaError as exc:
         log.warning("offset commit failed; records will be redelivered", extra={"error": repr(exc)})
+        return
+    record_lag(consumer, offsets)

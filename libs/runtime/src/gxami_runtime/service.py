@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from gxami_runtime.kafka_security import KafkaSecurity, connect_cause
 from gxami_runtime.logs import configure_logging
+from gxami_store.migrations import SchemaNotReadyError
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -74,7 +75,7 @@ def run_service(name: str, level: str, main: Callable[[asyncio.Event], Awaitable
 
     try:
         asyncio.run(runner())
-    except StartupError as exc:
+    except (StartupError, SchemaNotReadyError) as exc:
         print(f"gxami {name}: {exc}", file=sys.stderr)  # noqa: T201 - the process's last word, after logging stopped
         return 2
     except KeyboardInterrupt:

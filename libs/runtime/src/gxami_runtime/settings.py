@@ -40,7 +40,15 @@ class ServiceSettings(BaseSettings):
     # Refused when set (see _check_kafka_security): kept as a field only to say where the password goes.
     kafka_sasl_password: SecretStr | None = Field(default=None, exclude=True, repr=False)
     topic_overrides: dict[str, str] = Field(default_factory=dict, description="logical -> physical topic name")
+    # Off in production: the topics are made by the platform (Strimzi KafkaTopics) with their
+    # replication and ACLs, and a service then needs no right to create or even describe topics.
+    kafka_create_topics: bool = Field(default=True, description="create missing catalog topics at start (dev)")
+    # None: the catalog's (3), capped at the number of brokers the cluster has (1 on a dev broker).
+    kafka_replication_factor: int | None = Field(default=None, ge=1, le=7)
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/gxami")
+    # Off where a migration Job runs `gxami db migrate` (Kubernetes): a service then refuses to start
+    # on an older schema instead of migrating it at every pod start.
+    migrate_on_start: bool = Field(default=True, description="apply pending schema migrations at start")
     http_host: str = "127.0.0.1"
     http_port: int = 0
     # Limits of every HTTP server (see gxami_runtime.http.HttpLimits): slow or huge requests are cut off.

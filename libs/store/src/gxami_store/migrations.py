@@ -124,6 +124,34 @@ async def migrate(conn: Conn, *, up_to: int | None = None) -> list[str]:
     return applied
 
 
+async def pending_migrations(conn: Conn) -> list[str]:
+    """Names of the migrations this release has that the database has not applied (all if none)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")} if exists else set()
+    return [m.name for m in MIGRATIONS if m.version not in done]
+
+
+async def prepare_schema(conn: Conn, *, migrate_now: bool) -> list[str]:
+    """At a service's start: apply pending migrations, or (``migrate_now`` off, where a migration
+    Job runs them, as on Kubernetes) refuse to start on a schema this release does not match.
+
+    Returns the migrations applied; raises :class:`SchemaNotReadyError` naming the first one missing.
+    """
+    if migrate_now:
+        return await migrate(conn)
+    pending = await pending_migrations(conn)
+    if pending:
+        raise SchemaNotReadyError(
+            f"the database lacks {len(pending)} migration(s) of this release, from {pending[0]}:"
+            " run `gxami db migrate` (the migration Job) first"
+        )
+    return []
+
+
+class SchemaNotReadyError(Exception):
+    """The database's schema is older than this release and this process may not migrate it."""
+
+
 async def storage_kind(conn: Conn) -> str:
     """'timescaledb' or 'partitioned', as chosen when the schema was created."""
     return str(await conn.fetchval("SELECT storage FROM schema_migrations WHERE version = 1"))

@@ -20,13 +20,15 @@ import typer
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxami_cli.field import (
+    AUTH_KEY_ENV,
+    PASSWORD_ENV,
     InputError,
     emit,
-    environment,
     exit_code,
     fail,
     hex_argument,
     parse_key,
+    parse_pairs,
     read_secrets,
     run_guarded,
 )
@@ -41,55 +43,61 @@ HEX_PARTS = typer.Argument(..., metavar="HEX", help="the push in hex (spaces all
 
 
 def profile_discover(
-    url: str = typer.Argument(..., help="tcp://host:port of the meter (DLMS wrapper, or HDLC with --interface)"),
-    client: int = typer.Option(16, "--client", help="client address (SAP): 16 public, 1 management, ..."),
-    server: int = typer.Option(1, "--server", help="server (logical device) address"),
-    physical: int | None = typer.Option(None, "--physical", help="HDLC physical address"),
-    interface: str = typer.Option("wrapper", "--interface", help="wrapper or hdlc"),
-    authentication: str = typer.Option("none", "--authentication", help="none, low or high-gmac"),
-    security_policy: str | None = typer.Option(
-        None, "--security-policy", help="none, authenticated, encrypted, authenticated-encrypted"
+    url: str = typer.Argument(..., help="tcp://host:port of the meter (DLMS wrapper, or HDLC with -o interface=hdlc)"),
+    option: list[str] = typer.Option(
+        [],
+        "--option",
+        "-o",
+        metavar="K=V",
+        help="association option as for gxami read: client, server, physical, interface, authentication, "
+        "security_policy, system_title, ...",
     ),
-    system_title: str | None = typer.Option(None, "--system-title", help="our system title: 16 hex digits"),
-    password_env: str | None = typer.Option(None, "--password-env", metavar="VAR", help="variable with the password"),
+    client: int | None = typer.Option(None, "--client", hidden=True),  # before -o client=; kept for scripts
+    server: int | None = typer.Option(None, "--server", hidden=True),
+    physical: int | None = typer.Option(None, "--physical", hidden=True),
+    interface: str | None = typer.Option(None, "--interface", hidden=True),
+    authentication: str | None = typer.Option(None, "--authentication", hidden=True),
+    security_policy: str | None = typer.Option(None, "--security-policy", hidden=True),
+    system_title: str | None = typer.Option(None, "--system-title", hidden=True),
+    password_env: str | None = PASSWORD_ENV,
     key_env: str | None = typer.Option(None, "--key-env", metavar="VAR", help="variable with the block cipher key"),
-    auth_key_env: str | None = typer.Option(
-        None, "--auth-key-env", metavar="VAR", help="variable with the authentication key"
-    ),
+    auth_key_env: str | None = AUTH_KEY_ENV,
     name: str | None = typer.Option(None, "--name", help="profile name (default: from the meter's device name)"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="write the YAML here instead of stdout"),
+    output: Path | None = typer.Option(None, "--output", help="write the YAML here instead of stdout"),
     timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="seconds per exchange"),
     counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
     """Read a meter's association view and print (or write) a device profile for it."""
     import asyncio
 
+    from gxcore.drivers.api import unknown_meter_options
     from gxcore.drivers.dlms.discovery import discover_profile
+    from gxcore.drivers.dlms.driver import DlmsDriver
     from gxcore.drivers.dlms.reader import DlmsSession
     from gxcore.media.endpoint import Endpoint
-    from gxcore.protocols.dlms.association import association_parameters
+    from gxcore.protocols.dlms.association import ALIASES, association_parameters
 
     def action() -> None:
         endpoint = Endpoint.parse(url)
         if endpoint.scheme != "tcp" or endpoint.port is None:
             raise InputError(f"DLMS discovery needs tcp://host:port, not {url!r}")
+        options = parse_pairs(option, "--option")
+        refusal = unknown_meter_options(DlmsDriver(), options)
+        if refusal is not None:
+            raise InputError(refusal)
         parameters: dict[str, Any] = {
-            "client_address": client,
-            "server_address": server,
-            "authentication": authentication,
-            "interface": interface,
-        }
-        if physical is not None:
-            parameters["physical_address"] = physical
-        if security_policy is not None:
-            parameters["security_policy"] = security_policy
-        if system_title is not None:
-            parameters["system_title"] = system_title
-        secrets = read_secrets(password_env, None, [])
-        if key_env is not None:
-            secrets["key"] = Secret(environment(key_env))
-        if auth_key_env is not None:
-            secrets["auth_key"] = Secret(environment(auth_key_env))
+            "client_address": 16, "server_address": 1, "authentication": "none", "interface": "wrapper",
+        }  # fmt: skip
+        legacy = {
+            "client_address": client, "server_address": server, "physical_address": physical,
+            "interface": interface, "authentication": authentication, "security_policy": security_policy,
+            "system_title": system_title,
+        }  # fmt: skip
+        parameters |= {k: v for k, v in legacy.items() if v is not None}
+        for key, value in options.items():
+            name_ = ALIASES.get(key, key)
+            parameters[name_] = _number(value, name_) if name_ in _INTEGER_PARAMETERS else value
+        secrets = read_secrets(password_env, key_env, [], auth_key_env)
         params = association_parameters(parameters, secrets, owner="command line")
         # Ciphered: counters (and the meter's lock) in the state file `gxami read` uses, under the
         # name `gxami read URL` gives the meter when no --meter-id is given: the URL.
@@ -110,6 +118,17 @@ def profile_discover(
         emit({"file": str(output), "name": checked.name, "points": len(checked.points), "notes": list(found.notes)})
 
     _guarded("profile discover", action)
+
+
+_INTEGER_PARAMETERS = frozenset({"client_address", "server_address", "physical_address", "max_pdu"})
+
+
+def _number(value: str, name: str) -> int:
+    """An address option as the profile's YAML gives it: a number (16, 0x10)."""
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise InputError(f"option {name}={value!r} is not a number") from None
 
 
 def _guarded(command: str, action: Callable[[], None]) -> None:

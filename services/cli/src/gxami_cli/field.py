@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -22,7 +23,7 @@ import typer
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxcore.errors import ConfigurationError, GxError, KeyMissingError, MeterTimeoutError
-from gxcore.readings import json_value
+from gxcore.readings import Unparsed, json_value
 from gxcore.secrets import Secret
 
 if TYPE_CHECKING:
@@ -159,25 +160,51 @@ def hex_argument(parts: list[str]) -> bytes:
 HEX_PARTS = typer.Argument(..., metavar="HEX", help="the frame in hex (spaces allowed), or - for stdin")
 KEY = typer.Option(None, "--key", help="AES-128 key, 32 hex digits (prefer --key-env)")
 KEY_ENV = typer.Option(None, "--key-env", metavar="VAR", help="environment variable holding the key")
+STRICT = typer.Option(
+    False, "--strict", help="refuse input with anything undecodable (default: decode what can be, report the rest)"
+)
+
+
+ALL_RECORDS = typer.Option(
+    False, "--all-records", help="every record with its raw bytes and error, and the full header (no profile)"
+)
+
+
+def warn_unparsed(command: str, unparsed: Sequence[Unparsed]) -> None:
+    """One warning line per piece a tolerant decoder could not read (the JSON carries them too)."""
+    for piece in unparsed:
+        typer.echo(f"gxami {command}: warning: {piece.warning}", err=True)
 
 
 @decode_app.command("mbus")
-def decode_mbus(hex_parts: list[str] = HEX_PARTS) -> None:
+def decode_mbus(hex_parts: list[str] = HEX_PARTS, strict: bool = STRICT, all_records: bool = ALL_RECORDS) -> None:
     """A wired M-Bus RSP_UD long frame (68 L L 68 ... 16)."""
     from gxcore.protocols.mbus import decode_mbus_telegram
 
-    run_guarded("decode mbus", lambda: decode_mbus_telegram(hex_argument(hex_parts)).to_json_dict(), decoding=True)
+    def action() -> object:
+        telegram = decode_mbus_telegram(hex_argument(hex_parts), strict=strict)
+        warn_unparsed("decode mbus", telegram.unparsed)
+        return telegram.to_json_dict(full=all_records)
+
+    run_guarded("decode mbus", action, decoding=True)
 
 
 @decode_app.command("wmbus")
-def decode_wmbus(hex_parts: list[str] = HEX_PARTS, key: str | None = KEY, key_env: str | None = KEY_ENV) -> None:
+def decode_wmbus(
+    hex_parts: list[str] = HEX_PARTS,
+    key: str | None = KEY,
+    key_env: str | None = KEY_ENV,
+    strict: bool = STRICT,
+    all_records: bool = ALL_RECORDS,
+) -> None:
     """A wireless M-Bus telegram (L field first, data-link CRCs in or out)."""
     from gxcore.protocols.wmbus import decode_wmbus_telegram
 
     def action() -> object:
         aes = parse_key(key, key_env)
-        telegram = decode_wmbus_telegram(hex_argument(hex_parts), aes)
-        document = telegram.to_json_dict()
+        telegram = decode_wmbus_telegram(hex_argument(hex_parts), aes, strict=strict)
+        warn_unparsed("decode wmbus", telegram.unparsed)
+        document = telegram.to_json_dict(full=all_records)
         document["security_mode"] = telegram.security_mode
         return document
 
@@ -189,6 +216,7 @@ def decode_dsmr(
     source: str = typer.Argument(..., metavar="FILE|-", help="a P1 telegram file, or - for stdin"),
     key: str | None = KEY,
     key_env: str | None = KEY_ENV,
+    strict: bool = STRICT,
 ) -> None:
     """A DSMR P1 telegram ('/' ... '!' CRC); a Luxembourg Smarty frame with --key/--key-env."""
     from gxcore.protocols.dsmr import decode_dsmr_telegram, decrypt_smarty_frame
@@ -198,7 +226,11 @@ def decode_dsmr(
         aes = parse_key(key, key_env)
         if data[:2] == b"\xdb\x08":  # general-glo-ciphering: an encrypted Smarty frame
             data = decrypt_smarty_frame(data.strip(b"\r\n"), Secret(aes) if aes is not None else None)
-        return decode_dsmr_telegram(data).to_json_dict()
+        telegram = decode_dsmr_telegram(data, strict=strict)
+        warn_unparsed("decode dsmr", telegram.unparsed)
+        for warning in telegram.warnings:
+            typer.echo(f"gxami decode dsmr: warning: {warning}", err=True)
+        return telegram.to_json_dict()
 
     run_guarded("decode dsmr", action, decoding=True)
 
@@ -238,9 +270,95 @@ def resolve_profile(protocol: str, name_or_file: str | None, folders: list[Path]
     return ProfileCatalog(*folders).get(name)
 
 
-def read_secrets(password_env: str | None, key_env: str | None, secret_env: list[str]) -> dict[str, Secret]:
-    names = {"password": password_env, "key": key_env} | parse_pairs(secret_env, "--secret-env")
+PASSWORD_ENV = typer.Option(None, "--password-env", metavar="VAR", help="variable with the password")
+AUTH_KEY_ENV = typer.Option(None, "--auth-key-env", metavar="VAR", help="variable with the authentication key")
+
+
+def read_secrets(
+    password_env: str | None, key_env: str | None, secret_env: list[str], auth_key_env: str | None = None
+) -> dict[str, Secret]:
+    names = {"password": password_env, "key": key_env, "auth_key": auth_key_env} | parse_pairs(
+        secret_env, "--secret-env"
+    )
     return {name: Secret(environment(variable)) for name, variable in names.items() if variable is not None}
+
+
+def parse_duration(text: str, what: str) -> timedelta:
+    """``24h``, ``7d``, ``90m``, ``30s`` (one number and one unit) as a timedelta."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0:
+        raise InputError(f"{what} {text!r} is not a duration such as 24h, 7d, 90m or 30s")
+    return timedelta(seconds=value * units[unit])
+
+
+def parse_instant(text: str, what: str) -> datetime:
+    """An ISO 8601 time; without an offset it is UTC (a meter's load profile is read in UTC)."""
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not an ISO time such as 2026-12-01T00:00Z") from None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def time_range(since: str | None, until: str | None, last: str | None) -> tuple[datetime | None, datetime | None]:
+    """(--from, --to) as aware instants, or from --last back from --to (default now); both None if none given."""
+    if last is not None and since is not None:
+        raise InputError("give --from or --last, not both")
+    end = parse_instant(until, "--to") if until is not None else None
+    if last is not None:
+        start = (end or datetime.now(UTC)) - parse_duration(last, "--last")
+    elif since is not None:
+        start = parse_instant(since, "--from")
+    else:
+        if end is not None:
+            raise InputError("--to needs --from or --last")
+        return None, None
+    if end is not None and end <= start:
+        raise InputError(f"--to {end.isoformat()} is not after the start {start.isoformat()}")
+    return start, end
+
+
+def empty_reason(profile: DeviceProfile, purposes: frozenset[str], profile_from: datetime | None) -> str:
+    """Why a read gave nothing, in words an operator can act on."""
+    points = profile.points_for(purposes)
+    if not points:
+        return f"no readings: profile {profile.name} has no points for {', '.join(sorted(purposes))}"
+    ranged = [p for p in points if "load-profile" in p.purpose]
+    unbounded = not any(p.options.get("last_entries") for p in ranged)
+    if ranged and len(ranged) == len(points) and profile_from is None and unbounded:
+        return "no readings: load-profile points need a range: give --from/--to or --last (e.g. --last 24h)"
+    return f"no readings: the meter returned no values for the {len(points)} selected point(s)"
+
+
+def read_hint(
+    protocol: str, profile: DeviceProfile, options: dict[str, str], secrets: dict[str, Secret], exc: GxError
+) -> str | None:
+    """Where a failed read's likely cause is the framing or missing authentication, say so."""
+    from gxcore.errors import AccessDeniedError, FramingError, MediaError
+
+    if protocol != "dlms":
+        return None
+    interface = str(options.get("interface") or profile.parameters.get("interface") or "wrapper")
+    # A meter that does not answer, answers garbage or hangs up on our first frame: often the framing.
+    framing = isinstance(exc, MeterTimeoutError | FramingError) or (
+        isinstance(exc, MediaError) and "closed by peer" in exc.reason
+    )
+    if framing and interface == "wrapper":
+        return "a meter behind a serial converter may speak HDLC: try -o interface=hdlc"
+    if framing and interface == "hdlc":
+        return "a meter on TCP may speak the DLMS wrapper: try -o interface=wrapper"
+    if isinstance(exc, AccessDeniedError):
+        authentication = str(options.get("authentication") or profile.parameters.get("authentication") or "none")
+        if authentication == "none":
+            return "the meter may need authentication: -o authentication=low --password-env VAR, or another client"
+        if "password" not in secrets and authentication == "low":
+            return "authentication=low needs --password-env VAR"
+    return None
 
 
 def read_command(
@@ -248,39 +366,67 @@ def read_command(
     protocol: str = typer.Option(..., "--protocol", "-p", help="dlms, modbus, mbus, wmbus, iec62056-21, dsmr, ..."),
     profile: str | None = typer.Option(None, "--profile", help="profile name or YAML file (default per protocol)"),
     option: list[str] = typer.Option([], "--option", "-o", metavar="K=V", help="per-meter option, repeatable"),
-    password_env: str | None = typer.Option(None, "--password-env", metavar="VAR", help="variable with the password"),
+    password_env: str | None = PASSWORD_ENV,
     key_env: str | None = typer.Option(None, "--key-env", metavar="VAR", help="variable with the key (hex)"),
+    auth_key_env: str | None = AUTH_KEY_ENV,
     secret_env: list[str] = typer.Option([], "--secret-env", metavar="NAME=VAR", help="any other secret, repeatable"),
     purpose: list[str] = typer.Option(["billing"], "--purpose", help=PURPOSE_HELP),
+    since: str | None = typer.Option(
+        None, "--from", metavar="TIME", help="load profile from (ISO time, e.g. 2026-12-01T00:00Z)"
+    ),
+    until: str | None = typer.Option(None, "--to", metavar="TIME", help="load profile up to (ISO time; default: now)"),
+    last: str | None = typer.Option(
+        None, "--last", metavar="DURATION", help="load profile of the last 24h, 7d, 90m ..."
+    ),
     timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="seconds per exchange"),
     meter_id: str | None = typer.Option(None, "--meter-id", help="name of the meter in the output"),
     profile_dir: list[Path] = typer.Option([], "--profile-dir", help="extra profile folder, repeatable"),
     counters_file: Path | None = typer.Option(None, "--counters-file", help=COUNTERS_HELP),
 ) -> None:
-    """Read one meter once through its protocol driver and print the readings."""
+    """Read one meter once through its protocol driver and print the readings.
+
+    With --from/--to/--last the load-profile points are read over that range (and
+    --purpose load-profile is implied).
+    """
     import asyncio
 
     from gxcore.drivers import MeterTarget, ReadRequest, load_driver
+    from gxcore.drivers.api import unknown_meter_options
 
     meter = meter_id or url
 
     def action() -> object:
-        unknown = sorted(set(purpose) - set(PURPOSES))
+        profile_from, profile_to = time_range(since, until, last)
+        purposes = set(purpose) | ({"load-profile"} if profile_from is not None else set())
+        unknown = sorted(purposes - set(PURPOSES))
         if unknown:
             raise InputError(f"unknown purpose {', '.join(unknown)} (use {', '.join(PURPOSES)})")
         chosen = resolve_profile(protocol, profile, profile_dir)
         if chosen.protocol != protocol:
             raise InputError(f"profile {chosen.name} is for protocol {chosen.protocol!r}, not {protocol!r}")
         driver = load_driver(protocol)
+        options = parse_pairs(option, "--option")
+        refusal = unknown_meter_options(driver, options)
+        if refusal is not None:
+            raise InputError(refusal)
         driver.validate_profile(chosen)
+        if "load-profile" in purposes and not any("load-profile" in p.purpose for p in chosen.points):
+            raise InputError(f"profile {chosen.name} has no load-profile points to read")
         if hasattr(driver, "counters"):  # ciphered protocols: counters survive this process
             driver.counters = counter_store(counters_file)
-        target = MeterTarget(
-            meter, url, parse_pairs(option, "--option"), read_secrets(password_env, key_env, secret_env)
-        )
+        secrets = read_secrets(password_env, key_env, secret_env, auth_key_env)
+        target = MeterTarget(meter, url, options, secrets)
         target.endpoint()  # a bad URL is bad input, reported before any connection
-        request = ReadRequest(purposes=frozenset(purpose))
-        result = asyncio.run(_bounded(driver.read(target, chosen, request, timeout=timeout), timeout))
+        request = ReadRequest(purposes=frozenset(purposes), profile_from=profile_from, profile_to=profile_to)
+        try:
+            result = asyncio.run(_bounded(driver.read(target, chosen, request, timeout=timeout), timeout))
+        except GxError as exc:
+            hint = read_hint(protocol, chosen, options, secrets, exc)
+            if hint is not None:
+                exc.reason = f"{exc.reason} (hint: {hint})"
+            raise
+        if not result.readings and not result.events:
+            typer.echo(f"gxami read: warning: {empty_reason(chosen, frozenset(purposes), profile_from)}", err=True)
         return {
             "meter": meter,
             "protocol": protocol,

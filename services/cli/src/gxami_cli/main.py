@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from gxami_cli import db, dlms_tools, field, token, wmbus_tools
+from gxami_cli import adhoc, db, dlms_tools, field, token, wmbus_tools
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -91,6 +91,8 @@ field.decode_app.command("dlms-push")(dlms_tools.decode_dlms_push)
 app.add_typer(field.decode_app, name="decode")
 app.add_typer(field.profile_app, name="profile")
 app.command("read")(field.read_command)
+app.add_typer(adhoc.get_app, name="get")
+app.add_typer(adhoc.scan_app, name="scan")
 app.add_typer(wmbus_tools.app, name="wmbus")
 
 

@@ -4,10 +4,17 @@ Prints JSON on stdout like the other field commands: per meter ID heard, its
 manufacturer, version, device type, how many telegrams, the last RSSI, and whether it
 encrypts; plus what the feed carried that was no telegram. Listening stops after
 ``--seconds`` or when the receiver hangs up; failing to connect exits with 1.
+
+``--from-file PATH`` lists instead what a running collector hears on its receivers
+(``GXAMI_WMBUS_RECEIVERS``): the heard file it keeps (``GXAMI_WMBUS_HEARD_FILE``), per receiver
+the IDs its fleet does not know, with counts. A file, not an HTTP route: the collector has no
+token store (an edge collector has no database), and access to its state volume is the
+installer's authorisation. The collector rewrites the file every few seconds.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -35,7 +42,10 @@ FRAMINGS = (
 
 @app.command("heard")
 def heard_command(
-    url: str = typer.Argument(..., help="the receiver: tcp://host:port or serial:///dev/ttyUSB0"),
+    url: str | None = typer.Argument(None, help="the receiver: tcp://host:port or serial:///dev/ttyUSB0"),
+    from_file: Path | None = typer.Option(
+        None, "--from-file", help="a running collector's heard file (GXAMI_WMBUS_HEARD_FILE) instead of a receiver"
+    ),
     framing: str = typer.Option("hex", "--framing", help="hex, length, lfield, im871a or amber"),
     seconds: float = typer.Option(10.0, "--seconds", min=0.1, help="how long to listen"),
     no_rssi: bool = typer.Option(False, "--no-rssi", help="an Amber module set to append no RSSI byte"),
@@ -44,11 +54,31 @@ def heard_command(
     import asyncio
 
     def action() -> object:
+        if (url is None) == (from_file is None):
+            raise InputError("give a receiver URL or --from-file PATH (one of them)")
+        if from_file is not None:
+            return _read_heard_file(from_file)
+        assert url is not None
         if framing not in FRAMINGS:
             raise InputError(f"--framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         return asyncio.run(_listen(url, framing, seconds, rssi=not no_rssi))  # type: ignore[arg-type]  # checked above
 
     run_guarded("wmbus heard", action)
+
+
+def _read_heard_file(path: Path) -> dict[str, object]:
+    """The collector's heard file, checked for its shape; InputError if it cannot be read."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the heard file {path}: {exc.strerror or type(exc).__name__}") from None
+    except ValueError:
+        raise InputError(f"the heard file {path} is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("receivers"), list):
+        raise InputError(f"{path} is not a collector's wM-Bus heard file (no receivers list)")
+    return data
 
 
 async def _listen(url: str, framing: ReceiverFraming, seconds: float, *, rssi: bool) -> dict[str, object]:

@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import traceback
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from gxami_collector.batches import fitting_batches
+from gxami_collector.commands import KeyedLocks, serve_commands
 from gxami_collector.edge_schedule import STATE_FILE, EdgeSchedule, LocalPolicy, SiteFleet
 from gxami_collector.fleet_cache import FleetFollower
 from gxami_collector.jobs import JobOutcome, MeterReader
@@ -37,7 +39,7 @@ from gxami_collector.settings import CollectorSettings
 from gxami_collector.spool import Outgoing, Spool, SpoolPublisher, drain, forward
 from gxami_contracts import JobStatus, ReadJob
 from gxami_contracts.messages import Message
-from gxami_contracts.topics import EVENTS, JOB_RESULTS, READ_JOBS, READINGS
+from gxami_contracts.topics import COMMAND_RESULTS, EVENTS, JOB_RESULTS, READ_JOBS, READINGS
 from gxami_runtime.http import OpsServer
 from gxami_runtime.kafka import (
     DeadLetters,
@@ -96,6 +98,8 @@ class Collector:
         self._forwarder: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._links: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._meters = KeyedLocks()  # one session per meter, commands and reads alike (gxami_collector.commands)
+        self._commands: asyncio.Task[None] | None = None
         self.ready = False
         # A site collector with a spool keeps a local copy of its site's fleet and reads it on its
         # own while the scheduler's jobs do not come (gxami_collector.edge_schedule).
@@ -106,7 +110,7 @@ class Collector:
             self.local = EdgeSchedule(fleet, policy, datetime.now(UTC))
 
     async def _one(self, job: ReadJob, publisher: Publisher | None) -> None:
-        async with self._links[job.link_id], self._slots:
+        async with self._meters.hold(job.meter_id), self._links[job.link_id], self._slots:
             IN_FLIGHT.inc()
             try:
                 outcome: JobOutcome = await self.reader.run(job)
@@ -274,18 +278,37 @@ class Collector:
         forwarder = None
         if self.spool is not None:
             forwarder = self._forwarder = asyncio.create_task(
-                forward(self.spool, producer, s.topic, last_topics=frozenset({JOB_RESULTS.name})),
+                forward(self.spool, producer, s.topic, last_topics=frozenset({JOB_RESULTS.name, COMMAND_RESULTS.name})),
                 name="spool-forwarder",
             )
         log.info(
             "collector started",
             extra={"http_port": port, "concurrency": s.concurrency, "site": s.site, "jobs_topic": s.jobs_topic()},
         )
+        if s.commands_enabled:  # ami.commands beside the read jobs, under the same link locks
+            self._commands = asyncio.create_task(
+                serve_commands(
+                    s,
+                    self.reader,
+                    publisher,
+                    dead,
+                    stop,
+                    links=self._links,
+                    meters=self._meters,
+                    slots=self._slots,
+                    spool=self.spool,
+                ),
+                name="commands",
+            )
         self.ready = True
         try:
             await self._loop(consumer, publisher, dead, stop, local)
         finally:
             self.ready = False
+            if self._commands is not None:
+                if not stop.is_set():
+                    self._commands.cancel()  # the jobs loop failed: the collector stops as a whole
+                await asyncio.gather(self._commands, return_exceptions=True)
             await consumer.stop()
             if forwarder is not None:
                 assert self.spool is not None
@@ -313,6 +336,8 @@ class Collector:
                 self._forwarder.result()  # it never returns: this raises what stopped it (the spool's disk)
             if local is not None and local.done():
                 local.result()  # it returns only at stop: this raises what stopped it
+            if self._commands is not None and self._commands.done():
+                self._commands.result()  # it returns at stop only: this raises what stopped it
             if self.spool is not None and self.spool.full:
                 # Above the high-water mark (alarm raised by the spool): no new jobs until the uplink
                 # has drained some. Jobs stay uncommitted in their topic; nothing is dropped.
@@ -383,13 +408,18 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         spool = await Spool.open(where, max_bytes=s.spool_max_bytes, high_water=s.spool_high_water)
     try:
         collector = Collector(s, reader, spool)
+        run: Callable[[asyncio.Event], Coroutine[object, object, None]] = collector.run
+        if s.wmbus_receivers:  # wM-Bus receivers heard continuously (gxami_collector.wmbus_service)
+            from gxami_collector.wmbus_service import with_wmbus_receivers
+
+            run = with_wmbus_receivers(s, run, profiles, secrets, spool)
         if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
             from gxami_collector.listeners import serve_with_listeners
 
             spooled = SpoolPublisher(spool) if spool is not None else None  # pushes and dead letters too
-            await serve_with_listeners(s, collector.run, profiles, secrets, stop, spooled)
+            await serve_with_listeners(s, run, profiles, secrets, stop, spooled)
         else:
-            await collector.run(stop)
+            await run(stop)
     finally:
         if spool is not None:
             await spool.close()

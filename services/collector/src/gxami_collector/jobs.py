@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from gxami_runtime.kafka import describe_validation_error
 from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
 from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
-from gxcore.profiles import ProfileCatalog
+from gxcore.profiles import DeviceProfile, ProfileCatalog
 from gxcore.readings import Reading
 
 log = logging.getLogger("gxami.collector")
@@ -111,6 +112,18 @@ def _meter_time(job: ReadJob, meter_time: datetime | None) -> datetime | None:
     return None
 
 
+def _collector_time(
+    meter_time: datetime | None, read_at: datetime | None, started: datetime, finished: datetime
+) -> datetime | None:
+    """The collector's clock when the meter's clock was read: the driver's stamp, or else the middle
+    of the session (a driver that does not stamp: the drift is then off by half the session at most)."""
+    if meter_time is None:
+        return None
+    if read_at is not None and started <= read_at <= finished:
+        return read_at
+    return started + (finished - started) / 2
+
+
 class MeterReader:
     """Reads meters for jobs: resolves profile, driver and secrets, bounds the session in time."""
 
@@ -143,6 +156,24 @@ class MeterReader:
                 )
             self._counters = JsonInvocationCounters(invocation_counters)
 
+    @property
+    def exchange_timeout(self) -> float:
+        return self._exchange_timeout
+
+    @property
+    def session_timeout(self) -> float:
+        return self._session_timeout
+
+    async def meter(
+        self, meter_id: str, url: str, protocol: str, profile: str, options: Mapping[str, str]
+    ) -> tuple[Driver, DeviceProfile, MeterTarget]:
+        """The driver, profile and target (with its secrets) for one meter session; the URL checked
+        against the allow-list before anything connects. Raises GxError (configuration) when refused."""
+        await self._networks.check(url)  # a job or a command names any URL it likes
+        found = self._profiles.get(profile)
+        driver = self.driver(protocol)
+        return driver, found, MeterTarget(meter_id, url, options, self._secrets.for_meter(meter_id))
+
     def driver(self, protocol: str) -> Driver:
         if protocol not in self._drivers:
             driver = load_driver(protocol)
@@ -157,10 +188,7 @@ class MeterReader:
             late = f"meter {job.meter_id}: job expired before it ran (deadline {job.deadline.isoformat()})"
             return self._failed(job, started, "expired", late)
         try:
-            await self._networks.check(job.url)  # before anything connects: a job names any URL it likes
-            profile = self._profiles.get(job.profile)
-            driver = self.driver(job.protocol)
-            target = MeterTarget(job.meter_id, job.url, job.options, self._secrets.for_meter(job.meter_id))
+            driver, profile, target = await self.meter(job.meter_id, job.url, job.protocol, job.profile, job.options)
             request = ReadRequest(frozenset(job.purposes), job.profile_from, job.profile_to)
             async with asyncio.timeout(self._session_timeout):
                 result = await driver.read(target, profile, request, timeout=self._exchange_timeout)
@@ -177,6 +205,7 @@ class MeterReader:
             return self._failed(job, started, "internal", f"meter {job.meter_id}: {type(exc).__name__} in driver")
         events = _events(job, result.events)
         finished = datetime.now(UTC)
+        meter_time = _meter_time(job, result.meter_time)
         batch = _batch(job, result.readings, finished)
         return JobOutcome(
             batch,
@@ -190,7 +219,8 @@ class MeterReader:
                 finished_at=finished,
                 readings_count=batch.count if batch is not None else 0,
                 events_count=len(events),
-                meter_time=_meter_time(job, result.meter_time),
+                meter_time=meter_time,
+                collector_time=_collector_time(meter_time, result.clock_read_at, started, finished),
             ),
             events,
         )

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from gxami_collector.networks import (
@@ -19,8 +19,9 @@ from gxami_collector.networks import (
     parse_schemes,
     parse_serial_device,
 )
-from gxami_contracts.topics import READ_JOBS
+from gxami_contracts.topics import COMMANDS, READ_JOBS
 from gxami_runtime.settings import ServiceSettings
+from gxcore.errors import ConfigurationError
 
 
 def _state_dir() -> Path:
@@ -63,7 +64,7 @@ class CollectorSettings(ServiceSettings):
     secrets_file: Path | None = None
     # DLMS security suite 0: the invocation counter of each meter must never be reused (GCM nonce).
     # Reserved in this file before use, so a restart or a crash never repeats one; it must be on a
-    # persistent volume (see deploy/k8s/collector.yaml). Processes sharing it (replicas on one
+    # persistent volume (see deploy/k8s/base/services/collector.yaml). Processes sharing it (replicas on one
     # volume, `gxami read --counters-file`) are safe: it is locked across processes.
     # Default: the user's XDG state dir (local runs); deployments set GXAMI_INVOCATION_COUNTERS_FILE.
     invocation_counters_file: Path = Field(default_factory=_state_file)
@@ -93,6 +94,33 @@ class CollectorSettings(ServiceSettings):
     listener_max_connections: int = Field(default=1024, ge=1, le=100_000)
     # The last invocation counter seen per system title (replay protection); on a persistent volume.
     push_counters_file: Path = Field(default_factory=lambda: _state_file().with_name("push-counters.json"))
+    # Continuous wM-Bus receivers (gxami_collector.wmbus_service), comma-separated:
+    # tcp://host:port?framing=hex, serial:///dev/ttyUSB0?framing=im871a&baud=57600.
+    wmbus_receivers: CommaList = Field(default_factory=list)
+    # A receiver that delivers nothing for this long is reconnected (its read timeout).
+    wmbus_idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    wmbus_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    wmbus_reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="backoff cap between connects")
+    # The heard list (IDs the fleet does not know, per receiver) for `gxami wmbus heard --from-file`.
+    wmbus_heard_file: Path = Field(default_factory=lambda: _state_dir() / "wmbus-heard.json")
+    # Commands (gxami_collector.commands): off for a collector that only reads. The record of
+    # finished commands keeps a redelivered command from running twice: a folder on the persistent
+    # volume the replicas share (beside the invocation counters), see gxami_collector.command_records.
+    commands_enabled: bool = True
+    command_records_dir: Path = Field(default_factory=lambda: _state_dir() / "command-runs")
+    # A record is kept this long after its command expired (a later redelivery is refused as expired anyway).
+    command_records_days: float = Field(default=7.0, gt=0, le=366)
+    # A command that arrives before its not_before is held this long at most (its link waits), else failed.
+    command_early_wait_s: float = Field(default=30.0, ge=0, le=600)
+    # How far a clock read back after clock-set/clock-sync may be from the time set, and still succeed.
+    command_clock_tolerance_s: float = Field(default=5.0, gt=0, le=3600)
+    # Firmware images (gxami_collector.firmware_images): fetched by SHA-256 from the scheduler's API
+    # with a viewer token (given here or, better, in a file), checked, cached on disk.
+    scheduler_api_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    scheduler_api_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    scheduler_api_token_file: Path | None = None
+    firmware_cache_dir: Path = Field(default_factory=lambda: _state_dir() / "firmware")
+    firmware_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     @field_validator("allowed_schemes", "allowed_networks", "allowed_serial_devices", mode="before")
     @classmethod
@@ -106,6 +134,25 @@ class CollectorSettings(ServiceSettings):
     def _split_listeners(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("wmbus_receivers", mode="before")
+    @classmethod
+    def _split_receivers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("wmbus_receivers")
+    @classmethod
+    def _receivers(cls, value: list[str]) -> list[str]:
+        from gxami_collector.wmbus_service import ReceiverSpec  # it imports these settings: a cycle at import
+
+        for text in value:
+            try:
+                ReceiverSpec.parse(text)
+            except ConfigurationError as exc:
+                raise ValueError(exc.reason) from None
         return value
 
     @field_validator("allowed_schemes")
@@ -153,3 +200,12 @@ class CollectorSettings(ServiceSettings):
     def jobs_group(self) -> str:
         """Its consumer group: one per site, so that one site's rebalances never pause another's."""
         return f"{self.consumer_group}.{self.site}" if self.site else self.consumer_group
+
+    def commands_topic(self) -> str:
+        """The physical topic this collector takes commands from: its site's, or the central one."""
+        central = self.topic(COMMANDS.name)
+        return f"{central}.{self.site}" if self.site else central
+
+    def commands_group(self) -> str:
+        """The commands consumer's group: apart from the jobs' group, so neither's rebalance pauses the other."""
+        return f"{self.jobs_group()}.commands"

@@ -31,8 +31,9 @@ from gxami_runtime.kafka import (
     start_clients,
 )
 from gxami_runtime.service import check_database
-from gxami_store import PartitionKeeper, migrate, storage_kind
+from gxami_store import PartitionKeeper, storage_kind
 from gxami_store.aggregates import refresh_aggregates_periodically
+from gxami_store.migrations import prepare_schema
 from gxami_store.timescale import StoragePolicy, apply_storage_policy
 
 log = logging.getLogger("gxami.ingest")
@@ -122,7 +123,7 @@ class Ingest:
         s = self.settings
         await check_database(s.database_url.get_secret_value())
         conn = self.slots[0].conn = await asyncpg.connect(s.database_url.get_secret_value(), timeout=10)
-        await migrate(conn)
+        await prepare_schema(conn, migrate_now=s.migrate_on_start)
         await apply_storage_policy(
             conn,
             StoragePolicy(

@@ -15,7 +15,7 @@ from gxami_reports.settings import ReportsSettings
 from gxami_runtime.auth import Authenticator, PoolTokens, Role, requires
 from gxami_runtime.http import OpsServer, bad_request
 from gxami_runtime.service import check_database
-from gxami_store import migrate
+from gxami_store.migrations import prepare_schema
 
 log = logging.getLogger("gxami.reports")
 REQUESTS = Counter("gxami_reports_requests_total", "Report requests", ["report", "status"])
@@ -62,7 +62,7 @@ async def main(stop: asyncio.Event, settings: ReportsSettings | None = None) -> 
     await check_database(dsn)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        await migrate(conn)
+        await prepare_schema(conn, migrate_now=s.migrate_on_start)
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)

@@ -29,13 +29,14 @@ from gxami_runtime.kafka import (
 )
 from gxami_runtime.service import StartupError, check_database, kafka_startup_error, redact_dsn
 from gxami_scheduler.api import FleetApi
+from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
 from gxami_scheduler.planner import PlannedRead
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
 from gxami_scheduler.sites import JobSender, NoSites, SitePublishers, SiteSenders
-from gxami_store import migrate
+from gxami_store.migrations import prepare_schema
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         try:
             conn = await asyncpg.connect(dsn, timeout=10)
             try:
-                applied = await migrate(conn)
+                applied = await prepare_schema(conn, migrate_now=settings.migrate_on_start)
             finally:
                 await conn.close()
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.db_pool_size, timeout=10)
@@ -263,6 +264,7 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
         auth = Authenticator.from_settings(settings, PoolTokens(pool))
         ops = OpsServer.from_settings(settings, ready=lambda: scheduler.ready, registry=metrics.registry, auth=auth)
         FleetApi(pool, clock).install(ops.app)
+        FirmwareApi(pool, clock).install(ops.app)
         port = await ops.start()
         stack.push_async_callback(ops.stop)
         log.info(

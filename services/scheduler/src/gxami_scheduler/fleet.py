@@ -200,6 +200,11 @@ class FleetMeter(BaseModel):
     def _lower_title(cls, title: str | None) -> str | None:
         return title.lower() if title else None  # drivers report it in lower-case hex
 
+    @field_validator("wmbus_id")
+    @classmethod
+    def _upper_wmbus_id(cls, ident: str | None) -> str | None:
+        return ident.upper() if ident else None  # receivers report manufacturer and hex ID digits in upper case
+
     @model_validator(mode="after")
     def _identified(self) -> FleetMeter:
         if self.connection == "push" and not (self.system_title or self.serial or self.wmbus_id):

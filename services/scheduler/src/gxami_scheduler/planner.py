@@ -22,6 +22,13 @@ FIRST_READ_SPREAD_S = 30.0
 _MAX_DOUBLINGS = 64
 
 
+# Meters that push are never read by a job, even if they have a schedule row (an on-demand read
+# makes one): what they send is their reading, served by a push listener or a wM-Bus receiver
+# (gxami_collector.wmbus_service), and a job would only wait for the next telegram. Their last
+# contact is their newest reading, not a job result.
+NEVER_POLLED: frozenset[str] = frozenset({"push"})
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulePolicy:
     """The knobs of the schedule, from the settings."""

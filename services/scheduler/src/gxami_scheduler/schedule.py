@@ -18,6 +18,7 @@ import asyncpg
 
 from gxami_contracts import JobResult, JobStatus
 from gxami_scheduler.planner import (
+    NEVER_POLLED,
     DueMeter,
     PlannedRead,
     SchedulePolicy,
@@ -28,16 +29,18 @@ from gxami_scheduler.planner import (
     plan_read,
     shard_sql,
 )
-from gxami_scheduler.registry import DbConn, split_options
+from gxami_scheduler.registry import CONTACT_KEY, DbConn, split_options
 
 LOST_JOB_KIND = "lost"
 WHOLE_FLEET = Shard(0, 1)
 
+_NEVER_POLLED_SQL = ", ".join(f"'{c}'" for c in sorted(NEVER_POLLED))  # constants only: see NEVER_POLLED
 _DUE = f"""
       s.next_due_at <= $1
   AND (s.in_flight_job IS NULL OR s.in_flight_until < $1)
   AND m.enabled
   AND ($2::int = 1 OR {shard_sql("s.meter_id", "$2::int")} = $3::int)
+  AND coalesce(m.options -> '{CONTACT_KEY}' ->> 'connection', 'poll') NOT IN ({_NEVER_POLLED_SQL})
 """
 
 _CLAIM = f"""

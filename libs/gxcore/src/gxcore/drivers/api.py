@@ -50,11 +50,16 @@ class ReadRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
-    """Readings and events of one session; ``meter_time`` is the meter's clock when it was read."""
+    """Readings and events of one session; ``meter_time`` is the meter's clock when it was read.
+
+    ``clock_read_at`` is the driver's own clock when ``meter_time`` arrived (None if the driver
+    does not say): the meter's drift is ``meter_time - clock_read_at``.
+    """
 
     readings: list[Reading]
     meter_time: datetime | None = None
     events: list[MeterEventRecord] = field(default_factory=list)
+    clock_read_at: datetime | None = None
 
 
 CommandKind = Literal[
@@ -179,6 +184,9 @@ class BaseDriver:
     """Defaults for a plug-in: commands and serving are refused with a ConfigurationError naming the protocol."""
 
     name: ClassVar[str] = "unnamed"
+    # The per-meter options (``MeterTarget.options``) the driver reads; None: not declared, so a
+    # front end (``gxami read -o``) cannot refuse a misspelt one. Every built-in driver declares them.
+    meter_options: ClassVar[frozenset[str] | None] = None
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
@@ -214,6 +222,18 @@ class ReadOnlyDriver(BaseDriver):
                 f"meter {target.meter_id}: the {self.name} driver cannot read over a connection the meter opened"
             )
         return await self.inner.read(target, profile, request, timeout=timeout)
+
+
+def unknown_meter_options(driver: Driver, options: Mapping[str, str]) -> str | None:
+    """Why ``options`` do not suit ``driver`` (names the unknown ones and lists the valid ones), else None."""
+    known: frozenset[str] | None = getattr(driver, "meter_options", None)
+    if known is None:
+        return None
+    unknown = sorted(set(options) - known)
+    if not unknown:
+        return None
+    valid = ", ".join(sorted(known)) or "none"
+    return f"unknown option {', '.join(unknown)} for protocol {driver.name} (valid: {valid})"
 
 
 def available_drivers() -> dict[str, str]:

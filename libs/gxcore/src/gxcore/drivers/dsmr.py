@@ -157,6 +157,7 @@ class DsmrDriver(FieldDriver):
     """Reads DSMR P1 ports (and Luxembourg Smarty) described by device profiles (protocol ``dsmr``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = frozenset()
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_dsmr_profile(profile)

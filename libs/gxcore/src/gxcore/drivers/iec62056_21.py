@@ -173,6 +173,7 @@ class Iec62056Driver(FieldDriver):
     """Reads IEC 62056-21 meters described by device profiles (protocol ``iec62056-21``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = frozenset({"device_address"})
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_iec_profile(profile)

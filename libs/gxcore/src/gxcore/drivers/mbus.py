@@ -46,7 +46,7 @@ from gxcore.media import Medium, TrafficHook
 from gxcore.media.endpoint import Endpoint
 from gxcore.profiles.model import DeviceProfile
 from gxcore.protocols.mbus.frame import MAX_PRIMARY, SecondaryAddress
-from gxcore.protocols.mbus.master import MasterConfig, MasterOperation, MBusMaster, ReadComplete
+from gxcore.protocols.mbus.master import MasterConfig, MasterOperation, MBusMaster, ReadComplete, SearchComplete
 from gxcore.protocols.mbus.points import meter_time_of, readings_from, record_points
 
 PROTOCOL = "mbus"
@@ -136,6 +136,7 @@ class MBusDriver(FieldDriver):
     """Reads wired M-Bus meters described by device profiles (protocol ``mbus``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = frozenset({"primary_address", "secondary_address"})
 
     def __init__(self, *, clock: Callable[[], datetime] = utc_now, on_traffic: TrafficHook | None = None) -> None:
         super().__init__(clock=clock, on_traffic=on_traffic)
@@ -181,3 +182,35 @@ class MBusDriver(FieldDriver):
 def medium_key(endpoint: Endpoint) -> str:
     """One bus per gateway or port: the URL without its query."""
     return f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}"
+
+
+async def scan_bus(
+    endpoint: Endpoint,
+    *,
+    timeout: float,
+    mask: SecondaryAddress | None = None,
+    on_traffic: TrafficHook | None = None,
+) -> SearchComplete:
+    """A wildcard search of the bus behind ``endpoint`` (below ``mask``), as an installer runs it.
+
+    Each secondary address is found by selecting ever narrower masks (see gxcore.protocols.mbus.master);
+    ``unresolved`` lists masks where meters still collided at full depth (two meters with one ID).
+    """
+    clock = asyncio.get_running_loop().time
+    master = MBusMaster(MasterConfig(reply_timeout=timeout))
+    async with read_medium(endpoint, None, timeout=timeout, serial_defaults=MBUS_SERIAL, on_traffic=on_traffic) as line:
+        master.search(clock(), mask)
+        operation = MasterOperation(master)
+        await drive(operation, line, idle_timeout=timeout, send_timeout=timeout, clock=clock)
+    result = operation.result()
+    if not isinstance(result, SearchComplete):
+        raise ProtocolError(f"unexpected master result {type(result).__name__}")
+    return result
+
+
+async def read_telegrams(
+    endpoint: Endpoint, address: int | SecondaryAddress, *, timeout: float, on_traffic: TrafficHook | None = None
+) -> ReadComplete:
+    """Every telegram of one meter, without a profile (``gxami get mbus``, ``gxami scan mbus --read``)."""
+    async with read_medium(endpoint, None, timeout=timeout, serial_defaults=MBUS_SERIAL, on_traffic=on_traffic) as line:
+        return await read_meter(line, address, MasterConfig(reply_timeout=timeout))

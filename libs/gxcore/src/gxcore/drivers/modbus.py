@@ -68,6 +68,7 @@ class ModbusDriver(BaseDriver):
     """Reads and writes Modbus meters described by device profiles (protocol ``modbus``)."""
 
     name: ClassVar[str] = "modbus"
+    meter_options: ClassVar[frozenset[str] | None] = frozenset({"unit_id"})
 
     def __init__(self, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._clock = clock

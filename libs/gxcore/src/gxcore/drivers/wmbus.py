@@ -27,12 +27,17 @@ from the target URL's query. The constructor's ``on_traffic`` hook goes to every
 the driver opens.
 
 Profile parameters: ``timeout`` (caps the caller's), ``timezone`` (of the meter clock).
+
+:func:`telegram_result` is the one mapping of a decoded telegram to readings: the driver
+uses it for the telegram it waited for, and a collector listening to a receiver for every
+telegram it hears (gxami_collector.wmbus_service) uses it for each of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from datetime import datetime
+from typing import ClassVar, Literal
 
 from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
 from gxcore.drivers.common import FieldDriver, aes_key, exchange_timeout, meter_timezone, read_medium
@@ -41,7 +46,8 @@ from gxcore.errors import ConfigurationError
 from gxcore.media import Medium
 from gxcore.media.endpoint import Endpoint
 from gxcore.profiles.model import DeviceProfile
-from gxcore.protocols.mbus.points import meter_time_of, readings_from, record_points
+from gxcore.protocols.mbus.points import RecordPoint, meter_time_of, readings_from, record_points
+from gxcore.protocols.mbus.telegram import MBusTelegram
 from gxcore.protocols.wmbus.feed import Framing, MeterTelegram
 from gxcore.protocols.wmbus.frame import CrcMode
 
@@ -79,10 +85,31 @@ def validate_wmbus_profile(profile: DeviceProfile) -> None:
     record_points(profile.points)
 
 
+def telegram_result(
+    telegram: MBusTelegram,
+    profile: DeviceProfile,
+    points: list[RecordPoint],
+    *,
+    received_at: datetime,
+    meter_id: str,
+    stamp: Literal["received", "meter"] = "received",
+) -> ReadResult:
+    """The profile's readings of one decoded telegram, with the meter's clock (ProtocolError if none matches).
+
+    ``stamp``: readings are stamped ``received_at`` ("received", as a read job does), or with the
+    meter's own clock record when the telegram has one ("meter"; else ``received_at``).
+    """
+    meter_time = meter_time_of([telegram], meter_timezone(profile))
+    at = meter_time if stamp == "meter" and meter_time is not None else received_at
+    readings = readings_from([telegram], points, at, meter_id=meter_id)
+    return ReadResult(readings=readings, meter_time=meter_time)
+
+
 class WMBusDriver(FieldDriver):
     """Reads wireless M-Bus meters from a receiver's TCP feed (protocol ``wmbus``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = frozenset({"wmbus_id"})
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         validate_wmbus_profile(profile)
@@ -110,6 +137,4 @@ class WMBusDriver(FieldDriver):
         core = MeterTelegram(ident, key, framing=framing, crc=crc, now=clock(), wait=wait, meter_id=target.meter_id)
         async with read_medium(endpoint, medium, timeout=wait, on_traffic=self.on_traffic) as feed:
             await drive(core, feed, idle_timeout=wait, send_timeout=wait, clock=clock)
-        telegram = core.result()
-        readings = readings_from([telegram], points, self._clock(), meter_id=target.meter_id)
-        return ReadResult(readings=readings, meter_time=meter_time_of([telegram], meter_timezone(profile)))
+        return telegram_result(core.result(), profile, points, received_at=self._clock(), meter_id=target.meter_id)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -224,6 +226,27 @@ class StreamMedium(BaseMedium):
             raise MediaError(f"{self.describe()}: {what}: {os_reason(exc)}") from exc
 
 
+# The causes a field engineer acts on, by errno: asyncio's "Connect call failed" and pyserial's
+# "could not open port" carry the errno but not these words.
+_CAUSES = {
+    errno.ECONNREFUSED: "connection refused (nothing listens on that port, or a firewall rejects it)",
+    errno.ECONNRESET: "connection reset by the peer",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ENOENT: "no such device",
+    errno.ENODEV: "no such device",
+    errno.ENXIO: "no such device",
+    errno.EACCES: "permission denied (is the user in the dialout group?)",
+    errno.EBUSY: "device busy (another program holds it)",
+}
+
+
 def os_reason(exc: OSError) -> str:
-    """The OS's words for ``exc`` (``strerror``), else its message, else its type."""
+    """The cause of ``exc`` in words (refused, timed out, no such device, ...), else the OS's own."""
+    if isinstance(exc, socket.gaierror):
+        return f"host name not resolved ({exc.strerror or exc})"
+    cause = _CAUSES.get(exc.errno) if isinstance(exc.errno, int) else None
+    if cause is not None:
+        return cause
     return exc.strerror or str(exc) or type(exc).__name__

@@ -67,6 +67,10 @@ class MeterCallbacks(Protocol):
 
     def act(self, arg: object) -> None: ...
 
+    def callable_method(self, target: object, index: int) -> bool:
+        """May ``index`` of ``target`` be called (besides disconnect control and HLS)?"""
+        ...
+
     def association_decision(self, authentication: int, password: bytes, ciphered: bool) -> int:
         """ACSE diagnostic for an AARQ that parsed: NONE accepts, anything else refuses."""
         ...
@@ -186,6 +190,8 @@ class GuruxMeter(GXDLMSServer):  # type: ignore[misc]  # gurux ships no type hin
             return int(MethodAccessMode.ACCESS)
         if isinstance(target, GXDLMSDisconnectControl) and index in (1, 2) and self.core.allowed(target):
             return int(MethodAccessMode.ACCESS)
+        if self.core.callable_method(target, index) and self.core.allowed(target):
+            return int(MethodAccessMode.ACCESS)
         return int(MethodAccessMode.NO_ACCESS)
 
     def handleAarqRequest(self, data: object, connectionInfo: object) -> None:
@@ -285,7 +291,9 @@ class GuruxMeter(GXDLMSServer):  # type: ignore[misc]  # gurux ships no type hin
             return int(ErrorCode.UNDEFINED_OBJECT)
         if isinstance(target, MeterAssociation) and request[10] == 1:
             return None  # reply_to_HLS_authentication, allowed while the association is pending
-        if not (isinstance(target, GXDLMSDisconnectControl) and request[10] in (1, 2)):
+        if not (isinstance(target, GXDLMSDisconnectControl) and request[10] in (1, 2)) and not (
+            self.core.callable_method(target, request[10])
+        ):
             return int(ErrorCode.READ_WRITE_DENIED)
         return None
 

@@ -52,6 +52,7 @@ from gxami_meterlab.dlms.meter_objects import (
     encode_time,
 )
 from gxami_meterlab.dlms.meter_security import PUBLIC_OBJECTS, MeterCounters, MeterSecurity
+from gxami_meterlab.dlms.programmable import ProgrammableObjects
 from gxami_meterlab.dlms.server_objects import gurux_objects, listed, richer_attribute, selected_columns
 from gxcore.errors import GxError
 from gxcore.protocols.dlms import hdlc, wrapper
@@ -96,6 +97,7 @@ class CosemMeterCore:
         counters: MeterCounters | None = None,
         public_client: int = PUBLIC_CLIENT,
         objects: Sequence[ObjectSpec] = (),
+        programs: ProgrammableObjects | None = None,
     ) -> None:
         if authentication == "high-gmac" and security is None:
             raise ValueError("a high-gmac meter needs its keys and system title")
@@ -120,6 +122,7 @@ class CosemMeterCore:
             MeterSecurity(security, counters or MeterCounters(), public_client) if security is not None else None
         )
         self._opened = False
+        self._programs = programs  # image transfer and calendars, when the meter has them
         with quiet():
             self._server = self._build()
 
@@ -131,6 +134,8 @@ class CosemMeterCore:
             self.disconnect_control,
             frame_counter=self._guard is not None,
         )
+        if self._programs is not None:
+            objects += self._programs.gurux_objects()
         if self._guard is not None:
             server.settings.cipher = self._guard.cipher()
             server.settings.gx_counter_check = self._guard.accept_counter
@@ -142,7 +147,10 @@ class CosemMeterCore:
             server.items.append(obj)
             association.objectList.append(obj)
         server.initialize()
-        self._listed = [listed(obj) for obj in (*objects, association)]
+        programs = self._programs
+        self._listed = [
+            (programs.listing(obj) if programs is not None else None) or listed(obj) for obj in (*objects, association)
+        ]
         return server
 
     def receive_data(self, data: bytes, now: datetime) -> bytes:
@@ -237,6 +245,8 @@ class CosemMeterCore:
         """Take this association's "now" (meter clock) from the frame that carried the accepted AARQ."""
         now = self._frame_now
         self.session_now = self.model.meter_time(now).replace(microsecond=0) if now is not None else None
+        if self._programs is not None and self.session_now is not None:
+            self._programs.association_started(self.session_now)
 
     def attribute_access(self, arg: object) -> int:
         """Read access to one attribute, with its value made ready for gurux to encode."""
@@ -258,6 +268,8 @@ class CosemMeterCore:
             return invoke, int(ErrorCode.OTHER_REASON)  # no block transfer, no selective access
         if self._guard is not None and (not self._opened or self._guard.is_public()):
             return invoke, int(ErrorCode.READ_WRITE_DENIED)  # HLS still pending, or the public client
+        if self._programs is not None and (done := self._programs.set(class_id, obis, attribute, value)) is not None:
+            return invoke, done
         spec = self._specs.get(obis)
         if class_id == 1 and isinstance(spec, DataSpec) and spec.writable:
             return invoke, self._set_data(spec, attribute, value)
@@ -301,8 +313,21 @@ class CosemMeterCore:
             return False
         return self._server.items.findByLN(kind, obis) is not None
 
+    def callable_method(self, target: object, index: int) -> bool:
+        """Methods of the programmable objects (image transfer, calendars) this meter lets clients call."""
+        return self._programs is not None and self._programs.callable_method(target, index)
+
     def act(self, arg: object) -> None:
-        """ACTION on the disconnect control: 1 remote_disconnect, 2 remote_reconnect."""
+        """ACTION on the disconnect control: 1 remote_disconnect, 2 remote_reconnect; or a programmable object's."""
+        if self._programs is not None:
+            target, index = getattr(arg, "target", None), getattr(arg, "index", 0)
+            result = self._programs.invoke(target, index, getattr(arg, "parameters", None))
+            if result is not None:
+                if result:
+                    arg.error = ErrorCode(result)  # type: ignore[attr-defined]  # gurux ValueEventArgs
+                arg.handled = True  # type: ignore[attr-defined]
+                arg.value = 0  # type: ignore[attr-defined]  # no return parameters
+                return
         if not isinstance(getattr(arg, "target", None), GXDLMSDisconnectControl):
             return  # the association's HLS method is answered by MeterAssociation
         self.model.switch_supply(getattr(arg, "index", 0) == 2)
@@ -317,6 +342,9 @@ class CosemMeterCore:
         if now is None:
             return  # gurux refuses GETs outside an association, so this is never reached
         now = now.replace(microsecond=0)
+        if self._programs is not None and (encoded := self._programs.answer(target, index)) is not None:
+            _answer_bytes(arg, encoded)
+            return
         if isinstance(target, GXDLMSClock) and index == 2:
             _answer_bytes(arg, encode_time(now))
         elif isinstance(target, GXDLMSExtendedRegister | GXDLMSDemandRegister | GXDLMSData):

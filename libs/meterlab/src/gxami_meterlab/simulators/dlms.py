@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,10 @@ from typing import Final
 
 from gurux_dlms.enums import DataType
 
+from gxami_meterlab.dlms.image_transfer import FirmwareFaults, ImageTransferState
 from gxami_meterlab.dlms.meter_security import MeterCounters
 from gxami_meterlab.dlms.notify import PushRegister, encode_push, push_body
+from gxami_meterlab.dlms.programmable import ProgrammableObjects
 from gxami_meterlab.dlms.server import (
     CosemMeterCore,
     DataSpec,
@@ -46,6 +50,7 @@ from gxami_meterlab.dlms.server import (
     ProfileSpec,
     RegisterSpec,
 )
+from gxami_meterlab.dlms.tariff_calendar import CalendarState
 from gxcore.errors import ConfigurationError, GxError
 from gxcore.protocols.dlms.ciphering import SecurityPolicy
 from gxcore.protocols.dlms.obis import UNIT_CODES, apply_scaler, dotted, reduced
@@ -363,6 +368,20 @@ def push_message(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutedCommand:
+    """One state change a simulated meter made on a client's request (or its button): the meter's own log.
+
+    ``action`` is ``remote-disconnect``, ``remote-reconnect`` (class 70 methods 1 and 2),
+    ``clock-set`` (class 8 attribute 2 written), ``set`` (a Data value written) or ``button``;
+    ``detail`` what it changed to; ``at`` the simulator's (true) clock when it did.
+    """
+
+    at: datetime
+    action: str
+    detail: str = ""
+
+
 @dataclass(slots=True)
 class MeterState:
     """What a simulated meter remembers across associations: clock offset, supply switch, counters.
@@ -370,6 +389,10 @@ class MeterState:
     ``control_mode`` is the disconnect control's (Blue Book class 70): 1, remote reconnect
     closes the relay; 2, it arms the meter (ready-for-reconnection, ``armed``) and the
     customer's button (:meth:`press_button`) closes it. ``data`` holds written Data values.
+    ``clock_offset`` is how far the meter's clock is from the true one (a drifted meter starts
+    with one, see ``DlmsFleetSimulator(clock_offset=...)``; a clock write resets it).
+    ``executed`` logs every command the meter carried out, oldest first (:class:`ExecutedCommand`),
+    so a test can prove one never reached it.
     """
 
     clock_offset: timedelta = timedelta(0)
@@ -378,11 +401,16 @@ class MeterState:
     control_mode: int = 1
     armed: bool = False
     data: dict[str, int] = field(default_factory=dict)
+    executed: list[ExecutedCommand] = field(default_factory=list)
+    # Image transfer and tariff calendars (see gxami_meterlab.dlms.programmable): kept across connections.
+    firmware: ImageTransferState = field(default_factory=ImageTransferState)
+    calendar: CalendarState = field(default_factory=CalendarState)
 
     def press_button(self) -> None:
         """Manual reconnection: an armed meter closes its relay; otherwise nothing happens."""
         if self.armed:
             self.connected, self.armed = True, False
+            self.executed.append(ExecutedCommand(utc_now(), "button", "connected"))
 
 
 class _MeterValues:
@@ -436,9 +464,11 @@ class _MeterValues:
 
     def set_clock(self, meter_time: datetime, now: datetime) -> None:
         self.state.clock_offset = meter_time - now
+        self.state.executed.append(ExecutedCommand(now, "clock-set", meter_time.isoformat()))
 
     def set_data_value(self, obis: str, value: int) -> None:
         self.state.data[obis] = value
+        self.state.executed.append(ExecutedCommand(utc_now(), "set", f"{obis}={value}"))
 
     def supply(self) -> tuple[bool, int]:
         state = self.state
@@ -449,6 +479,7 @@ class _MeterValues:
 
     def switch_supply(self, connect: bool) -> None:
         state = self.state
+        state.executed.append(ExecutedCommand(utc_now(), "remote-reconnect" if connect else "remote-disconnect"))
         if not connect:
             state.connected = state.armed = False
         elif state.connected:
@@ -517,6 +548,8 @@ class DlmsFleetSimulator:
         interface: Interface = "wrapper",
         security_policy: SecurityPolicy = "authenticated-encrypted",
         fail_on_repeat: bool = True,
+        clock_offset: timedelta = timedelta(0),
+        firmware_faults: FirmwareFaults | None = None,
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
@@ -537,9 +570,19 @@ class DlmsFleetSimulator:
         self.fail_on_repeat = fail_on_repeat
         self.meters: list[SimulatedMeter] = []
         # Per-meter memory (clock offset, supply switch); survives connections, not restarts.
-        self.states = [MeterState() for _ in range(meters)]
+        # ``clock_offset``: every meter's clock starts that far off (a drifted fleet, for clock-sync tests).
+        self.states = [MeterState(clock_offset=clock_offset) for _ in range(meters)]
+        self._seed_firmware(firmware_faults)
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    def _seed_firmware(self, faults: FirmwareFaults | None) -> None:
+        """Each meter's image transfer faults (a copy of ``faults``) drawn from its own seeded generator."""
+        for index, state in enumerate(self.states):
+            # Simulated faults must repeat from the seed: not a secret.
+            state.firmware.rng = random.Random(f"gxami-firmware:{self.seed}:{index}")  # noqa: S311
+            if faults is not None:
+                state.firmware.faults = dataclasses.replace(faults)
 
     async def start(self) -> None:
         """Listen for every meter; with ``base_port`` 0 each gets a free port."""
@@ -612,7 +655,10 @@ class DlmsFleetSimulator:
                     else None
                 ),
                 counters=self.states[index].counters,
+                programs=ProgrammableObjects(self.states[index].firmware, self.states[index].calendar),
             )
+            firmware = self.states[index].firmware
+            firmware.connection_opened()
             while data := await reader.read(65536):
                 if index in self.silent_meters:
                     continue  # swallow requests: the client must time out
@@ -620,6 +666,9 @@ class DlmsFleetSimulator:
                     out = core.receive_data(data, self.clock())
                 except GxError:
                     return  # this connection's stream is out of step; the listener lives on
+                if firmware.drop_now:
+                    writer.transport.abort()  # the meter drops the link mid-transfer, before its reply
+                    return
                 if out:
                     writer.write(out)
                     await writer.drain()
@@ -643,6 +692,7 @@ async def run_simulator(
     interface: Interface = "wrapper",
     security_policy: SecurityPolicy = "authenticated-encrypted",
     on_started: Callable[[list[SimulatedMeter]], None] | None = None,
+    firmware_faults: FirmwareFaults | None = None,
 ) -> None:
     """Serve a fleet until ``stop`` is set; ``on_started`` gets the meters once they listen."""
     async with DlmsFleetSimulator(
@@ -655,6 +705,7 @@ async def run_simulator(
         interface=interface,
         security_policy=security_policy,
         fail_on_repeat=False,  # a long-running dev simulator; tests use the class directly
+        firmware_faults=firmware_faults,
     ) as fleet:
         if on_started is not None:
             on_started(list(fleet.meters))

@@ -23,7 +23,10 @@ length only: the dongles remove them, lfield always has them). Two schedules per
 * ``own_intervals=True``: each meter sends on its own, every
   :meth:`WMBusTelegramGenerator.interval_of` seconds (``interval`` on average), first
   after a part of it, ``per_meter`` telegrams each (None: until closed); the connection
-  then stays open and quiet.
+  then stays open and quiet. Telegram n of meter i is stamped :meth:`WMBusFeedServer.instant_of`
+  (``start + n * interval_of(i) * time_scale``): with ``time_scale`` 900, one real second is a
+  quarter of an hour on the meters' clocks, so each telegram has a minute of its own (the
+  clock record's resolution) even when meters send every second.
 
 ``junk=True`` puts something a real receiver also says between telegrams now and then
 (comment and noise lines in hex, stray bytes and dongle status frames in the binary
@@ -168,8 +171,11 @@ class WMBusFeedServer(SimulatorServer):
         own_intervals: bool = False,
         per_meter: int | None = None,
         junk: bool = False,
+        time_scale: float = 1.0,
     ) -> None:
         super().__init__(host, port)
+        if not time_scale > 0:
+            raise ValueError("time_scale must be positive")
         if framing not in _JUNK:
             raise ValueError(f"framing must be one of {sorted(_JUNK)}")
         self.generator = generator
@@ -182,6 +188,12 @@ class WMBusFeedServer(SimulatorServer):
         self.own_intervals = own_intervals
         self.per_meter = per_meter
         self.junk = junk
+        self.time_scale = time_scale
+
+    def instant_of(self, index: int, n: int) -> datetime:
+        """The meter clock of telegram ``n`` (from 0) of meter ``index`` on the own-intervals schedule."""
+        every = self.generator.interval_of(index, self.interval)
+        return self.start_instant + timedelta(seconds=n * every * self.time_scale)
 
     def encode(self, telegram: bytes, index: int = 0) -> bytes:
         """One telegram of meter ``index`` in this feed's framing (the dongles add the meter's RSSI)."""
@@ -231,7 +243,7 @@ class WMBusFeedServer(SimulatorServer):
             index = min(waiting, key=due.__getitem__)
             if not await self.pause(reader, max(due[index] - loop.time(), 0.0)):
                 return
-            instant = self.start_instant + timedelta(seconds=sent[index] * every[index])
+            instant = self.instant_of(index, sent[index])
             writer.write(self._frame(index, instant, total))
             await writer.drain()
             sent[index] += 1

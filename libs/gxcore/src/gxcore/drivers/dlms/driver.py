@@ -69,7 +69,9 @@ from gxcore.drivers.api import (
     ReadRequest,
     ReadResult,
 )
+from gxcore.drivers.dlms.calendar import execute_calendar
 from gxcore.drivers.dlms.commands import execute_command
+from gxcore.drivers.dlms.firmware import ProgressHook, execute_firmware
 from gxcore.drivers.dlms.pushes import PushServed, RefusalHook, serve_pushes
 from gxcore.drivers.dlms.reader import DlmsSession, utc_now
 from gxcore.drivers.dlms.transport import MediumFactory, check_framing, dlms_endpoint, medium_for
@@ -170,6 +172,7 @@ class DlmsDriver(BaseDriver):
     """Reads DLMS/COSEM meters over TCP, UDP or serial described by device profiles (protocol ``dlms``)."""
 
     name: ClassVar[str] = PROTOCOL
+    meter_options: ClassVar[frozenset[str] | None] = PARAMETERS | frozenset(ALIASES)
 
     def __init__(
         self,
@@ -177,10 +180,12 @@ class DlmsDriver(BaseDriver):
         *,
         media: MediumFactory = medium_for,
         clock: Callable[[], datetime] = utc_now,
+        firmware_progress: ProgressHook | None = None,
     ) -> None:
         self.counters = counters  # required for ciphered meters; set by whoever loads the driver
         self.media = media  # the medium for a meter URL; tests and bench hand in an in-memory peer
         self.clock = clock  # the time a clock-sync sets and relay readings carry
+        self.firmware_progress = firmware_progress  # hears how far each image transfer is
 
     def validate_profile(self, profile: DeviceProfile) -> None:
         if profile.protocol != PROTOCOL:
@@ -236,6 +241,7 @@ class DlmsDriver(BaseDriver):
         failures: list[GxError] = []
         async with session:
             meter_time = await session.read_clock()
+            clock_read_at = self.clock()  # beside meter_time: the drift without the session's length
             for vp in values:
                 try:
                     got = await session.read_register(vp.value)
@@ -256,13 +262,19 @@ class DlmsDriver(BaseDriver):
                     failures.append(exc)
         if failures and not readings and not events:
             raise failures[0]
-        return ReadResult(readings=readings, meter_time=meter_time, events=events)
+        return ReadResult(readings=readings, meter_time=meter_time, events=events, clock_read_at=clock_read_at)
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
     ) -> CommandResult:
         """Run ``command`` in one association and read its effect back (see :mod:`gxcore.drivers.dlms.commands`)."""
         session = self._session(target, profile, timeout)
+        if command.kind == "firmware-update":
+            return await execute_firmware(
+                session, command, meter_id=target.meter_id, clock=self.clock, on_progress=self.firmware_progress
+            )
+        if command.kind == "tariff-calendar":
+            return await execute_calendar(session, command, meter_id=target.meter_id)
         points = [dlms_point(p) for p in profile.points]
         return await execute_command(session, profile, points, command, meter_id=target.meter_id, clock=self.clock)
 

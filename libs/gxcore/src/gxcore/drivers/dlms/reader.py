@@ -289,6 +289,11 @@ class DlmsSession(CosemReads):
         await self._counters_ready()
         (await self._run(self.core.action(class_id, obis, method))).value()
 
+    async def call(self, class_id: int, obis: str, method: int, parameters: bytes) -> None:
+        """ACTION ``method`` with A-XDR encoded ``parameters``; a refusal raises."""
+        await self._counters_ready()
+        (await self._run(self.core.call(class_id, obis, method, parameters))).value()
+
     async def read_clock(self) -> datetime:
         """The meter's clock (class 8, attribute 2) as aware UTC."""
         raw = await self.get(CLASS_CLOCK, CLOCK_OBIS, 2)

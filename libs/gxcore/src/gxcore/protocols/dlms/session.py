@@ -347,6 +347,21 @@ class DlmsClientCore(ReplyReader):
             lambda: self._client.method(target, method, 0, DataType.INT8), Command.METHOD_RESPONSE, what
         )
 
+    def call(self, class_id: int, obis: str, method: int, parameters: bytes) -> Exchange:
+        """ACTION ``method`` with ``parameters`` already A-XDR encoded (a structure, e.g. image transfer)."""
+        target = GXDLMSObject(ObjectType(class_id), dotted(obis))
+        what = f"ACTION {class_id}/{target.logicalName}/{method}"
+        # gurux writes ready-made bytes as they are when told the type is a structure.
+        raw = GXByteBuffer(parameters)
+        if not self.params.logical_name_referencing:
+            target.shortName = self._short_name(class_id, target.logicalName, what)
+            return self._unconfirmed(
+                lambda: self._client.method(target, method, raw, DataType.STRUCTURE), Command.WRITE_RESPONSE, what
+            )
+        return self._confirmed(
+            lambda: self._client.method(target, method, raw, DataType.STRUCTURE), Command.METHOD_RESPONSE, what
+        )
+
     def _unconfirmed(self, build: Callable[[], object], expect: int, what: str) -> Exchange:
         """A short-name request: no invoke-id to match, one request at a time does the matching."""
         return Exchange(self, as_frames(self._built(build)), frozenset({expect}), what)

@@ -3,16 +3,22 @@
 A record keeps the OBIS reference exactly as the telegram wrote it, the value
 (``Decimal`` for numbers, ``str`` for text, as written), the unit, an aware-UTC
 timestamp and the M-Bus channel. Lines whose reference is not listed in
-``objects`` are kept as ``raw`` records. A telegram that is not well formed raises
-``FramingError`` naming the line and its byte offset; a CRC mismatch raises
-``ChecksumError``. Nothing is half-decoded: either every line decodes or none.
+``objects`` are kept as ``raw`` records; an OBIS reference's ``*255`` (F unused) is dropped.
+
+Tolerant by default, as field telegrams need: a line that does not have the layout its OBIS
+reference promises (a history whose first value is a time where a count belongs, a stray
+character) is left out of the records and comes back in ``unparsed`` with its line number and
+byte offset; every other line still decodes. A CRC written with fewer than four hex digits is
+accepted when it matches, a telegram without a CRC is accepted with a warning, and lines after
+the ``!`` line are ignored (reported). A CRC that does not match is always a ``ChecksumError``.
+``strict=True`` refuses all of these with a ``FramingError`` naming the line and its offset.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,7 +27,7 @@ from gxcore.errors import ChecksumError, ConfigurationError, FramingError
 from gxcore.protocols.dsmr.framer import MAX_TELEGRAM_SIZE, crc16_arc
 from gxcore.protocols.dsmr.objects import OBIS_RE, LineKind, decode_hex_text, line_kind, medium_of_device_type
 from gxcore.protocols.dsmr.timestamps import parse_dsmr_timestamp
-from gxcore.readings import Reading, exact_number
+from gxcore.readings import Reading, Unparsed, exact_number
 
 _HEADER_RE = re.compile(r"/([A-Za-z]{3})([ -~])([ -~]*)")
 _GROUPS_RE = re.compile(r"(?:\([^()]*\))+")
@@ -66,6 +72,8 @@ class DsmrTelegram:
     records: list[DsmrRecord]
     crc: int | None
     raw: bytes = field(repr=False, default=b"")
+    unparsed: list[Unparsed] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def find(self, quantity: str) -> list[DsmrRecord]:
         """Records whose quantity is ``quantity`` (as written in the telegram)."""
@@ -93,6 +101,8 @@ class DsmrTelegram:
                 }
                 for r in self.records
             ],
+            **({"unparsed": [u.to_json_dict() for u in self.unparsed]} if self.unparsed else {}),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     def to_readings(self, *, received_at: datetime) -> list[Reading]:
@@ -135,7 +145,21 @@ class _Line:
     groups: tuple[str, ...] = ()
 
 
-def decode_dsmr_telegram(text: bytes) -> DsmrTelegram:
+class _Tolerance:
+    """What a tolerant decode sets aside; ``strict`` turns each into the FramingError instead."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.unparsed: list[Unparsed] = []
+        self.warnings: list[str] = []
+
+    def line(self, line: _Line, message: str) -> None:
+        if self.strict:
+            raise _fail(line, message)
+        self.unparsed.append(Unparsed(line.offset, line.text.encode(), message, line=line.number))
+
+
+def decode_dsmr_telegram(text: bytes, *, strict: bool = False) -> DsmrTelegram:
     """Decode one telegram from '/' through '!' and its CRC (surrounding CR LF allowed)."""
     data = bytes(text)
     if len(data) > MAX_TELEGRAM_SIZE:
@@ -146,28 +170,45 @@ def decode_dsmr_telegram(text: bytes) -> DsmrTelegram:
     bang = data.find(b"!", start)
     if bang < 0:
         raise FramingError("telegram has no '!' end line", offset=len(data), frame=data[-16:])
-    trailer = data[bang + 1 :].rstrip(b"\r\n ")
-    crc: int | None = None
-    if trailer:
-        if len(trailer) != 4 or not all(chr(b) in "0123456789ABCDEFabcdef" for b in trailer):
-            raise FramingError("CRC after '!' is not 4 hex digits", offset=bang + 1, frame=trailer[:16])
-        crc = int(trailer, 16)
-        computed = crc16_arc(data[start : bang + 1])
-        if computed != crc:
-            raise ChecksumError(f"CRC {crc:04X} in telegram, {computed:04X} computed", offset=bang + 1, frame=data)
+    keep = _Tolerance(strict)
+    crc = _crc(data, start, bang, keep)
     try:
         body = data[start : bang + 1].decode("ascii")
     except UnicodeDecodeError as exc:
         raise FramingError("telegram has a non-ASCII byte", offset=start + exc.start) from None
-    header, lines = _split_lines(body, start)
-    return _build(header, lines, crc, data)
+    header, lines = _split_lines(body, start, keep)
+    telegram = _build(header, lines, crc, data, keep)
+    return replace(telegram, unparsed=keep.unparsed, warnings=keep.warnings)
+
+
+def _crc(data: bytes, start: int, bang: int, keep: _Tolerance) -> int | None:
+    """The CRC on the '!' line (None without one); lines after it are ignored, or refused when strict."""
+    crc_line, newline, after = data[bang + 1 :].partition(b"\n")
+    trailer = crc_line.rstrip(b"\r ")
+    if newline and after.strip(b"\r\n \x00"):
+        at = bang + 1 + len(crc_line) + 1
+        if keep.strict:
+            raise FramingError("text after the '!' line", offset=at, frame=after[:16])
+        keep.unparsed.append(Unparsed(at, after, "lines after the '!' end line are ignored"))
+    if not trailer:
+        return None
+    hex_digits = all(chr(b) in "0123456789ABCDEFabcdef" for b in trailer)
+    if not hex_digits or len(trailer) > 4 or (keep.strict and len(trailer) != 4):
+        raise FramingError("CRC after '!' is not 4 hex digits", offset=bang + 1, frame=trailer[:16])
+    crc = int(trailer, 16)
+    computed = crc16_arc(data[start : bang + 1])
+    if computed != crc:
+        raise ChecksumError(f"CRC {trailer.decode()} in telegram, {computed:04X} computed", offset=bang + 1, frame=data)
+    if len(trailer) != 4:
+        keep.warnings.append(f"CRC written with {len(trailer)} hex digit(s) instead of 4; it matches")
+    return crc
 
 
 def _fail(line: _Line, message: str) -> FramingError:
     return FramingError(f"line {line.number}: {message}", offset=line.offset, frame=line.text.encode())
 
 
-def _split_lines(body: str, base: int) -> tuple[DsmrHeader, list[_Line]]:
+def _split_lines(body: str, base: int, keep: _Tolerance) -> tuple[DsmrHeader, list[_Line]]:
     physical: list[_Line] = []
     offset = base
     for number, piece in enumerate(body.split("\n"), start=1):
@@ -182,29 +223,37 @@ def _split_lines(body: str, base: int) -> tuple[DsmrHeader, list[_Line]]:
     logical: list[_Line] = []
     for line in physical[1:-1]:
         if not _PRINTABLE_RE.fullmatch(line.text):
-            raise _fail(line, "control or non-printable character in a data line")
+            keep.line(line, "control or non-printable character in a data line")
+            continue
         if not line.text:
             continue
         if line.text.startswith("("):
             if not logical:
-                raise _fail(line, "value continuation without a preceding OBIS line")
+                keep.line(line, "value continuation without a preceding OBIS line")
+                continue
             prev = logical[-1]
             logical[-1] = _Line(prev.number, prev.offset, prev.text + line.text)
             continue
         logical.append(line)
-    parsed = [_parse_line(line) for line in logical]
+    parsed: list[_Line] = []
+    for line in logical:
+        try:
+            parsed.append(_parse_line(line))
+        except _LineError as exc:
+            keep.line(line, str(exc))
     return DsmrHeader(head.group(1), head.group(2), head.group(3).strip()), parsed
 
 
 def _parse_line(line: _Line) -> _Line:
     match = OBIS_RE.match(line.text)
     if match is None:
-        raise _fail(line, "expected an OBIS reference such as 1-0:1.8.1")
+        raise _LineError("expected an OBIS reference such as 1-0:1.8.1")
     rest = line.text[match.end() :]
     if not _GROUPS_RE.fullmatch(rest):
-        raise _fail(line, "expected one or more '(value)' groups after the OBIS reference")
+        raise _LineError("expected one or more '(value)' groups after the OBIS reference")
     a, b, c, d, e = (int(match.group(i)) for i in range(1, 6))
-    return _Line(line.number, line.offset, line.text, match.group(0), (a, b, c, d, e), tuple(_GROUP_RE.findall(rest)))
+    quantity = match.group(0).removesuffix("*255")  # F = 255: "not used", the same quantity
+    return _Line(line.number, line.offset, line.text, quantity, (a, b, c, d, e), tuple(_GROUP_RE.findall(rest)))
 
 
 def _number(text: str) -> tuple[Decimal, str | None]:
@@ -227,11 +276,12 @@ def _time(text: str) -> datetime | None:
         raise _LineError(str(exc)) from None
 
 
-def _build(header: DsmrHeader, lines: list[_Line], crc: int | None, raw: bytes) -> DsmrTelegram:
+def _build(header: DsmrHeader, lines: list[_Line], crc: int | None, raw: bytes, keep: _Tolerance) -> DsmrTelegram:
     device_types: dict[int, int] = {}
     clock: datetime | None = None
     version: str | None = None
     equipment: str | None = None
+    good: list[_Line] = []
     for line in lines:
         a, b, c, d, e = line.obis
         try:
@@ -240,23 +290,27 @@ def _build(header: DsmrHeader, lines: list[_Line], crc: int | None, raw: bytes) 
             elif (a, b, c, d, e) == (0, 0, 1, 0, 0) and len(line.groups) == 1:
                 clock = _time(line.groups[0])
         except _LineError as exc:
-            raise _fail(line, str(exc)) from None
+            keep.line(line, str(exc))
+            continue
+        good.append(line)
         if (a, c, d, e) in ((1, 0, 2, 8), (0, 96, 1, 4)) and line.groups:
             version = line.groups[0]
         if b == 0 and (a, c, d, e) in ((0, 96, 1, 1), (0, 42, 0, 0)) and line.groups:
             equipment = decode_hex_text(line.groups[0]) or line.groups[0]
     records: list[DsmrRecord] = []
-    for line in lines:
+    for line in good:
         channel = line.obis[1] if line.obis[0] == 0 else 0
         medium = "electricity" if channel == 0 else medium_of_device_type(device_types.get(channel))
         try:
             records.extend(_records(line, channel, medium, clock))
         except _LineError as exc:
-            raise _fail(line, str(exc)) from None
+            keep.line(line, str(exc))
     quantities = {(line.obis[0], line.obis[2], line.obis[3], line.obis[4]) for line in lines}
     variant = _variant(header, version, quantities, crc)
     if crc is None and variant != "dsmr2.2/3":
-        raise ChecksumError(f"{variant} telegram without a CRC", offset=len(raw.rstrip(b"\r\n ")))
+        if keep.strict:
+            raise ChecksumError(f"{variant} telegram without a CRC", offset=len(raw.rstrip(b"\r\n ")))
+        keep.warnings.append(f"{variant} telegram without a CRC: its content is not checked")
     return DsmrTelegram(header, version, variant, equipment, clock, records, crc, raw)
 
 

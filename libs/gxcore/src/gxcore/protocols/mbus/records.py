@@ -30,7 +30,7 @@ from gxcore.protocols.mbus.vif import (
     fd_vif,
     primary_vif,
 )
-from gxcore.readings import shortest_real32
+from gxcore.readings import Unparsed, shortest_real32
 
 # Numbers exactly: int for integer records, Decimal for scaled ones and for type H reals (their
 # shortest single-precision decimal), see gxcore.readings.
@@ -57,9 +57,9 @@ class MBusRecord:
     error: str | None = None
     raw: bytes = field(default=b"", repr=False)
 
-    def to_json_dict(self) -> dict[str, object]:
-        """JSON-ready dict: dates as ISO text, bytes as hex."""
-        return {
+    def to_json_dict(self, *, full: bool = False) -> dict[str, object]:
+        """JSON-ready dict: dates as ISO text, bytes as hex; ``full`` adds the record's error and raw bytes."""
+        out: dict[str, object] = {
             "quantity": self.quantity,
             "value": json_value(self.value),
             "unit": self.unit,
@@ -69,6 +69,10 @@ class MBusRecord:
             "function": self.function,
             "description": self.description,
         }
+        if full:
+            out["error"] = self.error
+            out["raw"] = self.raw.hex().upper()
+        return out
 
 
 def json_value(value: RecordValue) -> object:
@@ -97,62 +101,82 @@ class _Vib:
 
 
 def parse_records(
-    payload: bytes, *, medium: int, msb_first: bool = False, base_offset: int = 0
-) -> tuple[list[MBusRecord], bool]:
-    """Decode all records of ``payload``; returns them and whether more records follow (DIF 0x1F)."""
+    payload: bytes, *, medium: int, msb_first: bool = False, base_offset: int = 0, strict: bool = False
+) -> tuple[list[MBusRecord], bool, list[Unparsed]]:
+    """Decode the records of ``payload``: the records, whether more follow (DIF 0x1F), and what was left.
+
+    Tolerant by default: a record that breaks the layout (cut short at the end, a reserved DIF,
+    fill bytes that are not 0x2F) ends the decoding; the complete records before it are kept and
+    the rest comes back as one :class:`Unparsed` (offset in the frame, the bytes, the reason).
+    ``strict=True`` raises the ProtocolError instead.
+    """
     records: list[MBusRecord] = []
+    unparsed: list[Unparsed] = []
     pos = 0
     size = len(payload)
     while pos < size:
-        dif = payload[pos]
         start = pos
-        pos += 1
-        if dif == 0x2F:
-            continue
-        if dif in (0x0F, 0x1F):
-            rest = bytes(payload[pos:])
-            text = "More records follow" if dif == 0x1F else "Manufacturer specific data"
-            if dif == 0x1F and rest:
-                text += ", manufacturer specific data"
-            records.append(MBusRecord(None, rest, "", 0, 0, 0, "instantaneous", text, raw=rest))
-            return records, dif == 0x1F
-        if dif == 0x7F:
-            continue
-        if dif & 0x0F == 0x0F:
-            raise ProtocolError(f"reserved special DIF 0x{dif:02X}", offset=base_offset + start, frame=payload)
-        difes, pos = _extension_chain(payload, pos, MAX_DIFE, "DIFE", base_offset)
-        storage = (dif >> 6) & 1
-        tariff = subunit = 0
-        for index, dife in enumerate(difes):
-            storage |= (dife & 0x0F) << (1 + 4 * index)
-            tariff |= ((dife >> 4) & 0x03) << (2 * index)
-            subunit |= ((dife >> 6) & 0x01) << index
-        if pos >= size:
-            raise ProtocolError("premature end of record: VIF missing", offset=base_offset + pos, frame=payload)
-        vib, pos = _parse_vib(payload, pos, base_offset)
-        value, raw, error, pos = _parse_data(
-            payload, pos, dif & 0x0F, vib, msb_first=msb_first, base_offset=base_offset
+        try:
+            record, pos, more = _parse_record(payload, pos, medium, msb_first, base_offset)
+        except ProtocolError as exc:
+            if strict:
+                raise
+            unparsed.append(Unparsed(base_offset + start, bytes(payload[start:]), exc.reason))
+            break
+        if record is not None:
+            records.append(record)
+        if more is not None:
+            return records, more, unparsed
+    return records, False, unparsed
+
+
+def _parse_record(
+    payload: bytes, pos: int, medium: int, msb_first: bool, base_offset: int
+) -> tuple[MBusRecord | None, int, bool | None]:
+    """One record from ``pos``: (record or None for filler, next position, more-follow flag at the end or None)."""
+    size = len(payload)
+    dif = payload[pos]
+    start = pos
+    pos += 1
+    if dif in (0x2F, 0x7F):  # idle filler; global readout request
+        return None, pos, None
+    if dif in (0x0F, 0x1F):
+        rest = bytes(payload[pos:])
+        text = "More records follow" if dif == 0x1F else "Manufacturer specific data"
+        if dif == 0x1F and rest:
+            text += ", manufacturer specific data"
+        return MBusRecord(None, rest, "", 0, 0, 0, "instantaneous", text, raw=rest), size, dif == 0x1F
+    if dif & 0x0F == 0x0F:
+        raise ProtocolError(f"reserved special DIF 0x{dif:02X}", offset=base_offset + start, frame=payload)
+    difes, pos = _extension_chain(payload, pos, MAX_DIFE, "DIFE", base_offset)
+    storage = (dif >> 6) & 1
+    tariff = subunit = 0
+    for index, dife in enumerate(difes):
+        storage |= (dife & 0x0F) << (1 + 4 * index)
+        tariff |= ((dife >> 4) & 0x03) << (2 * index)
+        subunit |= ((dife >> 6) & 0x01) << index
+    if pos >= size:
+        raise ProtocolError("premature end of record: VIF missing", offset=base_offset + pos, frame=payload)
+    vib, pos = _parse_vib(payload, pos, base_offset)
+    value, raw, error, pos = _parse_data(payload, pos, dif & 0x0F, vib, msb_first=msb_first, base_offset=base_offset)
+    function = FUNCTIONS[(dif >> 4) & 0x03]
+    error = error or vib.error
+    quantity = None
+    numeric = isinstance(value, int | Decimal) or (isinstance(value, datetime) and vib.info.kind == "datetime")
+    if numeric and error is None and not vib.modified and not vib.manufacturer:
+        quantity = canonical_quantity(
+            medium,
+            vib.info.kind,
+            storage=storage,
+            tariff=tariff,
+            subunit=subunit,
+            function=function,
+            direction=vib.direction,
+            phase=vib.phase,
         )
-        function = FUNCTIONS[(dif >> 4) & 0x03]
-        error = error or vib.error
-        quantity = None
-        numeric = isinstance(value, int | Decimal) or (isinstance(value, datetime) and vib.info.kind == "datetime")
-        if numeric and error is None and not vib.modified and not vib.manufacturer:
-            quantity = canonical_quantity(
-                medium,
-                vib.info.kind,
-                storage=storage,
-                tariff=tariff,
-                subunit=subunit,
-                function=function,
-                direction=vib.direction,
-                phase=vib.phase,
-            )
-        description = ", ".join([vib.info.description, *vib.notes])
-        records.append(
-            MBusRecord(quantity, value, vib.info.unit, storage, tariff, subunit, function, description, error, raw)
-        )
-    return records, False
+    description = ", ".join([vib.info.description, *vib.notes])
+    record = MBusRecord(quantity, value, vib.info.unit, storage, tariff, subunit, function, description, error, raw)
+    return record, pos, None
 
 
 def _extension_chain(payload: bytes, pos: int, limit: int, what: str, base_offset: int) -> tuple[list[int], int]:

@@ -13,7 +13,7 @@ The public entry point :func:`decode_mbus_telegram` takes a whole wired long fra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -22,7 +22,7 @@ from gxcore.protocols.mbus.frame import LongFrame, manufacturer_code, parse_fram
 from gxcore.protocols.mbus.quantities import medium_text
 from gxcore.protocols.mbus.records import MBusRecord, parse_records
 from gxcore.protocols.mbus.values import decode_bcd, decode_int
-from gxcore.readings import Reading
+from gxcore.readings import Reading, Unparsed
 
 CI_VARIABLE = 0x72
 CI_VARIABLE_MSB = 0x76
@@ -80,6 +80,8 @@ class MBusTelegram:
     address: int | None = None  # wired primary address of the reply
     security_mode: int = 0
     extra: dict[str, str | int] = field(default_factory=dict)
+    # What a tolerant decode could not read (trailing fill, a record cut short, bytes past the frame).
+    unparsed: list[Unparsed] = field(default_factory=list)
 
     @property
     def secondary_address(self) -> str:
@@ -94,16 +96,27 @@ class MBusTelegram:
                 return record.value
         return None
 
-    def to_json_dict(self) -> dict[str, object]:
-        """The shape ``gxami decode mbus|wmbus`` prints."""
+    def to_json_dict(self, *, full: bool = False) -> dict[str, object]:
+        """The shape ``gxami decode mbus|wmbus`` prints; ``full`` (``--all-records``) adds each record's
+        error and raw bytes, and the header fields a profile never needs."""
+        header: dict[str, object] = {}
+        if full:
+            header = {
+                "secondary_address": self.secondary_address,
+                "signature": self.signature,
+                "ci": self.ci,
+                "more_records_follow": self.more_records_follow,
+            }
         return {
+            **header,
             "id": self.id,
             "manufacturer": self.manufacturer,
             "medium": self.medium,
             "version": self.version,
             "access_number": self.access_number,
             "status": self.status,
-            "records": [record.to_json_dict() for record in self.records],
+            "records": [record.to_json_dict(full=full) for record in self.records],
+            **({"unparsed": [u.to_json_dict() for u in self.unparsed]} if self.unparsed else {}),
         }
 
     def to_readings(self, timestamp: datetime) -> list[Reading]:
@@ -144,10 +157,12 @@ def bcd_id(raw: bytes) -> str:
     return raw[::-1].hex().upper()
 
 
-def decode_user_data(ci: int, data: bytes, *, address: int | None = None, base_offset: int = 0) -> MBusTelegram:
-    """Decode the application layer of a wired RSP_UD given its CI and data bytes."""
+def decode_user_data(
+    ci: int, data: bytes, *, address: int | None = None, base_offset: int = 0, strict: bool = False
+) -> MBusTelegram:
+    """Decode the application layer of a wired RSP_UD given its CI and data bytes (see parse_records on ``strict``)."""
     if ci in (CI_VARIABLE, CI_VARIABLE_MSB):
-        return _decode_variable(ci, data, address, base_offset)
+        return _decode_variable(ci, data, address, base_offset, strict)
     if ci in (CI_FIXED, CI_FIXED_MSB):
         return _decode_fixed(ci, data, address, base_offset)
     if ci == CI_APPLICATION_ERROR:
@@ -157,7 +172,7 @@ def decode_user_data(ci: int, data: bytes, *, address: int | None = None, base_o
     raise ProtocolError(f"unsupported CI field 0x{ci:02X} in a wired reply", offset=base_offset - 1, frame=data)
 
 
-def _decode_variable(ci: int, data: bytes, address: int | None, base_offset: int) -> MBusTelegram:
+def _decode_variable(ci: int, data: bytes, address: int | None, base_offset: int, strict: bool) -> MBusTelegram:
     if len(data) < HEADER_LONG:
         raise ProtocolError(
             f"variable data header is 12 bytes, got {len(data)}", offset=base_offset + len(data), frame=data
@@ -170,8 +185,8 @@ def _decode_variable(ci: int, data: bytes, address: int | None, base_offset: int
 
     man = decode_int(field(header[4:6]), signed=False)
     medium = header[7]
-    records, more = parse_records(
-        data[HEADER_LONG:], medium=medium, msb_first=msb, base_offset=base_offset + HEADER_LONG
+    records, more, unparsed = parse_records(
+        data[HEADER_LONG:], medium=medium, msb_first=msb, base_offset=base_offset + HEADER_LONG, strict=strict
     )
     return MBusTelegram(
         id=bcd_id(field(header[0:4])),
@@ -186,6 +201,7 @@ def _decode_variable(ci: int, data: bytes, address: int | None, base_offset: int
         ci=ci,
         more_records_follow=more,
         address=address,
+        unparsed=unparsed,
     )
 
 
@@ -233,9 +249,24 @@ def _decode_fixed(ci: int, data: bytes, address: int | None, base_offset: int) -
 _FIXED_MEDIA = {0x0: 0x00, 0x1: 0x01, 0x2: 0x02, 0x3: 0x03, 0x4: 0x04, 0x5: 0x05, 0x6: 0x06, 0x7: 0x07, 0x8: 0x08}
 
 
-def decode_mbus_telegram(data: bytes) -> MBusTelegram:
-    """Decode a whole wired RSP_UD long frame (68 L L 68 ... 16); raises only gxcore errors."""
-    frame = parse_frame(bytes(data))
+def decode_mbus_telegram(data: bytes, *, strict: bool = False) -> MBusTelegram:
+    """Decode a whole wired RSP_UD long frame (68 L L 68 ... 16); raises only gxcore errors.
+
+    Tolerant by default: bytes after the frame's stop byte (one byte more than the L field says,
+    a gateway's padding) and records that cannot be read come back in ``unparsed``; the checksum
+    is always checked. ``strict=True`` refuses both.
+    """
+    data = bytes(data)
+    trailing = b""
+    if not strict and len(data) > 4 and data[0] == 0x68 and data[1] == data[2] and data[3] == 0x68:
+        total = data[1] + 6
+        if len(data) > total:
+            data, trailing = data[:total], data[total:]
+    frame = parse_frame(data)
     if not isinstance(frame, LongFrame):
         raise ProtocolError(f"expected a long frame with user data, got {type(frame).__name__}", frame=data)
-    return decode_user_data(frame.ci, frame.data, address=frame.address, base_offset=7)
+    telegram = decode_user_data(frame.ci, frame.data, address=frame.address, base_offset=7, strict=strict)
+    if trailing:
+        extra = Unparsed(len(data), trailing, f"{len(trailing)} byte(s) after the frame's stop byte")
+        telegram = replace(telegram, unparsed=[*telegram.unparsed, extra])
+    return telegram

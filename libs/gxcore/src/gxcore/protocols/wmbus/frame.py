@@ -81,6 +81,12 @@ def add_crcs(telegram: bytes, frame_format: Literal["A", "B"] = "A") -> bytes:
     return bytes(first + crc16(first).to_bytes(2, "big") + rest + crc16(rest).to_bytes(2, "big"))
 
 
+def frame_length_a(length: int) -> int:
+    """The size on the air of a format A frame whose L field is ``length`` (data plus a CRC per block)."""
+    sizes = _blocks_a(length)
+    return sum(sizes) + 2 * len(sizes)
+
+
 def _strip_a(data: bytes) -> bytes | None:
     sizes = _blocks_a(data[0])
     if len(data) != sum(sizes) + 2 * len(sizes):

@@ -14,7 +14,7 @@ the wired M-Bus record decoder, so both media yield the same :class:`MBusTelegra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gxcore.errors import ChecksumError, DecryptionError, FramingError, ProtocolError
 from gxcore.protocols.mbus.frame import manufacturer_code
@@ -28,9 +28,11 @@ from gxcore.protocols.wmbus.frame import (
     FrameFormat,
     LinkHeader,
     crc16,
+    frame_length_a,
     parse_link_header,
     strip_crcs,
 )
+from gxcore.readings import Unparsed
 
 CI_TPL_SHORT = 0x7A
 CI_TPL_LONG = 0x72
@@ -119,7 +121,12 @@ def _parse_afl(telegram: bytes, pos: int) -> tuple[Afl, int]:
 
 
 def decode_wmbus_telegram(
-    data: bytes, key: bytes | None = None, *, crc: CrcMode = "auto", frame_format: FrameFormat = "auto"
+    data: bytes,
+    key: bytes | None = None,
+    *,
+    crc: CrcMode = "auto",
+    frame_format: FrameFormat = "auto",
+    strict: bool = False,
 ) -> MBusTelegram:
     """Decode a raw wM-Bus telegram (L field first) as a receiver or TCP feed delivers it.
 
@@ -127,8 +134,19 @@ def decode_wmbus_telegram(
     removed ("absent") or to be detected ("auto"). Raises only gxcore errors:
     KeyMissingError when the payload is encrypted and ``key`` is None, DecryptionError
     when the key does not fit.
+
+    Tolerant by default: bytes beyond what the L field announces (a receiver's RSSI or padding)
+    and records that cannot be read come back in ``unparsed``; CRCs and decryption stay strict.
+    ``strict=True`` refuses both.
     """
-    telegram = strip_crcs(bytes(data), crc=crc, frame_format=frame_format)
+    data = bytes(data)
+    trailing = b""
+    try:
+        telegram = strip_crcs(data, crc=crc, frame_format=frame_format)
+    except FramingError:
+        if strict:
+            raise
+        data, trailing, telegram = _beyond_l_field(data, crc, frame_format)
     link = parse_link_header(telegram)
     pos = DLL_SIZE
     afl: Afl | None = None
@@ -138,10 +156,32 @@ def decode_wmbus_telegram(
         afl, pos = _parse_afl(telegram, pos)
     if pos >= len(telegram):
         raise FramingError("telegram ends before the transport layer CI", offset=pos, frame=telegram)
-    return _decode_tpl(telegram, pos, link, afl, key)
+    decoded = _decode_tpl(telegram, pos, link, afl, key, strict)
+    if trailing:
+        extra = Unparsed(len(data), trailing, f"{len(trailing)} byte(s) beyond the L field")
+        decoded = replace(decoded, unparsed=[*decoded.unparsed, extra])
+    return decoded
 
 
-def _decode_tpl(telegram: bytes, pos: int, link: LinkHeader, afl: Afl | None, key: bytes | None) -> MBusTelegram:
+def _beyond_l_field(data: bytes, crc: CrcMode, frame_format: FrameFormat) -> tuple[bytes, bytes, bytes]:
+    """(telegram bytes, trailing bytes, CRC-free telegram) for input longer than its L field says.
+
+    The lengths the L field explains are tried, the longest first: format A with CRCs, then
+    format B or no CRCs (L + 1). A length that fits none is the original FramingError.
+    """
+    length = data[0] if data else 0
+    for size in sorted({frame_length_a(length), length + 1}, reverse=True):
+        if DLL_SIZE < size < len(data):
+            try:
+                return data[:size], data[size:], strip_crcs(data[:size], crc=crc, frame_format=frame_format)
+            except FramingError:
+                continue
+    return data, b"", strip_crcs(data, crc=crc, frame_format=frame_format)
+
+
+def _decode_tpl(
+    telegram: bytes, pos: int, link: LinkHeader, afl: Afl | None, key: bytes | None, strict: bool
+) -> MBusTelegram:
     ci = telegram[pos]
     tpl_start = pos
     ident, man_raw, version, device_type = link.address_raw[:4], link.manufacturer_raw, link.version, link.device_type
@@ -191,10 +231,11 @@ def _decode_tpl(telegram: bytes, pos: int, link: LinkHeader, afl: Afl | None, ke
         )
     elif mode != 0:
         raise DecryptionError(f"security mode {mode} is not supported", meter_id=meter_id)
-    records, more = parse_records(payload, medium=device_type, base_offset=pos)
+    records, more, unparsed = parse_records(payload, medium=device_type, base_offset=pos, strict=strict)
     return _telegram(
         link, ident, man_raw, version, device_type,
         access=access, status=status, config=config, ci=ci, records=records, more=more, mode=mode,
+        unparsed=unparsed,
     )  # fmt: skip
 
 
@@ -212,6 +253,7 @@ def _telegram(
     config: int = 0,
     more: bool = False,
     mode: int = 0,
+    unparsed: list[Unparsed] | None = None,
 ) -> MBusTelegram:
     return MBusTelegram(
         id=bcd_id(ident),
@@ -227,4 +269,5 @@ def _telegram(
         more_records_follow=more,
         security_mode=mode,
         extra={"c_field": link.control, "link_id": link.id, "link_manufacturer": link.manufacturer},
+        unparsed=unparsed or [],
     )
