@@ -233,6 +233,12 @@ def test_an_edge_site_reads_on_through_a_broker_outage_and_a_sigkill_and_stores_
             collector.kill()
             procs.remove(collector)
             collector = spawn("edge-2", gxami_argv("collector"), **edge)
+            _wait(
+                "the restarted edge up without a broker",
+                lambda: "broker unreachable at start" in (logs / "edge-2.log").read_text(),
+                60,
+                procs,
+            )
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - began)))
             assert collector.alive(), "an edge collector waits for its broker, it does not exit"
             assert _spooled(spool_db)[0] >= spooled, "the restarted collector kept the spool"
