@@ -9,7 +9,8 @@ The physical name is the central topic's physical name (after ``GXAMI_TOPIC_OVER
 ``.<site>`` appended; the collector's ``CollectorSettings.jobs_topic`` computes the very same.
 In development the scheduler creates a site's topic the first time it sends there, as every
 service creates the catalog's topics; where its Kafka user may not (production, topics managed
-by Strimzi), a warning says so once and it sends anyway: the topic must exist.
+by Strimzi), a warning says so once and it sends anyway: the topic must exist. With
+``GXAMI_KAFKA_CREATE_TOPICS=false`` nothing is created (``ensure_topics``): declare a topic per site.
 """
 
 from __future__ import annotations
