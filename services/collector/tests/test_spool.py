@@ -13,16 +13,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from gxami_collector.app import Collector
+from gxami_collector.fleet_cache import FleetDirectory
 from gxami_collector.jobs import MeterReader
+from gxami_collector.listeners import PushCounters, PushListeners
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_collector.spool import SPOOL_FULL, Outgoing, Spool, SpoolError, forward
-from gxami_contracts import JobResult, JobStatus, ReadingBatch, ReadJob
+from gxami_collector.spool import SPOOL_FULL, Outgoing, Spool, SpoolError, SpoolPublisher, forward
+from gxami_contracts import DeadLetter, FleetEntry, JobResult, JobStatus, ReadingBatch, ReadingValue, ReadJob
 from gxami_meterlab.devstack import StackEndpoints
-from gxami_meterlab.simulators.dlms import DlmsFleetSimulator
-from gxami_runtime.kafka import ensure_topics, make_consumer, make_producer
+from gxami_meterlab.simulators.dlms import (
+    DlmsFleetSimulator,
+    meter_id,
+    meter_secrets,
+    meter_system_title,
+    push_message,
+)
+from gxami_runtime.kafka import DeadLetters, ensure_topics, make_consumer, make_producer
 from gxami_runtime.settings import ServiceSettings
 from gxcore.profiles import ProfileCatalog
 from gxcore.secrets import Secret
@@ -251,3 +260,137 @@ async def test_a_site_collector_takes_only_its_sites_jobs_and_publishes_through_
     assert results[north.meter_id].status is JobStatus.OK
     assert [b.meter_id for b in batches] == [north.meter_id]
     assert left == 0, "everything spooled was acknowledged and deleted"
+
+
+async def test_dead_letters_and_push_readings_go_through_the_spool_with_a_spool_publisher(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path, max_bytes=1 << 20)
+    try:
+        publisher = SpoolPublisher(spool)
+        raw = b'{"not": "a job"}'
+        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+            "ami.read-jobs.north", 3, 17, 0, 0, b"link-1", raw, None, 6, len(raw), ()
+        )
+        await DeadLetters(publisher, "collector").send(record, "job_id: field required")
+        now = datetime.now(UTC)
+        batch = ReadingBatch.of(
+            batch_id="b1",
+            meter_id="M1",
+            collected_at=now,
+            readings=[ReadingValue(quantity="1-0:1.8.0", ts=now, value=1.5, unit="kWh")],
+        )
+        await publisher.send_many("ami.readings", [("M1", batch)])
+        head = await spool.head(10)
+    finally:
+        await spool.close()
+    assert [(s.record.topic, s.record.key) for s in head] == [("ami.dead-letter", b"link-1"), ("ami.readings", b"M1")]
+    letter = DeadLetter.model_validate_json(head[0].record.value)
+    assert (letter.source_topic, letter.offset, letter.reason) == ("ami.read-jobs.north", 17, "job_id: field required")
+    assert ReadingBatch.model_validate_json(head[1].record.value) == batch
+
+
+class _FullSpool(Spool):
+    """A spool that counts how often the collector asks whether it is full (one ask per loop round)."""
+
+    asked = 0
+
+    @property
+    def full(self) -> bool:
+        type(self).asked += 1
+        return super().full
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.fetched = asyncio.Event()
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[object, list[object]]:
+        del max_records
+        self.fetches += 1
+        self.fetched.set()
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+
+async def test_above_the_high_water_mark_the_collector_takes_no_new_jobs_until_the_spool_drains(tmp_path: Path) -> None:
+    spool = await _FullSpool.open(tmp_path, max_bytes=10_000, high_water=0.5)
+    consumer = _Consumer()
+    stop = asyncio.Event()
+    try:
+        await spool.put([_rec(i, size=998) for i in range(6)])  # 6,000 of 10,000 bytes: above the mark
+        assert spool.full
+        assert SPOOL_FULL._value.get() == 1, "the alarm is raised"
+        settings = CollectorSettings(spool_dir=tmp_path)
+        reader = MeterReader(ProfileCatalog(), SecretStore(), exchange_timeout=1, session_timeout=5)
+        collector = Collector(settings, reader, spool)
+        _FullSpool.asked = 0
+        loop = asyncio.create_task(
+            collector._loop(consumer, None, None, stop)  # type: ignore[arg-type]  # fetches nothing: no publisher needed
+        )
+        while _FullSpool.asked < 3:  # three rounds of the loop, each finding the spool full
+            assert not loop.done()
+            await asyncio.sleep(0.1)
+        assert consumer.fetches == 0, "no jobs fetched while the spool is above its high-water mark"
+        await spool.delete(await spool.head(2))  # the uplink drains two records: 4,000 bytes left
+        assert not spool.full
+        assert SPOOL_FULL._value.get() == 0, "the alarm clears"
+        await asyncio.wait_for(consumer.fetched.wait(), 10)
+        assert spool.records == 4, "nothing was dropped"
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 10)
+        await spool.close()
+
+
+async def test_an_edges_push_listener_puts_what_it_serves_into_the_spool(tmp_path: Path) -> None:
+    seed, at = 5, datetime(2026, 11, 26, 3, 15, tzinfo=UTC)
+    settings = CollectorSettings(
+        listeners=["dlms-push@udp://127.0.0.1:0"],
+        push_counters_file=tmp_path / "c.json",
+        kafka_bootstrap="127.0.0.1:1",  # no broker at all: the spool holds it
+    )
+    secrets = SecretStore(meters={meter_id(seed, 0): {k: Secret(v) for k, v in meter_secrets(seed, 0).items()}})
+    directory = FleetDirectory()
+    directory.put(
+        FleetEntry(
+            meter_id=meter_id(seed, 0),
+            protocol="dlms",
+            url="tcp://127.0.0.1:4059",
+            link_id="push:0",
+            profile="generic-dlms",
+            connection="push",
+            interval_s=900,
+            options={"authentication": "high-gmac", "client": "1", "security_policy": "authenticated-encrypted"},
+            system_title=meter_system_title(seed, 0).hex(),
+            updated_at=at,
+        )
+    )
+    directory.caught_up.set()
+    spool = await Spool.open(tmp_path / "spool", max_bytes=1 << 20)
+    publisher = SpoolPublisher(spool)
+    listeners = PushListeners(
+        settings,
+        ProfileCatalog(),
+        secrets,
+        directory,
+        publisher,
+        DeadLetters(publisher, "collector"),
+        PushCounters(settings.push_counters_file),
+    )
+    await listeners.start()
+    try:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", listeners._udp[0].port)
+        )
+        transport.sendto(push_message(seed, 0, at, policy="authenticated-encrypted", invocation_counter=3))
+        transport.close()
+        deadline = loop.time() + 10
+        while not spool.records and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        head = await spool.head(10)
+    finally:
+        await listeners.close()
+        await spool.close()
+    assert [(s.record.topic, s.record.key) for s in head] == [("ami.readings", meter_id(seed, 0).encode())]
+    assert ReadingBatch.model_validate_json(head[0].record.value).meter_id == meter_id(seed, 0)

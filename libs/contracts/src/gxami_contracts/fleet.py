@@ -48,6 +48,8 @@ Connection = Literal["poll", "push", "dial-in"]
 SystemTitle = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]  # 8 bytes as lower-case hex
 DeviceName = Annotated[Text, Field(min_length=1, max_length=64)]  # serial number / logical device name
 WmbusId = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{1,32}$")]  # as the fleet file writes it
+# The edge site whose collector reads the meter: a part of a Kafka topic name (``ami.read-jobs.<site>``).
+SiteName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
 
 
 class FleetEntry(Message):
@@ -71,6 +73,10 @@ class FleetEntry(Message):
     serial: DeviceName | None = None
     wmbus_id: WmbusId | None = None
     updated_at: Instant
+    # The edge site that reads the meter (its jobs go to ``ami.read-jobs.<site>``); None: the centre.
+    # An edge collector keeps its site's entries on disk and reads them on its own when the
+    # scheduler's jobs stop coming (gxami_collector.edge_schedule).
+    site: SiteName | None = None
 
     def identities(self) -> list[str]:
         """The identities this meter is found by, as drivers report them (system title hex, names)."""

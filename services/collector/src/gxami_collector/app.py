@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import sqlite3
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -29,10 +31,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from gxami_collector.batches import fitting_batches
 from gxami_collector.commands import KeyedLocks, serve_commands
+from gxami_collector.edge_schedule import STATE_FILE, EdgeSchedule, LocalPolicy, SiteFleet
+from gxami_collector.fleet_cache import FleetFollower
 from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_collector.secret_store import SecretStore
 from gxami_collector.settings import CollectorSettings
-from gxami_collector.spool import Outgoing, Spool, drain, forward
+from gxami_collector.spool import Outgoing, Spool, SpoolPublisher, drain, forward
 from gxami_contracts import JobStatus, ReadJob
 from gxami_contracts.messages import Message
 from gxami_contracts.topics import COMMAND_RESULTS, EVENTS, JOB_RESULTS, READ_JOBS, READINGS
@@ -66,11 +70,23 @@ IN_FLIGHT = Gauge("gxami_collector_sessions_in_flight", "Meter sessions running 
 SPOOL_DRAIN_S = 5.0
 # An edge collector that cannot reach its broker at start waits for it, this long at most between tries.
 CONNECT_RETRY_CAP_S = 30.0
+# How often the edge's local schedule looks for due meters (and saves its fleet copy if it changed).
+LOCAL_TICK_S = 1.0
 
 
 def _broker_away(exc: KafkaStartupError) -> bool:
     """The broker is away (refused, timed out), not refusing us (TLS, SASL, a wrong address)."""
     return exc.cause in {"connection refused", "connection failed", "timed out"}
+
+
+def _loopback(host: str) -> bool:
+    """True for a host name or address that binds to loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Collector:
@@ -86,8 +102,15 @@ class Collector:
         self._meters = KeyedLocks()  # one session per meter, commands and reads alike (gxami_collector.commands)
         self._commands: asyncio.Task[None] | None = None
         self.ready = False
+        # A site collector with a spool keeps a local copy of its site's fleet and reads it on its
+        # own while the scheduler's jobs do not come (gxami_collector.edge_schedule).
+        self.local: EdgeSchedule | None = None
+        if settings.site is not None and spool is not None:
+            fleet = SiteFleet(settings.site, spool.directory / STATE_FILE)
+            policy = LocalPolicy(settings.edge_autonomous_after, settings.session_timeout_s)
+            self.local = EdgeSchedule(fleet, policy, datetime.now(UTC))
 
-    async def _one(self, job: ReadJob, publisher: Publisher) -> None:
+    async def _one(self, job: ReadJob, publisher: Publisher | None) -> None:
         async with self._meters.hold(job.meter_id), self._links[job.link_id], self._slots:
             IN_FLIGHT.inc()
             try:
@@ -100,7 +123,10 @@ class Collector:
         if self.spool is not None:
             await self._spooled(outcome)
         else:
+            assert publisher is not None  # only a spooled collector runs jobs of its own
             await self._sent(outcome, publisher)
+        if self.local is not None:
+            self.local.finished(job, r.status is JobStatus.OK)
         JOBS.labels(r.status.value, r.error_kind or "").inc()
         if r.status is JobStatus.ERROR:
             log.info(
@@ -175,19 +201,81 @@ class Collector:
         # The ops server first: an edge waiting for its broker shows its spool in /metrics meanwhile.
         ops = OpsServer.from_settings(self.settings, ready=lambda: self.ready)
         port = await ops.start()
+        if self.settings.site is not None and not _loopback(self.settings.http_host):
+            # An edge opens no port to the outside but its meters' listeners; the ops server
+            # binds to loopback by default (GXAMI_HTTP_HOST), and this says when it was changed.
+            log.warning(
+                "an edge collector's ops server listens beyond loopback", extra={"http_host": self.settings.http_host}
+            )
+        local = None
+        if self.local is not None:  # reading on its own needs no broker: it starts before connecting
+            await asyncio.to_thread(self.local.fleet.load)
+            local = asyncio.create_task(self._local_reads(stop), name="local-schedule")
         try:
             clients = await self._connect(stop)
             if clients is not None:
-                await self._serve(*clients, port, stop)
+                await self._serve(*clients, port, stop, local)
+            if local is not None:  # stopped: it finishes its reads and saves the fleet copy
+                await local
         finally:
+            if local is not None and not local.done():
+                local.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await local
             await ops.stop()
 
+    async def _local_reads(self, stop: asyncio.Event) -> None:
+        """Follow the site's fleet, keep its copy on disk, and run the local schedule's jobs, until ``stop``."""
+        assert self.local is not None
+        fleet = self.local.fleet
+        follower = asyncio.create_task(FleetFollower(self.settings, fleet).run(stop), name="site-fleet")
+        running: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                if isinstance(exc, sqlite3.Error) or not isinstance(exc, Exception):
+                    failure.append(exc)  # the spool's disk: the collector stops, as in the job loop
+                else:
+                    log.error("local read job failed inside the collector", extra={"error": type(exc).__name__})
+
+        confirmed = False
+        try:
+            while not stop.is_set():
+                if failure:
+                    raise failure[0]
+                if not confirmed and fleet.caught_up.is_set():
+                    confirmed = True
+                    if gone := fleet.confirm():
+                        log.info("meters gone from the site's fleet since the copy was saved", extra={"meters": gone})
+                if fleet.dirty:
+                    await asyncio.to_thread(fleet.write, fleet.snapshot())
+                if self.spool is not None and not self.spool.full:  # above the high-water mark: no new reads
+                    for job in self.local.due(datetime.now(UTC)):
+                        task = asyncio.create_task(self._one(job, None), name=f"local-{job.meter_id}")
+                        running.add(task)
+                        task.add_done_callback(done)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LOCAL_TICK_S)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, *running, return_exceptions=True)
+            if fleet.dirty:
+                await asyncio.to_thread(fleet.write, fleet.snapshot())
+
     async def _serve(
-        self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, port: int, stop: asyncio.Event
+        self,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        port: int,
+        stop: asyncio.Event,
+        local: asyncio.Task[None] | None = None,
     ) -> None:
         s = self.settings
         publisher = Publisher(producer, s)
-        dead = DeadLetters(publisher, "collector")
+        # With a spool, dead letters go its way too: written down at once, sent when the uplink is up.
+        dead = DeadLetters(SpoolPublisher(self.spool) if self.spool is not None else publisher, "collector")
         forwarder = None
         if self.spool is not None:
             forwarder = self._forwarder = asyncio.create_task(
@@ -215,7 +303,7 @@ class Collector:
             )
         self.ready = True
         try:
-            await self._loop(consumer, publisher, dead, stop)
+            await self._loop(consumer, publisher, dead, stop, local)
         finally:
             self.ready = False
             if self._commands is not None:
@@ -237,11 +325,18 @@ class Collector:
             log.info("collector stopped")
 
     async def _loop(
-        self, consumer: AIOKafkaConsumer, publisher: Publisher, dead: DeadLetters, stop: asyncio.Event
+        self,
+        consumer: AIOKafkaConsumer,
+        publisher: Publisher,
+        dead: DeadLetters,
+        stop: asyncio.Event,
+        local: asyncio.Task[None] | None = None,
     ) -> None:
         while not stop.is_set():
             if self._forwarder is not None and self._forwarder.done():
                 self._forwarder.result()  # it never returns: this raises what stopped it (the spool's disk)
+            if local is not None and local.done():
+                local.result()  # it returns only at stop: this raises what stopped it
             if self._commands is not None and self._commands.done():
                 self._commands.result()  # it returns at stop only: this raises what stopped it
             if self.spool is not None and self.spool.full:
@@ -260,6 +355,10 @@ class Collector:
                     await dead.send(rec, reason)
                 jobs.extend(good)
                 offsets[tp] = recs[-1].offset + 1
+            if self.local is not None:
+                now = datetime.now(UTC)
+                for d in jobs:
+                    self.local.scheduler_job(d.message, now)
             # Offsets are committed once every job of the fetch has published its result; a crash
             # before that re-runs the jobs, and the readings and events they produce again are
             # deduplicated (readings on their natural key, events on their stable event id).
@@ -321,7 +420,8 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         if s.listeners:  # meters that push to us (gxami_collector.listeners), beside the read jobs
             from gxami_collector.listeners import serve_with_listeners
 
-            await serve_with_listeners(s, run, profiles, secrets, stop, dial_in=reader)
+            spooled = SpoolPublisher(spool) if spool is not None else None  # pushes and dead letters too
+            await serve_with_listeners(s, run, profiles, secrets, stop, dial_in=reader, spooled=spooled)
         else:
             await run(stop)
     finally:

@@ -669,6 +669,7 @@ async def serve_with_listeners(
     secrets: SecretStore,
     stop: asyncio.Event,
     dial_in: MeterReader | None = None,
+    spooled: Publisher | None = None,
 ) -> None:
     """Run the job loop and the push (and dial-in) listeners side by side; one failing stops all.
 
@@ -676,7 +677,7 @@ async def serve_with_listeners(
     broker that cannot be reached stops the start with one line (StartupError: exit 2).
     """
     producer = make_producer(settings)
-    publisher = Publisher(producer, settings)
+    publisher = spooled or Publisher(producer, settings)  # an edge's pushes go through its spool
     try:
         counters = PushCounters(settings.push_counters_file)
         directory = FleetDirectory()

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from gxami_collector.networks import (
@@ -39,6 +39,20 @@ def _state_file() -> Path:
 
 # An identification line such as ``SIM00200007\r\n`` (printable, no spaces), before any DLMS frame.
 DIAL_IN_IDENT_PATTERN = r"^(?P<id>[A-Za-z0-9][A-Za-z0-9._:-]{0,63})\r?\n"
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _seconds(value: object) -> object:
+    """``90``, ``"90s"``, ``"2m"``, ``"1h"`` as seconds; anything else is left to the float check."""
+    if isinstance(value, str) and value.strip()[-1:].lower() in _UNITS:
+        number = value.strip()[:-1].strip()
+        try:
+            return float(number) * _UNITS[value.strip()[-1].lower()]
+        except ValueError:
+            raise ValueError("a duration such as 90s, 2m or 1h") from None
+    return value
+
 
 # Comma-separated in the environment (GXAMI_ALLOWED_NETWORKS=10.20.0.0/16:4059,10.30.0.0/16); empty: none.
 CommaList = Annotated[list[str], NoDecode]
@@ -78,6 +92,11 @@ class CollectorSettings(ServiceSettings):
     spool_dir: Path | None = None
     spool_max_bytes: int = Field(default=1 << 30, ge=4096, description="bound on spooled keys and values")
     spool_high_water: float = Field(default=0.8, gt=0, le=1, description="share of the bound: alarm, no new jobs")
+    # Local schedule of a site collector (gxami_collector.edge_schedule): with no job from the
+    # scheduler for this long, it reads its site's meters from its local copy of the fleet.
+    edge_autonomous_after: Annotated[float, BeforeValidator(_seconds)] = Field(
+        default=120.0, ge=5, le=86400, description="no scheduler jobs this long: the edge reads on its own"
+    )
     # Push listeners (gxami_collector.listeners): kind@tcp://host:port or kind@udp://host:port, comma-separated.
     listeners: CommaList = Field(default_factory=list)
     # A push connection (or datagram) that moves nothing for this long is closed.

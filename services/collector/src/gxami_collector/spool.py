@@ -52,6 +52,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from gxami_contracts.messages import Message
+from gxami_runtime.kafka import Publisher
 from gxami_runtime.service import StartupError
 
 log = logging.getLogger("gxami.collector.spool")
@@ -241,6 +243,26 @@ class Spool:
             self._bytes -= sum(s.record.size for s in done)
             self._room.notify_all()
         self._update()
+
+
+class SpoolPublisher(Publisher):
+    """A :class:`Publisher` whose sends go into the spool: on disk when they return, sent on by the forwarder.
+
+    For everything else an edge produces besides its jobs' records (push readings and events,
+    dead letters): give it where a ``Publisher`` is taken (``DeadLetters(SpoolPublisher(...))``,
+    the push listeners) and it goes the spool's way, in the spool's order, through outages. The
+    wait of a put at the spool's bound is the wait of the send.
+    """
+
+    def __init__(self, spool: Spool) -> None:  # no producer: the forwarder holds it
+        self._spool = spool
+
+    async def send(self, logical_topic: str, key: str, message: Message) -> None:
+        await self.send_many(logical_topic, [(key, message)])
+
+    async def send_many(self, logical_topic: str, items: Sequence[tuple[str, Message]]) -> None:
+        """Into the spool in one transaction (the logical topic: the forwarder maps it to the physical one)."""
+        await self._spool.put([Outgoing(logical_topic, k.encode(), m.model_dump_json().encode()) for k, m in items])
 
 
 async def _send_all(

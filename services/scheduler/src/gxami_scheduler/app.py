@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import asyncpg
 from aiohttp import web
@@ -47,9 +46,11 @@ from gxami_scheduler.dialin import DialInPlanner
 from gxami_scheduler.firmware import FirmwareApi
 from gxami_scheduler.fleet_feed import FleetFeed
 from gxami_scheduler.metrics import SchedulerMetrics
+from gxami_scheduler.planner import PlannedRead
 from gxami_scheduler.registrations import RegistrationIntake
 from gxami_scheduler.schedule import claim_due, count_due, record_results, release
 from gxami_scheduler.settings import SchedulerSettings
+from gxami_scheduler.sites import JobSender, NoSites, SitePublishers, SiteSenders
 from gxami_store.migrations import prepare_schema
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,6 @@ RESULTS_RETRY_S = 2.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class JobSender(Protocol):
-    """What the tick loop needs of the broker (``gxami_runtime.kafka.Publisher`` fits)."""
-
-    async def send_many(self, logical_topic: str, items: Sequence[tuple[str, Message]]) -> None: ...
 
 
 class Scheduler:
@@ -81,10 +76,12 @@ class Scheduler:
         sender: JobSender,
         metrics: SchedulerMetrics,
         clock: Callable[[], datetime] = utc_now,
+        sites: SiteSenders | None = None,
         after_results: Callable[[Sequence[JobResult]], Awaitable[object]] | None = None,
     ) -> None:
         self._after_results = after_results  # the clock-sync check (commands)
         self._settings = settings
+        self._sites = sites or NoSites()
         self._policy = settings.policy()
         self._shard = settings.shard()
         self._pool = pool
@@ -104,25 +101,49 @@ class Scheduler:
             # Fewer than the limit claimed means nothing else was due (bar rows another replica holds).
             due = len(planned) + (await count_due(conn, now, self._shard) if len(planned) >= limit else 0)
         self._metrics.meters_due.set(due)
-        if planned:
-            try:
-                await self._sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in planned])
-            except (KafkaError, OSError, TimeoutError) as exc:
-                # Claimed but not (all) published: release them now rather than wait for the
-                # in-flight timeout. A job that did go out will find its result stale; the reading
-                # it produced is stored anyway (ingest is idempotent).
-                self._metrics.publish_failures.inc()
-                log.warning(
-                    "publishing read jobs failed; meters released",
-                    extra={"jobs": len(planned), "error": f"{type(exc).__name__}: {exc}"},
-                )
-                async with self._pool.acquire() as conn:
-                    await release(conn, [p.job.job_id for p in planned])
-                raise
-            self._metrics.jobs_emitted.inc(len(planned))
-            log.debug("emitted read jobs", extra={"jobs": len(planned)})
+        sent = await self._publish(planned) if planned else 0
+        if sent:
+            self._metrics.jobs_emitted.inc(sent)
+            log.debug("emitted read jobs", extra={"jobs": sent})
         self._metrics.tick_seconds.observe(time.perf_counter() - started)
-        return len(planned)
+        return sent
+
+    async def _publish(self, planned: list[PlannedRead]) -> int:
+        """Send each site's jobs to its topic (the others to the central one), all at once; how many went out.
+
+        Nothing sent at all (the broker away): every claim is released, to be claimed again at the
+        next tick, and the error raised, as before sites. Some sites' jobs not sent (a site's topic
+        missing or refused): the others went, and the failed ones stay in flight until their
+        deadline, then come back as lost jobs, with backoff. Released instead, they would be the
+        oldest due meters at every tick and could crowd the claim limit, holding other sites back.
+        """
+        by_site: dict[str | None, list[PlannedRead]] = {}
+        for p in planned:
+            by_site.setdefault(p.site, []).append(p)
+        outcomes = await asyncio.gather(*(self._send_site(site, group) for site, group in by_site.items()))
+        errors = [exc for exc in outcomes if exc is not None]
+        if errors and len(errors) == len(by_site):
+            # Claimed but not published: release them now rather than wait for the in-flight
+            # timeout. A job that did go out will find its result stale; the reading it produced
+            # is stored anyway (ingest is idempotent).
+            async with self._pool.acquire() as conn:
+                await release(conn, [p.job.job_id for p in planned])
+            raise errors[0]
+        return sum(len(group) for group, exc in zip(by_site.values(), outcomes, strict=True) if exc is None)
+
+    async def _send_site(self, site: str | None, group: list[PlannedRead]) -> BaseException | None:
+        """Send one site's jobs (``None``: the central topic's); the error if they could not be sent."""
+        try:
+            sender = self._sender if site is None else await self._sites.for_site(site)
+            await sender.send_many(READ_JOBS.name, [(p.job.link_id, p.job) for p in group])
+        except (KafkaError, OSError, TimeoutError, LookupError) as exc:
+            self._metrics.publish_failures.inc()
+            log.warning(
+                "publishing read jobs failed",
+                extra={"jobs": len(group), "site": site, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            return exc
+        return None
 
     async def run_ticks(self, stop: asyncio.Event) -> None:
         """Tick every ``tick_seconds`` until ``stop``; the current tick always finishes."""
@@ -290,7 +311,9 @@ async def serve(settings: SchedulerSettings, stop: asyncio.Event, *, clock: Call
             expiry=expiry,
             clock=clock,
         )
-        scheduler = Scheduler(settings, pool, publisher, metrics, clock, after_results=clock_sync.after_results)
+        scheduler = Scheduler(
+            settings, pool, publisher, metrics, clock, SitePublishers(producer, settings), clock_sync.after_results
+        )
         fleet_sender = FleetPublisher(publisher, producer, settings)
         # Dial-in meters' calls (their last contact), in a group of their own beside the results'.
         contacts = make_consumer(settings, f"{settings.results_group}.dial-in", settings.topic(DIAL_IN_CONTACTS.name))

@@ -60,8 +60,11 @@ _TEXT_FIELDS = frozenset(
         "system_title",
         "serial",
         "wmbus_id",
+        "site",
     }
 )
+# A part of a Kafka topic name, as GXAMI_SITE of the collector (and the meters.site CHECK).
+SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -189,6 +192,8 @@ class FleetMeter(BaseModel):
     system_title: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{16}$")
     serial: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[^\x00]*$")
     wmbus_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,32}$")
+    # The edge site whose collector reads the meter: its jobs go to ``ami.read-jobs.<site>``.
+    site: str | None = Field(default=None, pattern=SITE_PATTERN)
 
     @field_validator("system_title")
     @classmethod

@@ -36,7 +36,7 @@ SLACK_S: Final = 60.0
 PAGE: Final = 5000
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
-_COLUMNS = "meter_id, protocol, url, link_id, profile, meter_group, interval_s, options, enabled, updated_at"
+_COLUMNS = "meter_id, protocol, url, link_id, profile, meter_group, interval_s, options, enabled, site, updated_at"
 _CHANGED = (
     f"SELECT {_COLUMNS} FROM meters"  # noqa: S608 - constants only; values are parameters
     f" WHERE updated_at >= $1 AND ($2::int = 1 OR {shard_sql('meter_id', '$2::int')} = $3::int)"
@@ -72,6 +72,7 @@ def fleet_entry(row: asyncpg.Record) -> FleetEntry:
         serial=contact.get("serial"),
         wmbus_id=contact.get("wmbus_id"),
         updated_at=row["updated_at"],
+        site=row.get("site"),  # a row from before migration 0015 has none
     )
 
 

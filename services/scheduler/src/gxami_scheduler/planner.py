@@ -128,6 +128,8 @@ class DueMeter:
     consecutive_failures: int = 0
     # Set when the previous job's in-flight window expired without a result (lost job).
     expired_job: str | None = None
+    # The edge site that reads the meter (jobs to ``<read-jobs>.<site>``); None: the central topic.
+    site: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class PlannedRead:
     failures: int
     in_flight_until: datetime
     lost_previous: bool
+    site: str | None = None
 
 
 def plan_read(meter: DueMeter, now: datetime, job_id: str, policy: SchedulePolicy) -> PlannedRead:
@@ -161,7 +164,7 @@ def plan_read(meter: DueMeter, now: datetime, job_id: str, policy: SchedulePolic
         deadline=deadline,
     )
     until = deadline + timedelta(seconds=policy.result_grace_s)
-    return PlannedRead(job=job, failures=failures, in_flight_until=until, lost_previous=lost)
+    return PlannedRead(job=job, failures=failures, in_flight_until=until, lost_previous=lost, site=meter.site)
 
 
 @dataclass(frozen=True, slots=True)

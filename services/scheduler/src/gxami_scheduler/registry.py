@@ -89,16 +89,18 @@ class ImportSummary:
 
 
 _UPSERT = """
-INSERT INTO meters AS m (meter_id, protocol, url, link_id, profile, meter_group, interval_s, options, enabled)
+INSERT INTO meters AS m (meter_id, protocol, url, link_id, profile, meter_group, interval_s, options, enabled,
+                         site)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-                     $8::jsonb[], $9::bool[])
+                     $8::jsonb[], $9::bool[], $10::text[])
 ON CONFLICT (meter_id) DO UPDATE SET
     protocol = EXCLUDED.protocol, url = EXCLUDED.url, link_id = EXCLUDED.link_id,
     profile = EXCLUDED.profile, meter_group = EXCLUDED.meter_group, interval_s = EXCLUDED.interval_s,
-    options = EXCLUDED.options, enabled = EXCLUDED.enabled, updated_at = now()
-WHERE (m.protocol, m.url, m.link_id, m.profile, m.meter_group, m.interval_s, m.options, m.enabled)
+    options = EXCLUDED.options, enabled = EXCLUDED.enabled, site = EXCLUDED.site, updated_at = now()
+WHERE (m.protocol, m.url, m.link_id, m.profile, m.meter_group, m.interval_s, m.options, m.enabled, m.site)
       IS DISTINCT FROM (EXCLUDED.protocol, EXCLUDED.url, EXCLUDED.link_id, EXCLUDED.profile,
-                        EXCLUDED.meter_group, EXCLUDED.interval_s, EXCLUDED.options, EXCLUDED.enabled)
+                        EXCLUDED.meter_group, EXCLUDED.interval_s, EXCLUDED.options, EXCLUDED.enabled,
+                        EXCLUDED.site)
 RETURNING m.meter_id, (xmax = 0) AS inserted
 """
 
@@ -152,6 +154,7 @@ async def import_fleet(
             [m.interval_s for m in meters],
             [stored_options(m.options, m.purposes, meter_contact(m)) for m in meters],
             [m.enabled for m in meters],
+            [m.site for m in meters],
         )
         inserted = {r["meter_id"] for r in rows if r["inserted"]}
         changed = [r["meter_id"] for r in rows if not r["inserted"]]
@@ -176,7 +179,7 @@ async def import_fleet(
 
 _METER_COLUMNS = """
 m.meter_id, m.protocol, m.url, m.link_id, m.profile, m.meter_group, m.interval_s, m.options, m.enabled,
-m.created_at, m.updated_at, s.next_due_at, s.in_flight_job, s.in_flight_until, s.last_success_at,
+m.site, m.created_at, m.updated_at, s.next_due_at, s.in_flight_job, s.in_flight_until, s.last_success_at,
 s.last_error_at, s.last_error_kind, s.last_error, s.consecutive_failures, s.last_profile_ts
 """
 

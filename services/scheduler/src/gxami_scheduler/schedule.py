@@ -44,7 +44,7 @@ _DUE = f"""
 """
 
 _CLAIM = f"""
-SELECT s.meter_id, m.protocol, m.url, m.link_id, m.profile, m.interval_s, m.options,
+SELECT s.meter_id, m.protocol, m.url, m.link_id, m.profile, m.interval_s, m.options, m.site,
        s.last_profile_ts, s.consecutive_failures, s.in_flight_job
   FROM meter_schedule s JOIN meters m ON m.meter_id = s.meter_id
  WHERE {_DUE}
@@ -115,6 +115,7 @@ def _due_meter(row: asyncpg.Record) -> DueMeter:
         last_profile_ts=row["last_profile_ts"],
         consecutive_failures=row["consecutive_failures"],
         expired_job=row["in_flight_job"],
+        site=row["site"],
     )
 
 
