@@ -116,7 +116,9 @@ def dlms(
     if push_to:
         files = (fleet_out, secrets_out)
         if push_framing not in {"wrapper", "hdlc"} or han not in {None, "aidon", "kaifa", "kamstrup"}:
-            typer.echo("gxami simulate dlms: --push-framing is wrapper or hdlc; --han aidon, kaifa or kamstrup", err=True)
+            typer.echo(
+                "gxami simulate dlms: --push-framing is wrapper or hdlc; --han aidon, kaifa or kamstrup", err=True
+            )
             raise typer.Exit(2)
         style = PushStyle(push_framing, dedicated, han)
         _push(

@@ -6,8 +6,9 @@ and unit of every value, and writes a device profile (YAML, validated by
 only from environment variables named on the command line. ``decode dlms-push`` decodes
 one DataNotification (wrapper frame, HDLC frame, bare LLC PDU or bare APDU), deciphering it
 with the given keys; its readings come out as ``records`` like every other decoder's (the raw
-body only with ``--all-records``), HAN lists recognised without ``--profile``. Both follow the field tools' rules (see :mod:`gxami_cli.field`): JSON or YAML
-on stdout, one line on stderr and exit code 2 (bad input) or 1 (meter, link) on failure.
+body only with ``--all-records``), HAN lists recognised without ``--profile``. Both follow
+the field tools' rules (see :mod:`gxami_cli.field`): JSON or YAML on stdout, one line on
+stderr and exit code 2 (bad input) or 1 (meter, link) on failure.
 """
 
 from __future__ import annotations
@@ -211,7 +212,8 @@ def decode_dlms_push(
 
     def action() -> object:
         ek, ak = parse_key(key, key_env), parse_key(auth_key, auth_key_env)
-        columns, names = None, NAMES
+        columns: list[Any] | None = None
+        names: tuple[str, ...] = NAMES
         if profile is not None:
             columns, names = _push_layout(profile)
         push = decode(
@@ -252,9 +254,8 @@ def decode_dlms_push(
 def _push_layout(name: str) -> tuple[list[Any], tuple[str, ...]]:
     """The named profile's push objects as columns, and the names that name the meter."""
     from gxcore.drivers.dlms.pushes import push_layout
-    from gxcore.profiles import ProfileCatalog
-
     from gxcore.errors import ConfigurationError
+    from gxcore.profiles import ProfileCatalog
 
     try:
         found = ProfileCatalog().get(name)

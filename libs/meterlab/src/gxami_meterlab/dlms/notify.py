@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Final, Literal
 
 from gurux_dlms import GXByteBuffer, GXCiphering
@@ -39,9 +40,9 @@ from gurux_dlms.enums import Conformance, DataType, InterfaceType, Security
 from gurux_dlms.GXDLMSNotify import GXDLMSNotify
 from gurux_dlms.internal._GXCommon import _GXCommon
 
+from gxcore.protocols.dlms import han
 from gxcore.protocols.dlms.cosem_time import encode_datetime
 from gxcore.protocols.dlms.gurux import quiet, translate
-from gxcore.protocols.dlms import han
 from gxcore.protocols.dlms.obis import UNIT_CODES, obis_to_bytes
 from gxcore.protocols.dlms.parameters import DlmsSecurity, Interface
 from gxcore.secrets import Secret
@@ -84,7 +85,11 @@ def push_body(registers: Sequence[PushRegister], *, name: bytes | None = None, c
 
 HanStyle = Literal["aidon", "kaifa", "kamstrup"]
 HAN_LIST_IDS: Final[dict[str, str]] = {"aidon": "AIDON_V0001", "kaifa": "KFM_001", "kamstrup": "Kamstrup_V0001"}
-HAN_METER_TYPES: Final[dict[str, bytes]] = {"aidon": b"6841121BN243101040", "kaifa": b"MA304H3E", "kamstrup": b"6841121BN243101040"}
+HAN_METER_TYPES: Final[dict[str, bytes]] = {
+    "aidon": b"6841121BN243101040",
+    "kaifa": b"MA304H3E",
+    "kamstrup": b"6841121BN243101040",
+}
 KAMSTRUP_SERIAL: Final = han.KAMSTRUP_METER_ID  # where a Kamstrup list names the meter (its GS1 number)
 KAMSTRUP_TYPE: Final = han.KAMSTRUP_METER_TYPE
 
@@ -94,7 +99,7 @@ def _han_value(registers: Sequence[PushRegister], obj: han.HanObject) -> int:
     want = obj.obis.split(".")[2:5]
     for reg in registers:
         if reg.obis.split(".")[2:5] == want:
-            return round(reg.value * 10 ** (reg.scaler - obj.scaler))
+            return int(Decimal(reg.value).scaleb(reg.scaler - obj.scaler).to_integral_value())
     return 0
 
 
@@ -106,7 +111,9 @@ def han_body(
     Three phase; with ``clock`` the hourly list (Kaifa list 3, Kamstrup list 2, Aidon list 3:
     the clock and the energy registers), else the 10-second list without them.
     """
-    listed = han.KAIFA_LISTS[18 if clock else 13] if style == "kaifa" else han.KAMSTRUP if style == "kamstrup" else han.AIDON
+    listed = (
+        han.KAIFA_LISTS[18 if clock else 13] if style == "kaifa" else han.KAMSTRUP if style == "kamstrup" else han.AIDON
+    )
     objects = [o for o in listed if clock is not None or not (o.obis.endswith(".8.0.255") or han.is_clock(o.obis))]
     out = GXByteBuffer()
     out.setUInt8(DataType.STRUCTURE)

@@ -1,8 +1,9 @@
 """DLMS/COSEM push: decoding DataNotification messages, plain or general-glo/ded-ciphered.
 
 Accepted input: a wrapper frame (``00 01 ...``), one whole HDLC frame (``7E ... 7E``), a
-bare LLC PDU (``E6 E7 00`` + APDU, what HAN-to-serial readers hand on), or the bare APDU. The APDU is a data-notification, or one wrapped in general-glo-ciphering
-(``DB``) / general-ded-ciphering (``DC``), which carry the sender's system title::
+bare LLC PDU (``E6 E7 00`` + APDU, what HAN-to-serial readers hand on), or the bare APDU.
+The APDU is a data-notification, or one wrapped in general-glo-ciphering (``DB``) /
+general-ded-ciphering (``DC``), which carry the sender's system title::
 
     0F  long-invoke-id-and-priority (4)  date-time (00 absent | 0C + 12 bytes)  notification-body (A-XDR Data)
 
