@@ -244,6 +244,12 @@ def _elements(body: axdr.AxdrValue, columns: Sequence[PushColumn] | None) -> lis
             if pair is not None:
                 item = [items[pos], items[pos + 1]]
                 pos += 1
+                # Austrian customer interfaces: logical name, value, {scaler, unit} in a row.
+                triple = [*item, items[pos + 1]] if pos + 1 < len(items) else None
+                if triple is not None and _scaler_unit(triple)[0] is not None:
+                    scaler, unit = _scaler_unit(triple)
+                    item = triple
+                    pos += 1
             out.append(_Element(item, obis, value, scaler, unit))
         elif column is not None:
             out.append(_Element(item, dotted(column.obis), item, column.scaler, column.unit))
