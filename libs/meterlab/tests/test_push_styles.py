@@ -12,6 +12,8 @@ from gxcore.errors import DecryptionError
 from gxcore.profiles import ProfileCatalog
 from gxcore.protocols.dlms.push import decode_dlms_push
 
+CATALOG = ProfileCatalog()  # loaded once, outside the event loop (YAML and pydantic block it)
+
 SEED = 9
 
 
@@ -50,10 +52,10 @@ async def test_hdlc_framed_general_ded_pushes_decode_with_the_dedicated_key() ->
     assert titles == {meter_security(SEED, i).system_title for i in range(2)}
 
 
-@pytest.mark.parametrize("style", ["kaifa", "kamstrup"])
+@pytest.mark.parametrize("style", ["aidon", "kaifa", "kamstrup"])
 async def test_han_lists_are_named_by_their_serial_through_the_profile(style: str) -> None:
     frames = await _received(ciphered=False, han=style)
-    columns, names = push_layout(ProfileCatalog().get(f"han-{style}"))
+    columns, names = push_layout(CATALOG.get(f"han-{style}"))
     got = {decode_dlms_push(f, columns=columns, names=names).meter_id for f in frames}
     assert got == {meter_id(SEED, 0), meter_id(SEED, 1)}
     assert all(f[0] == 0x7E and b"\xe6\xe7\x00" in f[:12] for f in frames)

@@ -147,9 +147,11 @@ def test_columns_name_a_bare_array_and_received_at_dates_it() -> None:
         raw, columns=[PushColumn("1.0.1.8.0.255", 0, "Wh"), PushColumn("1.0.32.7.0.255", -1, "V")], received_at=at
     )
     assert push.values == (
-        Reading("1-0:1.8.0", 1234.0, "Wh", at, extra={"source": "1.0.1.8.0.255"}),
-        Reading("1-0:32.7.0", Decimal("0.7"), "V", at, extra={"source": "1.0.32.7.0.255"}),
+        # no time in the push: the receive time, and the readings say so
+        Reading("1-0:1.8.0", 1234.0, "Wh", at, extra={"source": "1.0.1.8.0.255", "time": "receive-time"}),
+        Reading("1-0:32.7.0", Decimal("0.7"), "V", at, extra={"source": "1.0.32.7.0.255", "time": "receive-time"}),
     )
+    assert push.time_source == "receive-time"
     assert decode_dlms_push(encode_push(body, at=AT)).readings[0].value == 5.0
 
 

@@ -82,7 +82,7 @@ def dlms(
     push_framing: str = typer.Option("wrapper", help="with --push-to: wrapper or hdlc"),
     dedicated: bool = typer.Option(False, help="with --push-to --ciphered: general-ded, each meter's dedicated key"),
     han: str | None = typer.Option(
-        None, help="with --push-to: HAN-port lists over HDLC, kaifa or kamstrup style (profile han-<style>)"
+        None, help="with --push-to: HAN-port lists over HDLC, aidon, kaifa or kamstrup style (profile han-<style>)"
     ),
 ) -> None:
     """Serve DLMS/COSEM meters (TCP wrapper, LN referencing) until Ctrl-C or SIGTERM; push (--push-to); dial in."""
@@ -115,8 +115,10 @@ def dlms(
         return
     if push_to:
         files = (fleet_out, secrets_out)
-        if push_framing not in {"wrapper", "hdlc"} or han not in {None, "kaifa", "kamstrup"}:
-            typer.echo("gxami simulate dlms: --push-framing is wrapper or hdlc; --han kaifa or kamstrup", err=True)
+        if push_framing not in {"wrapper", "hdlc"} or han not in {None, "aidon", "kaifa", "kamstrup"}:
+            typer.echo(
+                "gxami simulate dlms: --push-framing is wrapper or hdlc; --han aidon, kaifa or kamstrup", err=True
+            )
             raise typer.Exit(2)
         style = PushStyle(push_framing, dedicated, han)
         _push(
@@ -313,7 +315,7 @@ def _push(
             on_sent=sent,
             interface=style.framing,  # type: ignore[arg-type]  # checked above: wrapper or hdlc
             dedicated=style.dedicated,
-            han=style.han,  # type: ignore[arg-type]  # checked above: kaifa or kamstrup
+            han=style.han,  # type: ignore[arg-type]  # checked above: aidon, kaifa or kamstrup
         )
 
     try:

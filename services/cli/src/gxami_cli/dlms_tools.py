@@ -4,15 +4,17 @@
 and unit of every value, and writes a device profile (YAML, validated by
 :func:`gxcore.profiles.load_profile` and the DLMS driver before it is shown). Secrets come
 only from environment variables named on the command line. ``decode dlms-push`` decodes
-one DataNotification (wrapper frame, HDLC frame or bare APDU), deciphering it with the
-given keys. Both follow the field tools' rules (see :mod:`gxami_cli.field`): JSON or YAML
-on stdout, one line on stderr and exit code 2 (bad input) or 1 (meter, link) on failure.
+one DataNotification (wrapper frame, HDLC frame, bare LLC PDU or bare APDU), deciphering it
+with the given keys; its readings come out as ``records`` like every other decoder's (the raw
+body only with ``--all-records``), HAN lists recognised without ``--profile``. Both follow
+the field tools' rules (see :mod:`gxami_cli.field`): JSON or YAML on stdout, one line on
+stderr and exit code 2 (bad input) or 1 (meter, link) on failure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ import typer
 
 from gxami_cli.counters import COUNTERS_HELP, counter_store
 from gxami_cli.field import (
+    ALL_RECORDS,
     AUTH_KEY_ENV,
     PASSWORD_ENV,
     InputError,
@@ -198,32 +201,68 @@ def decode_dlms_push(
     auth_key_env: str | None = typer.Option(
         None, "--auth-key-env", metavar="VAR", help="variable with the authentication key"
     ),
+    profile: str | None = typer.Option(
+        None, "--profile", help="device profile whose push_objects name the elements (default: recognise HAN lists)"
+    ),
+    all_records: bool = ALL_RECORDS,
 ) -> None:
-    """A DLMS DataNotification (push): plain, or general-glo/ded-ciphered with the given keys."""
+    """A DLMS DataNotification (push): HDLC, wrapper, bare LLC (E6 E7 00) or APDU; plain or ciphered."""
+    from gxcore.protocols.dlms.push import NAMES
     from gxcore.protocols.dlms.push import decode_dlms_push as decode
 
     def action() -> object:
         ek, ak = parse_key(key, key_env), parse_key(auth_key, auth_key_env)
+        columns: list[Any] | None = None
+        names: tuple[str, ...] = NAMES
+        if profile is not None:
+            columns, names = _push_layout(profile)
         push = decode(
             hex_argument(hex_parts),
             key=Secret(ek) if ek is not None else None,
             auth_key=Secret(ak) if ak is not None else None,
+            columns=columns,
+            names=names,
+            received_at=datetime.now(UTC),
         )
-        return {
+        document: dict[str, object] = {
             "system_title": push.system_title.hex() if push.system_title is not None else None,
             "meter_id": push.meter_id,
             "timestamp": push.timestamp.isoformat() if push.timestamp else None,
             "security": push.security,
             "invocation_counter": push.invocation_counter,
             "long_invoke_id": push.long_invoke_id,
-            "readings": [
-                {"quantity": r.quantity, "value": json_value(r.value), "unit": r.unit, "timestamp": r.ts.isoformat()}
+            "han_list": push.han_list,
+            "time_source": push.time_source,
+            "records": [
+                {
+                    "quantity": r.quantity,
+                    "value": json_value(r.value),
+                    "unit": r.unit,
+                    "timestamp": r.ts.isoformat(),
+                    **r.extra,
+                }
                 for r in push.readings
             ],
-            "body": _json(push.body),
         }
+        if all_records:
+            document["body"] = _json(push.body)
+        return document
 
     run_guarded("decode dlms-push", action, decoding=True)
+
+
+def _push_layout(name: str) -> tuple[list[Any], tuple[str, ...]]:
+    """The named profile's push objects as columns, and the names that name the meter."""
+    from gxcore.drivers.dlms.pushes import push_layout
+    from gxcore.errors import ConfigurationError
+    from gxcore.profiles import ProfileCatalog
+
+    try:
+        found = ProfileCatalog().get(name)
+    except ConfigurationError as exc:
+        raise InputError(f"--profile: {exc}") from None
+    columns, names = push_layout(found)
+    return list(columns), names
 
 
 def _json(value: object) -> object:

@@ -29,6 +29,7 @@ from gxcore.secrets import Secret
 if TYPE_CHECKING:
     from gxcore.drivers import ReadResult
     from gxcore.profiles import DeviceProfile
+    from gxcore.protocols.dsmr.austria import AustrianP1
 
 # Only light modules above (typer, gxcore.errors, gxcore.secrets): a field command starts fast.
 # Drivers, profiles (pydantic, YAML) and asyncio are imported inside the commands that use them;
@@ -216,14 +217,30 @@ def decode_dsmr(
     source: str = typer.Argument(..., metavar="FILE|-", help="a P1 telegram file, or - for stdin"),
     key: str | None = KEY,
     key_env: str | None = KEY_ENV,
+    auth_key_env: str | None = typer.Option(
+        None, "--auth-key-env", metavar="VAR", help="variable with the authentication key (Austrian SC 0x30)"
+    ),
     strict: bool = STRICT,
 ) -> None:
-    """A DSMR P1 telegram ('/' ... '!' CRC); a Luxembourg Smarty frame with --key/--key-env."""
+    """A DSMR P1 telegram ('/' ... '!' CRC); encrypted P1 (Luxembourg Smarty, Austrian M-Bus/DLMS) with --key-env."""
     from gxcore.protocols.dsmr import decode_dsmr_telegram, decrypt_smarty_frame
+    from gxcore.protocols.dsmr.austria import decrypt_austrian_p1, is_mbus_wrapped
 
     def action() -> object:
-        data = read_input(source)
-        aes = parse_key(key, key_env)
+        data = _binary_or_hex(read_input(source))
+        aes, auth = parse_key(key, key_env), parse_key(None, auth_key_env)
+        if is_mbus_wrapped(data) or (data[:2] == b"\xdb\x08" and auth is not None):
+            # Austria: general-glo-ciphered DLMS in M-Bus frames (or bare), SC 0x20 or 0x30.
+            pushed = decrypt_austrian_p1(
+                data,
+                Secret(aes) if aes is not None else None,
+                auth_key=Secret(auth) if auth is not None else None,
+                received_at=datetime.now(UTC),
+                strict=strict,
+            )
+            if pushed.telegram is not None:
+                warn_unparsed("decode dsmr", pushed.telegram.unparsed)
+            return _austrian_json(pushed)
         if data[:2] == b"\xdb\x08":  # general-glo-ciphering: an encrypted Smarty frame
             data = decrypt_smarty_frame(data.strip(b"\r\n"), Secret(aes) if aes is not None else None)
         telegram = decode_dsmr_telegram(data, strict=strict)
@@ -233,6 +250,49 @@ def decode_dsmr(
         return telegram.to_json_dict()
 
     run_guarded("decode dsmr", action, decoding=True)
+
+
+_HEX_TEXT = frozenset(b"0123456789abcdefABCDEF \t\r\n")
+
+
+def _binary_or_hex(data: bytes) -> bytes:
+    """Encrypted P1 as captured: the bytes themselves, or their hex (as HAN readers log them)."""
+    head = data.lstrip()[:2].lower()
+    if head in (b"68", b"db") and data.strip() and set(data) <= _HEX_TEXT:
+        return parse_hex(data.decode("ascii"))
+    return data
+
+
+def _austrian_json(pushed: AustrianP1) -> dict[str, object]:
+    """The records shape of the other decoders, with the security header (never a key)."""
+    header: dict[str, object] = {
+        "id": pushed.meter_id,
+        "medium": "electricity",
+        "variant": "austria-dlms",
+        "system_title": pushed.system_title.hex(),
+        "security": pushed.security,
+        "invocation_counter": pushed.invocation_counter,
+    }
+    if pushed.telegram is not None:
+        return {**header, **pushed.telegram.to_json_dict(), "variant": "austria-dsmr"}
+    push = pushed.push
+    if push is None:
+        return header
+    return {
+        **header,
+        "timestamp": push.timestamp.isoformat() if push.timestamp else None,
+        "time_source": push.time_source,
+        "records": [
+            {
+                "quantity": r.quantity,
+                "value": json_value(r.value),
+                "unit": r.unit,
+                "timestamp": r.ts.isoformat(),
+                **r.extra,
+            }
+            for r in push.readings
+        ],
+    }
 
 
 @decode_app.command("iec62056-21")

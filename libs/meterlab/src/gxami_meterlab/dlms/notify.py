@@ -9,16 +9,18 @@ The body is self-describing, the way many push setups are configured::
     }
 
 HAN ports (the customer interfaces of Norwegian, Swedish and Austrian meters) push plain
-lists over HDLC (a UI frame, LLC ``E6 E7 00``, then the APDU) in one of two shapes
-(:func:`han_body`): Kaifa style, bare values in the order the meter's push object list fixes::
+lists over HDLC (a UI frame, LLC ``E6 E7 00``, then the APDU), laid out as the vendors' public
+HAN documents say (:func:`han_body`, the object lists of :mod:`gxcore.protocols.dlms.han`):
+Kaifa, bare values in the list's fixed order::
 
-    structure { list id, serial, meter type, value, value, ... }
+    structure { "KFM_001", meter id, meter type, P+, P-, Q+, Q-, IL1..3 (mA), UL1..3 (0.1 V)[, clock, A+, A-, R+, R-] }
 
-or Kamstrup style, a flat list of logical names each followed by its bare value::
+Kamstrup, a flat list of logical names each followed by its bare value::
 
-    structure { list id, 1.1.0.0.5.255, serial, 1.1.96.1.1.255, meter type, OBIS, value, ... }
+    structure { 1.1.0.2.129.255, "Kamstrup_V0001", 1.1.0.0.5.255, meter id, ..., 1.1.1.7.0.255, P+, ... }
 
-Neither carries scalers or units: the profile's ``push_objects`` give them.
+and Aidon, ``{logical name, value, {scaler, unit}}`` structures. Kaifa and Kamstrup carry no
+scalers or units: the vendor's list (or a profile's ``push_objects``) gives them.
 
 Ciphered pushes use general-glo-ciphering (``DB``), or general-ded-ciphering (``DC``)
 with a dedicated key; the AES-GCM is ours (see :mod:`gxcore.protocols.dlms.gurux`).
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Final, Literal
 
 from gurux_dlms import GXByteBuffer, GXCiphering
@@ -37,9 +40,10 @@ from gurux_dlms.enums import Conformance, DataType, InterfaceType, Security
 from gurux_dlms.GXDLMSNotify import GXDLMSNotify
 from gurux_dlms.internal._GXCommon import _GXCommon
 
+from gxcore.protocols.dlms import han
 from gxcore.protocols.dlms.cosem_time import encode_datetime
 from gxcore.protocols.dlms.gurux import quiet, translate
-from gxcore.protocols.dlms.obis import obis_to_bytes
+from gxcore.protocols.dlms.obis import UNIT_CODES, obis_to_bytes
 from gxcore.protocols.dlms.parameters import DlmsSecurity, Interface
 from gxcore.secrets import Secret
 
@@ -79,31 +83,64 @@ def push_body(registers: Sequence[PushRegister], *, name: bytes | None = None, c
     return bytes(out.array())
 
 
-HanStyle = Literal["kaifa", "kamstrup"]
-HAN_LIST_IDS: Final[dict[str, str]] = {"kaifa": "KFM_001", "kamstrup": "Kamstrup_V0001"}
-HAN_METER_TYPE: Final = b"GXSIM-HAN"
-KAMSTRUP_SERIAL: Final = "1.1.0.0.5.255"  # where a Kamstrup list names the meter (its GS1 number)
-KAMSTRUP_TYPE: Final = "1.1.96.1.1.255"
+HanStyle = Literal["aidon", "kaifa", "kamstrup"]
+HAN_LIST_IDS: Final[dict[str, str]] = {"aidon": "AIDON_V0001", "kaifa": "KFM_001", "kamstrup": "Kamstrup_V0001"}
+HAN_METER_TYPES: Final[dict[str, bytes]] = {
+    "aidon": b"6841121BN243101040",
+    "kaifa": b"MA304H3E",
+    "kamstrup": b"6841121BN243101040",
+}
+KAMSTRUP_SERIAL: Final = han.KAMSTRUP_METER_ID  # where a Kamstrup list names the meter (its GS1 number)
+KAMSTRUP_TYPE: Final = han.KAMSTRUP_METER_TYPE
 
 
-def han_body(registers: Sequence[PushRegister], *, serial: bytes, style: HanStyle) -> bytes:
-    """A HAN-port list (see the module doc): no scalers, no units, a list id first."""
+def _han_value(registers: Sequence[PushRegister], obj: han.HanObject) -> int:
+    """The simulated register behind ``obj`` (same C.D.E), rescaled to the vendor's scaler; 0 if we have none."""
+    want = obj.obis.split(".")[2:5]
+    for reg in registers:
+        if reg.obis.split(".")[2:5] == want:
+            return int(Decimal(reg.value).scaleb(reg.scaler - obj.scaler).to_integral_value())
+    return 0
+
+
+def han_body(
+    registers: Sequence[PushRegister], *, serial: bytes, style: HanStyle, clock: datetime | None = None
+) -> bytes:
+    """A HAN-port list as the vendor's HAN document lays it out (see the module doc).
+
+    Three phase; with ``clock`` the hourly list (Kaifa list 3, Kamstrup list 2, Aidon list 3:
+    the clock and the energy registers), else the 10-second list without them.
+    """
+    listed = (
+        han.KAIFA_LISTS[18 if clock else 13] if style == "kaifa" else han.KAMSTRUP if style == "kamstrup" else han.AIDON
+    )
+    objects = [o for o in listed if clock is not None or not (o.obis.endswith(".8.0.255") or han.is_clock(o.obis))]
     out = GXByteBuffer()
     out.setUInt8(DataType.STRUCTURE)
-    named = style == "kamstrup"
-    _GXCommon.setObjectCount(3 + len(registers) + (2 + len(registers) if named else 0), out)
-    _GXCommon.setData(None, out, DataType.STRING, HAN_LIST_IDS[style])
-    for obis, kind, value in (
-        (KAMSTRUP_SERIAL, DataType.OCTET_STRING, serial),
-        (KAMSTRUP_TYPE, DataType.OCTET_STRING, HAN_METER_TYPE),
-    ):
-        if named:
-            _GXCommon.setData(None, out, DataType.OCTET_STRING, obis_to_bytes(obis))
-        _GXCommon.setData(None, out, kind, value)
-    for reg in registers:
-        if named:
-            _GXCommon.setData(None, out, DataType.OCTET_STRING, obis_to_bytes(reg.obis))
-        _GXCommon.setData(None, out, reg.data_type, reg.value)
+    _GXCommon.setObjectCount(len(objects) * (2 if style == "kamstrup" else 1), out)
+    texts = {han.LIST_ID: HAN_LIST_IDS[style].encode(), han.METER_ID: serial, han.KAMSTRUP_METER_ID: serial}
+    texts |= {han.METER_TYPE: HAN_METER_TYPES[style], han.KAMSTRUP_METER_TYPE: HAN_METER_TYPES[style]}
+    for obj in objects:
+        if style == "kamstrup":
+            _GXCommon.setData(None, out, DataType.OCTET_STRING, obis_to_bytes(obj.obis))
+        elif style == "aidon":
+            out.setUInt8(DataType.STRUCTURE)
+            out.setUInt8(2 if obj.obis in texts or han.is_clock(obj.obis) else 3)
+            _GXCommon.setData(None, out, DataType.OCTET_STRING, obis_to_bytes(obj.obis))
+        if obj.obis in texts:
+            # Kaifa sends its strings as octet strings, Aidon and Kamstrup as visible strings.
+            kind = DataType.OCTET_STRING if style == "kaifa" else DataType.STRING
+            value: object = texts[obj.obis] if kind == DataType.OCTET_STRING else texts[obj.obis].decode()
+            _GXCommon.setData(None, out, kind, value)
+        elif clock is not None and han.is_clock(obj.obis):
+            _GXCommon.setData(None, out, DataType.OCTET_STRING, encode_datetime(clock))
+        else:
+            _GXCommon.setData(None, out, DataType.UINT32, max(0, _han_value(registers, obj)))
+            if style == "aidon":
+                out.setUInt8(DataType.STRUCTURE)
+                out.setUInt8(2)
+                _GXCommon.setData(None, out, DataType.INT8, obj.scaler)
+                _GXCommon.setData(None, out, DataType.ENUM, UNIT_CODES.get(obj.unit, 255))
     return bytes(out.array())
 
 

@@ -371,7 +371,7 @@ def push_message(
     registers = [PushRegister(r.obis, house.raw(r.obis, t), r.data_type, r.scaler, r.unit) for r in REGISTERS]
     name = meter_id(seed, index).encode()
     if han is not None:
-        body = han_body(registers, serial=name, style=han)
+        body = han_body(registers, serial=name, style=han, clock=at.replace(microsecond=0) if stamped else None)
         interface = "hdlc"
     else:
         body = push_body(registers, name=name, clock=at.replace(microsecond=0) if stamped else None)

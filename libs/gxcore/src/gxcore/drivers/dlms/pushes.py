@@ -1,7 +1,10 @@
 """Serving DLMS pushes: DataNotifications over a connection a meter opened to us (wrapper or HDLC).
 
 Frames are cut from the stream as they come: wrapper (``00 01 ...``) or HDLC (``7E ...``),
-told apart by each frame's first byte. Each is decoded with
+told apart by each frame's first byte. A bare LLC PDU (``E6 E7 00`` + APDU) or bare APDU
+(``0F``, ``DB``, ``DC``), what HAN-to-TCP bridges forward after stripping the HDLC frame,
+carries no length: it is taken whole as what the receive that brought it held (such
+bridges write one push per write). Each is decoded with
 :func:`~gxcore.protocols.dlms.push.decode_dlms_push` and its meter looked up by identity:
 
 * a ciphered push (general-glo/ded-ciphering) by the sender's **system title**, as 16
@@ -138,6 +141,12 @@ async def serve_pushes(
         except MediaError as exc:
             log.debug("push connection %s ended: %s", where, exc.reason)
             return
+        if not pending and _bare(data):
+            # No length to cut by: this receive is the push (see the module doc).
+            served = _serve_one(bytes(data), lookup, resolve, where, on_refused, clock(), layout)
+            if served is not None:
+                yield served
+            continue
         pending += data
         for frame in _frames(pending, where):
             served = _serve_one(frame, lookup, resolve, where, on_refused, clock(), layout)
@@ -151,6 +160,14 @@ async def serve_pushes(
             frame_deadline = None
         elif frame_deadline is None:
             frame_deadline = loop.time() + frame_s
+
+
+_BARE: Final = (b"\xe6\xe7\x00", b"\xe6\xe6\x00", b"\x0f", b"\xdb", b"\xdc")
+
+
+def _bare(data: bytes) -> bool:
+    """A bare LLC PDU or APDU (no HDLC flag, no wrapper version)."""
+    return data.startswith(_BARE)
 
 
 def _frames(pending: bytearray, where: str) -> list[bytes]:

@@ -1,10 +1,14 @@
 """DLMS/COSEM push: decoding DataNotification messages, plain or general-glo/ded-ciphered.
 
-Accepted input: a wrapper frame (``00 01 ...``), one whole HDLC frame (``7E ... 7E``), or
-the bare APDU. The APDU is a data-notification, or one wrapped in general-glo-ciphering
-(``DB``) / general-ded-ciphering (``DC``), which carry the sender's system title::
+Accepted input: a wrapper frame (``00 01 ...``), one whole HDLC frame (``7E ... 7E``), a
+bare LLC PDU (``E6 E7 00`` + APDU, what HAN-to-serial readers hand on), or the bare APDU.
+The APDU is a data-notification, or one wrapped in general-glo-ciphering (``DB``) /
+general-ded-ciphering (``DC``), which carry the sender's system title::
 
     0F  long-invoke-id-and-priority (4)  date-time (00 absent | 0C + 12 bytes)  notification-body (A-XDR Data)
+
+Some Kaifa (and early Kamstrup) HAN firmware writes the date-time with its A-XDR type:
+``09 0C`` + 12 bytes; that is accepted as the same date-time.
 
 Values: the body is usually a structure; element ``k`` is push object ``columns[k]`` (the
 push setup's object list, in push order). An element is a bare value, a self-describing
@@ -16,7 +20,13 @@ position, else by OBIS). ``{0.0.1.0.0.255, date-time}`` is the capture time; the
 first of ``names`` present (serial number 0.0.96.1.0.255, then logical device name
 0.0.42.0.0.255, unless the caller names others) names the meter. Everything else stays a raw
 value in ``values``. The reading time is the notification's own date-time, else the body's
-clock element, else ``received_at``; with none, numbers stay raw.
+clock element (0-b:1.0.0), else ``received_at`` (the readings then say so: ``extra["time"]``
+is ``"receive-time"``); with none, numbers stay raw.
+
+Without ``columns`` (or when a positional HAN list's length is not the columns'), a body that
+is a known HAN list (:mod:`gxcore.protocols.dlms.han`: Aidon, Kaifa, Kamstrup by their list
+identifier or layout) is read with that vendor's OBIS list, scalers and units, and its meter
+identifier names the meter.
 
 A missing key is KeyMissingError, a wrong one DecryptionError; neither message holds a
 key or a tag. Anything else that does not decode is a FramingError/ProtocolError.
@@ -31,7 +41,7 @@ from datetime import datetime
 from typing import Final
 
 from gxcore.errors import FramingError, GxError, KeyMissingError, ProtocolError
-from gxcore.protocols.dlms import axdr, ciphering, hdlc, wrapper
+from gxcore.protocols.dlms import axdr, ciphering, han, hdlc, wrapper
 from gxcore.protocols.dlms.cosem_time import decode_datetime
 from gxcore.protocols.dlms.obis import apply_scaler, dotted, obis_from_bytes, reduced, unit_symbol
 from gxcore.readings import Reading
@@ -71,6 +81,8 @@ class DlmsPush:
     invocation_counter: int | None
     values: tuple[Reading | axdr.AxdrValue, ...]
     body: axdr.AxdrValue = field(repr=False)
+    han_list: str | None = None  # "kaifa KFM_001" etc. when the body is a recognised HAN list
+    time_source: str = "notification"  # "notification", "body-clock", "receive-time" or "none"
 
     @property
     def readings(self) -> list[Reading]:
@@ -96,7 +108,7 @@ def unwrap(data: bytes) -> bytes:
         if wframe is None or consumed != len(data):
             raise FramingError("push is not one whole wrapper frame", frame=data)
         return wframe.apdu
-    return data
+    return data[3:] if data[:3] in _LLC else data
 
 
 def decode_dlms_push(
@@ -158,21 +170,44 @@ def _decode(
     if len(apdu) < 6:
         raise ProtocolError("data-notification header is cut short", frame=apdu)
     invoke = int.from_bytes(apdu[1:5], "big")
+    start = 6
     size = apdu[5]
+    if size == 0x09 and apdu[6:7] == b"\x0c":
+        start, size = 7, 12  # the Kaifa quirk: the date-time as a typed octet-string (09 0C ...)
     if size not in (0, 12):
         raise ProtocolError(f"data-notification date-time has {size} bytes, expected 0 or 12", offset=5, frame=apdu)
-    stamp = decode_datetime(apdu[6:18]) if size == 12 and len(apdu) >= 18 else None
+    stamp = decode_datetime(apdu[start : start + 12]) if size == 12 and len(apdu) >= start + 12 else None
     if size == 12 and stamp is None:
-        raise ProtocolError("data-notification date-time is cut short", offset=6, frame=apdu)
-    body = axdr.decode_all(apdu[6 + size :])
+        raise ProtocolError("data-notification date-time is cut short", offset=start, frame=apdu)
+    body = axdr.decode_all(apdu[start + size :])
+    listed = han.recognise(body)
+    if listed is not None and (not columns or (listed.positional and _length(body) != len(columns))):
+        columns = [PushColumn(o.obis, o.scaler, o.unit) for o in listed.objects]
+        names = (listed.meter_id_obis, *names)
     elements = _elements(body, columns)
     meter_name, body_time = _name_and_clock(elements, names)
     # The reading time: the notification's own date-time, else the clock element of the body,
-    # else when we received it (a HAN list without a clock is "now").
+    # else when we received it (a HAN list without a clock is "now", and says so).
     at = stamp or body_time or received_at
-    values = [_reading(e, at) or e.item for e in elements]
+    source = "notification" if stamp else "body-clock" if body_time else "receive-time" if at else "none"
+    values = [_reading(e, at, source) or e.item for e in elements]
     meter_id = meter_name or _title_text(title)
-    return DlmsPush(title, meter_id, stamp or body_time, invoke, _POLICY_NAMES[security], counter, tuple(values), body)
+    return DlmsPush(
+        title,
+        meter_id,
+        stamp or body_time,
+        invoke,
+        _POLICY_NAMES[security],
+        counter,
+        tuple(values),
+        body,
+        han_list=f"{listed.vendor} {listed.list_id}".strip() if listed is not None else None,
+        time_source=source,
+    )
+
+
+def _length(body: axdr.AxdrValue) -> int:
+    return len(body) if isinstance(body, list) else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +244,12 @@ def _elements(body: axdr.AxdrValue, columns: Sequence[PushColumn] | None) -> lis
             if pair is not None:
                 item = [items[pos], items[pos + 1]]
                 pos += 1
+                # Austrian customer interfaces: logical name, value, {scaler, unit} in a row.
+                triple = [*item, items[pos + 1]] if pos + 1 < len(items) else None
+                if triple is not None and _scaler_unit(triple)[0] is not None:
+                    scaler, unit = _scaler_unit(triple)
+                    item = triple
+                    pos += 1
             out.append(_Element(item, obis, value, scaler, unit))
         elif column is not None:
             out.append(_Element(item, dotted(column.obis), item, column.scaler, column.unit))
@@ -223,7 +264,7 @@ def _name_and_clock(elements: Sequence[_Element], names: Sequence[str]) -> tuple
     found: dict[str, str] = {}
     clock: datetime | None = None
     for e in elements:
-        if e.obis == CLOCK and isinstance(e.value, bytes) and len(e.value) == 12:
+        if han.is_clock(e.obis) and isinstance(e.value, bytes) and len(e.value) == 12:
             clock = clock or decode_datetime(e.value)
         elif e.obis is not None and e.obis in names and isinstance(e.value, bytes | str) and e.value:
             text = e.value if isinstance(e.value, str) else e.value.decode("ascii", "replace")
@@ -261,13 +302,16 @@ def _scaler_unit(item: axdr.AxdrValue) -> tuple[int | None, str | None]:
     return raw_scaler, unit_symbol(code)
 
 
-def _reading(e: _Element, at: datetime | None) -> Reading | None:
+def _reading(e: _Element, at: datetime | None, time_source: str) -> Reading | None:
     """A numeric element with a logical name, at ``at``; None for names, the clock, text, or no time."""
-    if at is None or e.obis is None or e.obis == CLOCK or e.obis in NAMES:
+    if at is None or e.obis is None or han.is_clock(e.obis) or e.obis in NAMES:
         return None
     if isinstance(e.value, bool) or not isinstance(e.value, int | float):
         return None
-    return Reading(reduced(e.obis), apply_scaler(e.value, e.scaler or 0), e.unit or "", at, extra={"source": e.obis})
+    extra: dict[str, str | int] = {"source": e.obis}
+    if time_source == "receive-time":
+        extra["time"] = "receive-time"  # the meter gave no time: this is when we received it
+    return Reading(reduced(e.obis), apply_scaler(e.value, e.scaler or 0), e.unit or "", at, extra=extra)
 
 
 def _title_text(title: bytes | None) -> str | None:
