@@ -236,12 +236,17 @@ async def rollout_progress(conn: Conn, rollout: int) -> dict[str, Any] | None:
     return out
 
 
-_WAVE_COMMAND: Final = re.compile(r"^firmware-rollout-(\d{1,18})-wave-(\d{1,2})$")
+_WAVE_COMMAND: Final = re.compile(r"^firmware-rollout-(\d{1,18})-wave-(\d{1,2})(?:-activate-\d{1,6})?$")
 
 
 def wave_command_id(rollout: int, wave: int) -> str:
     """The command_id of one wave's firmware-update command (one message per meter shares it)."""
     return f"firmware-rollout-{rollout}-wave-{wave}"
+
+
+def activation_command_id(rollout: int, wave: int, round_: int) -> str:
+    """The command_id of a wave's ``round_``-th activation (verified meters whose activate_at is due)."""
+    return f"{wave_command_id(rollout, wave)}-activate-{round_}"
 
 
 def rollout_of(command_id: str) -> tuple[int, int] | None:
