@@ -170,11 +170,9 @@ class Meters:
 
 async def _eventually(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    t0 = time.monotonic()
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
-    print(f"TIMING {what}: {time.monotonic() - t0:.1f}")
 
 
 def _blocks(log: list[tuple[str, object]]) -> list[int]:
@@ -215,7 +213,9 @@ async def test_firmware_rollouts_through_the_services(
         ids = [meters.meter_id(i) for i in range(7)]
         # No meter is due for a read for a day: the sessions here are the firmware commands'.
         await db.execute(
-            "UPDATE meter_schedule SET next_due_at = $1 WHERE meter_id = ANY($2::text[])", clock() + timedelta(days=1), ids
+            "UPDATE meter_schedule SET next_due_at = $1 WHERE meter_id = ANY($2::text[])",
+            clock() + timedelta(days=1),
+            ids,
         )
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -325,7 +325,7 @@ async def test_firmware_rollouts_through_the_services(
                 for index in GROUPS["west"]:
                     log = await meters.log(index)
                     if meters.meter_id(index) == tried[0]["meter_id"]:
-                        assert ("verify", "failed") in log
+                        assert ("verify", "failed") in log and "verification-failed" in tried[0]["detail"]
                     else:
                         assert log == [], log  # a later wave's meter: never touched
                     assert await meters.active(index) == DEFAULT_FIRMWARE

@@ -249,7 +249,7 @@ class CommandExecutor:
                 "firmware-blocks-total": exc.blocks_total,
                 "firmware-first-missing": exc.first_missing,
             }
-            return self.failed(command, started, exc.kind, str(exc), data=figures)
+            return self.failed(command, started, "firmware-transfer", str(exc), data=figures)
         except GxError as exc:
             if exc.meter_id is None:
                 exc.meter_id = command.meter_id
