@@ -83,7 +83,7 @@ class SlowTransfer(ImageTransferState):
     """A meter that takes a while over each image block (a slow radio link)."""
 
     def _block(self, parameters: object) -> int:
-        time.sleep(0.01)  # blocks only the simulator's own thread
+        time.sleep(0.02)  # blocks only the simulator's own thread; 200 blocks take 4 s or more
         return super()._block(parameters)
 
 
