@@ -329,6 +329,9 @@ async def test_firmware_rollouts_through_the_services(
                     else:
                         assert log == [], log  # a later wave's meter: never touched
                     assert await meters.active(index) == DEFAULT_FIRMWARE
+                failed = (await command(f"firmware-rollout-{west}-wave-0"))["meters"][0]
+                assert failed["error_kind"] == "firmware-transfer", failed
+                assert failed["read_back"]["firmware-blocks-done"] == failed["read_back"]["firmware-blocks-total"] > 0
                 wave_one = await db.fetchval(
                     "SELECT count(*) FROM commands WHERE command_id = $1", f"firmware-rollout-{west}-wave-1"
                 )
