@@ -46,7 +46,7 @@ class FaultyMeterDriver:
             return DriverResult(command, meter_time_before=now, meter_time_after=now + timedelta(minutes=3))
         if command.kind == "write-point":
             return DriverResult(command, readings=[Reading(command.point or "", 14.0, "min", now)])
-        if command.kind == "firmware-update":
+        if command.kind in ("firmware-update", "tariff-calendar"):
             return DriverResult(command, readings=[Reading("blocks-sent", 12, "", now)], detail="image verified")
         raise RuntimeError(f"meter exploded; key was {KEY}")  # a driver bug whose message carries a secret
 
@@ -91,14 +91,20 @@ async def test_an_effect_other_than_asked_fails_with_the_read_back(caplog: pytes
     write = (await executor.execute(_command("write-point", point="1-0:0.8.0", value=15))).result
     assert (write.outcome, write.error_kind, write.data["value"]) == (CommandOutcome.FAILED, "read-back", 14.0)
 
-    # Kinds another part of the collector owns go to the driver as they are, body included.
-    body = {"image": "sha256:ab", "activate_at": "2026-01-01T00:00:00Z"}
-    firmware = (await executor.execute(_command("firmware-update", body=body))).result
-    assert firmware.outcome is CommandOutcome.SUCCEEDED and firmware.data == {
+    # A tariff calendar goes to the driver as it is, body included.
+    body = {"calendar": "day-night", "activate_at": "2026-01-01T00:00:00Z"}
+    tariff = (await executor.execute(_command("tariff-calendar", body=body))).result
+    assert tariff.outcome is CommandOutcome.SUCCEEDED and tariff.data == {
         "blocks-sent": 12,
         "detail": "image verified",
     }
     assert driver.commands[-1].body == body
+    # A firmware update names its image by hash: without the scheduler's API to fetch it from,
+    # it fails as a configuration error and the meter is never touched.
+    sent = len(driver.commands)
+    firmware = (await executor.execute(_command("firmware-update", body={"sha256": "ab" * 32}))).result
+    assert (firmware.outcome, firmware.error_kind) == (CommandOutcome.FAILED, "configuration")
+    assert "GXAMI_SCHEDULER_API_URL" in (firmware.error_message or "") and len(driver.commands) == sent
 
     with caplog.at_level(logging.DEBUG):
         broken = (await executor.execute(_command("clock-sync"))).result

@@ -77,3 +77,57 @@ async def test_each_wave_is_one_command_and_its_results_advance_the_rollout(
         (f"firmware-rollout-{rollout}-wave-0", "succeeded"),
         (f"firmware-rollout-{rollout}-wave-1", "sent"),
     ]
+
+
+async def test_verified_meters_are_activated_once_activate_at_is_due(
+    db: asyncpg.Connection, profiles: ProfileCatalog
+) -> None:
+    await import_fleet(db, parse_fleet("f.csv", FLEET, profiles), T0, [profiles.get("em-dlms")])
+    image = await store_image(db, b"\x02firmware-image" * 64, "FW 3.0", "admin")
+    at = T0 + timedelta(hours=1)
+    rollout = await create_rollout(db, image.sha256, "town", [100], 0.5, "op-a", activate_at=at)
+    now = T0 + timedelta(seconds=1)
+    assert await advance_rollouts(db, now) == 1
+    wave = await claim_due_commands(db, now, limit=10)
+    assert sorted(q.message.meter_id for q in wave) == ["f1", "f2"]
+    assert wave[0].message.body == {"sha256": image.sha256, "identification": "FW 3.0", "activate_at": at.isoformat()}
+
+    def result(command_id: str, meter: str, state: str) -> CommandResult:
+        return CommandResult(
+            command_id=command_id,
+            meter_id=meter,
+            kind=CommandKind.FIRMWARE_UPDATE,
+            outcome=CommandOutcome.SUCCEEDED,
+            state=state,
+            finished_at=now,
+        )
+
+    wave_id = f"firmware-rollout-{rollout}-wave-0"
+    await apply_results(db, [result(wave_id, "f1", "verified")], now)
+    assert await advance_rollouts(db, at - timedelta(minutes=1)) == 0  # verified, not yet due
+    due = at + timedelta(seconds=1)
+    assert await advance_rollouts(db, due) == 1
+    [first] = await claim_due_commands(db, due, limit=10)
+    assert (first.message.command_id, first.message.meter_id) == (f"{wave_id}-activate-1", "f1")
+    assert first.message.body == {"sha256": image.sha256, "identification": "FW 3.0"}  # activate now
+    assert await advance_rollouts(db, due) == 0  # f1 has its activation; f2 is still transferring
+    # f2 verifies after the first round went out: the next tick sends it a round of its own.
+    await apply_results(db, [result(wave_id, "f2", "verified")], due)
+    assert await advance_rollouts(db, due) == 1
+    [second] = await claim_due_commands(db, due, limit=10)
+    assert (second.message.command_id, second.message.meter_id) == (f"{wave_id}-activate-2", "f2")
+    await apply_results(db, [result(f"{wave_id}-activate-1", "f1", "activated")], due)
+    await apply_results(db, [result(f"{wave_id}-activate-2", "f2", "activated")], due)
+    # A progress figure arriving late never takes an activated meter back to transferring.
+    late = CommandResult(
+        command_id=f"{wave_id}-activate-2",
+        meter_id="f2",
+        kind=CommandKind.FIRMWARE_UPDATE,
+        outcome=CommandOutcome.SENT,
+        finished_at=due,
+    )
+    await apply_results(db, [late], due)
+    assert await advance_rollouts(db, due) == 0
+    progress = await rollout_progress(db, rollout)
+    assert progress is not None and progress["state"] == "finished", progress
+    assert {m["meter_id"]: m["state"] for m in progress["meters"]} == {"f1": "activated", "f2": "activated"}

@@ -8,7 +8,13 @@ read back lies within the tolerance of the time set, a write only if the value r
 value written. A relay command that fails is followed by one more association that reads the
 relay's state, so the result still says where the relay is. ``read`` runs an on-demand read
 through the job path (:class:`~gxami_collector.jobs.MeterReader`), with its readings and events.
-Firmware updates and tariff calendars go to the driver as they are (``DriverCommand.body``).
+Tariff calendars go to the driver as they are (``DriverCommand.body``). A ``firmware-update``
+names its image by SHA-256: the image is fetched (:class:`~gxami_collector.firmware_images.FirmwareImages`)
+and the driver gets the bytes; the session is bounded by ``firmware_session_timeout_s`` rather than
+the normal session bound, and the driver's progress (blocks done of all, the next block it sends)
+reaches the caller's ``on_progress`` as ``sent`` results, so the scheduler shows each meter's
+transfer while it runs. A command that comes again after a collector died mid-transfer runs again,
+and the driver resumes from the meter's first missing block.
 
 Every meter fault becomes a ``failed`` result with a typed error; nothing here raises for one.
 No key, password or tag reaches a result or a log: secrets stay in the target, and an unexpected
@@ -31,6 +37,7 @@ from typing import Final, cast
 
 from pydantic import ValidationError
 
+from gxami_collector.firmware_images import FirmwareFetchError, FirmwareImages
 from gxami_collector.jobs import JobOutcome, MeterReader
 from gxami_contracts import (
     CommandKind,
@@ -47,6 +54,7 @@ from gxami_runtime.kafka import describe_validation_error
 from gxcore.drivers.api import CommandKind as DriverKind
 from gxcore.drivers.api import CommandResult as DriverResult
 from gxcore.drivers.api import DriverCommand
+from gxcore.drivers.dlms.firmware import FirmwareProgress, FirmwareTransferError
 from gxcore.errors import GxError
 from gxcore.readings import Reading
 
@@ -63,6 +71,7 @@ CLOCK_KINDS: Final = frozenset({CommandKind.CLOCK_SET, CommandKind.CLOCK_SYNC})
 WRITE_KINDS: Final = frozenset({CommandKind.SET_ATTRIBUTE, CommandKind.WRITE_POINT})
 _DATA_ENTRIES: Final = 48  # of the contract's 64: room for what the collector adds beside the read-back
 _JOB_NAMESPACE: Final = uuid.UUID("5d1c8a1e-6f0b-4c43-9f43-2b0c9e6f1a11")
+ProgressSink = Callable[[CommandResult], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +129,17 @@ class CommandExecutor:
         clock_tolerance_s: float,
         collector: str | None = None,
         clock: Callable[[], datetime] = utc_now,
+        firmware: FirmwareImages | None = None,
+        firmware_session_timeout: float | None = None,
     ) -> None:
         self.reader = reader
         self.clock = clock
         self._tolerance = timedelta(seconds=clock_tolerance_s)
         self._collector = collector or None
+        self.firmware = firmware  # None: no scheduler API configured, firmware-update commands fail
+        self._firmware_timeout = firmware_session_timeout or reader.session_timeout
+        # Where each meter's running firmware transfer reports (one command per meter at a time).
+        self._progress: dict[str, Callable[[FirmwareProgress], None]] = {}
 
     def result(
         self, command: MeterCommand, outcome: CommandOutcome, started: datetime | None = None, **fields: object
@@ -152,11 +167,18 @@ class CommandExecutor:
             self.result(command, CommandOutcome.FAILED, started, error_kind=kind[:64], error_message=text, **fields)
         )
 
-    async def execute(self, command: MeterCommand, *, interrupted_before: bool = False) -> CommandDone:
-        """Run ``command`` now (the caller checked expiry and holds the meter's link) and check its read-back."""
+    async def execute(
+        self, command: MeterCommand, *, interrupted_before: bool = False, on_progress: ProgressSink | None = None
+    ) -> CommandDone:
+        """Run ``command`` now (the caller checked expiry and holds the meter's link) and check its read-back.
+
+        ``on_progress`` hears a firmware transfer's progress as ``sent`` results (it must not block).
+        """
         started = self.clock()
         if command.kind is CommandKind.READ:
             done = await self._read(command, started)
+        elif command.kind is CommandKind.FIRMWARE_UPDATE:
+            done = await self._firmware(command, started, on_progress)
         else:
             done = await self._driver_command(command, started)
         if interrupted_before:  # see gxami_collector.command_records: a crash fell inside an earlier run
@@ -164,24 +186,76 @@ class CommandExecutor:
             done = CommandDone(result, done.batch, done.events)
         return done
 
-    async def _driver_command(self, command: MeterCommand, started: datetime) -> CommandDone:
+    async def _firmware(
+        self, command: MeterCommand, started: datetime, on_progress: ProgressSink | None
+    ) -> CommandDone:
+        """A firmware-update: the image fetched by hash, the driver's progress relayed, a longer session bound."""
+        if self.firmware is None:
+            message = f"meter {command.meter_id}: firmware-update needs GXAMI_SCHEDULER_API_URL to fetch the image"
+            return self.failed(command, started, "configuration", message)
+        try:
+            body = await self.firmware.driver_body(command.body)
+        except FirmwareFetchError as exc:
+            return self.failed(command, started, "firmware-image", f"meter {command.meter_id}: {exc}")
+
+        def progress(p: FirmwareProgress) -> None:
+            if on_progress is None:
+                return
+            data: dict[str, object] = {
+                "firmware-blocks-done": p.blocks_done,
+                "firmware-blocks-total": p.blocks_total,
+                "firmware-blocks-sent": p.sent,
+            }
+            if p.first_missing is not None:
+                data["firmware-first-missing"] = p.first_missing
+            on_progress(self.result(command, CommandOutcome.SENT, started, state="transferring", data=data))
+
+        self._progress[command.meter_id] = progress
+        try:
+            return await self._driver_command(command, started, body=body, timeout=self._firmware_timeout)
+        finally:
+            self._progress.pop(command.meter_id, None)
+
+    def _relay_progress(self, p: FirmwareProgress) -> None:
+        """The drivers' firmware hook: hands a transfer's progress to its meter's running command."""
+        sink = self._progress.get(p.meter_id)
+        if sink is not None:
+            sink(p)
+
+    async def _driver_command(
+        self,
+        command: MeterCommand,
+        started: datetime,
+        *,
+        body: dict[str, object] | None = None,
+        timeout: float | None = None,
+    ) -> CommandDone:
         wanted = DriverCommand(
             kind=cast("DriverKind", command.kind.value),
             point=command.point,
             value=command.value,
             clock=command.clock,
             options=command.options,
-            body=command.body,
+            body=body if body is not None else command.body,
         )
+        limit = timeout if timeout is not None else self.reader.session_timeout
         try:
-            done = await self._run_driver(command, wanted)
+            done = await self._run_driver(command, wanted, limit)
+        except FirmwareTransferError as exc:
+            if exc.meter_id is None:
+                exc.meter_id = command.meter_id
+            figures = {
+                "firmware-blocks-done": exc.blocks_done,
+                "firmware-blocks-total": exc.blocks_total,
+                "firmware-first-missing": exc.first_missing,
+            }
+            return self.failed(command, started, "firmware-transfer", str(exc), data=figures)
         except GxError as exc:
             if exc.meter_id is None:
                 exc.meter_id = command.meter_id
             state = await self._relay_state(command) if command.kind in RELAY_STATES else None
             return self.failed(command, started, exc.kind, str(exc), state=state)
         except TimeoutError:
-            limit = self.reader.session_timeout
             return self.failed(command, started, "timeout", f"meter {command.meter_id}: session exceeded {limit:.0f} s")
         except Exception as exc:  # noqa: BLE001 - a driver bug must not stop the collector; logged by type
             self._log_internal(command, exc)
@@ -194,11 +268,15 @@ class CommandExecutor:
             reason = describe_validation_error(exc)
             return self.failed(command, started, "protocol", f"meter {command.meter_id}: read-back refused: {reason}")
 
-    async def _run_driver(self, command: MeterCommand, wanted: DriverCommand) -> DriverResult:
+    async def _run_driver(
+        self, command: MeterCommand, wanted: DriverCommand, limit: float | None = None
+    ) -> DriverResult:
         driver, profile, target = await self.reader.meter(
             command.meter_id, command.url, command.protocol, command.profile, command.options
         )
-        async with asyncio.timeout(self.reader.session_timeout):
+        if wanted.kind == "firmware-update" and hasattr(driver, "firmware_progress"):
+            driver.firmware_progress = self._relay_progress  # a shared driver: routed by meter id
+        async with asyncio.timeout(limit if limit is not None else self.reader.session_timeout):
             return await driver.execute(target, profile, wanted, timeout=self.reader.exchange_timeout)
 
     async def _relay_state(self, command: MeterCommand) -> str | None:

@@ -44,14 +44,15 @@ from prometheus_client import Counter
 from gxami_collector.batches import fitting_batches
 from gxami_collector.command_execution import CommandDone, CommandExecutor, utc_now
 from gxami_collector.command_records import CommandRecords
+from gxami_collector.firmware_images import FirmwareFetchError, FirmwareImages
 from gxami_collector.jobs import MeterReader
 from gxami_collector.settings import CollectorSettings
 from gxami_collector.spool import Outgoing, Spool
-from gxami_contracts import CommandOutcome, CommandResult, MeterCommand
+from gxami_contracts import CommandKind, CommandOutcome, CommandResult, MeterCommand
 from gxami_contracts.messages import Message
 from gxami_contracts.topics import COMMAND_RESULTS, COMMANDS, EVENTS, READINGS
 from gxami_runtime.kafka import DeadLetters, Decoded, Publisher, commit, decode_batch, ensure_topics, make_consumer
-from gxami_runtime.service import kafka_startup_error
+from gxami_runtime.service import StartupError, kafka_startup_error
 
 log = logging.getLogger("gxami.collector.commands")
 
@@ -174,8 +175,49 @@ class CommandService:
         if self.clock() >= command.expires_at:  # publishing "sent" took the last of its time
             await self._finish(command, CommandDone(self._expired(command)), publisher)
             return
-        done = await self.executor.execute(command, interrupted_before=run is not None)
+        if command.kind is CommandKind.FIRMWARE_UPDATE:
+            done = await self._with_progress(command, run is not None, publisher)
+        else:
+            done = await self.executor.execute(command, interrupted_before=run is not None)
         await self._finish(command, done, publisher)
+
+    async def _with_progress(self, command: MeterCommand, interrupted: bool, publisher: Publisher) -> CommandDone:
+        """Run a firmware-update, publishing its progress as ``sent`` results while it runs.
+
+        Progress is published by one task, newest first (a figure superseded while the broker was
+        slow is dropped), and is all out before the final result, so the scheduler never sees a
+        ``sent`` after the command's end.
+        """
+        latest: list[CommandResult] = []
+        wake = asyncio.Event()
+        finished = False
+
+        def heard(result: CommandResult) -> None:
+            latest[:] = [result]
+            wake.set()
+
+        async def relay() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if latest:
+                    result = latest.pop()
+                    await self._emit(CommandDone(result), publisher)
+                if finished and not latest:
+                    return
+
+        sender = asyncio.create_task(relay(), name=f"firmware-progress-{command.meter_id}")
+        try:
+            done = await self.executor.execute(command, interrupted_before=interrupted, on_progress=heard)
+        except BaseException:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            raise
+        finished = True
+        wake.set()
+        await sender
+        return done
 
     def _expired(self, command: MeterCommand) -> CommandResult:
         message = f"meter {command.meter_id}: expired at {command.expires_at.isoformat()}; not executed"
@@ -272,10 +314,21 @@ async def serve_commands(
                 "cannot create the site's commands topic; it must exist already",
                 extra={"topic": s.commands_topic(), "error": type(exc).__name__},
             )
+    firmware: FirmwareImages | None = None
+    if s.scheduler_api_url:
+        try:
+            firmware = FirmwareImages.from_settings(s)
+        except FirmwareFetchError as exc:  # a URL without a readable token: a setting to fix, not a meter fault
+            raise StartupError(str(exc)) from None
     records = await CommandRecords.open(s.command_records_dir, retention=timedelta(days=s.command_records_days))
     try:
         executor = CommandExecutor(
-            reader, clock_tolerance_s=s.command_clock_tolerance_s, collector=s.instance, clock=clock
+            reader,
+            clock_tolerance_s=s.command_clock_tolerance_s,
+            collector=s.instance,
+            clock=clock,
+            firmware=firmware,
+            firmware_session_timeout=s.firmware_session_timeout_s,
         )
         service = CommandService(s, executor, records, links=links, meters=meters, slots=slots, spool=spool)
         consumer = make_consumer(mine, s.commands_group(), mine.topic(COMMANDS.name))

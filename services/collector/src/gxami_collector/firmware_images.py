@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class FirmwareImages:
     cache_dir: Path
     timeout_s: float = 30.0
     max_bytes: int = MAX_IMAGE_BYTES
+    # One fetch per image at a time: a wave's meters start together and need the same bytes once.
+    _fetching: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings: CollectorSettings) -> FirmwareImages:
@@ -80,12 +83,19 @@ class FirmwareImages:
         digest = sha256.lower()
         if not _SHA256.match(digest):
             raise FirmwareFetchError(f"{sha256!r} is not a SHA-256 (64 hex digits)")
-        cached = await asyncio.to_thread(self._cached, digest)
-        if cached is not None:
-            return cached
-        image = await self._fetch(digest)
-        await asyncio.to_thread(self._keep, image)
-        return image
+        async with self._fetching.setdefault(digest, asyncio.Lock()):
+            cached = await asyncio.to_thread(self._cached, digest)
+            if cached is not None:
+                return cached
+            image = await self._fetch(digest)
+            try:
+                await asyncio.to_thread(self._keep, image)
+            except OSError as exc:  # the bytes are checked; without a cache they are only fetched again
+                log.warning(
+                    "cannot cache a firmware image; using it uncached",
+                    extra={"sha256": digest, "path": str(self.cache_dir), "error": exc.strerror},
+                )
+            return image
 
     async def driver_body(self, body: Mapping[str, object] | None) -> dict[str, object]:
         """A firmware-update command's body (image by ``sha256``) as the driver takes it (image bytes).
@@ -129,7 +139,7 @@ class FirmwareImages:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         data_path, id_path = self._paths(image.sha256)
         for path, content in ((id_path, image.identification.encode()), (data_path, image.data)):
-            tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+            tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
             with open(tmp, "wb") as out:
                 out.write(content)
                 out.flush()

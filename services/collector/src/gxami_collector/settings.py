@@ -137,6 +137,9 @@ class CollectorSettings(ServiceSettings):
     firmware_cache_dir: Path = Field(default_factory=lambda: _state_dir() / "firmware")
     # Every read of a firmware image from the scheduler's API times out after this.
     firmware_fetch_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # Upper bound on one firmware-update session (an image transfer takes far longer than a read);
+    # an interrupted one resumes from the meter's first missing block when the command comes again.
+    firmware_session_timeout_s: float = Field(default=4 * 3600.0, gt=0, le=86_400)
     # A push from an unknown meter registers it with this device profile (as Gurux AMI4 does):
     # served at once, and the scheduler asked (ami.registrations) to add it to the registry.
     push_auto_register: str | None = Field(default=None, min_length=1, max_length=100)

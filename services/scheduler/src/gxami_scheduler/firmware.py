@@ -193,14 +193,18 @@ async def record_progress(
     blocks_total: int | None = None,
     detail: str = "",
 ) -> bool:
-    """Store one meter's progress (from its command result); False if the meter is not in the rollout."""
+    """Store one meter's progress (from its command result); False if the meter is not in the rollout
+    (or it has finished and this is a late ``transferring``)."""
     if state not in METER_STATES:
         raise ValueError(f"firmware progress state {state!r} is not one of {sorted(METER_STATES)}")
     done = await conn.fetchval(
         """UPDATE firmware_rollout_meters
            SET state = $3, blocks_done = COALESCE($4, blocks_done), blocks_total = COALESCE($5, blocks_total),
                detail = $6, updated_at = $7
-           WHERE rollout = $1 AND meter_id = $2 RETURNING 1""",
+           WHERE rollout = $1 AND meter_id = $2
+             -- a progress figure arriving late never reopens a meter that has finished
+             AND NOT ($3 = 'transferring' AND state IN ('activated', 'failed'))
+           RETURNING 1""",
         rollout,
         meter_id,
         state,
@@ -236,12 +240,17 @@ async def rollout_progress(conn: Conn, rollout: int) -> dict[str, Any] | None:
     return out
 
 
-_WAVE_COMMAND: Final = re.compile(r"^firmware-rollout-(\d{1,18})-wave-(\d{1,2})$")
+_WAVE_COMMAND: Final = re.compile(r"^firmware-rollout-(\d{1,18})-wave-(\d{1,2})(?:-activate-\d{1,6})?$")
 
 
 def wave_command_id(rollout: int, wave: int) -> str:
     """The command_id of one wave's firmware-update command (one message per meter shares it)."""
     return f"firmware-rollout-{rollout}-wave-{wave}"
+
+
+def activation_command_id(rollout: int, wave: int, round_: int) -> str:
+    """The command_id of a wave's ``round_``-th activation (verified meters whose activate_at is due)."""
+    return f"{wave_command_id(rollout, wave)}-activate-{round_}"
 
 
 def rollout_of(command_id: str) -> tuple[int, int] | None:

@@ -150,6 +150,7 @@ class FirmwareProgress:
     blocks_done: int
     blocks_total: int
     sent: int
+    first_missing: int | None = None  # the next block this execute sends (``blocks_total`` when none is left)
 
 
 ProgressHook = Callable[[FirmwareProgress], None]
@@ -204,7 +205,8 @@ async def execute_firmware(
 
         def report() -> None:
             if on_progress is not None:
-                on_progress(FirmwareProgress(meter_id, name, total - len(missing) + sent, total, sent))
+                upcoming = missing[sent] if sent < len(missing) else total
+                on_progress(FirmwareProgress(meter_id, name, total - len(missing) + sent, total, sent, upcoming))
 
         report()
         for pos, number in enumerate(missing):
