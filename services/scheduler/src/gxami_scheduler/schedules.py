@@ -33,6 +33,7 @@ from gxcore.profiles.model import Purpose
 # A window that no run of the schedule can ever hit would loop forever; past this many skipped
 # runs the schedule is refused at the first run it is asked for.
 _MAX_SKIPS = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 
@@ -202,10 +203,11 @@ class NamedSchedule(BaseModel):
 
     def _next_raw(self, name: str, meter_id: str, after: datetime) -> datetime:
         if self.interval is not None:
-            offset = spread(meter_id, f"schedule:{name}") * self.interval
-            t = after.timestamp() - offset
-            slot = math.floor(t / self.interval) + 1
-            return datetime.fromtimestamp(slot * self.interval + offset, UTC)
+            # Whole microseconds, so that the run after a run is exactly one interval later (no float drift).
+            step = self.interval * 1_000_000
+            offset = math.floor(spread(meter_id, f"schedule:{name}") * step)
+            t = (after - _EPOCH) // timedelta(microseconds=1) - offset
+            return _EPOCH + timedelta(microseconds=(t // step + 1) * step + offset)
         assert self.cron is not None  # _one_kind guarantees it; narrows for mypy
         local_after = after.astimezone(self.zone)
         nxt: datetime = croniter(self.cron, local_after).get_next(datetime)
