@@ -149,3 +149,15 @@ def test_fleet_file_refuses_unknown_names_with_their_line() -> None:
     assert "fleet.yaml:8: segments.apn-north.max_sessions: Input should be greater than or equal to 1" in text
     with pytest.raises(FleetFileError, match="plan: unknown field"):
         parse_fleet("fleet.yaml", FLEET.replace("group: residential}", "group: residential, plan: {}}", 1))
+
+
+def test_the_readme_schedules_example_parses() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```yaml\n(schedules:\n  daily-billing.*?)```", readme, re.S)
+    meters = {m.meter_id: m for m in parse_fleet("README-schedules.yaml", block)}
+    assert sorted(meters["ELEC-0100"].plan) == ["daily-billing", "lp-15m"]
+    assert (sorted(meters["ELEC-0101"].plan), meters["ELEC-0101"].segment) == (["night-backfill"], "conc-17")
+    assert meters["ELEC-0100"].segment == "apn-north"
