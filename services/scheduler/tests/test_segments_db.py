@@ -116,6 +116,10 @@ async def test_priorities_segments_and_links(db: asyncpg.Connection) -> None:
     assert row is not None
     assert row["next_due_at"] == b1_plan.next_run("b1", one_s).at
     assert (row["priority"], row["due_purposes"]) == (30, ["billing"])
+    # Importing the file again (b1 changed: a shorter plain interval) keeps the planned run.
+    changed = [m.model_copy(update={"schedule": 60}) if m.meter_id == "b1" else m for m in meters]
+    await import_fleet(db, changed, one_s)
+    assert await db.fetchval("SELECT next_due_at FROM meter_schedule WHERE meter_id = 'b1'") == row["next_due_at"]
     i2_job = first[0].job
     await record_results(db, [_ok(i2_job.job_id, "i2", one_s)], one_s, POLICY)
     row = await db.fetchrow("SELECT priority FROM meter_schedule WHERE meter_id = 'i2'")

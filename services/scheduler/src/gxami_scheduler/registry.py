@@ -139,13 +139,15 @@ SELECT u.meter_id, u.next_due_at, u.priority, string_to_array(nullif(u.purposes,
 ON CONFLICT (meter_id) DO NOTHING
 """
 
-# A shorter interval in the file takes effect now, not after the old, longer wait.
-_PULL_IN = """
+# A shorter interval in the file takes effect now, not after the old, longer wait. Not for meters
+# with named schedules: their next run is their schedules' (a changed plan applies from the run after it).
+_PULL_IN = f"""
 UPDATE meter_schedule s SET next_due_at = $2::timestamptz + make_interval(secs => m.interval_s)
   FROM meters m
  WHERE m.meter_id = s.meter_id AND s.meter_id = ANY($1::text[])
    AND s.next_due_at > $2::timestamptz + make_interval(secs => m.interval_s)
-"""
+   AND NOT coalesce((m.options -> '{PLAN_KEY}' -> 'schedules') <> '{{}}'::jsonb, false)
+"""  # noqa: S608 - composed from a constant only
 
 
 _UPSERT_PROFILES = """
