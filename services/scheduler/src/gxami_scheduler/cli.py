@@ -179,3 +179,38 @@ def list_command(
         sys.stdout.write("\n")
     else:
         typer.echo(format_table(meters))
+
+
+schedule_app = typer.Typer(help="The read schedule: preview the planned work.", no_args_is_help=True)
+
+
+async def _preview(settings: SchedulerSettings, group: str | None, hours: float) -> str:
+    from datetime import timedelta
+
+    from gxami_scheduler.app import utc_now
+    from gxami_scheduler.schedule_preview import format_runs, planned_work, registry_entries
+
+    conn = await _connect(settings)
+    try:
+        entries = await registry_entries(conn, group)
+    finally:
+        await conn.close()
+    now = utc_now()
+    return format_runs(planned_work(entries, now, now + timedelta(hours=hours)))
+
+
+@schedule_app.command("preview")
+def preview_command(
+    group: Annotated[str | None, typer.Option(help="only meters of this group")] = None,
+    hours: Annotated[float, typer.Option(min=0.0, max=24.0 * 31, help="how far ahead to look")] = 24.0,
+) -> None:
+    """Print the planned runs (time, meter, priority, purposes) from the registry; emits nothing."""
+    import asyncio
+
+    from gxami_runtime.service import StartupError
+
+    settings = load_settings("schedule")
+    try:
+        typer.echo(asyncio.run(_preview(settings, group, hours)))
+    except StartupError as exc:
+        _fail(2, f"gxami schedule: {exc}")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gxami_contracts.fleet import Connection
 from gxami_contracts.messages import MeterId
+from gxami_scheduler.schedules import NAME_PATTERN, FleetGroup, NamedSchedule, NetworkSegment
 from gxcore.errors import ConfigurationError
 from gxcore.media.endpoint import Endpoint
 from gxcore.profiles import ProfileCatalog
@@ -61,10 +62,14 @@ _TEXT_FIELDS = frozenset(
         "serial",
         "wmbus_id",
         "site",
+        "segment",
     }
 )
 # A part of a Kafka topic name, as GXAMI_SITE of the collector (and the meters.site CHECK).
 SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+# Filled in by parse_fleet from the top-level maps; a row may not set them itself.
+_RESOLVED_FIELDS = frozenset({"plan", "segment_limits"})
+_TOP_LEVEL = ("meters", "schedules", "groups", "segments")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -194,6 +199,12 @@ class FleetMeter(BaseModel):
     wmbus_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,32}$")
     # The edge site whose collector reads the meter: its jobs go to ``ami.read-jobs.<site>``.
     site: str | None = Field(default=None, pattern=SITE_PATTERN)
+    # Names from the top-level `schedules:` map; replaces the group's schedules for this meter.
+    schedules: Annotated[list[str], BeforeValidator(_parse_purposes)] = Field(default_factory=list)
+    segment: str | None = Field(default=None, pattern=NAME_PATTERN)
+    # Resolved by parse_fleet (meter override, else its group's); empty: the plain `schedule` interval.
+    plan: dict[str, NamedSchedule] = Field(default_factory=dict)
+    segment_limits: NetworkSegment | None = None
 
     @field_validator("system_title")
     @classmethod
@@ -263,6 +274,15 @@ def default_link_id(url: str) -> str:
 
 
 @dataclass(slots=True)
+class FleetPlanMaps:
+    """The top-level ``schedules:``, ``groups:`` and ``segments:`` maps of a YAML fleet file."""
+
+    schedules: dict[str, NamedSchedule] = field(default_factory=dict)
+    groups: dict[str, FleetGroup] = field(default_factory=dict)
+    segments: dict[str, NetworkSegment] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Row:
     line: int
     data: Any
@@ -291,7 +311,7 @@ def _field_problems(exc: ValidationError) -> Iterator[tuple[str, str]]:
         yield loc, msg
 
 
-def _yaml_rows(path: str, text: str, problems: _Problems) -> list[_Row]:
+def _yaml_rows(path: str, text: str, problems: _Problems, maps: FleetPlanMaps) -> list[_Row]:
     loader: yaml.SafeLoader | None = None
     try:
         loader = yaml.SafeLoader(text)  # already checks the characters, so inside the try
@@ -315,13 +335,20 @@ def _yaml_rows(path: str, text: str, problems: _Problems) -> list[_Row]:
         problems.add(1, "", "expected a mapping with a top-level 'meters:' list")
         raise problems.refuse()
     meters_node: yaml.Node | None = None
+    seen: set[str] = set()
     for key_node, value_node in root.value:
-        if key_node.value == "meters":
-            if meters_node is not None:
-                problems.add(key_node.start_mark.line + 1, "meters", "given twice")
+        key = str(key_node.value)
+        if key not in _TOP_LEVEL:
+            problems.add(key_node.start_mark.line + 1, key, f"unknown top-level key (known: {', '.join(_TOP_LEVEL)})")
+            continue
+        if key in seen:
+            problems.add(key_node.start_mark.line + 1, key, "given twice")
+            continue
+        seen.add(key)
+        if key == "meters":
             meters_node = value_node
         else:
-            problems.add(key_node.start_mark.line + 1, str(key_node.value), "unknown top-level key (only 'meters')")
+            _plan_map(key, value_node, data[key], problems, maps)
     if meters_node is None or not isinstance(meters_node, yaml.SequenceNode):
         line = meters_node.start_mark.line + 1 if meters_node is not None else 1
         problems.add(line, "meters", "expected a list of meters under 'meters:'")
@@ -343,6 +370,50 @@ def _yaml_rows(path: str, text: str, problems: _Problems) -> list[_Row]:
                     item[name] = None if value_node.tag.endswith(":null") else value_node.value
         rows.append(row)
     return rows
+
+
+def _plan_map(key: str, node: yaml.Node, value: object, problems: _Problems, maps: FleetPlanMaps) -> None:
+    """Validate one of the top-level name -> definition maps into ``maps``."""
+    if not isinstance(node, yaml.MappingNode) or not isinstance(value, dict):
+        problems.add(node.start_mark.line + 1, key, f"expected a mapping of names under '{key}:'")
+        return
+    models: dict[str, type[NamedSchedule] | type[FleetGroup] | type[NetworkSegment]] = {
+        "schedules": NamedSchedule,
+        "groups": FleetGroup,
+        "segments": NetworkSegment,
+    }
+    model = models[key]
+    target: dict[str, Any] = getattr(maps, key)
+    for name_node, item_node in node.value:
+        name = str(name_node.value)
+        line = name_node.start_mark.line + 1
+        if key != "groups" and not re.match(NAME_PATTERN, name):
+            problems.add(line, f"{key}.{name}", "a name is a letter then letters, digits, '_', '.', '-'")
+            continue
+        try:
+            target[name] = model.model_validate(
+                value[name_node.value] if value.get(name_node.value) is not None else {}
+            )
+        except ValidationError as exc:
+            for loc, msg in _field_problems(exc):
+                problems.add(item_node.start_mark.line + 1, f"{key}.{name}.{loc}" if loc else f"{key}.{name}", msg)
+
+
+def _resolve_plan(meter: FleetMeter, maps: FleetPlanMaps) -> tuple[FleetMeter | None, str, str]:
+    """The meter with its schedules and segment looked up; or None and the field and reason of a problem."""
+    group = maps.groups.get(meter.group)
+    names = meter.schedules or (group.schedules if group else [])
+    for name in names:
+        if name not in maps.schedules:
+            return None, "schedules", f"unknown schedule {name!r} (not in the top-level 'schedules:' map)"
+    segment = meter.segment or (group.segment if group else None)
+    if segment is not None and segment not in maps.segments:
+        return None, "segment", f"unknown segment {segment!r} (not in the top-level 'segments:' map)"
+    if not names and segment is None:
+        return meter, "", ""
+    update: dict[str, object] = {"plan": {n: maps.schedules[n] for n in names}, "segment": segment}
+    update["segment_limits"] = maps.segments[segment] if segment is not None else None
+    return meter.model_copy(update=update), "", ""
 
 
 def _csv_rows(text: str, problems: _Problems) -> list[_Row]:
@@ -377,12 +448,12 @@ def _csv_rows(text: str, problems: _Problems) -> list[_Row]:
 
 
 def _check_header(header: list[str], line: int, problems: _Problems) -> None:
-    known = set(FleetMeter.model_fields)
+    known = set(FleetMeter.model_fields) - _RESOLVED_FIELDS
     for dup in sorted({h for h in header if header.count(h) > 1}):
         problems.add(line, dup, "column given twice in the header")
     for name in header:
         if name not in known:
-            problems.add(line, name, f"unknown column (known: {', '.join(FleetMeter.model_fields)})")
+            problems.add(line, name, f"unknown column (known: {', '.join(sorted(known))})")
     for name in _REQUIRED:
         if name not in header:
             problems.add(line, name, "required column missing from the header")
@@ -392,8 +463,9 @@ def parse_fleet(path: str, text: str, profiles: ProfileCatalog | None = None) ->
     """Validate a whole fleet file; raise FleetFileError listing every problem, or return all meters."""
     problems = _Problems(path)
     suffix = Path(path).suffix.lower()
+    maps = FleetPlanMaps()
     if suffix in {".yaml", ".yml"}:
-        rows = _yaml_rows(path, text, problems)
+        rows = _yaml_rows(path, text, problems, maps)
     elif suffix == ".csv":
         rows = _csv_rows(text, problems)
     else:
@@ -404,6 +476,11 @@ def parse_fleet(path: str, text: str, profiles: ProfileCatalog | None = None) ->
     for row in rows:
         if not isinstance(row.data, dict):
             problems.add(row.line, "", "each meter must be a mapping of fields")
+            continue
+        resolved_given = sorted(_RESOLVED_FIELDS & set(row.data))
+        if resolved_given:
+            for name in resolved_given:
+                problems.add(row.field_lines.get(name, row.line), name, "unknown field")
             continue
         try:
             meter = FleetMeter.model_validate(row.data)
@@ -419,10 +496,15 @@ def parse_fleet(path: str, text: str, profiles: ProfileCatalog | None = None) ->
             )
             continue
         first_line[meter.meter_id] = row.field_lines.get("meter_id", row.line)
+        resolved, bad_field, reason = _resolve_plan(meter, maps)
+        if resolved is None:
+            problems.add(row.field_lines.get(bad_field, row.line), bad_field, reason)
+            continue
+        meter = resolved
         if profiles is not None:
-            reason = _profile_problem(meter, profiles)
-            if reason:
-                problems.add(row.field_lines.get("profile", row.line), "profile", reason)
+            profile_reason = _profile_problem(meter, profiles)
+            if profile_reason:
+                problems.add(row.field_lines.get("profile", row.line), "profile", profile_reason)
                 continue
         meters.append(meter)
     if problems.items:

@@ -23,10 +23,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 from gxami_scheduler.fleet import DEFAULT_PURPOSES, FleetMeter
 from gxami_scheduler.planner import first_due
+from gxami_scheduler.schedules import MeterPlan, PriorityClass
 from gxcore.profiles import DeviceProfile
 
 PURPOSES_KEY = "_purposes"
 CONTACT_KEY = "_contact"
+# The meter's named schedules and network segment, resolved from the fleet file (gxami_scheduler.schedules).
+PLAN_KEY = "_plan"
 CONTACT_FIELDS = ("connection", "system_title", "serial", "wmbus_id")
 
 # A connection of its own or one borrowed from a pool: the queries here take either.
@@ -34,13 +37,39 @@ DbConn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 def stored_options(
-    options: Mapping[str, str], purposes: Sequence[str], contact: Mapping[str, str] | None = None
+    options: Mapping[str, str],
+    purposes: Sequence[str],
+    contact: Mapping[str, str] | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> str:
-    """The ``meters.options`` JSON for a meter's options, purposes and (non-default) contact fields."""
+    """The ``meters.options`` JSON for a meter's options, purposes, (non-default) contact fields and plan."""
     data: dict[str, object] = {**options, PURPOSES_KEY: list(purposes)}
     if contact:
         data[CONTACT_KEY] = dict(contact)
+    if plan:
+        data[PLAN_KEY] = dict(plan)
     return json.dumps(data, sort_keys=True)
+
+
+def meter_plan_json(meter: FleetMeter) -> dict[str, Any] | None:
+    """What ``meters.options`` keeps of a meter's named schedules and segment, or None when it has neither."""
+    if not meter.plan and meter.segment is None:
+        return None
+    out: dict[str, Any] = {"schedules": MeterPlan(meter.plan).to_json()}
+    if meter.segment is not None and meter.segment_limits is not None:
+        out["segment"] = meter.segment
+        out["segment_limits"] = meter.segment_limits.to_json()
+    return out
+
+
+def plan_of(raw: str | Mapping[str, Any] | None) -> tuple[MeterPlan | None, str | None]:
+    """The meter's named schedules (None: its plain interval) and segment name back from ``meters.options``."""
+    data: Any = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    plan = data.get(PLAN_KEY) if isinstance(data, dict) else None
+    if not isinstance(plan, dict):
+        return None, None
+    segment = plan.get("segment")
+    return MeterPlan.from_json(plan.get("schedules")), str(segment) if segment else None
 
 
 def meter_contact(meter: FleetMeter) -> dict[str, str]:
@@ -66,6 +95,7 @@ def split_options(raw: str | Mapping[str, Any] | None) -> tuple[dict[str, str], 
     if not isinstance(data, dict):
         data = {}
     data.pop(CONTACT_KEY, None)  # not a driver option: see contact_of
+    data.pop(PLAN_KEY, None)  # nor is the plan: see plan_of
     options = {str(k): str(v) for k, v in data.items()}
     if not isinstance(purposes, list) or not purposes:
         purposes = list(DEFAULT_PURPOSES)
@@ -105,18 +135,21 @@ RETURNING m.meter_id, (xmax = 0) AS inserted
 """
 
 _NEW_SCHEDULES = """
-INSERT INTO meter_schedule (meter_id, next_due_at)
-SELECT * FROM unnest($1::text[], $2::timestamptz[])
+INSERT INTO meter_schedule (meter_id, next_due_at, priority, due_purposes)
+SELECT u.meter_id, u.next_due_at, u.priority, string_to_array(nullif(u.purposes, ''), ',')
+  FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::text[]) AS u(meter_id, next_due_at, priority, purposes)
 ON CONFLICT (meter_id) DO NOTHING
 """
 
-# A shorter interval in the file takes effect now, not after the old, longer wait.
-_PULL_IN = """
+# A shorter interval in the file takes effect now, not after the old, longer wait. Not for meters
+# with named schedules: their next run is their schedules' (a changed plan applies from the run after it).
+_PULL_IN = f"""
 UPDATE meter_schedule s SET next_due_at = $2::timestamptz + make_interval(secs => m.interval_s)
   FROM meters m
  WHERE m.meter_id = s.meter_id AND s.meter_id = ANY($1::text[])
    AND s.next_due_at > $2::timestamptz + make_interval(secs => m.interval_s)
-"""
+   AND NOT coalesce((m.options -> '{PLAN_KEY}' -> 'schedules') <> '{{}}'::jsonb, false)
+"""  # noqa: S608 - composed from a constant only
 
 
 _UPSERT_PROFILES = """
@@ -152,7 +185,7 @@ async def import_fleet(
             [m.profile for m in meters],
             [m.group for m in meters],
             [m.interval_s for m in meters],
-            [stored_options(m.options, m.purposes, meter_contact(m)) for m in meters],
+            [stored_options(m.options, m.purposes, meter_contact(m), meter_plan_json(m)) for m in meters],
             [m.enabled for m in meters],
             [m.site for m in meters],
         )
@@ -167,14 +200,25 @@ async def import_fleet(
         if unpolled:
             await conn.execute("DELETE FROM meter_schedule WHERE meter_id = ANY($1::text[])", unpolled)
         new.extend(m for m in meters if m.polled and m.meter_id in changed_set)  # DO NOTHING keeps existing ones
+        firsts = [_first_run(m, now) for m in new]
         await conn.execute(
             _NEW_SCHEDULES,
             [m.meter_id for m in new],
-            [first_due(m.meter_id, m.interval_s, now) for m in new],
+            [at for at, _, _ in firsts],
+            [priority for _, priority, _ in firsts],
+            [purposes for _, _, purposes in firsts],
         )
         if changed:
             await conn.execute(_PULL_IN, changed, now)
     return ImportSummary(total=len(meters), new=len(inserted))
+
+
+def _first_run(meter: FleetMeter, now: datetime) -> tuple[datetime, int, str]:
+    """A new meter's first run: its named schedules' next one, else promptly (first_due) with its own purposes."""
+    if meter.plan:
+        run = MeterPlan(meter.plan).next_run(meter.meter_id, now)
+        return run.at, int(run.priority), ",".join(run.purposes)
+    return first_due(meter.meter_id, meter.interval_s, now), int(PriorityClass.INTERVAL), ""
 
 
 _METER_COLUMNS = """
@@ -243,10 +287,12 @@ async def request_read(conn: DbConn, meter_id: str, now: datetime) -> ReadReques
         if not row["enabled"]:
             return ReadRequestOutcome.DISABLED
         await conn.execute(
-            "INSERT INTO meter_schedule (meter_id, next_due_at) VALUES ($1, $2) ON CONFLICT (meter_id)"
-            " DO UPDATE SET next_due_at = LEAST(meter_schedule.next_due_at, EXCLUDED.next_due_at)",
+            "INSERT INTO meter_schedule (meter_id, next_due_at, priority) VALUES ($1, $2, $3) ON CONFLICT (meter_id)"
+            " DO UPDATE SET next_due_at = LEAST(meter_schedule.next_due_at, EXCLUDED.next_due_at),"
+            " priority = GREATEST(meter_schedule.priority, EXCLUDED.priority)",
             meter_id,
             now,
+            int(PriorityClass.ON_DEMAND),
         )
     until = row["in_flight_until"]
     in_flight = row["in_flight_job"] is not None and until is not None and until >= now

@@ -29,7 +29,9 @@ from gxami_scheduler.planner import (
     plan_read,
     shard_sql,
 )
-from gxami_scheduler.registry import CONTACT_KEY, DbConn, split_options
+from gxami_scheduler.registry import CONTACT_KEY, DbConn, plan_of, split_options
+from gxami_scheduler.schedules import PlannedRun, PriorityClass
+from gxami_scheduler.segments import admit_by_segment
 
 LOST_JOB_KIND = "lost"
 WHOLE_FLEET = Shard(0, 1)
@@ -45,10 +47,10 @@ _DUE = f"""
 
 _CLAIM = f"""
 SELECT s.meter_id, m.protocol, m.url, m.link_id, m.profile, m.interval_s, m.options, m.site,
-       s.last_profile_ts, s.consecutive_failures, s.in_flight_job
+       s.last_profile_ts, s.consecutive_failures, s.in_flight_job, s.due_purposes
   FROM meter_schedule s JOIN meters m ON m.meter_id = s.meter_id
  WHERE {_DUE}
- ORDER BY s.next_due_at
+ ORDER BY s.priority DESC, s.next_due_at
  LIMIT $4
    FOR UPDATE OF s SKIP LOCKED
 """  # noqa: S608 - composed from constants only
@@ -85,6 +87,7 @@ async def claim_due(
     """Claim up to ``limit`` due meters of ``shard``, mark them in flight, commit; return their jobs."""
     async with conn.transaction():
         rows = await conn.fetch(_CLAIM, now, shard.count, shard.index, limit)
+        rows = await admit_by_segment(conn, rows, now)
         planned = [plan_read(_due_meter(r), now, job_id(), policy) for r in rows]
         if planned:
             await conn.execute(
@@ -103,6 +106,8 @@ async def claim_due(
 
 def _due_meter(row: asyncpg.Record) -> DueMeter:
     options, purposes = split_options(row["options"])
+    if row["due_purposes"]:
+        purposes = list(row["due_purposes"])  # the run's named schedules say what to read
     return DueMeter(
         meter_id=row["meter_id"],
         protocol=row["protocol"],
@@ -152,7 +157,7 @@ ON CONFLICT (job_id, attempt) DO NOTHING
 """
 
 _WAITING = """
-SELECT s.meter_id, s.in_flight_job, s.consecutive_failures, m.interval_s
+SELECT s.meter_id, s.in_flight_job, s.consecutive_failures, m.interval_s, m.options
   FROM meter_schedule s JOIN meters m ON m.meter_id = s.meter_id
  WHERE s.meter_id = ANY($1::text[]) AND s.in_flight_job IS NOT NULL
  ORDER BY s.meter_id
@@ -169,10 +174,12 @@ UPDATE meter_schedule s
        last_error_at = CASE WHEN u.ok THEN s.last_error_at ELSE u.finished_at END,
        last_error_kind = CASE WHEN u.ok THEN s.last_error_kind ELSE u.error_kind END,
        last_error = CASE WHEN u.ok THEN s.last_error ELSE u.error_message END,
-       in_flight_job = NULL, in_flight_until = NULL, in_flight_profile_to = NULL
+       in_flight_job = NULL, in_flight_until = NULL, in_flight_profile_to = NULL,
+       priority = CASE WHEN u.ok THEN u.priority ELSE s.priority END,
+       due_purposes = CASE WHEN u.ok THEN string_to_array(nullif(u.purposes, ''), ',') ELSE s.due_purposes END
   FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::int[], $6::timestamptz[],
-              $7::text[], $8::text[])
-       AS u(meter_id, job_id, ok, next_due_at, failures, finished_at, error_kind, error_message)
+              $7::text[], $8::text[], $9::int[], $10::text[])
+       AS u(meter_id, job_id, ok, next_due_at, failures, finished_at, error_kind, error_message, priority, purposes)
  WHERE s.meter_id = u.meter_id AND s.in_flight_job = u.job_id
 """
 
@@ -206,27 +213,35 @@ async def record_results(
         )
         stored = int(status.rsplit(" ", 1)[-1])
         waiting = {row["meter_id"]: row for row in await conn.fetch(_WAITING, sorted({r.meter_id for r in results}))}
-        matched: list[tuple[JobResult, ScheduleUpdate]] = []
+        matched: list[tuple[JobResult, ScheduleUpdate, PlannedRun | None]] = []
         for result in results:
             row = waiting.get(result.meter_id)
             if row is None or row["in_flight_job"] != result.job_id:
                 continue
             del waiting[result.meter_id]  # a duplicate of this result later in the batch is stale
+            run: PlannedRun | None = None
             if result.status is JobStatus.OK:
-                update = after_success(result.meter_id, row["interval_s"], now)
+                plan, _ = plan_of(row["options"])
+                if plan is not None:
+                    run = plan.next_run(result.meter_id, now)
+                    update = ScheduleUpdate(result.meter_id, True, run.at, 0)
+                else:
+                    update = after_success(result.meter_id, row["interval_s"], now)
             else:
                 update = after_failure(result.meter_id, row["consecutive_failures"], now, policy)
-            matched.append((result, update))
+            matched.append((result, update, run))
         if matched:
             await conn.execute(
                 _APPLY,
-                [u.meter_id for _, u in matched],
-                [r.job_id for r, _ in matched],
-                [u.ok for _, u in matched],
-                [u.next_due_at for _, u in matched],
-                [u.consecutive_failures for _, u in matched],
-                [r.finished_at for r, _ in matched],
-                [(r.error_kind or "unknown") if not u.ok else None for r, u in matched],
-                [r.error_message if not u.ok else None for r, u in matched],
+                [u.meter_id for _, u, _ in matched],
+                [r.job_id for r, _, _ in matched],
+                [u.ok for _, u, _ in matched],
+                [u.next_due_at for _, u, _ in matched],
+                [u.consecutive_failures for _, u, _ in matched],
+                [r.finished_at for r, _, _ in matched],
+                [(r.error_kind or "unknown") if not u.ok else None for r, u, _ in matched],
+                [r.error_message if not u.ok else None for r, u, _ in matched],
+                [int(run.priority if run else PriorityClass.INTERVAL) for _, _, run in matched],
+                [",".join(run.purposes) if run else "" for _, _, run in matched],
             )
     return ResultsApplied(stored=stored, applied=len(matched), stale=len(results) - len(matched))

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -598,6 +599,10 @@ class DlmsFleetSimulator:
         self._seed_firmware(firmware_faults)
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Every connection a meter accepted: opened/closed as steps of one counter, so that tests can
+        # tell which sessions overlapped without comparing clock readings.
+        self.sessions: list[SessionRecord] = []
+        self._steps = itertools.count()
 
     def _seed_firmware(self, faults: FirmwareFaults | None) -> None:
         """Each meter's image transfer faults (a copy of ``faults``) drawn from its own seeded generator."""
@@ -660,6 +665,8 @@ class DlmsFleetSimulator:
         task = asyncio.current_task()
         if task is not None:
             self._connections[task] = writer
+        record = SessionRecord(index, self.meters[index].port if index < len(self.meters) else 0, next(self._steps))
+        self.sessions.append(record)
         try:
             if index in self.refusing_meters:
                 return
@@ -698,9 +705,32 @@ class DlmsFleetSimulator:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            record.closed_step = next(self._steps)
             if task is not None:
                 self._connections.pop(task, None)
             writer.close()
+
+    def max_concurrent(self, indexes: Sequence[int] | None = None) -> int:
+        """The most sessions that were open at once, over the meters ``indexes`` (all: None)."""
+        chosen = [r for r in self.sessions if indexes is None or r.index in indexes]
+        events = sorted(
+            [(r.opened_step, 1) for r in chosen] + [(r.closed_step, -1) for r in chosen if r.closed_step is not None]
+        )
+        most = now = 0
+        for _, delta in events:
+            now += delta
+            most = max(most, now)
+        return most
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """One connection to a simulated meter: which meter, and when it opened and closed (steps of one counter)."""
+
+    index: int
+    port: int
+    opened_step: int
+    closed_step: int | None = None
 
 
 async def run_simulator(
