@@ -26,6 +26,7 @@ from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
 from gxcore.media import Medium
 from gxcore.profiles import DeviceProfile, ProfileCatalog
+from gxcore.protocols.dlms.invocation import InvocationCounterStore
 from gxcore.readings import Reading
 
 log = logging.getLogger("gxami.collector")
@@ -137,6 +138,7 @@ class MeterReader:
         session_timeout: float,
         invocation_counters: Path | None = None,
         networks: MeterNetworks | None = None,
+        counter_store: InvocationCounterStore | None = None,
     ) -> None:
         self._networks = networks if networks is not None else MeterNetworks.of()  # loopback-only default
         self._profiles = profiles
@@ -146,8 +148,9 @@ class MeterReader:
         self._session_timeout = session_timeout
         # A durable store or none: without one a ciphered read is a configuration error, never a
         # session on counters kept only in memory.
-        self._counters = None
-        if invocation_counters is not None:
+        # ``counter_store`` (the PostgreSQL one, for many pods) wins over the file.
+        self._counters: InvocationCounterStore | None = counter_store
+        if counter_store is None and invocation_counters is not None:
             try:
                 invocation_counters.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:  # ciphered jobs will then fail as configuration errors, plain ones run
