@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import yaml
 
 from gxami_collector.counter_store import PgInvocationCounters, split_key
-from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, client_security
+from gxami_meterlab.cli_procs import ServiceProcess, gxami_argv, service_env
+from gxami_meterlab.devstack import StackEndpoints
+from gxami_meterlab.devstack_procs import free_port
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, client_security, meter_secrets, meter_system_title
 from gxami_store.migrations import migrate
 from gxcore.drivers.dlms import DlmsSession
 from gxcore.errors import AccessDeniedError, ConfigurationError
@@ -180,3 +188,160 @@ async def test_ciphered_sessions_from_two_stores_never_repeat_a_counter(migrated
     finally:
         await a.close()
         await b.close()
+
+
+# -- end to end: three collector processes, SIGKILLed and rebalanced ----------------------
+
+E2E_METERS = 12
+E2E_SEED = 23
+
+
+class _SimulatorThread:
+    """A high-gmac fleet simulator on its own event loop in a thread, so it outlives collector kills
+    and keeps every counter each meter ever saw (``repeats`` lists any seen twice)."""
+
+    def __init__(self, meters: int, seed: int) -> None:
+        self.sim = DlmsFleetSimulator(meters, seed=seed, authentication="high-gmac", fail_on_repeat=False)
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with self.sim:
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> DlmsFleetSimulator:
+        self._thread.start()
+        assert self._ready.wait(30), "the simulator did not start"
+        return self.sim
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def counters_seen(self) -> int:
+        return sum(len(state.counters.seen) for state in list(self.sim.states))
+
+
+async def _meters_done(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM meter_schedule WHERE last_success_at IS NOT NULL"))
+    finally:
+        await conn.close()
+
+
+def test_three_collectors_killed_and_rebalanced_never_repeat_a_counter(
+    stack: StackEndpoints, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    fleet_file, secrets_file = tmp_path / "fleet.yaml", tmp_path / "secrets.yaml"
+    topics = ("ami.read-jobs", "ami.readings", "ami.job-results", "ami.events", "ami.commands", "ami.command-results")
+    base = {
+        **stack.env(),
+        "GXAMI_DATABASE_URL": database_url,
+        "GXAMI_INVOCATION_COUNTERS_DSN": database_url,
+        "GXAMI_TOPIC_OVERRIDES": json.dumps({n: f"{topic_prefix}{n}" for n in (*topics, "ami.dead-letter")}),
+        "GXAMI_KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "GXAMI_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        "GXAMI_HISTORY_DAYS": "2",
+        "GXAMI_SECRETS_FILE": str(secrets_file),
+        "GXAMI_LOG_LEVEL": "INFO",
+    }
+    procs: list[ServiceProcess] = []
+
+    def spawn(name: str, argv: list[str], **extra: str) -> ServiceProcess:
+        p = ServiceProcess(name, argv, service_env(base, free_port(), name, **extra), logs / f"{name}.log")
+        p.start()
+        procs.append(p)
+        return p
+
+    def collector(n: int) -> ServiceProcess:
+        # Each its own file store path: were the database store not used, the file would not be shared.
+        return spawn(
+            f"collector-{n}",
+            gxami_argv("collector"),
+            GXAMI_CONSUMER_GROUP=f"{topic_prefix}collector",
+            GXAMI_INVOCATION_COUNTERS_FILE=str(tmp_path / f"unused-{n}" / "counters.json"),
+        )
+
+    simulator = _SimulatorThread(E2E_METERS, E2E_SEED)
+    with simulator as sim:
+        meter_ids = {m.meter_id for m in sim.meters}
+        fleet_file.write_text(
+            yaml.safe_dump(
+                {
+                    "meters": [
+                        {
+                            "meter_id": m.meter_id,
+                            "protocol": "dlms",
+                            "address": f"tcp://127.0.0.1:{m.port}",
+                            "profile": "generic-dlms",
+                            "group": "counters",
+                            "schedule": "1m",
+                            "options": {
+                                "authentication": "high-gmac",
+                                "client": 1,
+                                "server_system_title": meter_system_title(E2E_SEED, m.index).hex(),
+                            },
+                        }
+                        for m in sim.meters
+                    ]
+                }
+            )
+        )
+        secrets_file.write_text(
+            yaml.safe_dump(
+                {"default": {}, "meters": {m.meter_id: meter_secrets(E2E_SEED, m.index) for m in sim.meters}}
+            )
+        )
+        try:
+            for step in (("db", "migrate"), ("fleet", "import", str(fleet_file))):
+                p = ServiceProcess(step[0], gxami_argv(*step), service_env(base, 0, step[0]), logs / f"{step[0]}.log")
+                p.start()
+                assert p.proc is not None
+                assert p.proc.wait(60) == 0, p.log_path.read_text()
+            collectors = [collector(n) for n in range(3)]
+            spawn("scheduler", gxami_argv("scheduler"), GXAMI_RESULTS_GROUP=f"{topic_prefix}scheduler")
+            # Kill a collector with SIGKILL each time the meters have taken more counters, and
+            # start a new one: its partitions (and jobs it had not committed) go to the others.
+            for kill in range(3):
+                seen = simulator.counters_seen()
+                deadline = time.monotonic() + 180
+                while simulator.counters_seen() <= seen + 20:
+                    assert time.monotonic() < deadline, f"meters took no counters before kill {kill}"
+                    for p in procs:
+                        assert p.alive(), f"{p.name} died; log: {p.log_path.read_text()[-3000:]}"
+                    time.sleep(0.1)
+                victim = collectors.pop(kill % len(collectors))
+                victim.kill()
+                procs.remove(victim)
+                collectors.append(collector(3 + kill))
+            deadline = time.monotonic() + 240
+            while asyncio.run(_meters_done(database_url)) < E2E_METERS:
+                assert time.monotonic() < deadline, "not every meter was read after the kills"
+                for p in procs:
+                    assert p.alive(), f"{p.name} died; log: {p.log_path.read_text()[-3000:]}"
+                time.sleep(0.3)
+        finally:
+            for p in reversed(procs):
+                p.stop()
+        repeats = sim.repeats
+    assert repeats == [], f"a meter saw an invocation counter twice: {repeats[:5]}"
+    assert all(state.counters.seen for state in sim.states), "every meter was read with ciphered requests"
+    rows = asyncio.run(_counter_rows(database_url))
+    assert rows == meter_ids, "every meter's counters are in the database store"
+    for n in range(6):
+        assert not (tmp_path / f"unused-{n}" / "counters.json").exists(), "no collector fell back to the file"
+
+
+async def _counter_rows(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return {r["meter"] for r in await conn.fetch("SELECT DISTINCT meter FROM invocation_counters")}
+    finally:
+        await conn.close()
