@@ -226,13 +226,18 @@ class MeterReader:
         finished = datetime.now(UTC)
         meter_time = _meter_time(job, result.meter_time)
         batch = _batch(job, result.readings, finished)
+        # A load profile that failed while registers were read: the readings go out, but the job is
+        # an error, so the scheduler keeps the meter's profile window where it was (read again next time).
+        failed = result.load_profile_failures[0] if result.load_profile_failures else None
+        if failed is not None and failed.meter_id is None:
+            failed.meter_id = job.meter_id
         return JobOutcome(
             batch,
             JobResult(
                 job_id=job.job_id,
                 meter_id=job.meter_id,
                 link_id=job.link_id,
-                status=JobStatus.OK,
+                status=JobStatus.OK if failed is None else JobStatus.ERROR,
                 attempt=job.attempt,
                 started_at=started,
                 finished_at=finished,
@@ -240,6 +245,8 @@ class MeterReader:
                 events_count=len(events),
                 meter_time=meter_time,
                 collector_time=_collector_time(meter_time, result.clock_read_at, started, finished),
+                error_kind=failed.kind if failed is not None else None,
+                error_message=f"load profile not read: {failed}".replace("\x00", "\\0")[:2000] if failed else None,
             ),
             events,
         )
