@@ -43,6 +43,7 @@ from gxcore.protocols.dlms.invocation import (
     MemoryInvocationCounters,
     MeterBusyError,
     MeterHold,
+    counter_key,
 )
 from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
 from gxcore.secrets import Secret
@@ -96,7 +97,7 @@ def test_starting_from_the_meters_counter_jumps_the_margin() -> None:
 
 def test_a_meter_counter_below_ours_changes_nothing_and_one_above_jumps() -> None:
     store = MemoryInvocationCounters()
-    store.advance("SIM-0/1/" + client_security(SEED, 0).system_title.hex(), 500)
+    store.advance(counter_key("SIM-0", 1, client_security(SEED, 0)), 500)
     c = core(store)
     assert not c.needs_meter_counter
     c.use_meter_counter(100)  # the meter is behind us (frames it never got): keep ours
@@ -353,7 +354,7 @@ async def test_commands_reserve_counters_in_the_store_they_are_given(tmp_path: P
         for command in ("disconnect", "reconnect"):
             await run_dlms_command(url, params(), command, timeout=5, counters=store, meter_key="SIM-0")
         assert sim.repeats == []
-    key = "SIM-0/1/" + client_security(SEED, 0).system_title.hex()
+    key = counter_key("SIM-0", 1, client_security(SEED, 0))
     mark = store.get(key)
     assert mark is not None and mark > METER_COUNTER_MARGIN
 

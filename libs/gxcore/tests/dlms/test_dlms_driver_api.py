@@ -33,7 +33,7 @@ from gxcore.errors import ConfigurationError, FramingError, MeterTimeoutError, P
 from gxcore.media import open_medium
 from gxcore.media.listener import DialInConnection, ListenerSettings, TcpListener
 from gxcore.profiles.model import BUILTIN_DIR, DeviceProfile, ProfilePoint, load_profile
-from gxcore.protocols.dlms.invocation import MemoryInvocationCounters
+from gxcore.protocols.dlms.invocation import MemoryInvocationCounters, counter_key
 from gxcore.protocols.dlms.parameters import DlmsParameters
 from gxcore.protocols.dlms.session import DlmsClientCore
 
@@ -244,7 +244,7 @@ async def test_commands_and_reads_share_the_counter_store() -> None:
                 assert (await driver.read(meter, profile, ReadRequest(), timeout=3)).readings
             else:
                 await driver.execute(meter, profile, DriverCommand(step), timeout=3)  # type: ignore[arg-type]
-            counters.append(store.get(f"{meter.meter_id}/1/{client_security(SEED, 0).system_title.hex()}") or 0)
+            counters.append(store.get(counter_key(meter.meter_id, 1, client_security(SEED, 0))) or 0)
         # Sessions at once are serialised by the meter's hold, never interleaved on one counter.
         await asyncio.gather(
             driver.read(meter, profile, ReadRequest(), timeout=5),

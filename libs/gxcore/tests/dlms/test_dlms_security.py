@@ -36,7 +36,7 @@ from gxcore.errors import AccessDeniedError, ConfigurationError, DecryptionError
 from gxcore.profiles.model import BUILTIN_DIR, load_profile
 from gxcore.protocols.dlms import CosemValue, DlmsParameters, ProfileRange, ciphering, wrapper
 from gxcore.protocols.dlms.ciphering import parse_ciphered_apdu
-from gxcore.protocols.dlms.invocation import MemoryInvocationCounters
+from gxcore.protocols.dlms.invocation import MemoryInvocationCounters, counter_key
 from gxcore.protocols.dlms.parameters import DlmsSecurity
 from gxcore.protocols.dlms.session import DlmsClientCore, Exchange
 from gxcore.secrets import Secret
@@ -316,7 +316,7 @@ async def test_counters_survive_sessions_and_a_lost_store_recovers(tmp_path: Pat
         assert state.counters.highest_accepted() > after_two
         # A stale store (restored from an old backup): refused once, recovered from the meter's counter.
         stale = MemoryInvocationCounters()
-        key = f"SIM-3/1/{client_security(SEED, 3).system_title.hex()}"
+        key = counter_key("SIM-3", 1, client_security(SEED, 3))
         stale.advance(key, 3)
         energy = await read_energy(port, params(), timeout=2, counters=stale, meter_key="SIM-3")
         assert energy == expected_register(SEED, 3, "1.0.1.8.0.255", NOW)

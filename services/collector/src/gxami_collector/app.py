@@ -53,6 +53,7 @@ from gxami_runtime.kafka import (
 from gxami_runtime.service import KafkaStartupError, StartupError, kafka_startup_error
 from gxcore.errors import ConfigurationError
 from gxcore.profiles import ProfileCatalog
+from gxcore.protocols.dlms.invocation import InvocationCounterStore
 
 log = logging.getLogger("gxami.collector")
 
@@ -398,6 +399,30 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         profiles, secrets = ProfileCatalog(*extra), SecretStore.load(s.secrets_file)
     except ConfigurationError as exc:  # a secrets file that does not parse, a bad profile: one line, exit 2
         raise StartupError(exc.reason) from None
+    counter_store = None
+    if s.invocation_counters_dsn is not None:  # many pods: counters in PostgreSQL (gxami_collector.counter_store)
+        from gxami_collector.counter_store import PgInvocationCounters
+
+        try:
+            counter_store = await PgInvocationCounters.open(
+                s.invocation_counters_dsn.get_secret_value(), max_sessions=s.concurrency
+            )
+        except ConfigurationError as exc:
+            raise StartupError(exc.reason) from None
+    try:
+        await _serve(s, stop, profiles, secrets, counter_store)
+    finally:
+        if counter_store is not None:
+            await counter_store.close()
+
+
+async def _serve(
+    s: CollectorSettings,
+    stop: asyncio.Event,
+    profiles: ProfileCatalog,
+    secrets: SecretStore,
+    counter_store: InvocationCounterStore | None,
+) -> None:
     reader = MeterReader(
         profiles,
         secrets,
@@ -405,6 +430,7 @@ async def main(stop: asyncio.Event, settings: CollectorSettings | None = None) -
         session_timeout=s.session_timeout_s,
         invocation_counters=s.invocation_counters_file,
         networks=s.meter_networks(),
+        counter_store=counter_store,
     )
     where = s.spool_path()
     spool = None

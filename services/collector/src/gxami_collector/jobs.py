@@ -26,6 +26,7 @@ from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
 from gxcore.media import Medium
 from gxcore.profiles import DeviceProfile, ProfileCatalog
+from gxcore.protocols.dlms.invocation import InvocationCounterStore
 from gxcore.readings import Reading
 
 log = logging.getLogger("gxami.collector")
@@ -137,6 +138,7 @@ class MeterReader:
         session_timeout: float,
         invocation_counters: Path | None = None,
         networks: MeterNetworks | None = None,
+        counter_store: InvocationCounterStore | None = None,
     ) -> None:
         self._networks = networks if networks is not None else MeterNetworks.of()  # loopback-only default
         self._profiles = profiles
@@ -146,8 +148,9 @@ class MeterReader:
         self._session_timeout = session_timeout
         # A durable store or none: without one a ciphered read is a configuration error, never a
         # session on counters kept only in memory.
-        self._counters = None
-        if invocation_counters is not None:
+        # ``counter_store`` (the PostgreSQL one, for many pods) wins over the file.
+        self._counters: InvocationCounterStore | None = counter_store
+        if counter_store is None and invocation_counters is not None:
             try:
                 invocation_counters.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:  # ciphered jobs will then fail as configuration errors, plain ones run
@@ -223,13 +226,18 @@ class MeterReader:
         finished = datetime.now(UTC)
         meter_time = _meter_time(job, result.meter_time)
         batch = _batch(job, result.readings, finished)
+        # A load profile that failed while registers were read: the readings go out, but the job is
+        # an error, so the scheduler keeps the meter's profile window where it was (read again next time).
+        failed = result.load_profile_failures[0] if result.load_profile_failures else None
+        if failed is not None and failed.meter_id is None:
+            failed.meter_id = job.meter_id
         return JobOutcome(
             batch,
             JobResult(
                 job_id=job.job_id,
                 meter_id=job.meter_id,
                 link_id=job.link_id,
-                status=JobStatus.OK,
+                status=JobStatus.OK if failed is None else JobStatus.ERROR,
                 attempt=job.attempt,
                 started_at=started,
                 finished_at=finished,
@@ -237,6 +245,8 @@ class MeterReader:
                 events_count=len(events),
                 meter_time=meter_time,
                 collector_time=_collector_time(meter_time, result.clock_read_at, started, finished),
+                error_kind=failed.kind if failed is not None else None,
+                error_message=f"load profile not read: {failed}".replace("\x00", "\\0")[:2000] if failed else None,
             ),
             events,
         )

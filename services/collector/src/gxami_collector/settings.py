@@ -75,6 +75,9 @@ class CollectorSettings(ServiceSettings):
     # volume, `gxami read --counters-file`) are safe: it is locked across processes.
     # Default: the user's XDG state dir (local runs); deployments set GXAMI_INVOCATION_COUNTERS_FILE.
     invocation_counters_file: Path = Field(default_factory=_state_file)
+    # Many pods: the counters (and each meter's session lock) in PostgreSQL instead of the file,
+    # with the collector's own role (GRANT gxami_collector, migration 0017). Unset: the file.
+    invocation_counters_dsn: SecretStr | None = Field(default=None, repr=False)
     # Where read jobs may send the collector (see gxami_collector.networks). The default network
     # is loopback only, for a local run and the tests: a deployment lists its meter networks.
     allowed_schemes: CommaList = Field(default_factory=lambda: list(DEFAULT_SCHEMES))

@@ -15,7 +15,7 @@ from decimal import Decimal
 from importlib.metadata import entry_points
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
-from gxcore.errors import ConfigurationError
+from gxcore.errors import ConfigurationError, GxError
 from gxcore.media.endpoint import Endpoint
 from gxcore.media.medium import Medium
 from gxcore.profiles.model import DeviceProfile
@@ -60,6 +60,9 @@ class ReadResult:
     meter_time: datetime | None = None
     events: list[MeterEventRecord] = field(default_factory=list)
     clock_read_at: datetime | None = None
+    # Load-profile reads that failed while the rest of the session went on: the readings are
+    # good, but the profile window was not read, so the job must not move its window on.
+    load_profile_failures: list[GxError] = field(default_factory=list)
 
 
 CommandKind = Literal[

@@ -245,6 +245,7 @@ class DlmsDriver(BaseDriver):
         readings: list[Reading] = []
         events: list[MeterEventRecord] = []
         failures: list[GxError] = []
+        profile_failures: list[GxError] = []
         async with session:
             meter_time = await session.read_clock()
             clock_read_at = self.clock()  # beside meter_time: the drift without the session's length
@@ -266,9 +267,17 @@ class DlmsDriver(BaseDriver):
                     if session.broken:
                         raise
                     failures.append(exc)
+                    if any("load-profile" in p.point.purpose for p in group):
+                        profile_failures.append(exc)
         if failures and not readings and not events:
             raise failures[0]
-        return ReadResult(readings=readings, meter_time=meter_time, events=events, clock_read_at=clock_read_at)
+        return ReadResult(
+            readings=readings,
+            meter_time=meter_time,
+            events=events,
+            clock_read_at=clock_read_at,
+            load_profile_failures=profile_failures,
+        )
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float

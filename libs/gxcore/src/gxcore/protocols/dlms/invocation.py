@@ -13,17 +13,24 @@ grows, across sessions, restarts, crashes and other processes. The store is a sm
   ciphered session per meter at a time, across processes.
 
 :class:`~gxcore.drivers.dlms.counter_file.JsonInvocationCounters` (a flock'd JSON file) is the
-default for every production path; a store for many pods (a database) slots in
-behind the same protocol. :class:`MemoryInvocationCounters` is for tests only: it forgets
-everything when the process ends.
+default for the CLI and single-node setups; the collector's PostgreSQL store
+(``gxami_collector.counter_store``) serves any number of pods behind the same protocol.
+:class:`MemoryInvocationCounters` is for tests only: it forgets everything when the process ends.
+
+A store key is ``<meter>/<client address>/<client system title>/<key generation>``
+(:func:`counter_key`). The key generation is a fingerprint of the keys (never the keys): a
+counter is only ever unique per key, so new keys start a new generation (from the meter's
+frame counter), and going back to old keys finds their counters where they were left.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Final, Protocol, runtime_checkable
 
 from gxcore.errors import AccessDeniedError, ConfigurationError, MeterTimeoutError, ProtocolError
+from gxcore.protocols.dlms.parameters import DlmsSecurity
 
 MAX_COUNTER: Final = 0xFFFFFFFF
 COUNTER_WINDOW: Final = 64  # invocation counters reserved in the store at a time
@@ -73,6 +80,20 @@ class InvocationCounterStore(Protocol):
 
     # A store may say ``blocking = False`` (it does no I/O); otherwise sessions call ``get``,
     # ``reserve`` and ``try_hold`` in a worker thread, never on the event loop.
+
+
+def key_generation(security: DlmsSecurity) -> str:
+    """A fingerprint of the block cipher and authentication keys: 16 hex digits of a domain-separated
+    SHA-256, which tells key generations apart and reveals nothing usable about the keys."""
+    digest = hashlib.sha256(b"gxami invocation counter key generation\0")
+    digest.update(security.block_cipher_key.reveal())
+    digest.update(security.authentication_key.reveal())
+    return digest.hexdigest()[:16]
+
+
+def counter_key(meter: str, client_address: int, security: DlmsSecurity) -> str:
+    """The store key of our counter toward ``meter``: meter, client, client system title, key generation."""
+    return f"{meter}/{client_address}/{security.system_title.hex()}/{key_generation(security)}"
 
 
 def checked_counter(to: int) -> int:

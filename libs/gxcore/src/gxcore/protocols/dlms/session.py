@@ -37,7 +37,7 @@ from gxcore.errors import AccessDeniedError, ConfigurationError, DecryptionError
 from gxcore.protocols.dlms.cosem_time import encode_datetime
 from gxcore.protocols.dlms.exchange import Exchange, ReplyReader, as_frames
 from gxcore.protocols.dlms.gurux import association_refused, quiet, translate
-from gxcore.protocols.dlms.invocation import CounterWindow, InvocationCounterStore
+from gxcore.protocols.dlms.invocation import CounterWindow, InvocationCounterStore, counter_key
 from gxcore.protocols.dlms.obis import dotted, obis_from_bytes
 from gxcore.protocols.dlms.parameters import DlmsParameters
 from gxcore.protocols.dlms.unsolicited import PushHandler
@@ -85,9 +85,7 @@ class DlmsClientCore(ReplyReader):
         self.short_names: dict[str, tuple[int, int]] = {}
         self._meter_counter = -1
         security = params.security
-        self.counter_key = (
-            f"{meter_key}/{params.client_address}/{security.system_title.hex()}" if security is not None else ""
-        )
+        self.counter_key = counter_key(meter_key, params.client_address, security) if security is not None else ""
         self._window: CounterWindow | None = None
         if security is not None:
             if counters is None:
