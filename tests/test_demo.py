@@ -60,12 +60,16 @@ def test_control_demo_controls_meters_through_the_api_and_counts_what_happened()
     # off, on, arm-off, arm, relay-state, clock-sync, tariff, replay; the replayed id ran once.
     assert succeeded == 8
     assert expired == 1
-    assert refused == 3  # no token, a wrong one, a viewer's
+    assert refused == 4  # no token, a wrong one, a viewer's; gxami tariff apply with a viewer's
     # One audit row per meter and command: 2 + 2 + 1 + 1 + 1 + 1 + 4 (the group's tariff) + 1 + 1.
     assert audit == 14
-    assert "demo-replay: answers [201, 200, 200, 200, 200]; the meter did ['remote-disconnect']" in " ".join(
-        proc.stdout.split()
-    )
+    flat = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert "demo-replay: answers [201, 200, 200, 200, 200]; the meter did ['remote-disconnect']" in flat
+    # gxami tariff apply -> scheduler -> collector -> meters: each meter holds the file's calendar
+    # (the demo compares the simulators' calendar objects and fails otherwise), audited per meter.
+    assert "demo-tariff: every meter holds the file's calendar; 4 audit rows, demo-operator/succeeded" in flat
+    assert "a calendar with an undefined day: 422 tariff-calendar body: week standard names unknown days" in flat
+    assert "gxami tariff apply with a viewer token: exit 1" in flat
     leftovers = [
         p.info
         for p in psutil.process_iter(["pid", "cmdline"])

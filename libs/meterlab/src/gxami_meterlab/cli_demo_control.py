@@ -130,6 +130,9 @@ class ControlDemo(Demo):
             "GXAMI_COMMAND_RECORDS_DIR": str(state / "command-runs"),
             "GXAMI_RESULT_GRACE_S": "1",
             "GXAMI_TICK_SECONDS": "0.5",
+            # Short consumer sessions: the collector restarted mid-demo rejoins its groups in seconds.
+            "GXAMI_KAFKA_SESSION_TIMEOUT_MS": "3000",
+            "GXAMI_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
         }
         for name, argv in (("migrate", ("db", "migrate")), ("fleet-import", ("fleet", "import", str(fleet)))):
             log = self.root / "logs" / f"{name}.log"
@@ -256,14 +259,8 @@ async def _scenarios(demo: ControlDemo, op: Operator, tally: Tally) -> None:
     c.print("[bold]tariff calendar[/bold] on the group, with gxami tariff apply")
     tariff = demo.root / "state" / "tariff.yaml"
     tariff.write_text(TARIFF)
-    apply = await asyncio.create_subprocess_exec(
-        *gxami_argv("tariff", "apply", str(tariff), "--group", GROUP, "--id", "demo-tariff", "--api", op.base),
-        env={**service_env(demo.env, 0, "tariff-apply"), "GXAMI_TOKEN": demo.operator},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(apply.communicate(), 60)
-    tally.check(apply.returncode == 0, f"gxami tariff apply exited {apply.returncode}: {out.decode()[-500:]}")
+    code, out = await _tariff_apply(demo, tariff, "demo-tariff", demo.operator)
+    tally.check(code == 0, f"gxami tariff apply exited {code}: {out[-500:]}")
     written = await op.finished("demo-tariff")
     c.print(f"  demo-tariff: tariff-calendar group {GROUP} -> {written['state']}")
     calendar = parse_tariff(TARIFF, "demo tariff")
@@ -274,6 +271,52 @@ async def _scenarios(demo: ControlDemo, op: Operator, tally: Tally) -> None:
             all(held.attributes.get(a) == v for a, v in passive.items()), f"meter {i}: passive calendar differs"
         )
         tally.check(held.special == special, f"meter {i}: special days differ")
+        # And without our encoder: the passive calendar_name octet-string is the file's name.
+        name = held.attributes.get(6)
+        tally.check(name == b"\x09\x08DEMO-TOU", f"meter {i}: passive calendar_name {name!r}")
+    audited = await _audit(demo, "demo-tariff")
+    results = sorted({f"{who}/{result}" for who, _, result in audited})
+    c.print(f"  demo-tariff: every meter holds the file's calendar; {len(audited)} audit rows, {', '.join(results)}")
+    tally.check(audited == [("demo-operator", "tariff-calendar", "succeeded")] * METERS, f"tariff audit {audited}")
+
+    # A calendar naming a day it does not define: refused, naming the field, nothing stored.
+    broken = yaml.safe_load(TARIFF)
+    broken["activate_at"] = broken["activate_at"].isoformat()
+    broken["weeks"][0]["friday"] = "holiday"
+    status, answer = await op.post(
+        {"command_id": "demo-bad-tariff", "kind": "tariff-calendar", "group": GROUP, "body": broken}
+    )
+    c.print(f"  a calendar with an undefined day: {status} {answer.get('error', '')}")
+    tally.check(status == 422 and "holiday" in str(answer.get("error")), f"bad calendar answered {status} {answer}")
+    # gxami tariff apply with a viewer's token: the API refuses it (403), the CLI exits 1.
+    code, out = await _tariff_apply(demo, tariff, "demo-tariff-viewer", demo.viewer)
+    c.print(f"  gxami tariff apply with a viewer token: exit {code}")
+    tally.check(code == 1 and "403" in out, f"tariff apply as a viewer exited {code}: {out[-300:]}")
+    tally.refused += code == 1 and "403" in out
+
+
+async def _tariff_apply(demo: ControlDemo, file: Path, command_id: str, token: str) -> tuple[int | None, str]:
+    """Run ``gxami tariff apply FILE --group`` as an operator would; its exit code and output."""
+    apply = await asyncio.create_subprocess_exec(
+        *gxami_argv("tariff", "apply", str(file), "--group", GROUP, "--id", command_id, "--api", demo.api()),
+        env={**service_env(demo.env, 0, "tariff-apply"), "GXAMI_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(apply.communicate(), 60)
+    return apply.returncode, out.decode(errors="replace")
+
+
+async def _audit(demo: ControlDemo, command_id: str) -> list[tuple[str, str, str]]:
+    """Who asked, what and the result, per meter, from ``command_audit``."""
+    conn = await asyncpg.connect(demo.stack.database_url, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT actor, kind, result FROM command_audit WHERE command_id = $1 ORDER BY meter_id", command_id
+        )
+    finally:
+        await conn.close()
+    return [(r["actor"], r["kind"], r["result"]) for r in rows]
 
 
 async def _expiry(demo: ControlDemo, op: Operator, tally: Tally) -> None:
