@@ -11,9 +11,9 @@ SCENARIOS = ("read", "control")
 
 @app.callback(invoke_without_command=True)
 def demo_command(
-    meters: int = typer.Option(50, min=1, help="how many simulated DLMS meters"),
+    meters: int = typer.Option(50, min=1, help="how many simulated DLMS meters (read scenario; control runs 4)"),
     seed: int = typer.Option(1, help="simulator seed (values are deterministic from it)"),
-    keep_running: bool = typer.Option(False, "--keep-running", help="leave the stack up until Ctrl-C"),
+    keep_running: bool = typer.Option(False, "--keep-running", help="leave the stack up until Ctrl-C (read scenario)"),
     timeout: float = typer.Option(600, help="give up collecting after this many seconds"),
     scenario: str = typer.Option(
         "read",
