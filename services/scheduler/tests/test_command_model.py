@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +183,32 @@ def test_the_command_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("GXAMI_CLOCK_SYNC_PERIOD", bad)
         with pytest.raises(ValidationError, match="clock_sync_period"):
             SchedulerSettings()
+
+
+def _calendar() -> dict[str, Any]:
+    from gxcore.tariffs import calendar_body, load_tariff_file
+
+    example = Path(__file__).resolve().parents[3] / "docs" / "examples" / "tariff-day-night.yaml"
+    return calendar_body(load_tariff_file(example))
+
+
+def test_a_tariff_calendar_body_is_checked_against_the_tariff_model() -> None:
+    good = parse_request(_req(kind="tariff-calendar", body=_calendar()))
+    assert good.body == _calendar()
+    bad = _calendar()
+    bad["weeks"][0]["monday"] = "nobody"
+    with pytest.raises(CommandError) as err:
+        parse_request(_req(kind="tariff-calendar", body=bad))
+    assert err.value.status == 422
+    assert "unknown days: nobody" in err.value.message
+    wrong_switch = _calendar()
+    wrong_switch["days"][0]["switches"][0]["at"] = "25:00"
+    with pytest.raises(CommandError) as err:
+        parse_request(_req(kind="tariff-calendar", body=wrong_switch))
+    assert err.value.status == 422
+    assert err.value.detail["field"] == "body.days.0.switches.0.at"
+    assert "body.days.0.switches.0.at" in err.value.message
+    with pytest.raises(CommandError) as err:
+        parse_request(_req(kind="tariff-calendar", body={"name": "x"}))
+    assert (err.value.status, err.value.detail["field"]) == (422, "body.seasons")
+    assert "more)" in err.value.message

@@ -16,8 +16,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from gxami_contracts import CommandKind, CommandOutcome
 from gxcore.profiles import DeviceProfile, ProfilePoint
+from gxcore.tariffs import TariffCalendar
 
 __all__ = [
     "CommandError",
@@ -290,8 +293,23 @@ def _kind_fields(r: CommandRequest) -> None:
             raise CommandError(400, f"{kind} needs body")
     elif r.body is not None:
         raise CommandError(400, f"{kind} takes no body")
+    if r.kind is CommandKind.TARIFF_CALENDAR:
+        _check_calendar(r.body)
     if r.not_before is not None and r.expires_at is not None and r.expires_at <= r.not_before:
         raise CommandError(422, "expires_at must be after not_before")
+
+
+def _check_calendar(body: Mapping[str, Any] | None) -> None:
+    """A tariff-calendar body is a whole calendar (gxcore.tariffs), or 422 naming the first bad field."""
+    try:
+        TariffCalendar.model_validate(body or {})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        where = ".".join(["body", *(str(p) for p in first["loc"])])
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise CommandError(422, f"tariff-calendar {where}: {reason}{more}", field=where) from None
 
 
 def _matching_points(profile: DeviceProfile, key: str) -> list[ProfilePoint]:
