@@ -144,7 +144,7 @@ def test_an_odd_line_costs_only_itself(good: bytes, data: st.DataObject) -> None
         telegram = decode_dsmr_telegram(changed + f"{crc16_arc(changed):04X}".encode())
     except GxError:
         return  # e.g. the junk is an M-Bus device-type line that changes another line's medium
-    kept = [r for r in telegram.records if r.quantity != lines[index].split(b"(")[0].decode(errors="replace")]
+    kept = telegram.records  # the junk line may decode to records of its own: a superset is fine
     original_line = good.split(b"\r\n")[index]
     before = [r for r in whole.records if not original_line.startswith(r.quantity.encode())]
     assert {(r.quantity, r.value) for r in before} <= {(r.quantity, r.value) for r in kept}

@@ -1,7 +1,7 @@
 """`gxami firmware upload|rollout|status` over the scheduler's HTTP API, and `gxami tariff check`.
 
 The API is ``--api`` (or ``GXAMI_API_URL``); the token is read from the environment variable that
-``--token-env`` names (``GXAMI_API_TOKEN`` by default), never from the command line, so it stays
+``--token-env`` names (``GXAMI_TOKEN`` by default), never from the command line, so it stays
 out of shell history and process lists. Every request is bounded by ``--timeout``. Output is JSON
 on stdout; errors are one line on stderr and exit 1 (refused by the API) or 2 (bad input, no
 token, API unreachable).
@@ -21,7 +21,7 @@ tariff_app = typer.Typer(help="Tariff calendar files.", no_args_is_help=True, ad
 
 Api = Annotated[str, typer.Option("--api", envvar="GXAMI_API_URL", help="the scheduler API, e.g. http://host:8080")]
 TokenEnv = Annotated[str, typer.Option("--token-env", help="environment variable holding the API token")]
-TOKEN_ENV = "GXAMI_API_TOKEN"  # noqa: S105 - the name of the variable that holds the token, not a token
+TOKEN_ENV = "GXAMI_TOKEN"  # noqa: S105 - the name of the variable that holds the token, not a token
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, max=600, help="seconds for each request")]
 
 
