@@ -54,7 +54,7 @@ from gxami_meterlab.dlms.tariff_calendar import CalendarState
 from gxcore.errors import ConfigurationError, GxError
 from gxcore.protocols.dlms.ciphering import SecurityPolicy
 from gxcore.protocols.dlms.obis import UNIT_CODES, apply_scaler, dotted, reduced
-from gxcore.protocols.dlms.parameters import Authentication, DlmsSecurity, Interface
+from gxcore.protocols.dlms.parameters import PASSWORD_HLS, Authentication, DlmsSecurity, Interface
 from gxcore.secrets import Secret
 
 EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
@@ -570,8 +570,8 @@ class DlmsFleetSimulator:
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
-        if authentication == "low" and not password:
-            raise ConfigurationError("a simulator with low authentication needs a password")
+        if (authentication == "low" or authentication in PASSWORD_HLS) and not password:
+            raise ConfigurationError(f"a simulator with {authentication} authentication needs a password")
         self.count = meters
         self.seed = seed
         self.host = host
@@ -672,6 +672,7 @@ class DlmsFleetSimulator:
                     else None
                 ),
                 counters=self.states[index].counters,
+                system_title=meter_system_title(self.seed, index),
                 programs=ProgrammableObjects(self.states[index].firmware, self.states[index].calendar),
             )
             firmware = self.states[index].firmware
