@@ -82,6 +82,7 @@ async def test_dsmr5_round_trip_equals_the_simulated_meter(driver: DsmrDriver) -
     assert (got["7-0:3.0.0"].unit, got["7-0:3.0.0"].timestamp) == ("m3", capture)
     assert got["1-0:1.8.0"].timestamp == AT  # the telegram clock, not the time of receipt
     assert result.meter_time == AT
+    assert result.problems == []  # every point found, every line parsed
 
 
 async def test_heat_channel_converts_gigajoules(driver: DsmrDriver) -> None:

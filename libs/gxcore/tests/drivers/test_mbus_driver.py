@@ -71,6 +71,10 @@ async def test_heat_meter_by_primary_address_equals_the_simulator(driver: MBusDr
     assert all(r.timestamp == READ_AT for r in result.readings)
     assert result.meter_time == AT
     assert result.readings[0].extra["meter"] == bus.meters[0].secondary.id_digits
+    # The profile's points the telegram does not carry are said, one problem each.
+    missing = {p.quantity for p in heat.points_for(EVERYTHING.purposes)} - set(got)
+    assert missing and sorted(p.quantity for p in result.problems) == sorted(missing)
+    assert all(p.reason == "no record of the telegram matches" for p in result.problems)
 
 
 async def test_billing_purpose_selects_billing_points_only(driver: MBusDriver) -> None:

@@ -82,6 +82,7 @@ REGISTERS: Final = (
 MAXIMUM_DEMAND, AVERAGE_DEMAND = "1.0.1.6.0.255", "1.0.1.4.0.255"
 EVENT_CODE, DEVICE_NAME, EVENT_LOG = "0.0.96.11.0.255", "0.0.42.0.0.255", "0.0.99.98.0.255"
 ACTIVE_TARIFF: Final = "0.0.96.14.0.255"  # currently active tariff: a writable Data object
+SERIAL_NUMBER: Final = "0.0.96.1.0.255"  # the device serial number, a visible-string (text)
 DEFAULT_TARIFF: Final = 1
 EVENT_LOG_ENTRIES: Final = 100
 # IDIS standard event log codes the model produces.
@@ -91,6 +92,7 @@ OBJECTS: Final = (
     DemandRegisterSpec(AVERAGE_DEMAND, 0, UNIT_CODES["W"], ROW_PERIOD, DataType.UINT32),
     DataSpec(EVENT_CODE, DataType.UINT16),
     DataSpec(DEVICE_NAME, DataType.OCTET_STRING),
+    DataSpec(SERIAL_NUMBER, DataType.STRING),
     DataSpec(ACTIVE_TARIFF, DataType.UINT8, writable=True),
 )
 PROFILES: Final = (ProfileSpec(LOAD_PROFILE, (IMPORT, EXPORT), ROW_PERIOD),)
@@ -446,9 +448,11 @@ class _MeterValues:
         current, last, started = expected_demand(self.seed, self.index, at)
         return int(current), int(last), 0, started, started
 
-    def data_value(self, obis: str, at: datetime) -> int | bytes:
+    def data_value(self, obis: str, at: datetime) -> int | bytes | str:
         if obis == DEVICE_NAME:
             return meter_id(self.seed, self.index).encode()
+        if obis == SERIAL_NUMBER:
+            return serial_number(self.seed, self.index)  # a visible-string: gurux encodes str
         if obis == ACTIVE_TARIFF:
             return self.state.data.get(obis, DEFAULT_TARIFF)
         buffer = event_buffer(self.seed, self.index, _seconds(at))
@@ -526,6 +530,11 @@ class SimulatedMeter:
 def meter_id(seed: int, index: int) -> str:
     """Deterministic meter id / serial number."""
     return f"SIM{seed:03d}{index:05d}"
+
+
+def serial_number(seed: int, index: int) -> str:
+    """Deterministic serial number (0-0:96.1.0), digits only, as on a meter's name plate."""
+    return f"{seed:04d}{index:06d}"
 
 
 def utc_now() -> datetime:

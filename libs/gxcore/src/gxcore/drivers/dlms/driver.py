@@ -66,8 +66,10 @@ from gxcore.drivers.api import (
     DriverCommand,
     MeterLookup,
     MeterTarget,
+    PointProblem,
     ReadRequest,
     ReadResult,
+    nothing_selected,
 )
 from gxcore.drivers.dlms.calendar import execute_calendar
 from gxcore.drivers.dlms.commands import execute_command
@@ -245,6 +247,8 @@ class DlmsDriver(BaseDriver):
         readings: list[Reading] = []
         events: list[MeterEventRecord] = []
         failures: list[GxError] = []
+        # No point for these purposes: the clock is still read (callers use it), and the result says why.
+        problems: list[PointProblem] = [] if points else nothing_selected(profile, request).problems
         async with session:
             meter_time = await session.read_clock()
             clock_read_at = self.clock()  # beside meter_time: the drift without the session's length
@@ -256,6 +260,7 @@ class DlmsDriver(BaseDriver):
                     if session.broken:
                         raise
                     failures.append(exc)
+                    problems.append(PointProblem(vp.point.quantity, vp.point.source, exc.reason))
             for obis, group in profiled.items():
                 try:
                     rows = await _read_rows(session, obis, group, request, meter_time)
@@ -266,9 +271,19 @@ class DlmsDriver(BaseDriver):
                     if session.broken:
                         raise
                     failures.append(exc)
+                    problems.extend(PointProblem(p.point.quantity, p.point.source, exc.reason) for p in group)
+                    continue
+                if not values_read and not logged:
+                    # An empty range is no fault, but it is said: the result shows why it is empty.
+                    problems.extend(
+                        PointProblem(p.point.quantity, p.point.source, f"profile {obis} has no entry in the range read")
+                        for p in group
+                    )
         if failures and not readings and not events:
             raise failures[0]
-        return ReadResult(readings=readings, meter_time=meter_time, events=events, clock_read_at=clock_read_at)
+        return ReadResult(
+            readings=readings, meter_time=meter_time, events=events, clock_read_at=clock_read_at, problems=problems
+        )
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
