@@ -358,6 +358,29 @@ async def test_read_modbus_with_its_default_profile() -> None:
         assert readings[point.quantity] == pytest.approx(float(sim.expected(1, point, AT))), point.quantity
 
 
+async def test_read_modbus_with_an_illegal_address_keeps_the_good_points_and_lists_the_problem(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    profile = ProfileCatalog().get("eastron-sdm630")
+    document = profile.model_dump(mode="json", exclude_none=True)
+    beyond = {"quantity": "1-0:99.7.0", "unit": "", "source": "input:0x0400", "purpose": ["billing"]}
+    document["points"] = [*document["points"], {**beyond, "options": {"type": "float32"}}]
+    path = tmp_path / "sdm630-plus.yaml"
+    path.write_text(yaml.safe_dump(document))
+    async with ModbusMeterSimulator(profile, seed=11, clock=lambda: AT) as sim:
+        result = await invoke_async("read", sim.url(), "-p", "modbus", "-o", "unit_id=1", "--profile", str(path))
+    out = ok_json(result)
+    readings = {r["quantity"]: r["value"] for r in out["readings"]}
+    for point in profile.points_for(frozenset({"billing"})):
+        assert readings[point.quantity] == pytest.approx(float(sim.expected(1, point, AT))), point.quantity
+    assert [(p["quantity"], p["source"]) for p in out["problems"]] == [("1-0:99.7.0", "input:0x0400")]
+    assert "illegal data address" in out["problems"][0]["reason"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("gxami read: warning: ")]
+    assert len(warnings) == 1 and "1-0:99.7.0 (input:0x0400):" in warnings[0] and "illegal data address" in warnings[0]
+
+
 async def test_read_dlms_with_a_password_from_the_environment() -> None:
     async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT, authentication="low", password="pw-123456") as sim:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"
