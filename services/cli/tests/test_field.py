@@ -381,6 +381,36 @@ async def test_read_modbus_with_an_illegal_address_keeps_the_good_points_and_lis
     assert len(warnings) == 1 and "1-0:99.7.0 (input:0x0400):" in warnings[0] and "illegal data address" in warnings[0]
 
 
+async def test_read_dlms_shows_text_registers_and_a_missing_object_as_a_problem(tmp_path: Path) -> None:
+    import yaml
+
+    from gxami_meterlab.dlms.image_transfer import DEFAULT_FIRMWARE
+    from gxami_meterlab.simulators.dlms import meter_id, serial_number
+
+    points = [
+        {"quantity": "1-0:1.8.0", "unit": "kWh", "source": "3/1.0.1.8.0.255", "purpose": ["billing"]},
+        {"quantity": "0-0:42.0.0", "unit": "", "source": "1/0.0.42.0.0.255", "purpose": ["billing"]},
+        {"quantity": "0-0:96.1.0", "unit": "", "source": "1/0.0.96.1.0.255", "purpose": ["billing"]},
+        {"quantity": "1-0:0.2.0", "unit": "", "source": "1/1.0.0.2.0.255", "purpose": ["billing"]},
+        {"quantity": "1-0:99.7.0", "unit": "", "source": "1/1.0.99.7.0.255", "purpose": ["billing"]},
+    ]
+    path = tmp_path / "texts.yaml"
+    path.write_text(yaml.safe_dump({"name": "texts-dlms", "protocol": "dlms", "points": points}))
+    async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT) as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        result = await invoke_async("read", url, "-p", "dlms", "--profile", str(path))
+    out = ok_json(result)
+    values = {r["quantity"]: r["value"] for r in out["readings"]}
+    assert values["0-0:42.0.0"] == meter_id(2, 0)
+    assert values["0-0:96.1.0"] == serial_number(2, 0)
+    assert values["1-0:0.2.0"] == DEFAULT_FIRMWARE.decode()
+    assert values["1-0:1.8.0"] == pytest.approx(expected_register(2, 0, "1-0:1.8.0", AT) / 1000)
+    assert [(p["quantity"], p["reason"]) for p in out["problems"]] == [
+        ("1-0:99.7.0", "GET 1/1.0.99.7.0.255/2: meter answered object-undefined")
+    ]
+    assert "gxami read: warning: 1-0:99.7.0 (1/1.0.99.7.0.255): GET" in result.stderr
+
+
 async def test_read_dlms_with_a_password_from_the_environment() -> None:
     async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT, authentication="low", password="pw-123456") as sim:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"
