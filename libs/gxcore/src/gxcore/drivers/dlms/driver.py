@@ -6,12 +6,13 @@ or an optical head; line settings in the query, see :mod:`gxcore.media.url`) HDL
 udp/serial the medium overrides the profile's ``interface``; a contradicting ``interface``
 in the meter's own options is a ConfigurationError. Association
 parameters come from the profile's ``parameters`` (``client_address``, ``server_address``,
-``physical_address``, ``authentication`` none/low/high-gmac, ``security_policy``
+``physical_address``, ``authentication`` none/low/high/high-md5/high-sha1/high-sha256/high-gmac,
+``security_policy``
 none/authenticated/encrypted/authenticated-encrypted, ``system_title`` (ours),
 ``server_system_title`` (the meter's, checked when given), ``frame_counter_obis``,
 ``max_pdu``, ``interface``, ``timeout``), overridden per meter by ``target.options`` (also
-spelt ``client``, ``logical``/``server``, ``physical``). Secrets: the LLS password is
-``target.secrets["password"]``; the block cipher key ``["key"]`` and the authentication
+spelt ``client``, ``logical``/``server``, ``physical``). Secrets: the password (LLS and
+password HLS) is ``target.secrets["password"]``; the block cipher key ``["key"]`` and the authentication
 key ``["auth_key"]`` (16 bytes, or 32 hex digits). ``high-gmac`` implies the
 ``authenticated-encrypted`` policy unless another is named. System titles are 8 bytes
 given as 16 hex digits or 8 characters.
