@@ -161,3 +161,47 @@ def test_dlms_high_gmac_meter_is_read_with_keys_from_the_environment(tmp_path: P
     assert wrong.returncode != 0
     for secret in (keys["key"], keys["auth_key"]):
         assert secret.lower() not in (out.stdout + out.stderr + wrong.stdout + wrong.stderr).lower()
+
+
+def test_dlms_password_hls_meter_from_gxami_simulate_is_read_with_its_password(tmp_path: Path) -> None:
+    """`gxami simulate dlms --authentication high-sha256`: the fleet and secrets files it writes read back."""
+    import yaml
+
+    fleet, secrets = tmp_path / "fleet.yaml", tmp_path / "secrets.yaml"
+    args = ["dlms", "--meters", "1", "--authentication", "high-sha256", "--fleet-out", str(fleet)]
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "gxami_cli", "simulate", *args, "--secrets-out", str(secrets)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (fleet.exists() and secrets.exists()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        meter = yaml.safe_load(fleet.read_text())["meters"][0]
+        password = yaml.safe_load(secrets.read_text())["default"]["password"]
+        assert meter["options"] == {"authentication": "high-sha256"}
+
+        read_args = ["read", "--protocol", "dlms", "-o", "authentication=high-sha256"]
+        command = [sys.executable, "-m", "gxami_cli", *read_args]
+
+        def read(secret: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*command, meter["address"], "--password-env", "PW", "--timeout", "10"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "PW": secret},
+            )
+
+        out, wrong = read(password), read("not-" + password)
+    finally:
+        os.killpg(sim.pid, signal.SIGTERM)
+        sim.wait(15)
+    assert out.returncode == 0, out.stderr
+    assert any(r["quantity"] == "1-0:1.8.0" for r in json.loads(out.stdout)["readings"])
+    assert wrong.returncode != 0 and "HLS authentication" in wrong.stderr, wrong.stderr
+    assert password not in out.stdout + out.stderr + wrong.stdout + wrong.stderr

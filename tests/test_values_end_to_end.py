@@ -21,7 +21,8 @@ from gxami_contracts import ReadingBatch, ReadJob
 from gxami_ingest.app import Ingest
 from gxami_ingest.settings import IngestSettings
 from gxami_meterlab.devstack import StackEndpoints
-from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_register, meter_id
+from gxami_meterlab.dlms.image_transfer import DEFAULT_FIRMWARE
+from gxami_meterlab.simulators.dlms import DlmsFleetSimulator, expected_register, meter_id, serial_number
 from gxami_runtime.kafka import ensure_topics, make_producer
 from gxami_store import migrate
 from gxcore.profiles import ProfileCatalog
@@ -40,6 +41,9 @@ def _profile_folder(tmp_path: Path) -> Path:
     profile["points"] += [
         {"quantity": "0-0:42.0.0", "unit": "", "source": "1/0.0.42.0.0.255", "purpose": ["billing"]},
         {"quantity": "0-0:96.11.0", "unit": "", "source": "1/0.0.96.11.0.255", "purpose": ["billing"]},
+        # the serial number (a visible-string) and the active firmware id (an octet-string): text too
+        {"quantity": "0-0:96.1.0", "unit": "", "source": "1/0.0.96.1.0.255", "purpose": ["billing"]},
+        {"quantity": "1-0:0.2.0", "unit": "", "source": "1/1.0.0.2.0.255", "purpose": ["billing"]},
     ]
     folder = tmp_path / "profiles"
     folder.mkdir()
@@ -127,6 +131,14 @@ async def test_dlms_text_and_exact_numbers_reach_the_database(
             meter.meter_id,
         )
         assert name is not None and tuple(name) == ("text", meter_id(SEED, 0))
+        texts = {
+            r["quantity"]: (r["kind"], r["text_value"])
+            for r in await conn.fetch(
+                "SELECT quantity, kind, text_value FROM meter_register_values WHERE meter_id = $1", meter.meter_id
+            )
+        }
+        assert texts["0-0:96.1.0"] == ("text", serial_number(SEED, 0))
+        assert texts["1-0:0.2.0"] == ("text", DEFAULT_FIRMWARE.decode())
         stored = {
             r["quantity"]: (r["value"], r["shown"])
             for r in await conn.fetch(

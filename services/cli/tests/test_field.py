@@ -358,6 +358,59 @@ async def test_read_modbus_with_its_default_profile() -> None:
         assert readings[point.quantity] == pytest.approx(float(sim.expected(1, point, AT))), point.quantity
 
 
+async def test_read_modbus_with_an_illegal_address_keeps_the_good_points_and_lists_the_problem(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    profile = ProfileCatalog().get("eastron-sdm630")
+    document = profile.model_dump(mode="json", exclude_none=True)
+    beyond = {"quantity": "1-0:99.7.0", "unit": "", "source": "input:0x0400", "purpose": ["billing"]}
+    document["points"] = [*document["points"], {**beyond, "options": {"type": "float32"}}]
+    path = tmp_path / "sdm630-plus.yaml"
+    path.write_text(yaml.safe_dump(document))
+    async with ModbusMeterSimulator(profile, seed=11, clock=lambda: AT) as sim:
+        result = await invoke_async("read", sim.url(), "-p", "modbus", "-o", "unit_id=1", "--profile", str(path))
+    out = ok_json(result)
+    readings = {r["quantity"]: r["value"] for r in out["readings"]}
+    for point in profile.points_for(frozenset({"billing"})):
+        assert readings[point.quantity] == pytest.approx(float(sim.expected(1, point, AT))), point.quantity
+    assert [(p["quantity"], p["source"]) for p in out["problems"]] == [("1-0:99.7.0", "input:0x0400")]
+    assert "illegal data address" in out["problems"][0]["reason"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("gxami read: warning: ")]
+    assert len(warnings) == 1 and "1-0:99.7.0 (input:0x0400):" in warnings[0] and "illegal data address" in warnings[0]
+
+
+async def test_read_dlms_shows_text_registers_and_a_missing_object_as_a_problem(tmp_path: Path) -> None:
+    import yaml
+
+    from gxami_meterlab.dlms.image_transfer import DEFAULT_FIRMWARE
+    from gxami_meterlab.simulators.dlms import meter_id, serial_number
+
+    points = [
+        {"quantity": "1-0:1.8.0", "unit": "kWh", "source": "3/1.0.1.8.0.255", "purpose": ["billing"]},
+        {"quantity": "0-0:42.0.0", "unit": "", "source": "1/0.0.42.0.0.255", "purpose": ["billing"]},
+        {"quantity": "0-0:96.1.0", "unit": "", "source": "1/0.0.96.1.0.255", "purpose": ["billing"]},
+        {"quantity": "1-0:0.2.0", "unit": "", "source": "1/1.0.0.2.0.255", "purpose": ["billing"]},
+        {"quantity": "1-0:99.7.0", "unit": "", "source": "1/1.0.99.7.0.255", "purpose": ["billing"]},
+    ]
+    path = tmp_path / "texts.yaml"
+    path.write_text(yaml.safe_dump({"name": "texts-dlms", "protocol": "dlms", "points": points}))
+    async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT) as sim:
+        url = f"tcp://127.0.0.1:{sim.meters[0].port}"
+        result = await invoke_async("read", url, "-p", "dlms", "--profile", str(path))
+    out = ok_json(result)
+    values = {r["quantity"]: r["value"] for r in out["readings"]}
+    assert values["0-0:42.0.0"] == meter_id(2, 0)
+    assert values["0-0:96.1.0"] == serial_number(2, 0)
+    assert values["1-0:0.2.0"] == DEFAULT_FIRMWARE.decode()
+    assert values["1-0:1.8.0"] == pytest.approx(expected_register(2, 0, "1-0:1.8.0", AT) / 1000)
+    assert [(p["quantity"], p["reason"]) for p in out["problems"]] == [
+        ("1-0:99.7.0", "GET 1/1.0.99.7.0.255/2: meter answered object-undefined")
+    ]
+    assert "gxami read: warning: 1-0:99.7.0 (1/1.0.99.7.0.255): GET" in result.stderr
+
+
 async def test_read_dlms_with_a_password_from_the_environment() -> None:
     async with DlmsFleetSimulator(1, seed=2, clock=lambda: AT, authentication="low", password="pw-123456") as sim:
         url = f"tcp://127.0.0.1:{sim.meters[0].port}"

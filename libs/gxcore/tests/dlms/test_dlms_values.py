@@ -72,3 +72,34 @@ def test_text_cannot_be_scaled() -> None:
     assert point_value(DEVICE_NAME, b"\x01", None) == b"\x01"
     with pytest.raises(ProtocolError):
         BitString("012")
+
+
+TEXT_POINTS = [
+    DEVICE_NAME,
+    ProfilePoint(quantity="0-0:96.1.0", unit="", source="1/0.0.96.1.0.255", purpose=["billing"]),
+    ProfilePoint(quantity="1-0:0.2.0", unit="", source="1/1.0.0.2.0.255", purpose=["billing"]),
+]
+
+
+async def test_text_registers_and_a_missing_object_come_back_as_readings_and_one_problem() -> None:
+    """Logical device name, serial number, firmware id as text; an object the meter lacks is a problem."""
+    from gxami_meterlab.dlms.image_transfer import DEFAULT_FIRMWARE
+    from gxami_meterlab.simulators.dlms import serial_number
+
+    missing = ProfilePoint(quantity="1-0:99.7.0", unit="", source="1/1.0.99.7.0.255", purpose=["billing"])
+    profile = PROFILE.model_copy(update={"points": [*PROFILE.points, *TEXT_POINTS, missing]})
+    async with DlmsFleetSimulator(2, seed=2, clock=lambda: NOW) as sim:
+        target = MeterTarget("SIM00200001", f"tcp://127.0.0.1:{sim.meters[1].port}")
+        result = await DlmsDriver().read(target, profile, ReadRequest(), timeout=2)
+        empty = await DlmsDriver().read(target, profile, ReadRequest(purposes=frozenset({"nothing"})), timeout=2)
+    got = {r.quantity: r.value for r in result.readings}
+    assert got["0-0:42.0.0"] == meter_id(2, 1)
+    assert got.get("0-0:96.1.0") == serial_number(2, 1), result.problems
+    assert isinstance(got["0-0:96.1.0"], str)
+    assert got["1-0:0.2.0"] == DEFAULT_FIRMWARE.decode()
+    assert got["1-0:1.8.0"] == Decimal(expected_register(2, 1, "1-0:1.8.0", NOW)) / 1000
+    assert "1-0:99.7.0" not in got
+    assert [(p.quantity, p.source) for p in result.problems] == [("1-0:99.7.0", "1/1.0.99.7.0.255")]
+    assert "object-undefined" in result.problems[0].reason or "1.0.99.7.0.255" in result.problems[0].reason
+    assert empty.readings == [] and empty.meter_time == NOW
+    assert [p.reason for p in empty.problems] == [f"profile {PROFILE.name} has no point for purpose nothing"]

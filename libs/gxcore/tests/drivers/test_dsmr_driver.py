@@ -13,7 +13,7 @@ import pytest
 
 from gxami_meterlab.simulators.dsmr import DsmrTcpServer, SimulatedP1Meter
 from gxcore.drivers import Driver, MeterTarget, ReadRequest
-from gxcore.drivers.dsmr import DsmrDriver, dsmr_readings, obis_point
+from gxcore.drivers.dsmr import DsmrDriver, dsmr_problems, dsmr_readings, obis_point
 from gxcore.errors import ConfigurationError, DecryptionError, KeyMissingError, MeterTimeoutError, ProtocolError
 from gxcore.profiles import DeviceProfile, ProfileCatalog, ProfilePoint
 from gxcore.protocols.dsmr import decode_dsmr_telegram
@@ -82,6 +82,7 @@ async def test_dsmr5_round_trip_equals_the_simulated_meter(driver: DsmrDriver) -
     assert (got["7-0:3.0.0"].unit, got["7-0:3.0.0"].timestamp) == ("m3", capture)
     assert got["1-0:1.8.0"].timestamp == AT  # the telegram clock, not the time of receipt
     assert result.meter_time == AT
+    assert result.problems == []  # every point found, every line parsed
 
 
 async def test_heat_channel_converts_gigajoules(driver: DsmrDriver) -> None:
@@ -186,6 +187,21 @@ def test_mapping_rules_on_a_decoded_telegram() -> None:
     volts = obis_point(ProfilePoint(quantity="1-0:32.7.0", unit="A", source="1-0:32.7.0"))
     with pytest.raises(ProtocolError, match="does not convert"):
         dsmr_readings(telegram, [volts], RECEIVED)
+
+
+def test_problems_name_missing_points_and_unparsed_lines() -> None:
+    raw = SimulatedP1Meter(3, 0, variant="5.0").telegram_at(AT)
+    odd = raw[: raw.rindex(b"!")] + b"0-0:96.99.0(odd\r\n!\r\n"  # an older meter: no CRC, one odd line
+    telegram = decode_dsmr_telegram(odd)
+    points = [
+        obis_point(ProfilePoint(quantity="1-0:1.8.1", unit="kWh", source="1-0:1.8.1")),
+        obis_point(ProfilePoint(quantity="1-0:99.1.0", unit="kWh", source="1-0:9.9.9")),
+    ]
+    assert [r.quantity for r in dsmr_readings(telegram, points, RECEIVED)] == ["1-0:1.8.1"]
+    problems = dsmr_problems(telegram, points)
+    assert [(p.quantity, p.source) for p in problems] == [("1-0:99.1.0", "1-0:9.9.9"), ("", "line 41")]
+    assert problems[1].reason.startswith("unparsed: expected one or more '(value)' groups")
+    assert problems[1].describe() == f"line 41: {problems[1].reason}"
 
 
 @pytest.mark.parametrize(

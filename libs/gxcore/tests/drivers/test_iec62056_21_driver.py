@@ -70,6 +70,8 @@ async def test_mode_c_readout_equals_the_simulated_meter(driver: Iec62056Driver)
     assert got["1-0:1.8.0"].timestamp == AT  # the meter clock 0.9.1/0.9.2
     assert got["1-0:1.6.0"].timestamp == datetime(2024, 3, 5, tzinfo=UTC)  # when the maximum happened
     assert result.meter_time == AT
+    missing = {p.quantity for p in GENERIC.points_for(EVERYTHING.purposes)} - set(got)
+    assert sorted(p.quantity for p in result.problems) == sorted(missing)
 
 
 @pytest.mark.parametrize("baud_char", ["A", "E", "Z"])  # mode B at 600 / 9600 Bd; 'Z' is mode A

@@ -71,6 +71,10 @@ async def test_heat_meter_by_primary_address_equals_the_simulator(driver: MBusDr
     assert all(r.timestamp == READ_AT for r in result.readings)
     assert result.meter_time == AT
     assert result.readings[0].extra["meter"] == bus.meters[0].secondary.id_digits
+    # The profile's points the telegram does not carry are said, one problem each.
+    missing = {p.quantity for p in heat.points_for(EVERYTHING.purposes)} - set(got)
+    assert missing and sorted(p.quantity for p in result.problems) == sorted(missing)
+    assert all(p.reason == "no record of the telegram matches" for p in result.problems)
 
 
 async def test_billing_purpose_selects_billing_points_only(driver: MBusDriver) -> None:
@@ -292,3 +296,29 @@ async def test_heat_meter_over_a_serial_line(driver: MBusDriver) -> None:
         target = MeterTarget("heat-serial", f"serial://{device}?baud=9600", {"primary_address": "1"})
         result = await driver.read(target, CATALOG.get("generic-mbus-heat"), ReadRequest(), timeout=1.0)
     assert by_quantity(result.readings)["6-0:1.0.0"] == round(register_value(7, 0, AT))
+
+
+def test_problems_name_a_missing_record_and_the_bytes_left_unparsed() -> None:
+    from gxcore.drivers.common import record_problems
+    from gxcore.profiles import ProfilePoint
+    from gxcore.protocols.mbus import decode_mbus_telegram
+    from gxcore.protocols.mbus.frame import LongFrame, encode_frame
+    from gxcore.protocols.mbus.points import readings_from, record_points
+
+    header = bytes.fromhex("78563412 2D2C 01 07 55 00 0000")  # id 12345678, water, access 0x55
+    wired = encode_frame(LongFrame(0x08, 1, 0x72, header + bytes.fromhex("0413 39300000")))  # volume 12.345 m3
+    telegram = decode_mbus_telegram(wired + b"\x00")  # one byte more than the L field says
+    points = record_points(
+        [
+            ProfilePoint(quantity="8-0:1.0.0", unit="m3", source="8-0:1.0.0"),
+            ProfilePoint(quantity="8-0:2.0.0", unit="m3/h", source="record:Volume flow"),
+        ]
+    )
+    assert [r.quantity for r in readings_from([telegram], points, READ_AT)] == ["8-0:1.0.0"]
+    problems = record_problems([telegram], points)
+    assert [(p.quantity, p.source) for p in problems] == [
+        ("8-0:2.0.0", "record:Volume flow"),
+        ("", f"telegram 12345678 offset {len(wired)}"),
+    ]
+    assert problems[0].reason == "no record of the telegram matches"
+    assert problems[1].reason == "unparsed 1 bytes: 1 byte(s) after the frame's stop byte"

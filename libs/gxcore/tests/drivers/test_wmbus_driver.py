@@ -56,6 +56,8 @@ async def test_encrypted_meter_with_hex_text_key_equals_the_simulator(driver: WM
     assert all(r.timestamp == READ_AT for r in result.readings)
     assert result.meter_time == START
     assert result.readings[0].extra["meter"] == meter.id
+    missing = {p.quantity for p in WATER.points_for(EVERYTHING.purposes)} - {r.quantity for r in result.readings}
+    assert sorted(p.quantity for p in result.problems) == sorted(missing)
 
 
 async def test_clear_meter_by_wmbus_id_option_with_length_framing_and_crcs(driver: WMBusDriver) -> None:

@@ -193,18 +193,38 @@ async def test_late_reply_through_a_transparent_rtu_converter(
     await asyncio.sleep(0.2)
 
 
-async def test_exception_response_is_a_protocol_error_naming_function_and_address(
-    start: Any, driver: ModbusDriver, sdm630: DeviceProfile
+async def test_an_illegal_address_costs_that_point_only_and_comes_back_as_a_problem(
+    start: Any, driver: ModbusDriver, sdm630: DeviceProfile, at: datetime
 ) -> None:
     sim = await start(sdm630)
     beyond = ProfilePoint(
         quantity="1-0:99.7.0", unit="", source="input:0x0400", purpose=["billing"], options={"type": "float32"}
     )
+    result = await driver.read(sim.target(1), with_points(sdm630, beyond), BILLING, timeout=1.0)
+    assert {r.quantity for r in result.readings} == {p.quantity for p in sdm630.points_for(BILLING.purposes)}
+    assert_matches(sim, 1, sdm630, result, at)
+    assert [(p.quantity, p.source) for p in result.problems] == [("1-0:99.7.0", "input:0x0400")]
+    assert "(0x04) at address 0x0400: exception 0x02 (illegal data address)" in result.problems[0].reason
+    # A profile of that one point only: nothing read, so the read fails with the reason.
+    alone = sdm630.model_copy(update={"points": [beyond]})
     with pytest.raises(ProtocolError, match=r"\(0x04\) at address 0x0400: exception 0x02 \(illegal data address\)"):
-        await driver.read(sim.target(1), with_points(sdm630, beyond), BILLING, timeout=1.0)
+        await driver.read(sim.target(1), alone, BILLING, timeout=1.0)
+    # A merged block the device refuses (too many registers, 0x03): its points are read one by one.
     greedy = with_parameters(sdm630, max_registers_per_request=125, max_gap=400)
-    with pytest.raises(ProtocolError, match=r"exception 0x03 \(illegal data value\)"):
-        await driver.read(sim.target(1), greedy, EVERYTHING, timeout=1.0)
+    sim.requests.clear()
+    every = await driver.read(sim.target(1), greedy, EVERYTHING, timeout=1.0)
+    assert {r.quantity for r in every.readings} == {p.quantity for p in sdm630.points_for(EVERYTHING.purposes)}
+    assert every.problems == []
+    assert_matches(sim, 1, sdm630, every, at)
+    assert len(sim.requests) > len(plan_reads(register_points(greedy, greedy.points), modbus_parameters(greedy)))
+
+
+async def test_no_point_selected_says_why(start: Any, driver: ModbusDriver, sdm630: DeviceProfile) -> None:
+    sim = await start(sdm630)
+    result = await driver.read(sim.target(1), sdm630, ReadRequest(purposes=frozenset({"load-profile"})), timeout=1.0)
+    assert result.readings == []
+    assert [p.reason for p in result.problems] == [f"profile {sdm630.name} has no point for purpose load-profile"]
+    assert sim.requests == []
 
 
 async def test_write_holding_register_and_read_it_back(start: Any, driver: ModbusDriver, sdm630: DeviceProfile) -> None:

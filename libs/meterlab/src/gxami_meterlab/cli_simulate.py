@@ -46,7 +46,11 @@ def dlms(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     base_port: int = typer.Option(0, help="first port (0: free ports)"),
     advertise_host: str | None = typer.Option(None, help="host name written into the fleet file"),
-    authentication: str = typer.Option("low", help="none, low (password) or high-gmac (security suite 0)"),
+    authentication: str = typer.Option(
+        "low",
+        help="none, low (password), high, high-md5, high-sha1, high-sha256 (HLS, the password as secret)"
+        " or high-gmac (security suite 0)",
+    ),
     security_policy: str = typer.Option("authenticated-encrypted", help="with high-gmac: the security policy"),
     schedule: str = typer.Option("15m", help="read interval written into the fleet file"),
     fleet_out: Path | None = typer.Option(None, help="write a fleet file here"),
@@ -138,11 +142,13 @@ def dlms(
 
     from gxami_meterlab.dlms.image_transfer import FirmwareFaults
     from gxami_meterlab.simulators.dlms import SimulatedMeter, meter_secrets, meter_system_title, run_simulator
+    from gxcore.protocols.dlms.parameters import AUTHENTICATIONS, PASSWORD_HLS
 
-    if authentication not in {"none", "low", "high-gmac"}:
-        typer.echo("gxami simulate dlms: --authentication must be none, low or high-gmac", err=True)
+    if authentication not in AUTHENTICATIONS:
+        typer.echo(f"gxami simulate dlms: --authentication must be one of {', '.join(AUTHENTICATIONS)}", err=True)
         raise typer.Exit(2)
-    password = secrets.token_urlsafe(12) if authentication == "low" else None
+    # 12 random bytes as 16 characters: within the one AES-128 key that "high" takes.
+    password = secrets.token_urlsafe(12) if authentication == "low" or authentication in PASSWORD_HLS else None
 
     def options(m: SimulatedMeter) -> dict[str, str | int]:
         if authentication != "high-gmac":

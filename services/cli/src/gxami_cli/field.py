@@ -487,6 +487,8 @@ def read_command(
             raise
         if not result.readings and not result.events:
             typer.echo(f"gxami read: warning: {empty_reason(chosen, frozenset(purposes), profile_from)}", err=True)
+        for problem in result.problems:  # one bad point never hides the good ones; it is said, not dropped
+            typer.echo(f"gxami read: warning: {problem.describe()}", err=True)
         return {
             "meter": meter,
             "protocol": protocol,
@@ -507,6 +509,7 @@ def read_command(
                 }
                 for e in result.events
             ],
+            "problems": [{"quantity": p.quantity, "source": p.source, "reason": p.reason} for p in result.problems],
         }
 
     run_guarded("read", action)

@@ -21,7 +21,7 @@ from gxami_collector.secret_store import SecretStore
 from gxami_contracts import JobResult, JobStatus, MeterEvent, ReadingBatch, ReadJob
 from gxami_contracts.messages import FIRST_INSTANT, LAST_INSTANT
 from gxami_runtime.kafka import describe_validation_error
-from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, ReadRequest, load_driver
+from gxcore.drivers import Driver, MeterEventRecord, MeterTarget, PointProblem, ReadRequest, load_driver
 from gxcore.drivers.dlms.counter_file import JsonInvocationCounters
 from gxcore.errors import GxError
 from gxcore.media import Medium
@@ -34,6 +34,11 @@ READINGS_REFUSED = Counter(
     "gxami_collector_readings_refused_total",
     "Readings a driver returned that the contract refuses (NaN, infinities, bad names)",
 )
+POINT_PROBLEMS = Counter(
+    "gxami_collector_point_problems_total",
+    "Profile points a read gave no reading for (ReadResult.problems), by protocol",
+    ["protocol"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,20 @@ class JobOutcome:
     batch: ReadingBatch | None
     result: JobResult
     events: tuple[MeterEvent, ...] = ()
+
+
+def _report_problems(job: ReadJob, problems: list[PointProblem]) -> None:
+    """Log each point a read gave nothing for, with the meter, and count them (the good readings go on)."""
+    if not problems:
+        return
+    POINT_PROBLEMS.labels(protocol=job.protocol).inc(len(problems))
+    for problem in problems:
+        log.warning(
+            "meter %s: no reading: %s",
+            job.meter_id,
+            problem.describe(),
+            extra={"meter_id": job.meter_id, "protocol": job.protocol, "quantity": problem.quantity},
+        )
 
 
 def meter_event(job: ReadJob, record: MeterEventRecord) -> MeterEvent:
@@ -222,6 +241,7 @@ class MeterReader:
         except Exception as exc:  # a driver bug must not stop the collector
             log.exception("driver failed unexpectedly", extra={"meter_id": job.meter_id, "protocol": job.protocol})
             return self._failed(job, started, "internal", f"meter {job.meter_id}: {type(exc).__name__} in driver")
+        _report_problems(job, result.problems)
         events = _events(job, result.events)
         finished = datetime.now(UTC)
         meter_time = _meter_time(job, result.meter_time)

@@ -49,11 +49,32 @@ class ReadRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PointProblem:
+    """Why one profile point (or, with ``quantity`` empty, the whole read) gave no reading.
+
+    ``quantity`` is the profile point's quantity, ``source`` its source as the profile spells it
+    (an OBIS code, a register, a record), ``reason`` a message built from codes, never payloads.
+    """
+
+    quantity: str
+    source: str
+    reason: str
+
+    def describe(self) -> str:
+        """One line: ``quantity (source): reason``, or the reason alone for the whole read."""
+        if not self.quantity:
+            return f"{self.source}: {self.reason}" if self.source else self.reason
+        return f"{self.quantity} ({self.source}): {self.reason}" if self.source else f"{self.quantity}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     """Readings and events of one session; ``meter_time`` is the meter's clock when it was read.
 
     ``clock_read_at`` is the driver's own clock when ``meter_time`` arrived (None if the driver
-    does not say): the meter's drift is ``meter_time - clock_read_at``.
+    does not say): the meter's drift is ``meter_time - clock_read_at``. ``problems`` says which
+    points gave no reading and why (one bad point never discards the good ones); a built-in
+    driver's empty result always has one.
     """
 
     readings: list[Reading]
@@ -63,6 +84,15 @@ class ReadResult:
     # Load-profile reads that failed while the rest of the session went on: the readings are
     # good, but the profile window was not read, so the job must not move its window on.
     load_profile_failures: list[GxError] = field(default_factory=list)
+    problems: list[PointProblem] = field(default_factory=list)
+
+
+def nothing_selected(profile: DeviceProfile, request: ReadRequest) -> ReadResult:
+    """The empty result of a request whose purposes select no point of ``profile``, saying so."""
+    wanted = ", ".join(sorted(request.purposes)) or "none"
+    return ReadResult(
+        readings=[], problems=[PointProblem("", "", f"profile {profile.name} has no point for purpose {wanted}")]
+    )
 
 
 CommandKind = Literal[

@@ -15,13 +15,13 @@ driver's ``on_traffic`` hook goes to every medium it opens (count frames and byt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gxcore.drivers.api import BaseDriver
+from gxcore.drivers.api import BaseDriver, PointProblem
 from gxcore.errors import ConfigurationError
 from gxcore.media import (
     KNOWN_PARAMETERS,
@@ -35,6 +35,8 @@ from gxcore.media import (
 )
 from gxcore.media.endpoint import Endpoint
 from gxcore.profiles.model import DeviceProfile, OptionValue
+from gxcore.protocols.mbus.points import RecordPoint
+from gxcore.protocols.mbus.telegram import MBusTelegram
 from gxcore.secrets import Secret
 
 
@@ -177,3 +179,19 @@ def aes_key(secret: Secret | None, meter_id: str) -> bytes | None:
     if len(raw) != 16:
         raise ConfigurationError("key must be 16 bytes (AES-128) or 32 hex digits", meter_id=meter_id)
     return raw
+
+
+def record_problems(telegrams: Sequence[MBusTelegram], points: Sequence[RecordPoint]) -> list[PointProblem]:
+    """(w)M-Bus: each profile point no record of ``telegrams`` carries, and what the decoder left unparsed."""
+    records = [r for t in telegrams for r in t.records]
+    problems = [
+        PointProblem(rp.point.quantity, rp.point.source, "no record of the telegram matches")
+        for rp in points
+        if not any(rp.matches(r) for r in records)
+    ]
+    problems.extend(
+        PointProblem("", f"telegram {t.id} offset {u.offset}", f"unparsed {len(u.data)} bytes: {u.reason}")
+        for t in telegrams
+        for u in t.unparsed
+    )
+    return problems

@@ -42,7 +42,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 
-from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.api import MeterTarget, PointProblem, ReadRequest, ReadResult, nothing_selected
 from gxcore.drivers.common import FieldDriver, LineDefaults, aes_key, exchange_timeout, read_medium
 from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError, KeyMissingError, ProtocolError
@@ -153,6 +153,20 @@ def dsmr_readings(
     return readings
 
 
+def dsmr_problems(telegram: DsmrTelegram, points: list[ObisPoint]) -> list[PointProblem]:
+    """Each point the telegram does not carry, and each line the tolerant parser left unparsed."""
+    problems = [
+        PointProblem(op.point.quantity, op.point.source, "the telegram carries no such line")
+        for op in points
+        if op.records(telegram) is None
+    ]
+    problems.extend(
+        PointProblem("", f"line {u.line}" if u.line is not None else f"offset {u.offset}", f"unparsed: {u.reason}")
+        for u in telegram.unparsed
+    )
+    return problems
+
+
 class DsmrDriver(FieldDriver):
     """Reads DSMR P1 ports (and Luxembourg Smarty) described by device profiles (protocol ``dsmr``)."""
 
@@ -179,7 +193,7 @@ class DsmrDriver(FieldDriver):
         if profile.parameters.get("smarty", False) and key is None:
             raise KeyMissingError("Smarty P1 needs the meter's key (secret 'key')", meter_id=target.meter_id)
         if not points:
-            return ReadResult(readings=[])
+            return nothing_selected(profile, request)
         reader: TelegramReader = SmartyReader(Secret(key)) if key is not None else P1Reader()
         clock = asyncio.get_running_loop().time
         # The wait starts before the connect: ``timeout`` bounds the whole read.
@@ -190,4 +204,4 @@ class DsmrDriver(FieldDriver):
             await drive(core, port, idle_timeout=wait, send_timeout=wait, clock=clock)
         telegram = core.result()
         readings = dsmr_readings(telegram, points, self._clock(), meter_id=target.meter_id)
-        return ReadResult(readings=readings, meter_time=telegram.timestamp)
+        return ReadResult(readings=readings, meter_time=telegram.timestamp, problems=dsmr_problems(telegram, points))

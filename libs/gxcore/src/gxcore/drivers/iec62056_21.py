@@ -35,7 +35,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
 
-from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.api import MeterTarget, PointProblem, ReadRequest, ReadResult, nothing_selected
 from gxcore.drivers.common import FieldDriver, LineDefaults, exchange_timeout, meter_timezone, read_medium
 from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError, GxError, ProtocolError
@@ -198,10 +198,15 @@ class Iec62056Driver(FieldDriver):
             meter_tz=meter_timezone(profile),
         )
         if not points:
-            return ReadResult(readings=[])
+            return nothing_selected(profile, request)
         async with read_medium(
             endpoint, medium, timeout=wait, serial_defaults=IEC_SERIAL, on_traffic=self.on_traffic
         ) as line:
             readout = await run_readout(session, line, timeout=wait, meter_id=target.meter_id)
         readings = iec_readings(readout, points, self._clock(), meter_id=target.meter_id)
-        return ReadResult(readings=readings, meter_time=readout.meter_time)
+        missing = [
+            PointProblem(dp.point.quantity, dp.point.source, "the readout carries no such data set")
+            for dp in points
+            if not any(dp.matches(r) for r in readout.records)
+        ]
+        return ReadResult(readings=readings, meter_time=readout.meter_time, problems=missing)

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import ClassVar
 from weakref import WeakKeyDictionary
 
-from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult, nothing_selected
 from gxcore.drivers.common import (
     FieldDriver,
     LineDefaults,
@@ -38,6 +38,7 @@ from gxcore.drivers.common import (
     int_parameter,
     meter_timezone,
     read_medium,
+    record_problems,
     utc_now,
 )
 from gxcore.drivers.loop import drive
@@ -165,7 +166,7 @@ class MBusDriver(FieldDriver):
         reply_timeout = exchange_timeout(timeout, profile.parameters, profile.name)
         config = master_config(profile, reply_timeout)
         if not points:
-            return ReadResult(readings=[])
+            return nothing_selected(profile, request)
         bus = medium.describe() if medium is not None else medium_key(endpoint)
         async with (
             self._bus_lock(bus),
@@ -176,7 +177,11 @@ class MBusDriver(FieldDriver):
             complete = await read_meter(line, address, config, meter_id=target.meter_id)
         at = self._clock()
         readings = readings_from(complete.telegrams, points, at, meter_id=target.meter_id)
-        return ReadResult(readings=readings, meter_time=meter_time_of(complete.telegrams, meter_timezone(profile)))
+        return ReadResult(
+            readings=readings,
+            meter_time=meter_time_of(complete.telegrams, meter_timezone(profile)),
+            problems=record_problems(complete.telegrams, points),
+        )
 
 
 def medium_key(endpoint: Endpoint) -> str:

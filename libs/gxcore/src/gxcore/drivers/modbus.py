@@ -24,7 +24,16 @@ from weakref import WeakKeyDictionary
 
 from pymodbus.pdu import ModbusPDU
 
-from gxcore.drivers.api import BaseDriver, CommandResult, DriverCommand, MeterTarget, ReadRequest, ReadResult
+from gxcore.drivers.api import (
+    BaseDriver,
+    CommandResult,
+    DriverCommand,
+    MeterTarget,
+    PointProblem,
+    ReadRequest,
+    ReadResult,
+    nothing_selected,
+)
 from gxcore.drivers.common import utc_now
 from gxcore.drivers.modbus_link import LinkSettings, ModbusClient, ModbusLink, Request, reply_values
 from gxcore.errors import ConfigurationError, ProtocolError
@@ -96,7 +105,10 @@ class ModbusDriver(BaseDriver):
                 f"meter {target.meter_id}: the modbus driver cannot read over a connection the meter opened"
             )
         validate_modbus_profile(profile)
-        return await self._read_points(target, profile, profile.points_for(request.purposes), timeout)
+        selected = profile.points_for(request.purposes)
+        if not selected:
+            return nothing_selected(profile, request)
+        return await self._read_points(target, profile, selected, timeout)
 
     async def _read_points(
         self, target: MeterTarget, profile: DeviceProfile, selected: list[ProfilePoint], timeout: float
@@ -110,15 +122,37 @@ class ModbusDriver(BaseDriver):
         if not plan:
             return ReadResult(readings=[])
         replies: list[tuple[datetime, list[tuple[RegisterPoint, RawValue]]]] = []
+        problems: list[PointProblem] = []
+        failures: list[ProtocolError] = []
         async with self._medium_lock(settings.key):
             link = ModbusLink(settings, meter_id=target.meter_id)
             try:
                 for block in plan:
-                    words = await self._read_block(link, block, unit, deadline, parameters.retries)
-                    replies.append((self._clock(), split_block(block, words)))
+                    try:
+                        words = await self._read_block(link, block, unit, deadline, parameters.retries)
+                        replies.append((self._clock(), split_block(block, words)))
+                        continue
+                    except ProtocolError as exc:  # an exception reply (illegal data address, ...): the link is fine
+                        if len(block.points) == 1:
+                            failures.append(exc)
+                            problems.append(_problem(block.points[0], exc))
+                            continue
+                    # One bad point in a merged block: read its points one by one, keep the good ones.
+                    for rp in block.points:
+                        alone = ReadBlock(rp.table, rp.address, rp.count, (rp,))
+                        try:
+                            words = await self._read_block(link, alone, unit, deadline, parameters.retries)
+                            replies.append((self._clock(), split_block(alone, words)))
+                        except ProtocolError as exc:
+                            failures.append(exc)
+                            problems.append(_problem(rp, exc))
             finally:
                 link.close()
-        return ReadResult(readings=_readings(replies))
+        readings, unavailable = _readings(replies)
+        problems.extend(unavailable)
+        if failures and not readings:
+            raise failures[0]  # nothing read: the read fails with the first reason, as DLMS does
+        return ReadResult(readings=readings, problems=problems)
 
     async def execute(
         self, target: MeterTarget, profile: DeviceProfile, command: DriverCommand, *, timeout: float
@@ -225,16 +259,26 @@ def _writable_point(profile: DeviceProfile, key: str) -> RegisterPoint:
     return rp
 
 
-def _readings(replies: list[tuple[datetime, list[tuple[RegisterPoint, RawValue]]]]) -> list[Reading]:
+def _problem(rp: RegisterPoint, exc: ProtocolError) -> PointProblem:
+    return PointProblem(rp.point.quantity, rp.point.source, exc.reason)
+
+
+def _readings(
+    replies: list[tuple[datetime, list[tuple[RegisterPoint, RawValue]]]],
+) -> tuple[list[Reading], list[PointProblem]]:
     texts: dict[str, str] = {}
     numbers: list[tuple[datetime, RegisterPoint, int | float]] = []
+    unavailable: list[PointProblem] = []
     for at, values in replies:
         for rp, raw in values:
             if isinstance(raw, str):
                 texts[rp.point.quantity] = raw
-            elif rp.value_type is not ValueType.STRING and not is_unavailable(rp, raw):
-                numbers.append((at, rp, raw))
-    return [
+            elif rp.value_type is not ValueType.STRING:
+                if is_unavailable(rp, raw):
+                    unavailable.append(PointProblem(rp.point.quantity, rp.point.source, "meter reports no value"))
+                else:
+                    numbers.append((at, rp, raw))
+    readings = [
         Reading(
             quantity=rp.point.quantity,
             value=engineering_value(rp, raw),
@@ -244,3 +288,4 @@ def _readings(replies: list[tuple[datetime, list[tuple[RegisterPoint, RawValue]]
         )
         for at, rp, raw in numbers
     ]
+    return readings, unavailable

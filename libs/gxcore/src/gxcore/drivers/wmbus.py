@@ -39,8 +39,15 @@ import asyncio
 from datetime import datetime
 from typing import ClassVar, Literal
 
-from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult
-from gxcore.drivers.common import FieldDriver, aes_key, exchange_timeout, meter_timezone, read_medium
+from gxcore.drivers.api import MeterTarget, ReadRequest, ReadResult, nothing_selected
+from gxcore.drivers.common import (
+    FieldDriver,
+    aes_key,
+    exchange_timeout,
+    meter_timezone,
+    read_medium,
+    record_problems,
+)
 from gxcore.drivers.loop import drive
 from gxcore.errors import ConfigurationError
 from gxcore.media import Medium
@@ -102,7 +109,7 @@ def telegram_result(
     meter_time = meter_time_of([telegram], meter_timezone(profile))
     at = meter_time if stamp == "meter" and meter_time is not None else received_at
     readings = readings_from([telegram], points, at, meter_id=meter_id)
-    return ReadResult(readings=readings, meter_time=meter_time)
+    return ReadResult(readings=readings, meter_time=meter_time, problems=record_problems([telegram], points))
 
 
 class WMBusDriver(FieldDriver):
@@ -131,7 +138,7 @@ class WMBusDriver(FieldDriver):
         key = aes_key(target.secrets.get("key"), target.meter_id)
         wait = exchange_timeout(timeout, profile.parameters, profile.name)
         if not points:
-            return ReadResult(readings=[])
+            return nothing_selected(profile, request)
         clock = asyncio.get_running_loop().time
         # The wait starts before the connect: ``timeout`` bounds the whole read.
         core = MeterTelegram(ident, key, framing=framing, crc=crc, now=clock(), wait=wait, meter_id=target.meter_id)

@@ -121,7 +121,7 @@ class RicherMeterModel(MeterModel, Protocol):
     def demand(self, obis: str, at: datetime) -> tuple[int, int, int, datetime, datetime]:
         """Demand register: (current average, last average, status, capture time, start of current period)."""
 
-    def data_value(self, obis: str, at: datetime) -> int | bytes:
+    def data_value(self, obis: str, at: datetime) -> int | bytes | str:
         """Value of a Data object."""
 
     def profile_entries(self, obis: str, first: int, last: int, now: datetime) -> tuple[Rows, int]:

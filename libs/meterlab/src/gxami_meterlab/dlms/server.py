@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final, cast
 
+from gurux_dlms import GXCiphering
 from gurux_dlms.enums import (
     AccessMode,
     Authentication,
@@ -52,6 +53,7 @@ from gxami_meterlab.dlms.meter_objects import (
     encode_time,
 )
 from gxami_meterlab.dlms.meter_security import PUBLIC_OBJECTS, MeterCounters, MeterSecurity
+from gxami_meterlab.dlms.password_hls import PasswordHls
 from gxami_meterlab.dlms.programmable import ProgrammableObjects
 from gxami_meterlab.dlms.server_objects import gurux_objects, listed, richer_attribute, selected_columns
 from gxcore.errors import GxError
@@ -59,7 +61,7 @@ from gxcore.protocols.dlms import hdlc, wrapper
 from gxcore.protocols.dlms.cosem_time import decode_datetime
 from gxcore.protocols.dlms.gurux import quiet, translate
 from gxcore.protocols.dlms.obis import dotted
-from gxcore.protocols.dlms.parameters import PUBLIC_CLIENT, DlmsSecurity, Interface
+from gxcore.protocols.dlms.parameters import PASSWORD_HLS, PUBLIC_CLIENT, DlmsSecurity, Interface
 from gxcore.protocols.dlms.parameters import Authentication as AuthName
 from gxcore.protocols.dlms.profile import encode_buffer
 from gxcore.secrets import Secret
@@ -74,6 +76,14 @@ __all__ = [
     "RegisterSpec",
 ]
 
+# gurux's numbers of the password HLS mechanisms (the AARQ's mechanism-name last arc).
+_MECHANISM: Final = {
+    "high": Authentication.HIGH,
+    "high-md5": Authentication.HIGH_MD5,
+    "high-sha1": Authentication.HIGH_SHA1,
+    "high-sha256": Authentication.HIGH_SHA256,
+}
+PASSWORD_HLS_TITLE: Final = b"GXS\x00\x00\x00\x00\x01"  # a password-HLS meter's title (HLS-SHA256 binds it)
 MAX_ROWS_PER_READ: Final = 31 * 96  # one reply holds at most 31 days of 15-minute rows
 DISCONNECT_CONTROL: Final = "0.0.96.3.10.255"
 
@@ -101,9 +111,16 @@ class CosemMeterCore:
         public_client: int = PUBLIC_CLIENT,
         objects: Sequence[ObjectSpec] = (),
         programs: ProgrammableObjects | None = None,
+        system_title: bytes = PASSWORD_HLS_TITLE,
     ) -> None:
         if authentication == "high-gmac" and security is None:
             raise ValueError("a high-gmac meter needs its keys and system title")
+        # Password HLS (high, -md5, -sha1, -sha256): the meter checks f(StoC) itself (password_hls).
+        self._hls = (
+            PasswordHls(authentication, password or Secret(b""), system_title)
+            if authentication in PASSWORD_HLS and security is None
+            else None
+        )
         self.model = model
         self.interface = interface
         self.disconnect_control = dotted(disconnect_control) if disconnect_control else None
@@ -142,6 +159,9 @@ class CosemMeterCore:
         if self._guard is not None:
             server.settings.cipher = self._guard.cipher()
             server.settings.gx_counter_check = self._guard.accept_counter
+        elif self._hls is not None:
+            # gurux keeps the titles of an HLS exchange in its cipher; this one ciphers nothing.
+            server.settings.cipher = GXCiphering(bytearray(self._hls.system_title))
         # gurux 1.0.203: initialize() appends the whole collection as one object when no
         # association exists, then fails; give it one with its object list filled.
         association = MeterAssociation()
@@ -198,6 +218,12 @@ class CosemMeterCore:
             security = int(settings.cipher.security) if ciphered else 0
             title = bytes(settings.sourceSystemTitle) if settings.sourceSystemTitle else None
             return self._guard.decide(int(settings.clientAddress), authentication, security, title)
+        if self._hls is not None:
+            if authentication == Authentication.NONE:
+                return int(SourceDiagnostic.AUTHENTICATION_REQUIRED)
+            if authentication != _MECHANISM[self._hls.mechanism]:
+                return int(SourceDiagnostic.NOT_RECOGNISED)
+            return int(SourceDiagnostic.NONE)  # the HLS pass decides (answer_hls)
         if authentication > Authentication.LOW:
             return int(SourceDiagnostic.NOT_RECOGNISED)  # no keys: no HLS
         return self.validate(authentication, password)
@@ -206,6 +232,9 @@ class CosemMeterCore:
         """Check the client's f(StoC); our f(CtoS) under a fresh counter of ours, or None."""
         cipher = self._server.settings.cipher
         client_challenge = self._server.settings.ctoSChallenge
+        if self._hls is not None and client_challenge:
+            source = self._server.settings.sourceSystemTitle
+            return self._hls.answer(answer, challenge, bytes(client_challenge), bytes(source) if source else None)
         if self._guard is None or cipher is None or not client_challenge:
             return None
         own = int(cipher.invocationCounter)

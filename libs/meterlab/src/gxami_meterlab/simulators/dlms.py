@@ -55,7 +55,7 @@ from gxami_meterlab.dlms.tariff_calendar import CalendarState
 from gxcore.errors import ConfigurationError, GxError
 from gxcore.protocols.dlms.ciphering import SecurityPolicy
 from gxcore.protocols.dlms.obis import UNIT_CODES, apply_scaler, dotted, reduced
-from gxcore.protocols.dlms.parameters import Authentication, DlmsSecurity, Interface
+from gxcore.protocols.dlms.parameters import PASSWORD_HLS, Authentication, DlmsSecurity, Interface
 from gxcore.secrets import Secret
 
 EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
@@ -83,6 +83,7 @@ REGISTERS: Final = (
 MAXIMUM_DEMAND, AVERAGE_DEMAND = "1.0.1.6.0.255", "1.0.1.4.0.255"
 EVENT_CODE, DEVICE_NAME, EVENT_LOG = "0.0.96.11.0.255", "0.0.42.0.0.255", "0.0.99.98.0.255"
 ACTIVE_TARIFF: Final = "0.0.96.14.0.255"  # currently active tariff: a writable Data object
+SERIAL_NUMBER: Final = "0.0.96.1.0.255"  # the device serial number, a visible-string (text)
 DEFAULT_TARIFF: Final = 1
 EVENT_LOG_ENTRIES: Final = 100
 # IDIS standard event log codes the model produces.
@@ -92,6 +93,7 @@ OBJECTS: Final = (
     DemandRegisterSpec(AVERAGE_DEMAND, 0, UNIT_CODES["W"], ROW_PERIOD, DataType.UINT32),
     DataSpec(EVENT_CODE, DataType.UINT16),
     DataSpec(DEVICE_NAME, DataType.OCTET_STRING),
+    DataSpec(SERIAL_NUMBER, DataType.STRING),
     DataSpec(ACTIVE_TARIFF, DataType.UINT8, writable=True),
 )
 PROFILES: Final = (ProfileSpec(LOAD_PROFILE, (IMPORT, EXPORT), ROW_PERIOD),)
@@ -448,9 +450,11 @@ class _MeterValues:
         current, last, started = expected_demand(self.seed, self.index, at)
         return int(current), int(last), 0, started, started
 
-    def data_value(self, obis: str, at: datetime) -> int | bytes:
+    def data_value(self, obis: str, at: datetime) -> int | bytes | str:
         if obis == DEVICE_NAME:
             return meter_id(self.seed, self.index).encode()
+        if obis == SERIAL_NUMBER:
+            return serial_number(self.seed, self.index)  # a visible-string: gurux encodes str
         if obis == ACTIVE_TARIFF:
             return self.state.data.get(obis, DEFAULT_TARIFF)
         buffer = event_buffer(self.seed, self.index, _seconds(at))
@@ -535,6 +539,11 @@ def meter_id(seed: int, index: int) -> str:
     return f"SIM{seed:03d}{index:05d}"
 
 
+def serial_number(seed: int, index: int) -> str:
+    """Deterministic serial number (0-0:96.1.0), digits only, as on a meter's name plate."""
+    return f"{seed:04d}{index:06d}"
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -577,8 +586,8 @@ class DlmsFleetSimulator:
     ) -> None:
         if meters < 0 or not 0 <= base_port <= 65535 or (base_port and base_port + meters > 65536):
             raise ConfigurationError("simulator needs meters >= 0 and ports within 0..65535")
-        if authentication == "low" and not password:
-            raise ConfigurationError("a simulator with low authentication needs a password")
+        if (authentication == "low" or authentication in PASSWORD_HLS) and not password:
+            raise ConfigurationError(f"a simulator with {authentication} authentication needs a password")
         self.count = meters
         self.seed = seed
         self.host = host
@@ -685,6 +694,7 @@ class DlmsFleetSimulator:
                     else None
                 ),
                 counters=self.states[index].counters,
+                system_title=meter_system_title(self.seed, index),
                 programs=ProgrammableObjects(self.states[index].firmware, self.states[index].calendar),
             )
             firmware = self.states[index].firmware

@@ -6,12 +6,13 @@ or an optical head; line settings in the query, see :mod:`gxcore.media.url`) HDL
 udp/serial the medium overrides the profile's ``interface``; a contradicting ``interface``
 in the meter's own options is a ConfigurationError. Association
 parameters come from the profile's ``parameters`` (``client_address``, ``server_address``,
-``physical_address``, ``authentication`` none/low/high-gmac, ``security_policy``
+``physical_address``, ``authentication`` none/low/high/high-md5/high-sha1/high-sha256/high-gmac,
+``security_policy``
 none/authenticated/encrypted/authenticated-encrypted, ``system_title`` (ours),
 ``server_system_title`` (the meter's, checked when given), ``frame_counter_obis``,
 ``max_pdu``, ``interface``, ``timeout``), overridden per meter by ``target.options`` (also
-spelt ``client``, ``logical``/``server``, ``physical``). Secrets: the LLS password is
-``target.secrets["password"]``; the block cipher key ``["key"]`` and the authentication
+spelt ``client``, ``logical``/``server``, ``physical``). Secrets: the password (LLS and
+password HLS) is ``target.secrets["password"]``; the block cipher key ``["key"]`` and the authentication
 key ``["auth_key"]`` (16 bytes, or 32 hex digits). ``high-gmac`` implies the
 ``authenticated-encrypted`` policy unless another is named. System titles are 8 bytes
 given as 16 hex digits or 8 characters.
@@ -66,8 +67,10 @@ from gxcore.drivers.api import (
     DriverCommand,
     MeterLookup,
     MeterTarget,
+    PointProblem,
     ReadRequest,
     ReadResult,
+    nothing_selected,
 )
 from gxcore.drivers.dlms.calendar import execute_calendar
 from gxcore.drivers.dlms.commands import execute_command
@@ -246,6 +249,8 @@ class DlmsDriver(BaseDriver):
         events: list[MeterEventRecord] = []
         failures: list[GxError] = []
         profile_failures: list[GxError] = []
+        # No point for these purposes: the clock is still read (callers use it), and the result says why.
+        problems: list[PointProblem] = [] if points else nothing_selected(profile, request).problems
         async with session:
             meter_time = await session.read_clock()
             clock_read_at = self.clock()  # beside meter_time: the drift without the session's length
@@ -257,6 +262,7 @@ class DlmsDriver(BaseDriver):
                     if session.broken:
                         raise
                     failures.append(exc)
+                    problems.append(PointProblem(vp.point.quantity, vp.point.source, exc.reason))
             for obis, group in profiled.items():
                 try:
                     rows = await _read_rows(session, obis, group, request, meter_time)
@@ -269,6 +275,14 @@ class DlmsDriver(BaseDriver):
                     failures.append(exc)
                     if any("load-profile" in p.point.purpose for p in group):
                         profile_failures.append(exc)
+                    problems.extend(PointProblem(p.point.quantity, p.point.source, exc.reason) for p in group)
+                    continue
+                if not values_read and not logged:
+                    # An empty range is no fault, but it is said: the result shows why it is empty.
+                    problems.extend(
+                        PointProblem(p.point.quantity, p.point.source, f"profile {obis} has no entry in the range read")
+                        for p in group
+                    )
         if failures and not readings and not events:
             raise failures[0]
         return ReadResult(
@@ -277,6 +291,7 @@ class DlmsDriver(BaseDriver):
             events=events,
             clock_read_at=clock_read_at,
             load_profile_failures=profile_failures,
+            problems=problems,
         )
 
     async def execute(

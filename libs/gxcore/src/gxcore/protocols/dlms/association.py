@@ -1,7 +1,9 @@
 """Association parameters from a profile's ``parameters`` and a meter's options and secrets.
 
 Shared by the driver and the field tools, so a profile, a fleet file and a command line
-spell them alike. Secrets: ``password`` (LLS), ``key`` (block cipher key) and ``auth_key``
+spell them alike. ``authentication``: none, low, high (manufacturer specific), high-md5,
+high-sha1, high-sha256 (HLS with the password as secret) or high-gmac (HLS with the keys).
+Secrets: ``password`` (LLS and password HLS), ``key`` (block cipher key) and ``auth_key``
 (authentication key), 16 bytes or 32 hex digits; keys are never shown in messages.
 """
 
@@ -13,7 +15,14 @@ from typing import Final
 from gxcore.errors import ConfigurationError, KeyMissingError
 from gxcore.profiles.model import OptionValue
 from gxcore.protocols.dlms.ciphering import SECURITY_CONTROL, SYSTEM_TITLE_LENGTH
-from gxcore.protocols.dlms.parameters import AUTHENTICATIONS, FRAME_COUNTER_OBIS, DlmsParameters, DlmsSecurity
+from gxcore.protocols.dlms.parameters import (
+    AUTHENTICATIONS,
+    CLIENT_SYSTEM_TITLE,
+    FRAME_COUNTER_OBIS,
+    PASSWORD_HLS,
+    DlmsParameters,
+    DlmsSecurity,
+)
 from gxcore.secrets import Secret
 
 PARAMETERS: Final = frozenset(
@@ -42,7 +51,6 @@ ALIASES: Final = {
     "server": "server_address",
     "physical": "physical_address",
 }
-CLIENT_SYSTEM_TITLE: Final = b"GXC\x00\x00\x00\x00\x01"  # override per deployment with system_title
 
 
 def association_parameters(
@@ -70,7 +78,7 @@ def association_parameters(
     password = secrets.get("password") if secrets is not None else None
     security: DlmsSecurity | None = None
     if secrets is None:
-        if auth in ("low", "high-gmac"):
+        if auth in {"low", "high-gmac"} or auth in PASSWORD_HLS:
             auth = "none"  # validation only: passwords and keys are per-meter secrets
     elif policy != "none":
         security = DlmsSecurity(
@@ -91,6 +99,7 @@ def association_parameters(
         security=security,
         frame_counter_obis=None if counter_obis.lower() == "none" else counter_obis,
         logical_name_referencing=referencing == "ln",
+        system_title=own_title,
     )
 
 

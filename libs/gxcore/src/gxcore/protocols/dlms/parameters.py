@@ -12,11 +12,16 @@ from gxcore.protocols.dlms.obis import dotted, reduced
 from gxcore.readings import MeterValue
 from gxcore.secrets import Secret
 
-Authentication = Literal["none", "low", "high-gmac"]
+Authentication = Literal["none", "low", "high", "high-md5", "high-sha1", "high-sha256", "high-gmac"]
 Interface = Literal["wrapper", "hdlc"]
-AUTHENTICATIONS = ("none", "low", "high-gmac")
+AUTHENTICATIONS = ("none", "low", "high", "high-md5", "high-sha1", "high-sha256", "high-gmac")
+# HLS whose secret is the password (IEC 62056-5-3 mechanisms 2, 3, 4 and 6), not the keys.
+PASSWORD_HLS = frozenset({"high", "high-md5", "high-sha1", "high-sha256"})
+# "high" (manufacturer specific; gurux: AES-128 of the challenge under the password) takes one AES key.
+MAX_HIGH_PASSWORD = 16
 FRAME_COUNTER_OBIS = "0.0.43.1.0.255"
 PUBLIC_CLIENT = 16
+CLIENT_SYSTEM_TITLE = b"GXC\x00\x00\x00\x00\x01"  # override per deployment with system_title
 
 CLOCK_OBIS = "0.0.1.0.0.255"
 CLASS_DATA = 1
@@ -91,7 +96,8 @@ class DlmsParameters:
     appears in ``repr``/``str``. ``security`` turns on ciphering of
     every xDLMS APDU; ``high-gmac`` authentication needs it. ``frame_counter_obis`` is the
     Data object the public client reads for the meter's invocation counter when the
-    counter store has none for this meter (None: never read it).
+    counter store has none for this meter (None: never read it). ``system_title`` is this
+    side's title for HLS-SHA256 without ciphering (with ciphering, the security's is used).
     """
 
     client_address: int = 16
@@ -104,6 +110,7 @@ class DlmsParameters:
     physical_address: int | None = None
     security: DlmsSecurity | None = None
     frame_counter_obis: str | None = FRAME_COUNTER_OBIS
+    system_title: bytes | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.password, str | bytes):
@@ -116,6 +123,15 @@ class DlmsParameters:
             )
         if self.authentication == "low" and (self.password is None or not self.password.reveal()):
             raise ConfigurationError("DLMS low-level authentication needs a password")
+        if self.authentication in PASSWORD_HLS:
+            if self.password is None or not self.password.reveal():
+                raise ConfigurationError(f"DLMS {self.authentication} authentication needs a password (the HLS secret)")
+            if self.authentication == "high" and len(self.password.reveal()) > MAX_HIGH_PASSWORD:
+                raise ConfigurationError(
+                    f"DLMS high authentication takes a password of at most {MAX_HIGH_PASSWORD} bytes"
+                )
+        if self.system_title is not None and len(self.system_title) != SYSTEM_TITLE_LENGTH:
+            raise ConfigurationError(f"DLMS system title must be {SYSTEM_TITLE_LENGTH} bytes")
         if self.authentication == "high-gmac" and self.security is None:
             raise ConfigurationError("DLMS high-gmac authentication needs keys and a system title (security)")
         if self.frame_counter_obis is not None:

@@ -39,13 +39,22 @@ from gxcore.protocols.dlms.exchange import Exchange, ReplyReader, as_frames
 from gxcore.protocols.dlms.gurux import association_refused, quiet, translate
 from gxcore.protocols.dlms.invocation import CounterWindow, InvocationCounterStore, counter_key
 from gxcore.protocols.dlms.obis import dotted, obis_from_bytes
-from gxcore.protocols.dlms.parameters import DlmsParameters
+from gxcore.protocols.dlms.parameters import CLIENT_SYSTEM_TITLE, PASSWORD_HLS, DlmsParameters
 from gxcore.protocols.dlms.unsolicited import PushHandler
 
 __all__ = ["MAX_REPLY_BYTES", "SN_ASSOCIATION", "DlmsClientCore", "Exchange"]
 
 MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
-_MECHANISMS: Final = {"none": Authentication.NONE, "low": Authentication.LOW, "high-gmac": Authentication.HIGH_GMAC}
+_MECHANISMS: Final = {
+    "none": Authentication.NONE,
+    "low": Authentication.LOW,
+    "high": Authentication.HIGH,
+    "high-md5": Authentication.HIGH_MD5,
+    "high-sha1": Authentication.HIGH_SHA1,
+    "high-sha256": Authentication.HIGH_SHA256,
+    "high-gmac": Authentication.HIGH_GMAC,
+}
+_HLS: Final = frozenset({*PASSWORD_HLS, "high-gmac"})
 SN_ASSOCIATION: Final = 0xFA00  # base name of the current Association SN (class 12)
 
 
@@ -100,6 +109,11 @@ class DlmsClientCore(ReplyReader):
             client.settings.cipher = cipher
             client.settings.gx_counter_check = self._check_meter_counter
             client.settings.gx_decrypt_failed = self._decrypt_failed
+        elif params.authentication in PASSWORD_HLS:
+            # gurux keeps the HLS titles (and a counter it moves on) in the cipher: give it one that
+            # ciphers nothing (security NONE), so password HLS works on an unciphered association.
+            title = params.system_title or CLIENT_SYSTEM_TITLE
+            client.settings.cipher = GXCiphering(bytearray(title))
         self._cipher_failure: GxError | None = None
 
     # -- invocation counters ------------------------------------------------------------
@@ -198,7 +212,7 @@ class DlmsClientCore(ReplyReader):
 
     def associate(self) -> Exchange:
         """AARQ; complete it with :meth:`check_association`."""
-        if self.params.authentication == "high-gmac":
+        if self.params.authentication in _HLS:
             # gurux draws CtoS from `random`; the challenge must be unpredictable.
             self._client.settings.useCustomChallenge = True
             self._client.settings.ctoSChallenge = bytearray(secrets.token_bytes(16))
@@ -208,7 +222,7 @@ class DlmsClientCore(ReplyReader):
     def check_association(self, exchange: Exchange) -> None:
         """Parse the AARE; AccessDeniedError if the meter refused (wrong password, mechanism, keys).
 
-        With HLS-GMAC the association is then pending: run :meth:`authenticate`.
+        With HLS (any ``high*`` mechanism) the association is then pending: run :meth:`authenticate`.
         """
         reply = exchange.reply
         self._cipher_failure = None
@@ -226,12 +240,12 @@ class DlmsClientCore(ReplyReader):
         if expected is not None and title != expected:
             raise AccessDeniedError(f"association: meter system title {title.hex()}, expected {expected.hex()}")
         if self._client.isAuthenticationRequired:
-            if self.params.authentication != "high-gmac":
+            if self.params.authentication not in _HLS:
                 raise association_refused(0, 14, "association")
             self.authentication_pending = True
             return
-        if self.params.authentication == "high-gmac":
-            raise ProtocolError("association: meter accepted HLS-GMAC without the authentication pass")
+        if self.params.authentication in _HLS:
+            raise ProtocolError(f"association: meter accepted {self.params.authentication} without the HLS pass")
         self.associated = True
 
     def authenticate(self) -> Exchange:
@@ -246,12 +260,14 @@ class DlmsClientCore(ReplyReader):
         """Check the meter's f(CtoS); AccessDeniedError if it refused ours or its own does not check."""
         self.authentication_pending = False
         if exchange.access_result:
-            raise AccessDeniedError("HLS authentication: the meter refused our answer (wrong keys?)")
+            raise AccessDeniedError("HLS authentication: the meter refused our answer (wrong password or keys?)")
         try:
             with quiet():
                 self._client.parseApplicationAssociationResponse(exchange.reply.data)
         except Exception:  # noqa: BLE001 - gurux raises a bare Exception when f(CtoS) differs
-            raise AccessDeniedError("HLS authentication: the meter's answer does not check (wrong keys?)") from None
+            raise AccessDeniedError(
+                "HLS authentication: the meter's answer does not check (wrong password or keys?)"
+            ) from None
         self.associated = True
 
     def get(self, class_id: int, obis: str, attribute: int, selection: bytes | None = None) -> Exchange:
