@@ -13,8 +13,16 @@ def demo_command(
     seed: int = typer.Option(1, help="simulator seed (values are deterministic from it)"),
     keep_running: bool = typer.Option(False, "--keep-running", help="leave the stack up until Ctrl-C"),
     timeout: float = typer.Option(600, help="give up collecting after this many seconds"),
+    scenario: str = typer.Option("default", help="default, or edge: push, dial-in, wM-Bus and an edge site cut off"),
 ) -> None:
     """Bring the stack up, read a simulated fleet, print the report, shut down."""
+    if scenario == "edge":
+        from gxami_meterlab.cli_demo_edge import run_edge_demo
+
+        raise typer.Exit(run_edge_demo(timeout=timeout))
+    if scenario != "default":
+        typer.echo(f"gxami demo: --scenario {scenario!r}: default or edge", err=True)
+        raise typer.Exit(2)
     from gxami_meterlab.cli_demo import run_demo
 
     raise typer.Exit(run_demo(meters=meters, seed=seed, keep_running=keep_running, timeout=timeout))
