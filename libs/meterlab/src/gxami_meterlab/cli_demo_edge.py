@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sqlite3
 import time
 import urllib.request
@@ -35,6 +34,8 @@ from gxami_meterlab.simulators.dlms import ROW_PERIOD
 from gxami_meterlab.tcp_relay import CutRelay
 
 CUT_S = 30.0
+SLOT_S, LEAD_S = 60, 5.0  # the edge meters' read interval (1m); the cut begins this long before a slot
+AUTONOMOUS_AFTER_S = 10  # the edge's GXAMI_EDGE_AUTONOMOUS_AFTER: its local read comes LEAD_S + this into the cut
 SITE = "edge"
 HISTORY_DAYS = 0.05  # 72 minutes of load profile asked of a new meter: a few rows each
 SEEDS = {"polled": 31, "push": 32, "dial-in": 33, "wmbus": 34}
@@ -74,10 +75,13 @@ def _metric(url: str, name: str) -> float | None:
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.split("{")[0].split(" ")[0] == name)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _ready(port: int) -> bool:
+    """The service's /ready answers 200 (a collector is ready once its listeners listen)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+            return int(resp.status) == 200
+    except OSError:
+        return False
 
 
 def _spooled_readings(spool_dir: Path) -> set[tuple[str, str, datetime]]:
@@ -126,12 +130,17 @@ class EdgeDemo:
         self.procs.append(p)
         return p
 
-    def _run(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        p = ServiceProcess(name, argv, service_env(env, 0, name), self.root / "logs" / f"{name}.log")
-        p.start()
-        assert p.proc is not None
-        if p.proc.wait(120) != 0:
-            raise DevStackError(f"{name} failed; see {p.log_path}")
+    def _run(self, steps: dict[str, list[str]], env: dict[str, str]) -> None:
+        """Run the commands at once and wait for all; any failing one is a DevStackError."""
+        procs = [
+            ServiceProcess(n, a, service_env(env, 0, n), self.root / "logs" / f"{n}.log") for n, a in steps.items()
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            assert p.proc is not None
+            if p.proc.wait(120) != 0:
+                raise DevStackError(f"{p.name} failed; see {p.log_path}")
 
     def _wait(self, what: str, until: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -156,35 +165,11 @@ class EdgeDemo:
             return (str(files / f"{kind}.yaml"), "--secrets-out", str(files / f"{kind}-secrets.yaml"), "--write-only")
 
         dlms = ("simulate", "dlms", "--seed")
-        self._run(
-            "files-push",
-            gxami_argv(
-                *dlms,
-                str(SEEDS["push"]),
-                "--push-to",
-                f"127.0.0.1:{self.ports['push']}",
-                "--ciphered",
-                "--every",
-                f"{PUSH_EVERY_S}s",
-                *common,
-                *out("push"),
-            ),
-            base,
-        )
-        self._run(
-            "files-dial-in",
-            gxami_argv(
-                *dlms,
-                str(SEEDS["dial-in"]),
-                "--dial-in",
-                f"127.0.0.1:{self.ports['dial_in']}",
-                "--schedule",
-                "1m",
-                *common,
-                *out("dial-in"),
-            ),
-            base,
-        )
+        push_files = gxami_argv(*dlms, str(SEEDS["push"]), "--push-to", f"127.0.0.1:{self.ports['push']}",
+                                "--ciphered", "--every", f"{PUSH_EVERY_S}s", *common, *out("push"))  # fmt: skip
+        dial_files = gxami_argv(*dlms, str(SEEDS["dial-in"]), "--dial-in", f"127.0.0.1:{self.ports['dial_in']}",
+                                "--schedule", "1m", *common, *out("dial-in"))  # fmt: skip
+        self._run({"files-push": push_files, "files-dial-in": dial_files}, base)
         polled = self._spawn(
             "polled-meters",
             gxami_argv(
@@ -257,8 +242,8 @@ class EdgeDemo:
             "GXAMI_HISTORY_DAYS": str(HISTORY_DAYS),
             "GXAMI_KAFKA_REQUEST_TIMEOUT_MS": "5000",
         }
-        self._run("migrate", gxami_argv("db", "migrate"), env)
-        self._run("fleet-import", gxami_argv("fleet", "import", str(self.root / "fleet.yaml")), env)
+        self._run({"migrate": gxami_argv("db", "migrate")}, env)
+        self._run({"fleet-import": gxami_argv("fleet", "import", str(self.root / "fleet.yaml"))}, env)
         for name in ("ingest", "scheduler"):
             self.ports[name] = free_port()
             self._spawn(name, gxami_argv(name), env, self.ports[name])
@@ -279,13 +264,13 @@ class EdgeDemo:
             "GXAMI_SITE": SITE,
             "GXAMI_SPOOL_DIR": str(self.spool_dir),
             "GXAMI_CONSUMER_GROUP": "collector-edge",
-            "GXAMI_EDGE_AUTONOMOUS_AFTER": "10s",
+            "GXAMI_EDGE_AUTONOMOUS_AFTER": f"{AUTONOMOUS_AFTER_S}s",
         }
         self.ports["edge"] = free_port()
         self.edge = self._spawn("edge-collector", gxami_argv("collector"), edge, self.ports["edge"])
         self._wait(
             "the central collector's listeners",
-            lambda: _listening(self.ports["push"]) and _listening(self.ports["dial_in"]),
+            lambda: _ready(self.ports["collector"]) and _ready(self.ports["edge"]),
             90,
         )
         files = self.root / "files"
@@ -334,6 +319,10 @@ class EdgeDemo:
             "a read of every edge meter through the scheduler", lambda: asyncio.run(self._read_ok()) >= polled, 180
         )
         self._wait("the edge's copy of its site's fleet", (self.spool_dir / FLEET_COPY).exists, 60)
+        # The cut begins just before a read slot (slots end on the clock): the scheduler's job for
+        # that slot cannot reach the edge, which then reads its meters on its own schedule
+        # (GXAMI_EDGE_AUTONOMOUS_AFTER later) into its spool while it is still cut off.
+        time.sleep((SLOT_S - LEAD_S - time.time() % SLOT_S) % SLOT_S)
         self.console.print(f"cutting the edge collector's uplink for {CUT_S:g} s (the centre runs on) ...")
         self.relay.cut([self.edge.pid])
         time.sleep(CUT_S)
