@@ -38,13 +38,16 @@ SLOT_S, LEAD_S = 60, 5.0  # the edge meters' read interval (1m); the cut begins 
 AUTONOMOUS_AFTER_S = 10  # the edge's GXAMI_EDGE_AUTONOMOUS_AFTER: its local read comes LEAD_S + this into the cut
 SITE = "edge"
 HISTORY_DAYS = 0.05  # 72 minutes of load profile asked of a new meter: a few rows each
-SEEDS = {"polled": 31, "push": 32, "dial-in": 33, "wmbus": 34}
+SEEDS = {"polled": 31, "push": 32, "dial-in": 33, "wmbus": 34, "iec": 35, "mbus": 36}
 METERS = 3
 PUSH_EVERY_S, PUSHES = 10, 8
 DIAL_EVERY_S, CALLS = 30, 2
 QUANTITIES = ("1-0:1.8.0", "1-0:2.8.0")  # what a load-profile row of the simulated meters gives
 SPOOL_FILE = "spool.sqlite3"  # gxami_collector.spool.SPOOL_FILE (a library does not import a service)
-FLEET_COPY = "edge-fleet.json"  # gxami_collector.edge_schedule.STATE_FILE
+FLEET_COPY = "edge-fleet.json"
+SIMULATORS_THAT_END = frozenset(
+    {"pushing-meters", "dial-in-meters", "iec-dial-in-meters", "mbus-dial-in-meters"}
+)  # gxami_collector.edge_schedule.STATE_FILE
 
 
 @dataclass
@@ -121,6 +124,7 @@ class EdgeDemo:
         self.procs: list[ServiceProcess] = []
         self.ports: dict[str, int] = {}
         self.ids: dict[str, list[str]] = {}
+        self.dialers: dict[str, list[str]] = {}  # the IEC and M-Bus dial-in simulators, started with the others
         self.spool_dir = root / "edge-spool"
         self.began = datetime.now(UTC)
 
@@ -145,7 +149,7 @@ class EdgeDemo:
     def _wait(self, what: str, until: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not until():
-            dead = [p.name for p in self.procs if not p.alive() and p.name not in {"pushing-meters", "dial-in-meters"}]
+            dead = [p.name for p in self.procs if not p.alive() and p.name not in SIMULATORS_THAT_END]
             if dead:
                 raise DevStackError(f"{', '.join(dead)} stopped unexpectedly; see {self.root / 'logs'}")
             if time.monotonic() > deadline:
@@ -158,7 +162,7 @@ class EdgeDemo:
         files.mkdir(parents=True, exist_ok=True)
         for f in files.iterdir():
             f.unlink()
-        self.ports.update(push=free_port(), dial_in=free_port(), wmbus=free_port())
+        self.ports.update(push=free_port(), dial_in=free_port(), wmbus=free_port(), iec=free_port(), mbus=free_port())
         common = ("--meters", str(METERS), "--fleet-out")
 
         def out(kind: str) -> tuple[str, str, str, str]:
@@ -169,7 +173,16 @@ class EdgeDemo:
                                 "--ciphered", "--every", f"{PUSH_EVERY_S}s", *common, *out("push"))  # fmt: skip
         dial_files = gxami_argv(*dlms, str(SEEDS["dial-in"]), "--dial-in", f"127.0.0.1:{self.ports['dial_in']}",
                                 "--schedule", "1m", *common, *out("dial-in"))  # fmt: skip
-        self._run({"files-push": push_files, "files-dial-in": dial_files}, base)
+        steps = {"files-push": push_files, "files-dial-in": dial_files}
+        # One IEC 62056-21 and one M-Bus meter call too; their fleet files are written as they start.
+        for kind, cmd in (("iec", "iec62056-21"), ("mbus", "mbus")):
+            argv = gxami_argv("simulate", cmd, "--meters", "1", "--seed", str(SEEDS[kind]), "--dial-in",
+                              f"127.0.0.1:{self.ports[kind]}", "--calls", str(CALLS), "--every", f"{DIAL_EVERY_S}s",
+                              "--schedule", "1m", "--fleet-out", str(files / f"{kind}.yaml"),
+                              "--call-log", str(files / f"{kind}-calls.jsonl"))  # fmt: skip
+            self.dialers[kind] = argv
+            steps[f"files-{kind}"] = [*argv, "--write-only"]
+        self._run(steps, base)
         polled = self._spawn(
             "polled-meters",
             gxami_argv(
@@ -210,7 +223,7 @@ class EdgeDemo:
         assert polled.alive()
         meters: list[dict[str, Any]] = []
         secrets: dict[str, Any] = {"default": {}, "meters": {}}
-        for kind in ("polled", "push", "dial-in", "wmbus"):
+        for kind in ("polled", "push", "dial-in", "wmbus", "iec", "mbus"):
             fleet = yaml.safe_load((files / f"{kind}.yaml").read_text())["meters"]
             for m in fleet:
                 if kind == "polled":
@@ -219,7 +232,8 @@ class EdgeDemo:
                     m.update(purposes=["billing", "load-profile"])
             meters += fleet
             self.ids[kind] = [m["meter_id"] for m in fleet]
-            sec = yaml.safe_load((files / f"{kind}-secrets.yaml").read_text()) or {}
+            secrets_of = files / f"{kind}-secrets.yaml"
+            sec = (yaml.safe_load(secrets_of.read_text()) if secrets_of.exists() else None) or {}
             secrets["meters"].update(sec.get("meters") or {})
             secrets["default"].update(sec.get("default") or {})
         (self.root / "fleet.yaml").write_text(yaml.safe_dump({"meters": meters}))
@@ -247,9 +261,11 @@ class EdgeDemo:
         for name in ("ingest", "scheduler"):
             self.ports[name] = free_port()
             self._spawn(name, gxami_argv(name), env, self.ports[name])
-        listeners = (
-            f"dlms-push@tcp://127.0.0.1:{self.ports['push']},dlms-dial-in@tcp://127.0.0.1:{self.ports['dial_in']}"
-        )
+        listeners = ",".join(
+            f"{kind}@tcp://127.0.0.1:{self.ports[port]}"
+            for kind, port in (("dlms-push", "push"), ("dlms-dial-in", "dial_in"),
+                               ("iec62056-21-dial-in", "iec"), ("mbus-dial-in", "mbus"))
+        )  # fmt: skip
         central = {
             **env,
             "XDG_STATE_HOME": str(self.root / "state" / "central"),
@@ -308,6 +324,8 @@ class EdgeDemo:
             ),
             base,
         )
+        for kind, argv in self.dialers.items():
+            self._spawn(f"{kind}-dial-in-meters", argv, base)
         c.print("services: " + ", ".join(f"{p.name} (pid {p.pid})" for p in self.procs))
 
     def cut(self) -> set[tuple[str, str, datetime]]:
@@ -358,7 +376,9 @@ class EdgeDemo:
             by_meter.setdefault(m, set()).add(ts)
         t = Tally()
         t.pushed_stored = sum(1 for m, _, _ in stored if m in set(self.ids["push"]))
-        t.dial_in_read = sum(1 for m in self.ids["dial-in"] if by_meter.get(m))
+        dial_in = [*self.ids["dial-in"], *self.ids["iec"], *self.ids["mbus"]]
+        t.dial_in_read = sum(1 for m in dial_in if by_meter.get(m))
+        t.missing += [f"never read {m}" for m in [*self.ids["iec"], *self.ids["mbus"]] if not by_meter.get(m)]
         t.wmbus_heard = sum(1 for m in self.ids["wmbus"] if by_meter.get(m))
         t.spooled_forwarded = len(spooled & stored)
         t.missing += [f"spooled {m} {q} {ts.isoformat()}" for m, q, ts in sorted(spooled - stored)]
@@ -383,7 +403,7 @@ class EdgeDemo:
     def settle(self, spooled: set[tuple[str, str, datetime]], timeout: float) -> Tally:
         """Wait for the simulators to finish and the spool to drain, until nothing is missing or time is up."""
         edge_metrics = f"http://127.0.0.1:{self.ports['edge']}/metrics"
-        done = {"pushing-meters", "dial-in-meters"}
+        done = SIMULATORS_THAT_END
         deadline = time.monotonic() + timeout
         while True:
             finished = all(not p.alive() for p in self.procs if p.name in done)
