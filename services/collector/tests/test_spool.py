@@ -394,3 +394,55 @@ async def test_an_edges_push_listener_puts_what_it_serves_into_the_spool(tmp_pat
         await spool.close()
     assert [(s.record.topic, s.record.key) for s in head] == [("ami.readings", meter_id(seed, 0).encode())]
     assert ReadingBatch.model_validate_json(head[0].record.value).meter_id == meter_id(seed, 0)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> ProfileCatalog:
+    """The built-in profiles, loaded outside the event loop (loading them is blocking file I/O)."""
+    return ProfileCatalog()
+
+
+async def test_an_edge_with_listeners_starts_without_a_broker_and_a_central_one_does_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, catalog: ProfileCatalog
+) -> None:
+    from gxami_collector.listeners import serve_with_listeners
+    from gxami_runtime.service import StartupError
+
+    settings = CollectorSettings(
+        listeners=["dlms-push@tcp://127.0.0.1:0", "dlms-dial-in@tcp://127.0.0.1:0"],
+        push_counters_file=tmp_path / "c.json",
+        kafka_bootstrap="127.0.0.1:1",  # nothing listens there: the broker is away
+        kafka_request_timeout_ms=2000,
+    )
+    reader = MeterReader(catalog, SecretStore(), exchange_timeout=5, session_timeout=30)
+    jobs_ran = asyncio.Event()
+
+    async def jobs(stop: asyncio.Event) -> None:
+        jobs_ran.set()
+        await stop.wait()
+
+    # Central (no spool): an absent broker is still the one-line start error.
+    with pytest.raises(StartupError, match=r"127\.0\.0\.1:1"):
+        await serve_with_listeners(settings, jobs, catalog, SecretStore(), asyncio.Event(), dial_in=reader)
+
+    spool = await Spool.open(tmp_path / "spool", max_bytes=1 << 20)
+    stop = asyncio.Event()
+    caplog.set_level("WARNING", logger="gxami.collector.listeners")
+    task = asyncio.create_task(
+        serve_with_listeners(
+            settings, jobs, catalog, SecretStore(), stop, dial_in=reader, spooled=SpoolPublisher(spool)
+        )
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while "push listeners serve into the spool, dial-in waits" not in caplog.text:
+            assert not task.done(), task.exception()
+            assert loop.time() < deadline, "no retry of the broker logged"
+            await asyncio.sleep(0.05)
+        assert jobs_ran.is_set(), "the job loop runs meanwhile"
+        assert not task.done(), "an edge with listeners waits for its broker instead of exiting"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)  # stops cleanly, no error
+        await spool.close()

@@ -6,7 +6,7 @@ import typer
 
 app = typer.Typer(add_completion=False, help="Bring the stack up, read a simulated fleet, print the report, shut down.")
 
-SCENARIOS = ("read", "control")
+SCENARIOS = ("read", "control", "edge")
 
 
 @app.callback(invoke_without_command=True)
@@ -17,16 +17,22 @@ def demo_command(
     timeout: float = typer.Option(600, help="give up collecting after this many seconds"),
     scenario: str = typer.Option(
         "read",
-        help="read: read a fleet and print the report; control: commands, tokens and audit through the API",
+        help="read: read a fleet and print the report; control: commands, tokens and audit through the API;"
+        " edge: push, dial-in, wM-Bus and an edge site cut off from the broker",
     ),
 ) -> None:
     """Bring the stack up, read a simulated fleet, print the report, shut down."""
     if scenario not in SCENARIOS:
-        raise typer.BadParameter(f"{scenario!r} is not one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+        typer.echo(f"gxami demo: --scenario {scenario!r}: use one of {', '.join(SCENARIOS)}", err=True)
+        raise typer.Exit(2)
     if scenario == "control":
         from gxami_meterlab.cli_demo_control import run_control_demo
 
         raise typer.Exit(run_control_demo(seed=seed, timeout=timeout))
+    if scenario == "edge":
+        from gxami_meterlab.cli_demo_edge import run_edge_demo
+
+        raise typer.Exit(run_edge_demo(timeout=timeout))
     from gxami_meterlab.cli_demo import run_demo
 
     raise typer.Exit(run_demo(meters=meters, seed=seed, keep_running=keep_running, timeout=timeout))

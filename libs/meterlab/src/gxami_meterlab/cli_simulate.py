@@ -380,13 +380,33 @@ def _now() -> datetime:
 
 @app.command("mbus")
 def mbus(
-    meters: int = typer.Option(5, min=1, max=250, help="slaves on the simulated bus"),
+    meters: int = typer.Option(
+        5, min=1, max=250, help="slaves on the simulated bus (with --dial-in: meters that call)"
+    ),
     seed: int = typer.Option(1, help="values and addresses are deterministic from this"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(0, help="port of the M-Bus TCP gateway (0: a free one)"),
+    dial_in: list[str] = typer.Option(
+        [], help="HOST:PORT of a collector's dial-in listener: the meters call it (repeat)"
+    ),
+    calls: int = typer.Option(1, min=0, help="with --dial-in: calls per meter, --every apart (0: until stopped)"),
+    every: str = typer.Option("15m", help="with --dial-in: time between two calls of a meter (e.g. 15m, 30s)"),
+    schedule: str = typer.Option("15m", help="with --dial-in: read interval written into the fleet file"),
+    fleet_out: Path | None = typer.Option(None, help="with --dial-in: write the calling meters' fleet file here"),
+    call_log: Path | None = typer.Option(None, help="with --dial-in: append one JSON line per call made"),
+    write_only: bool = typer.Option(False, "--write-only", help="with --dial-in: write the fleet file, call nobody"),
 ) -> None:
-    """Serve a wired M-Bus bus behind a TCP gateway (raw EN 13757-2 frames)."""
+    """Serve a wired M-Bus bus behind a TCP gateway (raw EN 13757-2 frames); or meters that dial in (--dial-in)."""
     import asyncio
+
+    if dial_in:
+        from gxami_meterlab.cli_dialin_meters import DialInRun, mbus_dial_in
+
+        every_s = _every_seconds(every)
+        mbus_dial_in(
+            DialInRun("mbus", meters, seed, dial_in, every_s, calls, schedule, fleet_out, call_log, write_only)
+        )
+        return
 
     from gxami_meterlab.simulators.mbus import MBusBus, MBusTcpGateway
 
@@ -507,9 +527,27 @@ def iec62056_21(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(0, help="port of the optical-probe bridge (0: a free one)"),
     address: str = typer.Option("", help="device address the meter answers to (empty: any)"),
+    dial_in: list[str] = typer.Option(
+        [], help="HOST:PORT of a collector's dial-in listener: the meters call it (repeat)"
+    ),
+    meters: int = typer.Option(1, min=1, max=10_000, help="with --dial-in: how many meters call"),
+    calls: int = typer.Option(1, min=0, help="with --dial-in: calls per meter, --every apart (0: until stopped)"),
+    every: str = typer.Option("15m", help="with --dial-in: time between two calls of a meter (e.g. 15m, 30s)"),
+    schedule: str = typer.Option("15m", help="with --dial-in: read interval written into the fleet file"),
+    fleet_out: Path | None = typer.Option(None, help="with --dial-in: write the calling meters' fleet file here"),
+    call_log: Path | None = typer.Option(None, help="with --dial-in: append one JSON line per call made"),
+    write_only: bool = typer.Option(False, "--write-only", help="with --dial-in: write the fleet file, call nobody"),
 ) -> None:
-    """Serve an IEC 62056-21 meter (mode C sign-on, option select, readout with BCC) over TCP."""
+    """Serve an IEC 62056-21 meter (mode C sign-on, option select, readout with BCC) over TCP; or dial in."""
     import asyncio
+
+    if dial_in:
+        from gxami_meterlab.cli_dialin_meters import DialInRun, iec_dial_in
+
+        every_s = _every_seconds(every)
+        run = DialInRun("iec62056-21", meters, seed, dial_in, every_s, calls, schedule, fleet_out, call_log, write_only)
+        iec_dial_in(run)
+        return
 
     from gxami_meterlab.simulators.iec62056_21 import Iec62056TcpServer, SimulatedIecMeter
 

@@ -259,6 +259,7 @@ class DevStack:
         postgres_settings: Mapping[str, str] | None = None,
         persistent_broker: bool = False,
         kafka_security: KafkaFrontOptions | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         """``postgres_settings``: server settings over the small development defaults (benchmarks
         raise ``shared_buffers`` to what a deployment would have). ``persistent_broker``: the broker
@@ -266,7 +267,8 @@ class DevStack:
         ``restart_broker()`` keeps topics, records and committed offsets (fault tests).
         ``kafka_security``: clients reach the broker only through a TLS (+SASL, +mTLS) front with a
         throwaway CA and one user per service (devstack_kafka.SecureKafkaFront); ``kafka_env(user)``
-        gives a service its settings."""
+        gives a service its settings. ``advertised_port``: the broker tells clients this port (a relay
+        in front of it, as the edge demo's), not its own."""
         self.root = (root or default_root()).resolve()
         self.postgres_settings = dict(postgres_settings or {})
         self.start_timeout = start_timeout
@@ -279,6 +281,7 @@ class DevStack:
         self.kafka_security = kafka_security
         self._front: SecureKafkaFront | None = None
         self._front_port = 0
+        self._advertised_port = advertised_port
         self._state: StackState | None = None
         self._owner_pid = 0
 
@@ -295,7 +298,7 @@ class DevStack:
                 self._front = SecureKafkaFront(self.root / "kafka" / "front", self.kafka_security)
                 self._front.prepare()
                 self._front_port = free_port(HOST)
-            advertised = self._front_port or None
+            advertised = self._front_port or self._advertised_port
             self._tansu = TansuBroker(self.root / "kafka", advertised_port=advertised)
             if self.persistent_broker:
                 store = S3Store(self.root / "s3")

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
@@ -69,7 +70,7 @@ from gxami_collector.settings import CollectorSettings
 from gxami_contracts import FleetEntry, MeterEvent, MeterRegistration
 from gxami_contracts.topics import EVENTS, READINGS, REGISTRATIONS
 from gxami_runtime.kafka import DeadLetters, Publisher, describe_validation_error, make_producer, start_producer
-from gxami_runtime.service import StartupError
+from gxami_runtime.service import KafkaStartupError, StartupError
 from gxcore.drivers import MeterEventRecord, MeterTarget
 from gxcore.drivers.dlms.driver import DlmsDriver
 from gxcore.drivers.dlms.pushes import PushRefusal, PushServed
@@ -676,8 +677,15 @@ async def serve_with_listeners(
     A listener setting that does not hold (a spec, a profile it names, the counters file) or a
     broker that cannot be reached stops the start with one line (StartupError: exit 2).
     """
-    producer = make_producer(settings)
-    publisher = spooled or Publisher(producer, settings)  # an edge's pushes go through its spool
+    # An edge's pushes and dial-in outcomes go through its spool, so it needs no broker to start:
+    # its producer (dial-in claims only) comes up when the broker does.
+    producer: AIOKafkaProducer | None = None
+    if spooled is None:
+        producer = make_producer(settings)
+        publisher: Publisher = Publisher(producer, settings)
+    else:
+        publisher = spooled
+    started: list[AIOKafkaProducer] = []
     try:
         counters = PushCounters(settings.push_counters_file)
         directory = FleetDirectory()
@@ -685,19 +693,30 @@ async def serve_with_listeners(
             settings, profiles, secrets, directory, publisher, DeadLetters(publisher, "collector"), counters
         )
     except ConfigurationError as exc:
-        await producer.stop()  # never started: this only releases it
+        if producer is not None:
+            await producer.stop()  # never started: this only releases it
         raise StartupError(f"push listeners: {exc.reason}") from None
-    await start_producer(producer, settings)
+    if producer is not None:
+        await start_producer(producer, settings)
+        started.append(producer)
+
+    async def serve_dial_in(reader: MeterReader) -> None:
+        from gxami_collector.dialin import DialInService
+
+        claims = producer or await _producer_when_reachable(settings, stop)
+        if claims is None:  # stopped before the broker came
+            return
+        if claims is not producer:
+            started.append(claims)
+        await DialInService(settings, profiles, reader, directory, publisher, claims).run(stop)
+
     try:
         tasks = [
             asyncio.create_task(jobs(stop), name="jobs"),
             asyncio.create_task(listeners.run(stop), name="listeners"),
         ]
         if dial_in is not None:  # meters that call us (gxami_collector.dialin), on the same fleet directory
-            from gxami_collector.dialin import DialInService
-
-            service = DialInService(settings, profiles, dial_in, directory, publisher, producer)
-            tasks.append(asyncio.create_task(service.run(stop), name="dial-in"))
+            tasks.append(asyncio.create_task(serve_dial_in(dial_in), name="dial-in"))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -708,4 +727,35 @@ async def serve_with_listeners(
             if failure is not None:
                 raise failure
     finally:
-        await producer.stop()
+        for p in started:
+            await p.stop()
+
+
+_BROKER_AWAY: Final = frozenset({"connection refused", "connection failed", "timed out"})  # as app._broker_away
+_CONNECT_RETRY_CAP_S: Final = 30.0
+
+
+async def _producer_when_reachable(settings: CollectorSettings, stop: asyncio.Event) -> AIOKafkaProducer | None:
+    """A started producer once the broker answers (None if ``stop`` comes first).
+
+    An absent broker is waited for with backoff; one that refuses us (TLS, SASL) is still the
+    one-line StartupError.
+    """
+    delay = 1.0
+    while True:
+        producer = make_producer(settings)  # a fresh one each time: a producer that failed to start is spent
+        try:
+            await start_producer(producer, settings)
+            return producer
+        except KafkaStartupError as exc:
+            if exc.cause not in _BROKER_AWAY:
+                raise
+            log.warning(
+                "broker unreachable at start; push listeners serve into the spool, dial-in waits",
+                extra={"error": str(exc), "retry_s": delay},
+            )
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return None
+        except TimeoutError:
+            delay = min(delay * 2, _CONNECT_RETRY_CAP_S)
