@@ -60,8 +60,12 @@ _TEXT_FIELDS = frozenset(
         "system_title",
         "serial",
         "wmbus_id",
+        "node",
+        "submeter_of",
     }
 )
+# A hierarchy path: site/building/floor..., each segment a plain name.
+NODE_PATH = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}){0,7}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -189,6 +193,10 @@ class FleetMeter(BaseModel):
     system_title: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{16}$")
     serial: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[^\x00]*$")
     wmbus_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,32}$")
+    # Where the meter sits in the site -> building -> feeder/floor tree, e.g. site-a/building-1/floor-2.
+    node: str | None = Field(default=None, pattern=NODE_PATH)
+    # The main meter this one is a submeter of (the residual, main minus submeters, is reported).
+    submeter_of: MeterId | None = None
 
     @field_validator("system_title")
     @classmethod
@@ -204,6 +212,8 @@ class FleetMeter(BaseModel):
     def _identified(self) -> FleetMeter:
         if self.connection == "push" and not (self.system_title or self.serial or self.wmbus_id):
             raise ValueError("a meter with connection: push needs system_title, serial or wmbus_id to be recognised")
+        if self.submeter_of == self.meter_id:
+            raise ValueError("a meter cannot be a submeter of itself")
         return self
 
     @property
@@ -420,6 +430,11 @@ def parse_fleet(path: str, text: str, profiles: ProfileCatalog | None = None) ->
                 problems.add(row.field_lines.get("profile", row.line), "profile", reason)
                 continue
         meters.append(meter)
+    known = {m.meter_id for m in meters}
+    for row_meter in meters:
+        if row_meter.submeter_of is not None and row_meter.submeter_of not in known:
+            line = first_line[row_meter.meter_id]
+            problems.add(line, "submeter_of", f"main meter {row_meter.submeter_of!r} is not in the fleet file")
     if problems.items:
         raise problems.refuse()
     return meters
