@@ -86,6 +86,11 @@ def _render(fig: Figure, fmt: ImageFormat, width: int, height: int) -> bytes:
 
 def load_curve_chart(table: Table, fmt: ImageFormat, width: int, height: int) -> bytes:
     """The load curve as steps over time; estimated intervals drawn as orange markers."""
+    return _render(load_curve_figure(table, fmt, width, height), fmt, width, height)
+
+
+def load_curve_figure(table: Table, fmt: ImageFormat, width: int, height: int) -> Figure:
+    """The load-curve figure: line 0 the values, line 1 (if any) the estimated ones."""
     fig = _figure(fmt, width, height)
     ax = fig.add_subplot()
     # matplotlib converts datetimes itself; its stubs only admit arrays of numbers.
@@ -103,7 +108,7 @@ def load_curve_chart(table: Table, fmt: ImageFormat, width: int, height: int) ->
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
     fig.autofmt_xdate()
-    return _render(fig, fmt, width, height)
+    return fig
 
 
 def comparison_chart(table: Table, medium: str, fmt: ImageFormat, width: int, height: int) -> bytes:
