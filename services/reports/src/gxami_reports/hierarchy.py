@@ -25,7 +25,7 @@ async def node_paths(conn: Conn) -> list[str]:
 
 # Interval consumption summed per meter, register and bucket. The range filter is on the readings'
 # own timestamp (interval_end), so it reaches the readings' primary key and partitions.
-_PER_METER = """
+PER_METER_SQL = """
 SELECT meter_id, quantity,
        CASE $4::text WHEN 'day' THEN ((interval_end - interval '1 microsecond') AT TIME ZONE 'UTC')::date
                      WHEN 'month' THEN date_trunc('month', (interval_end - interval '1 microsecond')
@@ -53,7 +53,7 @@ async def consumption_per_meter(
 ) -> PerMeter:
     """Sum of interval consumption per meter, medium and bucket over the period."""
     rows = await conn.fetch(
-        _PER_METER, list(meters), period.start, period.end, by, period.first, [m.quantity for m in media]
+        PER_METER_SQL, list(meters), period.start, period.end, by, period.first, [m.quantity for m in media]
     )
     values: dict[Key, float] = {}
     estimated: set[Key] = set()
