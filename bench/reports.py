@@ -7,7 +7,7 @@ generate_series``, not timed). The real reports service (``python -m gxami_repor
 answers ``GET /reports/consumption?node=campus`` for the month: the whole tree with every
 residual, against the previous month and the same month last year. ``value`` is its median
 latency over 5 requests (after one warm-up); ``limit`` the median time of the same SQL the
-service runs (the memberships, the node list and the three per-meter sums) sent bare through
+service runs (the memberships, the node list and the three per-meter register differences) sent bare through
 asyncpg in this process; ratio = bare / API, so 1.0 means the service adds nothing.
 """
 
@@ -28,7 +28,7 @@ from bench.figures import Figure, RunContext
 from bench.stack import ServiceProcess
 from gxami_meterlab.devstack_procs import free_port
 from gxami_reports.energy import MEDIA, Period
-from gxami_reports.hierarchy import PER_METER_SQL
+from gxami_reports.hierarchy import PER_METER_SQL, bucket_edges
 from gxami_runtime.auth import Role, create_token
 from gxami_store import PartitionKeeper, migrate, storage_kind
 
@@ -107,7 +107,7 @@ async def _bare(dsn: str, meters: list[str], period: Period) -> float:
         )
         await conn.fetch("SELECT node_path FROM hierarchy_nodes ORDER BY node_path")
         for p in (period, period.previous("total"), period.last_year()):
-            await conn.fetch(PER_METER_SQL, meters, p.start, p.end, "total", p.first, quantities)
+            await conn.fetch(PER_METER_SQL, meters, bucket_edges(p, "total"), quantities)
         return time.perf_counter() - began
     finally:
         await conn.close()

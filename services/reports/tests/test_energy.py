@@ -16,6 +16,7 @@ from gxami_reports.energy import (
     counted_meters,
     node_totals,
     residuals,
+    roll_up,
     rounded,
 )
 from gxami_reports.energy_reports import LOAD_CURVE_COLUMNS, Table
@@ -60,6 +61,13 @@ def test_the_tree_counts_each_kwh_once_and_the_residual_is_its_own_line() -> Non
     assert node_totals(per, TREE, "s") == {("electricity", D): 11.0}
     assert node_totals(per, TREE, "s/b1/f1") == {("electricity", D): 3.25, ("gas", D): 9.0}
     assert residuals(per, TREE, ["MAIN"]) == {("MAIN", "electricity", D): 2.25}
+    # A submeter in another building than its main: counted there, and not again at the site.
+    far = [*TREE, Membership("X", "s/b2/f9", "MAIN")]
+    totals, flagged = roll_up({**per, ("X", "electricity", D): 0.5}, far, [("X", "electricity", D)])
+    assert totals[("s/b2/f9", "electricity", D)] == 0.5
+    assert totals[("s/b2", "electricity", D)] == 1.5
+    assert totals[("s", "electricity", D)] == 11.0
+    assert flagged == {("s/b2/f9", "electricity", D), ("s/b2", "electricity", D)}
 
 
 def test_values_are_rounded_to_the_units_resolution() -> None:

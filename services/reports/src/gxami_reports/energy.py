@@ -157,16 +157,47 @@ def descendants(paths: Iterable[str], node: str) -> list[str]:
 Key = tuple[str, str, date]  # (meter id, medium name, bucket)
 
 
+def ancestors(path: str) -> list[str]:
+    """The node and every node above it: a/b/c -> [a, a/b, a/b/c]."""
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def counted_at(member: Membership, node_of: Mapping[str, str | None]) -> list[str]:
+    """The nodes whose consumption includes this meter's: its node and those above it, except
+    where its main meter is under the same node (then the main meter's reading holds it)."""
+    if member.node_path is None:
+        return []
+    mine = ancestors(member.node_path)
+    main_path = node_of.get(member.submeter_of) if member.submeter_of is not None else None
+    if main_path is None:
+        return mine
+    theirs = set(ancestors(main_path))
+    return [a for a in mine if a not in theirs]
+
+
+def roll_up(
+    per_meter: Mapping[Key, float], members: Iterable[Membership], keys: Iterable[Key] = ()
+) -> tuple[dict[tuple[str, str, date], float], set[tuple[str, str, date]]]:
+    """(node, medium, bucket) -> consumption for every node at once, in one pass over the meters;
+    and the (node, medium, bucket) whose sum includes one of ``keys`` (the estimated ones)."""
+    listed = list(members)
+    node_of = {m.meter_id: m.node_path for m in listed}
+    where = {m.meter_id: counted_at(m, node_of) for m in listed}
+    totals: dict[tuple[str, str, date], float] = defaultdict(float)
+    for (meter_id, medium_name, bucket), value in per_meter.items():
+        for node in where.get(meter_id, ()):
+            totals[(node, medium_name, bucket)] += value
+    flagged = {(node, k[1], k[2]) for k in keys for node in where.get(k[0], ())}
+    return dict(totals), flagged
+
+
 def node_totals(
     per_meter: Mapping[Key, float], members: Iterable[Membership], node: str
 ) -> dict[tuple[str, date], float]:
-    """(medium, bucket) -> consumption of the node: the sum over its counted meters."""
-    counted = set(counted_meters(members, node))
-    out: dict[tuple[str, date], float] = defaultdict(float)
-    for (meter_id, medium_name, bucket), value in per_meter.items():
-        if meter_id in counted:
-            out[(medium_name, bucket)] += value
-    return dict(out)
+    """(medium, bucket) -> consumption of one node: the sum over its counted meters."""
+    totals, _ = roll_up(per_meter, members)
+    return {(med, b): v for (n, med, b), v in totals.items() if n == node}
 
 
 def residuals(
@@ -181,11 +212,12 @@ def residuals(
     for m in members:
         if m.submeter_of is not None:
             subs[m.submeter_of].append(m.meter_id)
+    own: dict[str, list[tuple[str, date, float]]] = defaultdict(list)
+    for (meter_id, medium_name, bucket), value in per_meter.items():
+        own[meter_id].append((medium_name, bucket, value))
     out: dict[tuple[str, str, date], float] = {}
     for main in mains:
-        for (meter_id, medium_name, bucket), value in per_meter.items():
-            if meter_id != main:
-                continue
+        for medium_name, bucket, value in own.get(main, []):
             sub_sum = sum(per_meter.get((s, medium_name, bucket), 0.0) for s in subs.get(main, []))
             out[(main, medium_name, bucket)] = value - sub_sum
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -16,12 +17,13 @@ from gxami_reports.energy import (
     counted_meters,
     descendants,
     in_subtree,
-    node_totals,
     residuals,
+    roll_up,
     rounded,
 )
 from gxami_reports.hierarchy import (
     IntervalPoint,
+    PerMeter,
     completeness,
     consumption_per_meter,
     load_curve,
@@ -107,22 +109,39 @@ async def consumption_report(conn: Conn, node: str, period: Period, by: Bucket) 
         raise ReportInputError(f"unknown node {node!r}")
     under = [m for m in members if in_subtree(m.node_path, node)]
     mains = sorted({m.submeter_of for m in members if m.submeter_of} & {m.meter_id for m in under})
-    wanted = sorted({m.meter_id for m in under} | {m.meter_id for m in members if m.submeter_of in mains})
-    media = list(MEDIA.values())
+    main_set = set(mains)
+    wanted = sorted({m.meter_id for m in under} | {m.meter_id for m in members if m.submeter_of in main_set})
     periods = (period, period.previous(by), period.last_year())
-    data = [await consumption_per_meter(conn, wanted, media, p, by) for p in periods]
+    data = [await consumption_per_meter(conn, wanted, list(MEDIA.values()), p, by) for p in periods]
+    # The arithmetic is pure and, for a large tree, not instant: off the event loop.
+    rows = await asyncio.to_thread(consumption_rows, members, descendants(paths, node), mains, periods, by, data)
+    meta: dict[str, Cell] = {"node": node, "from": _iso(period.first), "to": _iso(period.last), "by": by}
+    return Table("consumption", meta, CONSUMPTION_COLUMNS, rows)
+
+
+def consumption_rows(
+    members: list[Membership],
+    nodes: list[str],
+    mains: list[str],
+    periods: tuple[Period, Period, Period],
+    by: Bucket,
+    data: list[PerMeter],
+) -> list[dict[str, Cell]]:
+    """The consumption report's rows: each node's, then each main meter's residual."""
     buckets = [p.buckets(by) for p in periods]
     node_of = {m.meter_id: m.node_path for m in members}
-
+    rolled = [roll_up(d.values, members, d.estimated if i == 0 else ()) for i, d in enumerate(data)]
+    estimated_nodes = rolled[0][1]
     rows: list[dict[str, Cell]] = []
 
     def emit(
-        name: str, line: str, meter_id: str | None, series: list[dict[tuple[str, date], float]], est: set[date]
+        name: str, line: str, meter_id: str | None, key: str, series: list[dict[Any, float]], est: set[Any]
     ) -> None:
-        for med in media:
+        for med in MEDIA.values():
             for i, b in enumerate(buckets[0]):
                 vals = [
-                    s.get((med.name, bs[i])) if i < len(bs) else None for s, bs in zip(series, buckets, strict=True)
+                    s.get((key, med.name, bs[i])) if i < len(bs) else None
+                    for s, bs in zip(series, buckets, strict=True)
                 ]
                 if all(v is None for v in vals):
                     continue
@@ -137,22 +156,23 @@ async def consumption_report(conn: Conn, node: str, period: Period, by: Bucket) 
                         "value": rounded(vals[0], med.unit),
                         "previous": rounded(vals[1], med.unit),
                         "last_year": rounded(vals[2], med.unit),
-                        "estimated": b in est and vals[0] is not None,
+                        "estimated": (key, med.name, b) in est and vals[0] is not None,
                     }
                 )
 
-    for path in descendants(paths, node):
-        counted = set(counted_meters(members, path))
-        est = {k[2] for k in data[0].estimated if k[0] in counted}
-        emit(path, "node", None, [node_totals(d.values, members, path) for d in data], est)
+    totals = [r[0] for r in rolled]
+    for path in nodes:
+        emit(path, "node", None, path, totals, estimated_nodes)
+    subs: dict[str, set[str]] = {}
+    for m in members:
+        if m.submeter_of is not None:
+            subs.setdefault(m.submeter_of, set()).add(m.meter_id)
+    res = [residuals(d.values, members, mains) for d in data]
     for main in mains:
-        res = [residuals(d.values, members, [main]) for d in data]
-        series = [{(k[1], k[2]): v for k, v in r.items()} for r in res]
-        subs = {m.meter_id for m in members if m.submeter_of == main} | {main}
-        est = {k[2] for k in data[0].estimated if k[0] in subs}
-        emit(node_of.get(main) or "", "residual", main, series, est)
-    meta: dict[str, Cell] = {"node": node, "from": _iso(period.first), "to": _iso(period.last), "by": by}
-    return Table("consumption", meta, CONSUMPTION_COLUMNS, rows)
+        inside = subs.get(main, set()) | {main}
+        est = {(main, k[1], k[2]) for k in data[0].estimated if k[0] in inside}
+        emit(node_of.get(main) or "", "residual", main, main, res, est)
+    return rows
 
 
 LOAD_CURVE_COLUMNS = ("interval_start", "interval_end", "value", "unit", "kw", "estimated", "meters")

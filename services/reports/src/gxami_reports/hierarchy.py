@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
-from gxami_reports.energy import MEDIUM_OF_QUANTITY, Bucket, Key, Medium, Membership, Period
+from gxami_reports.energy import MEDIUM_OF_QUANTITY, Bucket, Key, Medium, Membership, Period, day_start
 from gxami_reports.queries import Conn
 
 
@@ -23,20 +23,41 @@ async def node_paths(conn: Conn) -> list[str]:
     return [r["node_path"] for r in await conn.fetch("SELECT node_path FROM hierarchy_nodes ORDER BY node_path")]
 
 
-# Interval consumption summed per meter, register and bucket. The range filter is on the readings'
-# own timestamp (interval_end), so it reaches the readings' primary key and partitions.
+# A register's value at each bucket edge: its last reading at or before the edge and at most a
+# day older (one primary-key lookup per meter, register and edge, in one or two partitions). A
+# bucket's consumption is the difference of its two edges, counted across a rollover (the same
+# register_delta the BI views use); it is marked estimated when an edge reading is an estimate,
+# as daily_consumption's quality is. Summing interval rows instead would cost a self-join of the
+# whole period's readings.
 PER_METER_SQL = """
-SELECT meter_id, quantity,
-       CASE $4::text WHEN 'day' THEN ((interval_end - interval '1 microsecond') AT TIME ZONE 'UTC')::date
-                     WHEN 'month' THEN date_trunc('month', (interval_end - interval '1 microsecond')
-                                                            AT TIME ZONE 'UTC')::date
-                     ELSE $5::date END AS bucket,
-       sum(consumption) AS consumption,
-       bool_or(quality = 'estimated') AS estimated
-  FROM interval_consumption
- WHERE meter_id = ANY($1::text[]) AND quantity = ANY($6::text[])
-   AND interval_end > $2 AND interval_end <= $3
- GROUP BY 1, 2, 3
+WITH edges AS (
+    SELECT e.edge, e.i FROM unnest($2::timestamptz[]) WITH ORDINALITY AS e(edge, i)
+), channels AS (
+    SELECT m.meter_id, q.quantity, COALESCE(c.register_modulus, r.register_modulus) AS modulus
+      FROM unnest($1::text[]) AS m(meter_id)
+     CROSS JOIN unnest($3::text[]) AS q(quantity)
+      LEFT JOIN vee_rules r ON r.quantity = q.quantity
+      LEFT JOIN meter_channels c ON c.meter_id = m.meter_id AND c.quantity = q.quantity
+), at_edges AS (
+    SELECT ch.meter_id, ch.quantity, ch.modulus, e.i, x.value, x.vee_flags
+      FROM channels ch
+     CROSS JOIN edges e
+     CROSS JOIN LATERAL (
+           SELECT value, vee_flags FROM readings
+            WHERE meter_id = ch.meter_id AND quantity = ch.quantity
+              AND ts <= e.edge AND ts > e.edge - interval '1 day'
+            ORDER BY ts DESC LIMIT 1) x
+), paired AS (
+    SELECT meter_id, quantity, modulus, i, value, vee_flags,
+           lag(value) OVER w AS prev_value, lag(vee_flags) OVER w AS prev_flags, lag(i) OVER w AS prev_i
+      FROM at_edges
+    WINDOW w AS (PARTITION BY meter_id, quantity ORDER BY i)
+)
+SELECT meter_id, quantity, i - 1 AS bucket_index,
+       register_delta(prev_value, value, modulus) AS consumption,
+       ((vee_flags | prev_flags) & 1) <> 0 AS estimated
+  FROM paired
+ WHERE prev_i = i - 1
 """
 
 
@@ -48,17 +69,21 @@ class PerMeter:
     estimated: frozenset[Key]
 
 
+def bucket_edges(period: Period, by: Bucket) -> list[datetime]:
+    """The instants that bound the buckets: the start of each, then the period's end."""
+    return [day_start(b) for b in period.buckets(by)] + [period.end]
+
+
 async def consumption_per_meter(
     conn: Conn, meters: Sequence[str], media: Sequence[Medium], period: Period, by: Bucket
 ) -> PerMeter:
-    """Sum of interval consumption per meter, medium and bucket over the period."""
-    rows = await conn.fetch(
-        PER_METER_SQL, list(meters), period.start, period.end, by, period.first, [m.quantity for m in media]
-    )
+    """Consumption per meter, medium and bucket over the period (register at the bucket's end minus at its start)."""
+    buckets = period.buckets(by)
+    rows = await conn.fetch(PER_METER_SQL, list(meters), bucket_edges(period, by), [m.quantity for m in media])
     values: dict[Key, float] = {}
     estimated: set[Key] = set()
     for r in rows:
-        key = (r["meter_id"], MEDIUM_OF_QUANTITY[r["quantity"]].name, r["bucket"])
+        key = (r["meter_id"], MEDIUM_OF_QUANTITY[r["quantity"]].name, buckets[r["bucket_index"] - 1])
         values[key] = float(r["consumption"])
         if r["estimated"]:
             estimated.add(key)
@@ -123,7 +148,3 @@ async def completeness(conn: Conn, meters: Sequence[str], period: Period) -> lis
         )
         for r in rows
     ]
-
-
-def to_date(value: date | datetime) -> date:
-    return value.date() if isinstance(value, datetime) else value
