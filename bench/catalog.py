@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import ciphering, cli_start, decoding, dlms_frames, ingest, pushes, sessions, storage
+from bench import ciphering, cli_start, decoding, dlms_frames, ingest, pushes, reports, sessions, storage
 from bench.figures import Benchmark
 
 _ALL = (
@@ -78,6 +78,12 @@ _ALL = (
         "storage_compression",
         "TimescaleDB bytes per reading compressed vs uncompressed (skipped without it)",
         storage.run_compression,
+        needs_stack=True,
+    ),
+    Benchmark(
+        "reports_api_month",
+        "reports API latency, one month of a 10,000-meter tree, vs the same SQL run bare",
+        reports.run,
         needs_stack=True,
     ),
     Benchmark(

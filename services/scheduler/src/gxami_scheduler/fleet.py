@@ -63,6 +63,8 @@ _TEXT_FIELDS = frozenset(
         "wmbus_id",
         "site",
         "segment",
+        "node",
+        "submeter_of",
     }
 )
 # A part of a Kafka topic name, as GXAMI_SITE of the collector (and the meters.site CHECK).
@@ -70,6 +72,8 @@ SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 # Filled in by parse_fleet from the top-level maps; a row may not set them itself.
 _RESOLVED_FIELDS = frozenset({"plan", "segment_limits"})
 _TOP_LEVEL = ("meters", "schedules", "groups", "segments")
+# A hierarchy path: site/building/floor..., each segment a plain name.
+NODE_PATH = r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}){0,7}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -205,6 +209,10 @@ class FleetMeter(BaseModel):
     # Resolved by parse_fleet (meter override, else its group's); empty: the plain `schedule` interval.
     plan: dict[str, NamedSchedule] = Field(default_factory=dict)
     segment_limits: NetworkSegment | None = None
+    # Where the meter sits in the site -> building -> feeder/floor tree, e.g. site-a/building-1/floor-2.
+    node: str | None = Field(default=None, pattern=NODE_PATH)
+    # The main meter this one is a submeter of (the residual, main minus submeters, is reported).
+    submeter_of: MeterId | None = None
 
     @field_validator("system_title")
     @classmethod
@@ -220,6 +228,8 @@ class FleetMeter(BaseModel):
     def _identified(self) -> FleetMeter:
         if self.connection == "push" and not (self.system_title or self.serial or self.wmbus_id):
             raise ValueError("a meter with connection: push needs system_title, serial or wmbus_id to be recognised")
+        if self.submeter_of == self.meter_id:
+            raise ValueError("a meter cannot be a submeter of itself")
         return self
 
     @property
@@ -507,6 +517,11 @@ def parse_fleet(path: str, text: str, profiles: ProfileCatalog | None = None) ->
                 problems.add(row.field_lines.get("profile", row.line), "profile", profile_reason)
                 continue
         meters.append(meter)
+    known = {m.meter_id for m in meters}
+    for row_meter in meters:
+        if row_meter.submeter_of is not None and row_meter.submeter_of not in known:
+            line = first_line[row_meter.meter_id]
+            problems.add(line, "submeter_of", f"main meter {row_meter.submeter_of!r} is not in the fleet file")
     if problems.items:
         raise problems.refuse()
     return meters

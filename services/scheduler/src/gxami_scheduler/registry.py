@@ -163,6 +163,47 @@ ON CONFLICT (name) DO UPDATE
 """
 
 
+_UPSERT_NODES = """
+INSERT INTO hierarchy_nodes (node_path, parent_path, name, depth)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+ON CONFLICT (node_path) DO NOTHING
+"""
+
+_SET_MEMBERSHIP = """
+INSERT INTO meter_nodes (meter_id, node_path, submeter_of)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+ON CONFLICT (meter_id) DO UPDATE SET node_path = EXCLUDED.node_path, submeter_of = EXCLUDED.submeter_of
+WHERE (meter_nodes.node_path, meter_nodes.submeter_of) IS DISTINCT FROM (EXCLUDED.node_path, EXCLUDED.submeter_of)
+"""
+
+
+def hierarchy_nodes(paths: Sequence[str]) -> list[tuple[str, str | None, str, int]]:
+    """Every node the paths name, ancestors first: (path, parent path, name, depth)."""
+    out: dict[str, tuple[str, str | None, str, int]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            node = "/".join(parts[:depth])
+            out.setdefault(node, (node, "/".join(parts[: depth - 1]) or None, parts[depth - 1], depth))
+    return sorted(out.values(), key=lambda n: (n[3], n[0]))
+
+
+async def _import_hierarchy(conn: DbConn, meters: Sequence[FleetMeter]) -> None:
+    # Nodes are only added here (a node left empty by the file stays, without meters); a meter's
+    # place and main meter always follow the file.
+    nodes = hierarchy_nodes(sorted({m.node for m in meters if m.node}))
+    if nodes:
+        await conn.execute(
+            _UPSERT_NODES, [n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes], [n[3] for n in nodes]
+        )
+    await conn.execute(
+        _SET_MEMBERSHIP,
+        [m.meter_id for m in meters],
+        [m.node for m in meters],
+        [m.submeter_of for m in meters],
+    )
+
+
 async def import_fleet(
     conn: DbConn, meters: Sequence[FleetMeter], now: datetime, profiles: Sequence[DeviceProfile] = ()
 ) -> ImportSummary:
@@ -210,6 +251,7 @@ async def import_fleet(
         )
         if changed:
             await conn.execute(_PULL_IN, changed, now)
+        await _import_hierarchy(conn, meters)
     return ImportSummary(total=len(meters), new=len(inserted))
 
 
