@@ -44,7 +44,7 @@ typecheck: install
 	  docs/generate_settings.py
 
 test: install lint typecheck
-	$(VENV)/bin/python -m pytest -q -p no:randomly
+	$(VENV)/bin/python -m pytest -q -p no:randomly --durations=25
 
 unit: install
 	$(VENV)/bin/python -m pytest -q -m "not integration and not e2e"

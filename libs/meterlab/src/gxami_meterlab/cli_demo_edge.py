@@ -101,7 +101,7 @@ def _spooled_readings(spool_dir: Path) -> set[tuple[str, str, datetime]]:
         conn.close()
     out: set[tuple[str, str, datetime]] = set()
     for _, value in rows:
-        batch = ReadingBatch.model_validate_json(value)
+        batch = ReadingBatch.from_wire(value)
         out |= {(batch.meter_id, r.quantity, r.ts) for r in batch.readings()}
     return out
 
