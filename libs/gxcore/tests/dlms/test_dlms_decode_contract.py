@@ -317,3 +317,11 @@ def test_the_read_paths_reject_what_used_to_escape() -> None:
     meter = RepliesFromBytes({2: b"\x06\x00\x00\x00\x01", 3: scaler_unit, 4: b"\x11\x00"}, b"\x09" + LATE_DATETIME)
     with pytest.raises(ProtocolError, match="outside years"):
         asyncio.run(meter.read_register(CosemValue("1.0.1.6.0.255", 4)))
+
+
+def test_a_null_data_buffer_is_no_rows_and_anything_else_not_an_array_is_refused() -> None:
+    # Meters (and gurux's server) answer null-data for a selection with no entry, e.g. a range
+    # shorter than one capture period: no rows, not a failed profile read.
+    assert decode_rows(None, (), 900) == []
+    with pytest.raises(ProtocolError, match="not an array: int 7"):
+        decode_rows(7, (), 900)

@@ -126,10 +126,14 @@ def decode_rows(value: object, columns: tuple[CaptureObject, ...], capture_perio
     """Rows of the buffer as ``(capture time UTC, column values)``.
 
     A row whose time is null-data or empty (compact profiles) is one ``capture_period``
-    after the previous row; without a period such a row is an error, not a guess.
+    after the previous row; without a period such a row is an error, not a guess. A buffer of
+    null-data is no rows: meters (and gurux's own server) answer so for a selection with no entry,
+    such as a range shorter than one capture period.
     """
+    if value is None:
+        return []
     if not isinstance(value, list):
-        raise ProtocolError("profile buffer is not an array")
+        raise ProtocolError(f"profile buffer is not an array: {type(value).__name__} {value!r:.40}")
     at_col = clock_column(columns)
     rows: list[Row] = []
     previous: datetime | None = None
