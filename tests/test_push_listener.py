@@ -270,7 +270,9 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
             p.stop()
 
     assert revisions == 0, "no value arrived twice with a different value"
-    assert len(rows) == want, "each pushed value stored exactly once, nothing else"
+    expected_ts = {datetime.fromisoformat(s["at"]).replace(microsecond=0) for s in sent}
+    unexpected = [r for r in rows if r[2] not in expected_ts]
+    assert len(rows) == want, f"each pushed value stored exactly once, nothing else; not pushed: {unexpected[:12]}"
     by_key = {(m, q, ts): v for m, q, ts, v in rows}
     assert len(by_key) == len(rows)
     for s in sent:
