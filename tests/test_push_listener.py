@@ -74,6 +74,15 @@ async def _rows(dsn: str) -> list[tuple[str, str, datetime, float]]:
         await conn.close()
 
 
+async def _sources(dsn: str) -> str:
+    """Which jobs (or pushes) stored the readings: named when the count is off."""
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return str(await conn.fetchval("SELECT string_agg(DISTINCT coalesce(job_id, '-'), ',') FROM readings"))
+    finally:
+        await conn.close()
+
+
 async def _scalar(dsn: str, sql: str) -> int:
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
@@ -272,7 +281,9 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
     assert revisions == 0, "no value arrived twice with a different value"
     expected_ts = {datetime.fromisoformat(s["at"]).replace(microsecond=0) for s in sent}
     unexpected = [r for r in rows if r[2] not in expected_ts]
-    assert len(rows) == want, f"each pushed value stored exactly once, nothing else; not pushed: {unexpected[:12]}"
+    assert len(rows) == want, (
+        f"each pushed value stored exactly once, nothing else; not pushed: {unexpected[:12]}; jobs: {sources}"
+    )
     by_key = {(m, q, ts): v for m, q, ts, v in rows}
     assert len(by_key) == len(rows)
     for s in sent:
