@@ -273,6 +273,7 @@ def test_pushes_to_two_replicas_are_stored_once_and_replays_are_refused(
         )
         time.sleep(1.0)  # anything wrongly accepted would reach the database by now
         rows = asyncio.run(_rows(database_url))
+        sources = asyncio.run(_sources(database_url))
         revisions = asyncio.run(_scalar(database_url, "SELECT count(*) FROM reading_revisions"))
     finally:
         for p in reversed(procs):
