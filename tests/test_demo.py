@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 
-import psutil
 import pytest
+
+from gxami_meterlab.devstack import default_root
+from gxami_meterlab.testkit import processes_under
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -30,11 +32,7 @@ def test_demo_reads_the_fleet_prints_the_report_and_leaves_nothing_running() -> 
     assert rows >= 3
     assert "/reports/daily" in proc.stdout
     assert "/metrics" in proc.stdout
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any(".gxami/demo" in part for part in (p.info["cmdline"] or []))
-    ]
+    leftovers = processes_under(default_root().parent / "demo")
     assert not leftovers
 
 
@@ -70,9 +68,5 @@ def test_control_demo_controls_meters_through_the_api_and_counts_what_happened()
     assert "demo-tariff: every meter holds the file's calendar; 4 audit rows, demo-operator/succeeded" in flat
     assert "a calendar with an undefined day: 422 tariff-calendar body: week standard names unknown days" in flat
     assert "gxami tariff apply with a viewer token: exit 1" in flat
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any(".gxami/demo-control" in part for part in (p.info["cmdline"] or []))
-    ]
+    leftovers = processes_under(default_root().parent / "demo-control")
     assert not leftovers

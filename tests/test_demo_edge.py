@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 
-import psutil
 import pytest
+
+from gxami_meterlab.devstack import default_root
+from gxami_meterlab.testkit import processes_under
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -36,11 +38,7 @@ def test_edge_demo_stores_pushes_dial_ins_wmbus_and_what_the_cut_off_edge_spoole
     assert wmbus == 3
     assert spooled > 0, "the edge read on its own while cut off, and its spool was forwarded"
     assert "cutting the edge collector's uplink" in proc.stdout
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any(".gxami/demo-edge" in part for part in (p.info["cmdline"] or []))
-    ]
+    leftovers = processes_under(default_root().parent / "demo-edge")
     assert not leftovers
 
 

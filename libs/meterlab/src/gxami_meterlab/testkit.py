@@ -7,6 +7,9 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
 
 from gxami_meterlab.cli_procs import ServiceProcess
 
@@ -38,3 +41,18 @@ def wait_until(what: str, pred: Callable[[], object], timeout: float, procs: Seq
             pass  # an ops server is not up yet
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def processes_under(root: Path) -> list[dict[str, object]]:
+    """The processes whose command line names ``root`` or a path inside it (a demo's leftovers).
+
+    Compared by path, not by substring, so `.gxami/demo` does not match `.gxami/demo-control`, and
+    another checkout's demo, or another test worker's, is not this one's.
+    """
+    inside = re.compile(re.escape(str(root.resolve())) + r"(?:/|$)")
+    found: list[dict[str, object]] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        parts = proc.info["cmdline"] or []
+        if any(inside.search(part) for part in parts):
+            found.append(proc.info)
+    return found
